@@ -1,0 +1,1 @@
+//! NAT lab: network namespaces with real NAT routers, for tests that need root.
