@@ -1,1 +1,23 @@
-//! Session listing service.
+//! Master server: game sessions listed with timeouts and heartbeats.
+//!
+//! Hosts post sessions (`POST /v1/sessions`), keep them alive with heartbeats, patch and
+//! delete them with the owner token; clients list a game's live sessions with filters and
+//! cursor pagination. Rows live in SQLite (embedded default) or PostgreSQL (shared by many
+//! instances); reads are served from an in-memory [`index`] that every committed write and
+//! every other instance's change keeps coherent, and writes are batched by the [`writer`].
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod index;
+pub mod model;
+pub mod server;
+pub mod store;
+pub mod time;
+pub mod token;
+pub mod validate;
+pub mod writer;
+
+pub use config::Config;
+pub use server::App;

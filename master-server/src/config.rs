@@ -1,0 +1,48 @@
+//! Runtime configuration of the master server, with documented defaults.
+//!
+//! The command line (`main.rs`) maps flags and environment variables onto this struct;
+//! tests and embedders build it directly.
+
+use crate::writer::WriterConfig;
+
+/// How the server behaves.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Database URL: `sqlite:PATH` (file created if missing) or `postgres://...`.
+    /// Default `sqlite:master.db`.
+    pub database_url: String,
+    /// Requests per second per client IP, with a burst of twice that; 0 turns limiting off.
+    /// Default 100 (a LAN party behind one NAT stays well below it).
+    pub rate_limit_per_sec: u32,
+    /// Smallest `timeout_secs` accepted. Default 5.
+    pub min_timeout_secs: u32,
+    /// Largest `timeout_secs` accepted. Default 3600.
+    pub max_timeout_secs: u32,
+    /// `timeout_secs` when a create omits it. Default 60.
+    pub default_timeout_secs: u32,
+    /// Take the client IP from the last `X-Forwarded-For` entry (set by a trusted load
+    /// balancer) instead of the TCP peer. Default off.
+    pub trust_forwarded_for: bool,
+    /// Most rows held at once; creates beyond get 503 `full`. Default 1,000,000.
+    pub max_sessions: usize,
+    /// Largest request body, in bytes. Default 64 KiB.
+    pub max_body_bytes: usize,
+    /// The database writer's tuning.
+    pub writer: WriterConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: "sqlite:master.db".to_owned(),
+            rate_limit_per_sec: 100,
+            min_timeout_secs: 5,
+            max_timeout_secs: 3600,
+            default_timeout_secs: 60,
+            trust_forwarded_for: false,
+            max_sessions: 1_000_000,
+            max_body_bytes: 64 * 1024,
+            writer: WriterConfig::default(),
+        }
+    }
+}

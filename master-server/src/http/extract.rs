@@ -1,0 +1,103 @@
+//! Request extractors that turn every malformed input into a JSON [`ApiError`].
+//!
+//! axum's own rejections answer in plain text; these wrap them so that a bad body, a bad
+//! id or a missing token gets the API's error shape.
+
+use std::net::IpAddr;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::model::SessionId;
+use crate::token::MAX_TOKEN_LEN;
+
+/// The client's IP, set by the admission middleware.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+/// A JSON body parsed into `T`; 400/413/415 as JSON errors.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if let Some(content_type) = req.headers().get(CONTENT_TYPE) {
+            let essence = content_type
+                .to_str()
+                .unwrap_or("")
+                .split(';')
+                .next()
+                .unwrap_or("");
+            let essence = essence.trim().to_ascii_lowercase();
+            if essence != "application/json" && !essence.ends_with("+json") {
+                return Err(ApiError::UnsupportedMediaType);
+            }
+        }
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map_or(usize::MAX, |l| l.0);
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(limit)
+            } else {
+                ApiError::bad("invalid_body", rejection.body_text())
+            }
+        })?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|err| {
+            let code = match err.classify() {
+                serde_json::error::Category::Data => "invalid_body",
+                _ => "invalid_json",
+            };
+            ApiError::bad(code, err.to_string())
+        })
+    }
+}
+
+/// The body limit in force, for the 413 message.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// The `{id}` path segment as a session id; 400 `invalid_id` when it is not a UUID.
+pub struct IdParam(pub SessionId);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::bad("invalid_id", "session id must be a UUID"))?;
+        raw.parse()
+            .map(IdParam)
+            .map_err(|_| ApiError::bad("invalid_id", "session id must be a UUID"))
+    }
+}
+
+/// The owner token from `Authorization: Bearer TOKEN`; 401 when missing or malformed.
+pub struct Bearer(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Bearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let value = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or(ApiError::Unauthorized)?;
+        let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
+        let (scheme, token) = value.split_once(' ').ok_or(ApiError::Unauthorized)?;
+        let token = token.trim();
+        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.len() > MAX_TOKEN_LEN
+        {
+            return Err(ApiError::Unauthorized);
+        }
+        Ok(Bearer(token.to_owned()))
+    }
+}

@@ -1,0 +1,115 @@
+//! `master-server`: the session listing service.
+//!
+//! Prints `{"event":"listening","addr":"IP:PORT"}` as its first stdout line once it
+//! accepts connections, then serves until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use clap::Parser;
+use master_server::{App, Config};
+use tracing_subscriber::EnvFilter;
+
+/// Game session listing service with timeouts and heartbeats.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, env = "MASTER_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// `sqlite:PATH` (created if missing) or `postgres://USER@HOST/DB`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite:master.db")]
+    database: String,
+    /// Requests per second per client IP (burst twice that); 0 turns limiting off.
+    #[arg(long, env = "MASTER_RATE_LIMIT", default_value_t = 100)]
+    rate_limit: u32,
+    /// Smallest session timeout accepted, in seconds.
+    #[arg(long, env = "MASTER_MIN_TIMEOUT_SECS", default_value_t = 5)]
+    min_timeout_secs: u32,
+    /// Largest session timeout accepted, in seconds.
+    #[arg(long, env = "MASTER_MAX_TIMEOUT_SECS", default_value_t = 3600)]
+    max_timeout_secs: u32,
+    /// Take the client IP from the last X-Forwarded-For entry (behind a trusted proxy).
+    #[arg(long, env = "MASTER_TRUST_FORWARDED_FOR")]
+    trust_forwarded_for: bool,
+    /// Most sessions held at once.
+    #[arg(long, env = "MASTER_MAX_SESSIONS", default_value_t = 1_000_000)]
+    max_sessions: usize,
+    /// Log as JSON lines instead of text (filter with RUST_LOG).
+    #[arg(long, env = "MASTER_LOG_JSON")]
+    log_json: bool,
+}
+
+impl Cli {
+    fn config(&self) -> Config {
+        Config {
+            database_url: self.database.clone(),
+            rate_limit_per_sec: self.rate_limit,
+            min_timeout_secs: self.min_timeout_secs,
+            max_timeout_secs: self.max_timeout_secs,
+            default_timeout_secs: 60,
+            trust_forwarded_for: self.trust_forwarded_for,
+            max_sessions: self.max_sessions,
+            ..Config::default()
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+
+    let app = App::start(cli.config())
+        .await
+        .context("starting the master server")?;
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("binding {}", cli.listen))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "{}",
+        serde_json::json!({"event": "listening", "addr": addr.to_string()})
+    );
+    tracing::info!(%addr, "listening");
+    app.serve(listener, shutdown_signal())
+        .await
+        .context("serving")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(%err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,754 @@
+//! The HTTP API through the router (`tower::ServiceExt::oneshot`), the same suite against
+//! SQLite and PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use common::{instant, session, Backend, Client, TestDb};
+use master_server::{App, Config};
+use serde_json::{json, Value};
+
+both_backends!(
+    create_get_and_list,
+    list_filters_and_stable_pagination,
+    heartbeat_and_patch_extend_life,
+    owner_token_is_required_and_checked,
+    delete_delists,
+    expired_rows_vanish_and_are_reaped,
+    bad_input_gets_clear_4xx_json,
+    rate_limit_answers_429_with_retry_after,
+    restart_keeps_live_rows_and_tokens,
+    forwarded_for_is_trusted_only_when_enabled,
+    openapi_healthz_and_metrics,
+);
+
+async fn start(db: &TestDb, config: Config) -> (App, Client) {
+    let _ = db;
+    let app = App::start(config).await.expect("app starts");
+    let client = Client::new(&app);
+    (app, client)
+}
+
+async fn create_get_and_list(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (app, client) = start(&db, db.config()).await;
+    let before = chrono::Utc::now();
+    let reply = client
+        .call(
+            Method::POST,
+            "/v1/sessions",
+            None,
+            Some(session("quake", "q1")),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let id = reply.body["id"].as_str().expect("id");
+    assert!(uuid::Uuid::parse_str(id).is_ok());
+    assert!(
+        reply.body["token"].as_str().expect("token").len() >= 22,
+        "token has >= 128 bits"
+    );
+    assert_eq!(reply.body["addr"], "192.0.2.10");
+    let expires = instant(&reply.body["expires_at"]);
+    let ttl = (expires - before).num_milliseconds();
+    assert!(
+        (59_000..=61_000).contains(&ttl),
+        "default timeout is 60 s, got {ttl} ms"
+    );
+
+    let row = client.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(row.status, StatusCode::OK);
+    assert_eq!(row.body["name"], "q1");
+    assert_eq!(row.body["game"], "quake");
+    assert_eq!(row.body["max_players"], 8);
+    assert_eq!(row.body["players"], 1);
+    assert_eq!(row.body["attributes"], json!({"mode": "ctf"}));
+    assert_eq!(row.body["connect"], json!({"peer": "abc"}));
+    assert_eq!(row.body["addr"], "192.0.2.10");
+    assert!(
+        row.body.get("token").is_none(),
+        "rows never carry the token"
+    );
+    assert!(row.body.get("token_hash").is_none());
+    instant(&row.body["created_at"]);
+
+    let list = client.get("/v1/sessions?game=quake").await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.body["sessions"].as_array().map(Vec::len), Some(1));
+    assert_eq!(list.body["sessions"][0]["id"], id);
+    assert_eq!(list.body["next_cursor"], Value::Null);
+    let other = client.get("/v1/sessions?game=doom").await;
+    assert_eq!(other.body["sessions"], json!([]));
+    app.shutdown().await;
+    db.cleanup().await;
+}
+
+async fn list_filters_and_stable_pagination(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (app, client) = start(&db, db.config()).await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let mode = if i % 2 == 0 { "ctf" } else { "dm" };
+        let players = if i == 0 { 8 } else { 1 };
+        let body = json!({"game": "g", "name": format!("s{i}"), "max_players": 8,
+                          "players": players, "attributes": {"mode": mode, "region": "eu"}});
+        ids.push(client.create(body).await.0);
+    }
+    client.create(session("other", "x")).await;
+
+    let ctf = client.get("/v1/sessions?game=g&attr.mode=ctf").await;
+    assert_eq!(ctf.body["sessions"].as_array().map(Vec::len), Some(4));
+    let ctf_space = client
+        .get("/v1/sessions?game=g&attr.mode=ctf&attr.region=eu&has_space=true")
+        .await;
+    let names: Vec<&str> = ctf_space.body["sessions"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, ["s2", "s4", "s6"], "full session s0 is filtered out");
+    let none = client.get("/v1/sessions?game=g&attr.region=us").await;
+    assert_eq!(none.body["sessions"], json!([]));
+
+    // Walk pages of 3 while adding rows: every row appears exactly once, in creation order.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut added = 0;
+    loop {
+        let uri = match &cursor {
+            Some(c) => format!("/v1/sessions?game=g&limit=3&cursor={c}"),
+            None => "/v1/sessions?game=g&limit=3".to_owned(),
+        };
+        let page = client.get(&uri).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        for row in page.body["sessions"].as_array().expect("array") {
+            seen.push(row["id"].as_str().expect("id").to_owned());
+        }
+        if added < 2 {
+            ids.push(
+                client
+                    .create(json!({"game": "g", "name": "late", "max_players": 2}))
+                    .await
+                    .0,
+            );
+            added += 1;
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "pagination is stable while rows are added");
+    app.shutdown().await;
+    db.cleanup().await;
+}
+
+async fn heartbeat_and_patch_extend_life(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (app, client) = start(&db, db.config()).await;
+    let mut body = session("g", "hb");
+    body["timeout_secs"] = json!(10);
+    let (id, token) = client.create(body).await;
+    let first = instant(&client.get(&format!("/v1/sessions/{id}")).await.body["expires_at"]);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+
+    let hb = client
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{id}/heartbeat"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(hb.status, StatusCode::OK, "{}", hb.body);
+    let after_hb = instant(&hb.body["expires_at"]);
+    assert!(after_hb > first, "heartbeat moves expiry forward");
+    let row = client.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(instant(&row.body["expires_at"]), after_hb);
+
+    let patch = json!({"players": 5, "name": "renamed", "attributes": {"map": "dm4"},
+                       "connect": {"peer": "new"}, "timeout_secs": 120});
+    let patched = client
+        .call(
+            Method::PATCH,
+            &format!("/v1/sessions/{id}"),
+            Some(&token),
+            Some(patch),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    assert_eq!(patched.body["players"], 5);
+    assert_eq!(patched.body["name"], "renamed");
+    assert_eq!(patched.body["max_players"], 8, "unpatched fields stay");
+    assert_eq!(
+        patched.body["attributes"],
+        json!({"map": "dm4"}),
+        "attributes are replaced"
+    );
+    assert_eq!(patched.body["connect"], json!({"peer": "new"}));
+    let ttl = (instant(&patched.body["expires_at"]) - chrono::Utc::now()).num_seconds();
+    assert!(
+        (118..=120).contains(&ttl),
+        "patch counts as a heartbeat with the new timeout: {ttl}"
+    );
+    let listed = client.get("/v1/sessions?game=g&attr.map=dm4").await;
+    assert_eq!(listed.body["sessions"][0]["players"], 5);
+
+    let empty = client
+        .call(
+            Method::PATCH,
+            &format!("/v1/sessions/{id}"),
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        empty.status,
+        StatusCode::OK,
+        "an empty patch is a heartbeat"
+    );
+    let too_many = client
+        .call(
+            Method::PATCH,
+            &format!("/v1/sessions/{id}"),
+            Some(&token),
+            Some(json!({"players": 9})),
+        )
+        .await;
+    assert_eq!(
+        too_many.status,
+        StatusCode::BAD_REQUEST,
+        "players > max_players after merge"
+    );
+    app.shutdown().await;
+    db.cleanup().await;
+}
+
+async fn owner_token_is_required_and_checked(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (app, client) = start(&db, db.config()).await;
+    let (id, token) = client.create(session("g", "auth")).await;
+    let (_, other_token) = client.create(session("g", "other")).await;
+    let hb = format!("/v1/sessions/{id}/heartbeat");
+    for presented in [None, Some(""), Some("wrong"), Some(other_token.as_str())] {
+        let reply = client.call(Method::POST, &hb, presented, None).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNAUTHORIZED,
+            "token {presented:?}"
+        );
+        assert_eq!(reply.code(), "unauthorized");
+        let del = client
+            .call(
+                Method::DELETE,
+                &format!("/v1/sessions/{id}"),
+                presented,
+                None,
+            )
+            .await;
+        assert_eq!(del.status, StatusCode::UNAUTHORIZED);
+        let patch = client
+            .call(
+                Method::PATCH,
+                &format!("/v1/sessions/{id}"),
+                presented,
+                Some(json!({"players": 2})),
+            )
+            .await;
+        assert_eq!(patch.status, StatusCode::UNAUTHORIZED);
+    }
+    let basic = Request::post(&hb)
+        .header("authorization", format!("Basic {token}"))
+        .body(Body::empty());
+    assert_eq!(
+        client.raw(basic.expect("request")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let unknown = format!("/v1/sessions/{}/heartbeat", uuid::Uuid::new_v4());
+    let reply = client
+        .call(Method::POST, &unknown, Some(&token), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.code(), "not_found");
+    let reply = client
+        .call(
+            Method::POST,
+            "/v1/sessions/not-a-uuid/heartbeat",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.code(), "invalid_id");
+    // The row is untouched by the failed attempts.
+    let row = client.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(row.body["players"], 1);
+    app.shutdown().await;
+    db.cleanup().await;
+}
+
+async fn delete_delists(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (app, client) = start(&db, db.config()).await;
+    let (id, token) = client.create(session("g", "gone")).await;
+    let uri = format!("/v1/sessions/{id}");
+    let del = client.call(Method::DELETE, &uri, Some(&token), None).await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT);
+    assert_eq!(del.body, Value::Null);
+    assert_eq!(client.get(&uri).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        client.get("/v1/sessions?game=g").await.body["sessions"],
+        json!([])
+    );
+    let again = client.call(Method::DELETE, &uri, Some(&token), None).await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    let hb = client
+        .call(
+            Method::POST,
+            &format!("{uri}/heartbeat"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(hb.status, StatusCode::NOT_FOUND);
+    app.shutdown().await;
+    // Gone from the database too: a restart does not bring it back.
+    let (app, client) = start(&db, db.config()).await;
+    assert_eq!(client.get(&uri).await.status, StatusCode::NOT_FOUND);
+    app.shutdown().await;
+    db.cleanup().await;
+}
+
+async fn expired_rows_vanish_and_are_reaped(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = db.config();
+    config.writer.reap_interval = Duration::from_millis(200);
+    let (app, client) = start(&db, config.clone()).await;
+    let mut short = session("g", "short");
+    short["timeout_secs"] = json!(1);
+    let (id, token) = client.create(short).await;
+    let (long_id, _) = client.create(session("g", "long")).await;
+    assert_eq!(
+        client.get("/v1/sessions?game=g").await.body["sessions"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let uri = format!("/v1/sessions/{id}");
+    assert_eq!(
+        client.get(&uri).await.status,
+        StatusCode::NOT_FOUND,
+        "expired rows vanish at once"
+    );
+    let list = client.get("/v1/sessions?game=g").await;
+    assert_eq!(list.body["sessions"].as_array().map(Vec::len), Some(1));
+    assert_eq!(list.body["sessions"][0]["id"], long_id.as_str());
+    let hb = client
+        .call(
+            Method::POST,
+            &format!("{uri}/heartbeat"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        hb.status,
+        StatusCode::NOT_FOUND,
+        "an expired row cannot be revived"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    app.shutdown().await;
+
+    // The reaper deleted it from the database: count rows directly.
+    let rows: i64 = match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&db.url).await.expect("open");
+            sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
+                .fetch_one(&pool)
+                .await
+                .expect("count")
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&db.url).await.expect("open");
+            let n = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+            pool.close().await;
+            n
+        }
+    };
+    assert_eq!(rows, 1, "the reaper deleted the expired row");
+    db.cleanup().await;
+}
+
+async fn bad_input_gets_clear_4xx_json(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (app, client) = start(&db, db.config()).await;
+    let (id, token) = client.create(session("g", "target")).await;
+    let many_attrs: serde_json::Map<String, Value> =
+        (0..33).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let big_connect = json!({"blob": "x".repeat(2100)});
+    let cases: Vec<(&str, Value, StatusCode, &str)> = vec![
+        (
+            "missing game",
+            json!({"name": "n", "max_players": 2}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            "wrong type",
+            json!({"game": 5, "name": "n", "max_players": 2}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            "negative count",
+            json!({"game": "g", "name": "n", "max_players": -1}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            "empty game",
+            json!({"game": "", "name": "n", "max_players": 2}),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+        ),
+        (
+            "blank name",
+            json!({"game": "g", "name": "  ", "max_players": 2}),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+        ),
+        (
+            "players > max",
+            json!({"game": "g", "name": "n", "max_players": 2, "players": 3}),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+        ),
+        (
+            "zero max",
+            json!({"game": "g", "name": "n", "max_players": 0}),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+        ),
+        (
+            "timeout low",
+            json!({"game": "g", "name": "n", "max_players": 2, "timeout_secs": 0}),
+            StatusCode::BAD_REQUEST,
+            "timeout_out_of_range",
+        ),
+        (
+            "timeout high",
+            json!({"game": "g", "name": "n", "max_players": 2, "timeout_secs": 3601}),
+            StatusCode::BAD_REQUEST,
+            "timeout_out_of_range",
+        ),
+        (
+            "33 attributes",
+            json!({"game": "g", "name": "n", "max_players": 2, "attributes": many_attrs}),
+            StatusCode::BAD_REQUEST,
+            "too_many_attributes",
+        ),
+        (
+            "long key",
+            json!({"game": "g", "name": "n", "max_players": 2, "attributes": {"k".repeat(65): "v"}}),
+            StatusCode::BAD_REQUEST,
+            "invalid_attribute",
+        ),
+        (
+            "long value",
+            json!({"game": "g", "name": "n", "max_players": 2, "attributes": {"k": "v".repeat(257)}}),
+            StatusCode::BAD_REQUEST,
+            "invalid_attribute",
+        ),
+        (
+            "non-string attr",
+            json!({"game": "g", "name": "n", "max_players": 2, "attributes": {"k": 1}}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            "big connect",
+            json!({"game": "g", "name": "n", "max_players": 2, "connect": big_connect}),
+            StatusCode::BAD_REQUEST,
+            "connect_too_large",
+        ),
+        (
+            "connect not object",
+            json!({"game": "g", "name": "n", "max_players": 2, "connect": [1]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+        ),
+        (
+            "unknown field",
+            json!({"game": "g", "name": "n", "max_players": 2, "colour": 1}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            "not an object",
+            json!([1, 2]),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+    ];
+    for (what, body, status, code) in cases {
+        let reply = client
+            .call(Method::POST, "/v1/sessions", None, Some(body))
+            .await;
+        assert_eq!(reply.status, status, "{what}: {}", reply.body);
+        assert_eq!(reply.code(), code, "{what}");
+        assert!(
+            reply.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}"
+        );
+    }
+    let raw = |body: &'static str, content_type: &'static str| {
+        Request::post("/v1/sessions")
+            .header("content-type", content_type)
+            .body(Body::from(body))
+    };
+    let malformed = client
+        .raw(raw("{\"game\": ", "application/json").expect("req"))
+        .await;
+    assert_eq!(
+        (malformed.status, malformed.code()),
+        (StatusCode::BAD_REQUEST, "invalid_json")
+    );
+    let text = client.raw(raw("game=g", "text/plain").expect("req")).await;
+    assert_eq!(
+        (text.status, text.code()),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+    );
+    let huge = format!(
+        "{{\"game\": \"g\", \"name\": \"{}\"}}",
+        "x".repeat(70 * 1024)
+    );
+    let req = Request::post("/v1/sessions")
+        .header("content-type", "application/json")
+        .body(Body::from(huge));
+    let reply = client.raw(req.expect("req")).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+
+    for (uri, code) in [
+        ("/v1/sessions", "invalid_query"),
+        ("/v1/sessions?game=g&limit=0", "invalid_query"),
+        ("/v1/sessions?game=g&limit=500", "invalid_query"),
+        ("/v1/sessions?game=g&cursor=zz", "invalid_cursor"),
+        ("/v1/sessions?game=g&bogus=1", "invalid_query"),
+        ("/v1/sessions/123", "invalid_id"),
+    ] {
+        let reply = client.get(uri).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (StatusCode::BAD_REQUEST, code),
+            "{uri}"
+        );
+    }
+    let unknown = client
+        .get(&format!("/v1/sessions/{}", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!(
+        (unknown.status, unknown.code()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let route = client.get("/v2/nothing").await;
+    assert_eq!(
+        (route.status, route.code()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let method = client.call(Method::PUT, "/v1/sessions", None, None).await;
+    assert_eq!(
+        (method.status, method.code()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+    let bad_patch = client
+        .call(
+            Method::PATCH,
+            &format!("/v1/sessions/{id}"),
+            Some(&token),
+            Some(json!({"players": "x"})),
+        )
+        .await;
+    assert_eq!(
+        (bad_patch.status, bad_patch.code()),
+        (StatusCode::BAD_REQUEST, "invalid_body")
+    );
+    let bad_timeout = client
+        .call(
+            Method::PATCH,
+            &format!("/v1/sessions/{id}"),
+            Some(&token),
+            Some(json!({"timeout_secs": 9999})),
+        )
+        .await;
+    assert_eq!(bad_timeout.code(), "timeout_out_of_range");
+    // Nothing above created a row.
+    assert_eq!(
+        client.get("/v1/sessions?game=g").await.body["sessions"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    app.shutdown().await;
+    db.cleanup().await;
+}
+
+async fn rate_limit_answers_429_with_retry_after(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let config = Config {
+        rate_limit_per_sec: 2,
+        ..db.config()
+    };
+    let (app, mut client) = start(&db, config).await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(client.get("/v1/sessions?game=g").await.status);
+    }
+    assert_eq!(
+        &statuses[..4],
+        &[StatusCode::OK; 4],
+        "burst of 2 x rate is allowed"
+    );
+    let limited = client.get("/v1/sessions?game=g").await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.code(), "rate_limited");
+    let retry: u64 = limited.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    assert_eq!(
+        client.get("/healthz").await.status,
+        StatusCode::OK,
+        "health checks are exempt"
+    );
+    client.peer = "192.0.2.99:1".parse().expect("addr");
+    assert_eq!(
+        client.get("/v1/sessions?game=g").await.status,
+        StatusCode::OK,
+        "limits are per IP"
+    );
+    app.shutdown().await;
+    db.cleanup().await;
+}
+
+async fn restart_keeps_live_rows_and_tokens(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (app, client) = start(&db, db.config()).await;
+    let (id, token) = client.create(session("g", "durable")).await;
+    let (gone, gone_token) = client.create(session("g", "deleted")).await;
+    client
+        .call(
+            Method::DELETE,
+            &format!("/v1/sessions/{gone}"),
+            Some(&gone_token),
+            None,
+        )
+        .await;
+    let before = client.get(&format!("/v1/sessions/{id}")).await.body;
+    app.shutdown().await;
+
+    let (app, client) = start(&db, db.config()).await;
+    let after = client.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert_eq!(after.body, before, "the row survives a restart unchanged");
+    assert_eq!(
+        client.get("/v1/sessions?game=g").await.body["sessions"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    let hb = client
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{id}/heartbeat"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        hb.status,
+        StatusCode::OK,
+        "the token still works after a restart"
+    );
+    app.shutdown().await;
+    db.cleanup().await;
+}
+
+async fn forwarded_for_is_trusted_only_when_enabled(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let post = || {
+        Request::post("/v1/sessions")
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", "203.0.113.5, 198.51.100.7")
+            .body(Body::from(session("g", "xff").to_string()))
+            .expect("request")
+    };
+    let (app, client) = start(&db, db.config()).await;
+    assert_eq!(
+        client.raw(post()).await.body["addr"],
+        "192.0.2.10",
+        "peer address by default"
+    );
+    app.shutdown().await;
+    let (app, client) = start(
+        &db,
+        Config {
+            trust_forwarded_for: true,
+            ..db.config()
+        },
+    )
+    .await;
+    assert_eq!(
+        client.raw(post()).await.body["addr"],
+        "198.51.100.7",
+        "last hop when trusted"
+    );
+    app.shutdown().await;
+    db.cleanup().await;
+}
+
+async fn openapi_healthz_and_metrics(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (app, client) = start(&db, db.config()).await;
+    let doc = client.get("/v1/openapi.json").await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert!(doc.body["openapi"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("3.")));
+    for path in [
+        "/v1/sessions",
+        "/v1/sessions/{id}",
+        "/v1/sessions/{id}/heartbeat",
+    ] {
+        assert!(
+            doc.body["paths"].get(path).is_some(),
+            "openapi documents {path}"
+        );
+    }
+    assert_eq!(client.get("/healthz").await.body, json!({"status": "ok"}));
+    client.create(session("g", "m")).await;
+    client.get("/v1/sessions?game=g").await;
+    let text = client.get("/metrics").await;
+    assert_eq!(text.status, StatusCode::OK);
+    let text = text.body.as_str().expect("prometheus text").to_owned();
+    assert!(text.contains("http_requests_total{"), "{text}");
+    assert!(text.contains("route=\"/v1/sessions\""), "{text}");
+    assert!(text.contains("status=\"201\""), "{text}");
+    assert!(text.contains("master_sessions_live"), "{text}");
+    app.shutdown().await;
+    db.cleanup().await;
+}
