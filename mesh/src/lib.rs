@@ -1,3 +1,5 @@
 //! Everything a game links: identity, the path layer under QUIC, NAT traversal, UPnP and the
 //! session/mesh protocol. See `DESIGN.md` for the architecture.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod nat;

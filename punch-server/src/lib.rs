@@ -1,2 +1,28 @@
 //! STUN server (RFC 8489, RFC 5780 behaviour discovery) and, later, the punchthrough
 //! coordinator.
+//!
+//! Layout:
+//!
+//! - [`server`]: the sans-IO STUN core (`handle_input(now, local, from, bytes) -> Outcome`),
+//!   with [`wire`] (structural checks, FINGERPRINT), [`demux`] (RFC 7983 classification),
+//!   [`response`] (encoding with `stun-rs`), [`rate_limit`] and [`counters`].
+//! - [`config`]: the runtime configuration, apart from the CLI.
+//! - [`driver`]: the thin tokio driver (sockets, workers, the non-STUN hook, shutdown),
+//!   with [`send_batch`] (GSO coalescing of responses).
+//! - [`metrics_http`]: the `/metrics` and `/healthz` HTTP endpoint.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod config;
+pub mod counters;
+pub mod demux;
+pub mod driver;
+pub mod metrics_http;
+pub mod rate_limit;
+pub mod response;
+pub mod send_batch;
+pub mod server;
+pub mod wire;
+
+pub use config::{ConfigError, ServerConfig, StunConfig};
+pub use counters::{Counters, DropReason};
+pub use server::{Endpoints, Outcome, SocketId, StunServer, Transmit};

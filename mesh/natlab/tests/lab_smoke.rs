@@ -1,0 +1,197 @@
+//! Smoke tests of the NAT lab harness itself (need root: they build real namespaces).
+
+use std::time::Duration;
+
+use natlab::{Host, Lab, NatType, Router};
+
+fn namespaces() -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output();
+    String::from_utf8_lossy(&out.expect("ip netns list").stdout).into_owned()
+}
+
+#[test]
+fn builds_every_type_and_removes_namespaces_on_drop() {
+    if natlab::skip_requested("builds_every_type_and_removes_namespaces_on_drop") {
+        return;
+    }
+    let prefixes: Vec<String> = NatType::ALL
+        .iter()
+        .map(|&nat| {
+            let lab = Lab::builder()
+                .label("smoke")
+                .router_a(nat)
+                .router_b(nat)
+                .loss_b(10)
+                .build()
+                .unwrap_or_else(|e| panic!("{e}"));
+            let out = lab
+                .run(
+                    Host::LanA1,
+                    "ip",
+                    &["-4", "addr", "show", "dev", "eth0"],
+                    Duration::from_secs(5),
+                )
+                .expect("ip addr in LAN host");
+            assert!(out.stdout.contains("10.1.0.11/24"), "{}", out.stdout);
+            let rules = lab
+                .run(
+                    Host::RouterB,
+                    "nft",
+                    &["list", "ruleset"],
+                    Duration::from_secs(5),
+                )
+                .expect("nft list");
+            assert!(
+                rules.stdout.contains("numgen random mod 100 < 10"),
+                "{}",
+                rules.stdout
+            );
+            assert_eq!(lab.nat(Router::A), nat);
+            lab.prefix().to_string()
+        })
+        .collect();
+    let list = namespaces();
+    for prefix in prefixes {
+        assert!(!list.contains(&prefix), "{prefix} still present: {list}");
+    }
+}
+
+#[test]
+fn build_removes_leftovers_of_dead_runs_only() {
+    if natlab::skip_requested("build_removes_leftovers_of_dead_runs_only") {
+        return;
+    }
+    // A pid that has certainly exited: a child we started and reaped.
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
+    let dead = child.id();
+    child.wait().expect("wait true");
+    let leftover = format!("nlab-{dead}-0-leftover-srv");
+    let foreign = format!("natlabtest-foreign-{}", std::process::id());
+    for ns in [&leftover, &foreign] {
+        let status = std::process::Command::new("ip")
+            .args(["netns", "add", ns])
+            .status();
+        assert!(status.expect("ip netns add").success());
+    }
+    let lab = Lab::builder()
+        .label("leftover")
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let list = namespaces();
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "delete", &foreign])
+        .status();
+    assert!(
+        !list.contains(&leftover),
+        "leftover of dead pid {dead} not removed: {list}"
+    );
+    assert!(
+        list.contains(&foreign),
+        "a namespace the lab did not create was touched: {list}"
+    );
+    assert!(
+        list.contains(lab.prefix()),
+        "the lab's own namespaces are missing: {list}"
+    );
+}
+
+#[test]
+fn reconfigure_router_replaces_the_ruleset() {
+    if natlab::skip_requested("reconfigure_router_replaces_the_ruleset") {
+        return;
+    }
+    let mut lab = Lab::builder()
+        .label("reconf")
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    lab.reconfigure_router(Router::A, NatType::Symmetric, 30)
+        .expect("reconfigure");
+    let rules = lab
+        .run(
+            Host::RouterA,
+            "nft",
+            &["list", "ruleset"],
+            Duration::from_secs(5),
+        )
+        .expect("nft list");
+    assert!(rules.stdout.contains("fully-random"), "{}", rules.stdout);
+    assert!(rules.stdout.contains("< 30 drop"), "{}", rules.stdout);
+    assert_eq!(lab.nat(Router::A), NatType::Symmetric);
+    lab.reconfigure_router(Router::A, NatType::FullCone, 0)
+        .expect("reconfigure again");
+    let rules = lab
+        .run(
+            Host::RouterA,
+            "nft",
+            &["list", "ruleset"],
+            Duration::from_secs(5),
+        )
+        .expect("nft list");
+    assert!(!rules.stdout.contains("fully-random") && rules.stdout.contains("@eim"));
+    assert!(!rules.stdout.contains("natlab_loss"), "{}", rules.stdout);
+}
+
+/// Not a test on its own: the child process of `killed_process_leaves_no_namespaces`
+/// (does nothing unless `NATLAB_HOLD=1`).
+#[test]
+fn helper_hold_lab_until_killed() {
+    if std::env::var("NATLAB_HOLD").as_deref() != Ok("1") {
+        return;
+    }
+    let lab = Lab::builder()
+        .label("hold")
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _sleeper = lab
+        .spawn(Host::Server, "sleep", &["60"])
+        .expect("spawn sleep");
+    println!("PREFIX {}", lab.prefix());
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn killed_process_leaves_no_namespaces() {
+    use std::io::{BufRead, BufReader};
+    if natlab::skip_requested("killed_process_leaves_no_namespaces") {
+        return;
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut child = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "helper_hold_lab_until_killed",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("NATLAB_HOLD", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn helper");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(prefix) = line.split("PREFIX ").nth(1) {
+                let _ = tx.send(prefix.to_string());
+            }
+        }
+    });
+    let prefix = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("helper printed its prefix");
+    assert!(namespaces().contains(&prefix));
+    child.kill().expect("SIGKILL the helper");
+    child.wait().expect("reap helper");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while namespaces().contains(&prefix) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watchdog did not remove {prefix}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,305 @@
+//! NAT behaviour discovery (RFC 5780) over STUN Binding transactions (RFC 8489), with the
+//! result expressed in RFC 4787 terms and as the classic NAT names.
+//!
+//! Flow (see [`NatDiscovery`] for the state machine, [`discover`] for the tokio driver):
+//! 1. Test I: Binding request to the server's primary address; the response gives the
+//!    reflexive address and OTHER-ADDRESS (the server's alternate IP and port). Reflexive
+//!    address equal to the local address means no NAT.
+//! 2. Filtering test II: Binding request with CHANGE-REQUEST (change IP and port); a
+//!    response means endpoint-independent filtering.
+//! 3. Filtering test III: CHANGE-REQUEST (change port); a response means address-dependent
+//!    filtering, none means address-and-port-dependent filtering. Filtering runs before
+//!    the mapping tests because those open the NAT's filter towards the alternate IP.
+//! 4. Mapping test II: Binding request to (alternate IP, primary port); the same reflexive
+//!    address as in test I means endpoint-independent mapping.
+//! 5. Mapping test III: Binding request to (alternate IP, alternate port); the same
+//!    reflexive address as in test II means address-dependent mapping, otherwise
+//!    address-and-port-dependent.
+//!
+//! Every request is one RFC 8489 client transaction: retransmitted after RTO, 2·RTO, 4·RTO
+//! ... until Rc requests were sent, then given up Rm·RTO after the last one.
+
+mod discovery;
+mod driver;
+#[cfg(test)]
+mod sim_tests;
+mod stun;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use discovery::{NatDiscovery, NatEvent, Transmit};
+pub use driver::discover;
+
+/// Mapping behaviour (RFC 4787 section 4.1), or no NAT at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mapping {
+    /// The reflexive address is the local address: no NAT.
+    NoNat,
+    /// Same public address and port for every destination.
+    EndpointIndependent,
+    /// Same public address and port for every destination port of one destination IP.
+    AddressDependent,
+    /// A new public address or port for every destination address and port.
+    AddressAndPortDependent,
+}
+
+/// Filtering behaviour (RFC 4787 section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Filtering {
+    /// Anyone may send to the mapped address.
+    EndpointIndependent,
+    /// Only IP addresses the client sent to may send back.
+    AddressDependent,
+    /// Only exact (IP, port) pairs the client sent to may send back.
+    AddressAndPortDependent,
+}
+
+/// Classic NAT names, as the issue and `peer doctor` use them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClassicNat {
+    /// No NAT and no filtering.
+    None,
+    /// Endpoint-independent mapping and filtering.
+    FullCone,
+    /// Endpoint-independent mapping, address-dependent filtering (also: no NAT behind an
+    /// address-dependent firewall).
+    Restricted,
+    /// Endpoint-independent mapping, address-and-port-dependent filtering (also: no NAT
+    /// behind an address-and-port-dependent firewall).
+    PortRestricted,
+    /// Address-dependent or address-and-port-dependent mapping, any filtering.
+    Symmetric,
+}
+
+impl ClassicNat {
+    /// The classic name of a (mapping, filtering) combination.
+    pub fn from_behaviour(mapping: Mapping, filtering: Filtering) -> Self {
+        match (mapping, filtering) {
+            (Mapping::AddressDependent | Mapping::AddressAndPortDependent, _) => Self::Symmetric,
+            (Mapping::NoNat, Filtering::EndpointIndependent) => Self::None,
+            (Mapping::EndpointIndependent, Filtering::EndpointIndependent) => Self::FullCone,
+            (_, Filtering::AddressDependent) => Self::Restricted,
+            (_, Filtering::AddressAndPortDependent) => Self::PortRestricted,
+        }
+    }
+
+    /// snake_case name: `none`, `full_cone`, `restricted`, `port_restricted`, `symmetric`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::FullCone => "full_cone",
+            Self::Restricted => "restricted",
+            Self::PortRestricted => "port_restricted",
+            Self::Symmetric => "symmetric",
+        }
+    }
+}
+
+impl Mapping {
+    /// snake_case name, e.g. `endpoint_independent` or `no_nat`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoNat => "no_nat",
+            Self::EndpointIndependent => "endpoint_independent",
+            Self::AddressDependent => "address_dependent",
+            Self::AddressAndPortDependent => "address_and_port_dependent",
+        }
+    }
+}
+
+impl Filtering {
+    /// snake_case name, e.g. `address_and_port_dependent`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EndpointIndependent => "endpoint_independent",
+            Self::AddressDependent => "address_dependent",
+            Self::AddressAndPortDependent => "address_and_port_dependent",
+        }
+    }
+}
+
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+display_as_str!(Mapping, Filtering, ClassicNat);
+
+/// The result of a discovery run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatBehaviour {
+    /// Mapping behaviour (or [`Mapping::NoNat`]).
+    pub mapping: Mapping,
+    /// Filtering behaviour.
+    pub filtering: Filtering,
+    /// Server-reflexive address from test I (what the server saw).
+    pub reflexive: SocketAddr,
+    /// The local address the requests were sent from.
+    pub local: SocketAddr,
+    /// The server's alternate address (OTHER-ADDRESS).
+    pub other_address: SocketAddr,
+    /// Round-trip time of test I, if its first request was answered (Karn's rule).
+    pub rtt: Option<Duration>,
+}
+
+impl NatBehaviour {
+    /// The classic name of this behaviour.
+    pub fn nat_type(&self) -> ClassicNat {
+        ClassicNat::from_behaviour(self.mapping, self.filtering)
+    }
+}
+
+/// Transaction timing (RFC 8489 section 6.2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatConfig {
+    /// Initial retransmission timeout (RFC default 500 ms).
+    pub rto: Duration,
+    /// Requests per transaction (RFC default 7).
+    pub rc: u32,
+    /// Final wait after the last request, in multiples of `rto` (RFC default 16).
+    pub rm: u32,
+    /// Seed for transaction ids (tests); `None` draws from the OS.
+    pub seed: Option<u64>,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        NatConfig {
+            rto: Duration::from_millis(500),
+            rc: 7,
+            rm: 16,
+            seed: None,
+        }
+    }
+}
+
+impl NatConfig {
+    /// Timing whose transaction timeout (Rc requests plus the final wait) is close to
+    /// `total`, keeping Rc = 7 and Rm = 16 (RTO = total / 79, at least 1 ms).
+    pub fn with_transaction_timeout(total: Duration) -> Self {
+        let rto = (total / 79).max(Duration::from_millis(1));
+        NatConfig {
+            rto,
+            ..NatConfig::default()
+        }
+    }
+
+    /// How long one transaction lasts when nothing answers.
+    pub fn transaction_timeout(&self) -> Duration {
+        let rc = self.rc.max(1);
+        let mut total = Duration::ZERO;
+        for k in 1..rc {
+            total += self.rto.saturating_mul(1u32 << (k - 1).min(20));
+        }
+        total + self.rto.saturating_mul(self.rm)
+    }
+}
+
+/// Why discovery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NatError {
+    /// The server did not answer (test I, or a mapping test to its alternate address).
+    #[error("no response from {server} during {test} after {after:?}")]
+    Timeout {
+        /// Which test timed out.
+        test: &'static str,
+        /// The address the requests went to.
+        server: SocketAddr,
+        /// The transaction timeout.
+        after: Duration,
+    },
+    /// The server's response lacks OTHER-ADDRESS, or it names the same IP: the server does
+    /// not support RFC 5780 behaviour discovery.
+    #[error("server {0} does not support RFC 5780 (no usable OTHER-ADDRESS)")]
+    NoOtherAddress(SocketAddr),
+    /// The server answered a CHANGE-REQUEST from an address it should have changed.
+    #[error("server ignored CHANGE-REQUEST: response came from {from}")]
+    ChangeRequestIgnored {
+        /// Where the response came from.
+        from: SocketAddr,
+    },
+    /// The server answered with a STUN error response.
+    #[error("server error {code}: {reason}")]
+    ServerError {
+        /// STUN error code.
+        code: u16,
+        /// Reason phrase.
+        reason: String,
+    },
+    /// A success response without (XOR-)MAPPED-ADDRESS.
+    #[error("malformed response: {0}")]
+    Protocol(String),
+    /// Encoding a request failed (a bug).
+    #[error("cannot encode STUN request: {0}")]
+    Encode(String),
+    /// Socket error in the driver.
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl NatError {
+    /// A short machine-readable kind: `timeout`, `no_other_address`,
+    /// `change_request_ignored`, `server_error`, `protocol`, `encode`, `io`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NatError::Timeout { .. } => "timeout",
+            NatError::NoOtherAddress(_) => "no_other_address",
+            NatError::ChangeRequestIgnored { .. } => "change_request_ignored",
+            NatError::ServerError { .. } => "server_error",
+            NatError::Protocol(_) => "protocol",
+            NatError::Encode(_) => "encode",
+            NatError::Io(_) => "io",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_names() {
+        use Filtering as F;
+        use Mapping as M;
+        let c = ClassicNat::from_behaviour;
+        assert_eq!(c(M::NoNat, F::EndpointIndependent), ClassicNat::None);
+        assert_eq!(
+            c(M::EndpointIndependent, F::EndpointIndependent),
+            ClassicNat::FullCone
+        );
+        assert_eq!(
+            c(M::EndpointIndependent, F::AddressDependent),
+            ClassicNat::Restricted
+        );
+        assert_eq!(
+            c(M::EndpointIndependent, F::AddressAndPortDependent),
+            ClassicNat::PortRestricted
+        );
+        assert_eq!(
+            c(M::AddressDependent, F::EndpointIndependent),
+            ClassicNat::Symmetric
+        );
+        assert_eq!(
+            c(M::AddressAndPortDependent, F::AddressAndPortDependent),
+            ClassicNat::Symmetric
+        );
+        assert_eq!(
+            c(M::NoNat, F::AddressAndPortDependent),
+            ClassicNat::PortRestricted
+        );
+    }
+
+    #[test]
+    fn default_transaction_timeout_is_rfc_8489s_39_5_seconds() {
+        assert_eq!(
+            NatConfig::default().transaction_timeout(),
+            Duration::from_millis(39_500)
+        );
+    }
+}
