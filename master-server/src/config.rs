@@ -3,6 +3,8 @@
 //! The command line (`main.rs`) maps flags and environment variables onto this struct;
 //! tests and embedders build it directly.
 
+use std::time::Duration;
+
 use crate::writer::WriterConfig;
 
 /// How the server behaves.
@@ -27,6 +29,9 @@ pub struct Config {
     pub max_sessions: usize,
     /// Largest request body, in bytes. Default 64 KiB.
     pub max_body_bytes: usize,
+    /// How often buffered heartbeats are written (see [`crate::heartbeats`]); zero makes
+    /// every heartbeat commit before it is answered. Default 50 ms.
+    pub heartbeat_flush: Duration,
     /// The database writer's tuning.
     pub writer: WriterConfig,
 }
@@ -42,6 +47,7 @@ impl Default for Config {
             trust_forwarded_for: false,
             max_sessions: 1_000_000,
             max_body_bytes: 64 * 1024,
+            heartbeat_flush: Duration::from_millis(50),
             writer: WriterConfig::default(),
         }
     }

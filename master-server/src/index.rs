@@ -141,15 +141,38 @@ impl Index {
     /// Applies a new liveness (heartbeat) unless the index already holds a newer version.
     /// Returns false when the row is not in the index.
     pub fn set_liveness(&self, id: SessionId, live: Liveness) -> bool {
+        self.with_row(id, |row| {
+            if row.live.version < live.version {
+                row.live = live;
+            }
+        })
+    }
+
+    /// Sets a row's expiry from a buffered heartbeat (its version is confirmed later).
+    /// Returns false when the row is not in the index.
+    pub fn extend(&self, id: SessionId, expires_at: Millis) -> bool {
+        self.with_row(id, |row| row.live.expires_at = expires_at)
+    }
+
+    /// Confirms a flushed heartbeat: takes the database's version, and keeps the later of
+    /// the two expiries (a newer heartbeat may have arrived during the flush).
+    pub fn confirm(&self, id: SessionId, live: Liveness) -> bool {
+        self.with_row(id, |row| {
+            if row.live.version < live.version {
+                row.live.version = live.version;
+                row.live.expires_at = row.live.expires_at.max(live.expires_at);
+            }
+        })
+    }
+
+    fn with_row(&self, id: SessionId, change: impl FnOnce(&mut Session)) -> bool {
         let mut inner = self.write();
         let Some((game, seq)) = inner.ids.get(&id).cloned() else {
             return false;
         };
         match inner.games.get_mut(&game).and_then(|g| g.get_mut(&seq)) {
             Some(row) => {
-                if row.live.version < live.version {
-                    row.live = live;
-                }
+                change(row);
                 true
             }
             None => false,
@@ -244,6 +267,7 @@ mod tests {
             token_hash: Token::generate().hash(),
             timeout_secs: 60,
             created_at: Millis(0),
+            json: Default::default(),
         })
     }
 
@@ -321,8 +345,16 @@ mod tests {
         assert_eq!(index.get_any(b.id).map(|s| s.live), Some(live(1000, 3)));
         assert!(index.set_liveness(b.id, live(2000, 4)));
         assert_eq!(index.get_any(b.id).map(|s| s.live), Some(live(2000, 4)));
+        assert!(index.extend(b.id, Millis(2500)));
+        assert!(index.confirm(b.id, live(2400, 5)));
+        assert_eq!(
+            index.get_any(b.id).map(|s| s.live),
+            Some(live(2500, 5)),
+            "later expiry kept"
+        );
         assert!(index.remove(b.id));
-        assert!(!index.set_liveness(b.id, live(3000, 5)));
+        assert!(!index.set_liveness(b.id, live(3000, 6)));
+        assert!(!index.extend(b.id, Millis(1)));
         assert!(index.is_empty());
     }
 }

@@ -4,11 +4,13 @@
 //! delete them with the owner token; clients list a game's live sessions with filters and
 //! cursor pagination. Rows live in SQLite (embedded default) or PostgreSQL (shared by many
 //! instances); reads are served from an in-memory [`index`] that every committed write and
-//! every other instance's change keeps coherent, and writes are batched by the [`writer`].
+//! every other instance's change keeps coherent, and writes are batched by the [`writer`];
+//! heartbeats are acknowledged from memory and written behind ([`heartbeats`]).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod config;
 pub mod error;
+pub mod heartbeats;
 pub mod http;
 pub mod index;
 pub mod model;

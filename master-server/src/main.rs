@@ -35,6 +35,9 @@ struct Cli {
     /// Most sessions held at once.
     #[arg(long, env = "MASTER_MAX_SESSIONS", default_value_t = 1_000_000)]
     max_sessions: usize,
+    /// Write buffered heartbeats every N ms; 0 commits each heartbeat before answering.
+    #[arg(long, env = "MASTER_HEARTBEAT_FLUSH_MS", default_value_t = 50)]
+    heartbeat_flush_ms: u64,
     /// Log as JSON lines instead of text (filter with RUST_LOG).
     #[arg(long, env = "MASTER_LOG_JSON")]
     log_json: bool,
@@ -50,6 +53,7 @@ impl Cli {
             default_timeout_secs: 60,
             trust_forwarded_for: self.trust_forwarded_for,
             max_sessions: self.max_sessions,
+            heartbeat_flush: std::time::Duration::from_millis(self.heartbeat_flush_ms),
             ..Config::default()
         }
     }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -72,6 +73,73 @@ pub struct SessionBody {
     pub timeout_secs: u32,
     /// When the row was created.
     pub created_at: Millis,
+    /// The row's JSON up to `expires_at`, rendered once on first read.
+    pub json: JsonCache,
+}
+
+/// A body's rendered JSON (everything but `expires_at`), cached because every list
+/// request renders up to 200 rows. Cloning a body gives an empty cache, so a patched copy
+/// never shows the old body's JSON.
+#[derive(Default)]
+pub struct JsonCache(OnceLock<Box<str>>);
+
+impl Clone for JsonCache {
+    fn clone(&self) -> Self {
+        JsonCache::default()
+    }
+}
+
+impl fmt::Debug for JsonCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JsonCache")
+    }
+}
+
+/// The fields of a row's JSON that a heartbeat does not change, in API order.
+#[derive(Serialize)]
+struct HeadJson<'a> {
+    id: SessionId,
+    game: &'a str,
+    name: &'a str,
+    max_players: u32,
+    players: u32,
+    attributes: &'a Attributes,
+    connect: &'a RawValue,
+    addr: IpAddr,
+    created_at: Millis,
+}
+
+impl SessionBody {
+    /// `{"id":...,"created_at":"...","expires_at":"` — the row's JSON before the expiry.
+    fn json_head(&self) -> &str {
+        self.json.0.get_or_init(|| {
+            let head = HeadJson {
+                id: self.id,
+                game: &self.game,
+                name: &self.name,
+                max_players: self.max_players,
+                players: self.players,
+                attributes: &self.attributes,
+                connect: &self.connect,
+                addr: self.addr,
+                created_at: self.created_at,
+            };
+            // Strings, numbers and a validated raw JSON object always serialize.
+            let mut text = serde_json::to_string(&head).unwrap_or_else(|_| "{".to_owned());
+            text.pop();
+            text.push_str(",\"expires_at\":\"");
+            text.into_boxed_str()
+        })
+    }
+}
+
+impl Session {
+    /// Appends this row's API JSON to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.body.json_head().as_bytes());
+        out.extend_from_slice(self.live.expires_at.rfc3339().as_str().as_bytes());
+        out.extend_from_slice(b"\"}");
+    }
 }
 
 /// A row's liveness: changed by every write.
@@ -90,39 +158,6 @@ pub struct Session {
     pub body: std::sync::Arc<SessionBody>,
     /// Its liveness.
     pub live: Liveness,
-}
-
-/// Serializes a row for the API without copying it (the hot path of list requests).
-#[derive(Serialize)]
-pub struct SessionJson<'a> {
-    id: SessionId,
-    game: &'a str,
-    name: &'a str,
-    max_players: u32,
-    players: u32,
-    attributes: &'a Attributes,
-    connect: &'a RawValue,
-    addr: IpAddr,
-    created_at: Millis,
-    expires_at: Millis,
-}
-
-impl<'a> From<&'a Session> for SessionJson<'a> {
-    fn from(s: &'a Session) -> Self {
-        let b = &*s.body;
-        SessionJson {
-            id: b.id,
-            game: &b.game,
-            name: &b.name,
-            max_players: b.max_players,
-            players: b.players,
-            attributes: &b.attributes,
-            connect: &b.connect,
-            addr: b.addr,
-            created_at: b.created_at,
-            expires_at: s.live.expires_at,
-        }
-    }
 }
 
 /// A listed session, as the API returns it (never with the token).

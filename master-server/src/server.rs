@@ -4,9 +4,10 @@
 //! 2. With PostgreSQL, start listening for other instances' changes *before* loading, so
 //!    nothing committed in between is missed.
 //! 3. Load every live row into the index.
-//! 4. Spawn the writer (and the change feed, and the rate limiter's pruning).
+//! 4. Spawn the writer, the heartbeat flusher (and the change feed, and the rate
+//!    limiter's pruning).
 //! 5. Serve until the shutdown signal; then stop accepting, finish in-flight requests,
-//!    let the writer drain its queue, and close the database.
+//!    flush buffered heartbeats, let the writer drain its queue, and close the database.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::heartbeats::{run_flusher, HeartbeatBuffer};
 use crate::http::{admit, router, AppState};
 use crate::index::Index;
 use crate::store::{PgChangeFeed, Store, StoreError};
@@ -42,6 +44,7 @@ pub struct App {
     state: AppState,
     writer: JoinHandle<()>,
     writer_stop: WriterStop,
+    flusher: Option<(JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
     background: Vec<JoinHandle<()>>,
 }
 
@@ -92,6 +95,19 @@ impl App {
                 Duration::from_secs(30),
             )));
         }
+        let heartbeats = (!config.heartbeat_flush.is_zero())
+            .then(|| Arc::new(HeartbeatBuffer::new(config.max_sessions)));
+        let flusher = heartbeats.as_ref().map(|buffer| {
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            let task = run_flusher(
+                buffer.clone(),
+                writer_handle.clone(),
+                index.clone(),
+                config.heartbeat_flush,
+                stopped,
+            );
+            (tokio::spawn(task), stop)
+        });
         let state = AppState {
             config: Arc::new(config),
             index,
@@ -99,11 +115,13 @@ impl App {
             store,
             limiter,
             metrics,
+            heartbeats,
         };
         Ok(App {
             state,
             writer,
             writer_stop,
+            flusher,
             background,
         })
     }
@@ -135,10 +153,20 @@ impl App {
             state,
             writer,
             writer_stop,
+            flusher,
             background,
         } = self;
         for task in background {
             task.abort();
+        }
+        if let Some((task, stop)) = flusher {
+            let _ = stop.send(());
+            if tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("heartbeat flush did not finish within 15 s");
+            }
         }
         writer_stop.stop();
         if tokio::time::timeout(Duration::from_secs(15), writer)

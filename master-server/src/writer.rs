@@ -10,6 +10,7 @@
 //! 4. On [`WriterStop::stop`] (or when every handle is dropped) the writer closes the
 //!    queue, commits what is already in it, and stops.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +44,11 @@ pub enum WriteOp {
     Heartbeat(SessionId, Millis, Reply<Option<Liveness>>),
     /// Delete a row; `false` when it was already gone.
     Delete(SessionId, Reply<bool>),
+    /// Write buffered heartbeats; answers the rows reached with their new liveness.
+    FlushHeartbeats(
+        Vec<(SessionId, Millis)>,
+        Reply<HashMap<SessionId, Liveness>>,
+    ),
 }
 
 /// Tuning of the writer.
@@ -123,6 +129,14 @@ impl WriterHandle {
         self.call(|r| WriteOp::Delete(id, r)).await
     }
 
+    /// Writes buffered heartbeats (see [`crate::heartbeats`]).
+    pub async fn flush_heartbeats(
+        &self,
+        entries: Vec<(SessionId, Millis)>,
+    ) -> Result<HashMap<SessionId, Liveness>, WriteError> {
+        self.call(|r| WriteOp::FlushHeartbeats(entries, r)).await
+    }
+
     /// Whether the writer is still running.
     pub fn is_running(&self) -> bool {
         !self.tx.is_closed()
@@ -180,6 +194,7 @@ struct Replies {
     updates: Vec<Reply<Option<Session>>>,
     heartbeats: Vec<(SessionId, Reply<Option<Liveness>>)>,
     deletes: Vec<(SessionId, Reply<bool>)>,
+    flushes: Vec<(Vec<SessionId>, Reply<HashMap<SessionId, Liveness>>)>,
 }
 
 impl Writer {
@@ -238,6 +253,11 @@ impl Writer {
                 WriteOp::Delete(id, reply) => {
                     batch.deletes.push(id);
                     replies.deletes.push((id, reply));
+                }
+                WriteOp::FlushHeartbeats(entries, reply) => {
+                    let ids = entries.iter().map(|(id, _)| *id).collect();
+                    batch.heartbeats.extend(entries);
+                    replies.flushes.push((ids, reply));
                 }
             }
         }
@@ -304,6 +324,13 @@ impl Writer {
             }
             let _ = reply.send(Ok(live));
         }
+        for (ids, reply) in replies.flushes {
+            let confirmed = ids
+                .into_iter()
+                .filter_map(|id| result.heartbeats.get(&id).map(|live| (id, *live)))
+                .collect();
+            let _ = reply.send(Ok(confirmed));
+        }
         for (id, reply) in replies.deletes {
             let deleted = result.deleted.contains(&id);
             index.remove(id);
@@ -332,6 +359,9 @@ fn fail_all(replies: Replies) {
         let _ = reply.send(Err(err));
     }
     for (_, reply) in replies.deletes {
+        let _ = reply.send(Err(err));
+    }
+    for (_, reply) in replies.flushes {
         let _ = reply.send(Err(err));
     }
 }

@@ -21,6 +21,8 @@ both_backends!(
     bad_input_gets_clear_4xx_json,
     rate_limit_answers_429_with_retry_after,
     restart_keeps_live_rows_and_tokens,
+    synchronous_heartbeats_commit_before_answering,
+    buffered_heartbeats_are_written_behind_and_flushed_at_shutdown,
     forwarded_for_is_trusted_only_when_enabled,
     openapi_healthz_and_metrics,
 );
@@ -749,6 +751,114 @@ async fn openapi_healthz_and_metrics(backend: Backend) {
     assert!(text.contains("route=\"/v1/sessions\""), "{text}");
     assert!(text.contains("status=\"201\""), "{text}");
     assert!(text.contains("master_sessions_live"), "{text}");
+    app.shutdown().await;
+    db.cleanup().await;
+}
+
+/// `expires_at_ms` of the only row, read from the database directly.
+async fn stored_expiry(backend: Backend, url: &str) -> i64 {
+    match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(url).await.expect("open");
+            let v = sqlx::query_scalar("SELECT expires_at_ms FROM sessions")
+                .fetch_one(&pool)
+                .await
+                .expect("row");
+            pool.close().await;
+            v
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(url).await.expect("open");
+            let v = sqlx::query_scalar("SELECT expires_at_ms FROM sessions")
+                .fetch_one(&pool)
+                .await
+                .expect("row");
+            pool.close().await;
+            v
+        }
+    }
+}
+
+async fn buffered_heartbeats_are_written_behind_and_flushed_at_shutdown(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let config = Config {
+        heartbeat_flush: Duration::from_secs(3600),
+        ..db.config()
+    };
+    let (app, client) = start(&db, config).await;
+    let (id, token) = client.create(session("g", "behind")).await;
+    let created = stored_expiry(backend, &db.url).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let hb = client
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{id}/heartbeat"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(hb.status, StatusCode::OK);
+    let acked = instant(&hb.body["expires_at"]).timestamp_millis();
+    assert!(acked > created);
+    let row = client.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(
+        row.body["expires_at"], hb.body["expires_at"],
+        "reads see the heartbeat at once"
+    );
+    assert_eq!(
+        stored_expiry(backend, &db.url).await,
+        created,
+        "not yet written (flush every hour)"
+    );
+    app.shutdown().await;
+    assert_eq!(
+        stored_expiry(backend, &db.url).await,
+        acked,
+        "shutdown flushes buffered heartbeats"
+    );
+    db.cleanup().await;
+}
+
+async fn synchronous_heartbeats_commit_before_answering(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let config = Config {
+        heartbeat_flush: Duration::ZERO,
+        ..db.config()
+    };
+    let (app, client) = start(&db, config.clone()).await;
+    let (id, token) = client.create(session("g", "sync")).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let uri = format!("/v1/sessions/{id}/heartbeat");
+    let hb = client.call(Method::POST, &uri, Some(&token), None).await;
+    assert_eq!(hb.status, StatusCode::OK);
+    // Read the database directly: the heartbeat is already committed.
+    let stored: i64 = match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&db.url).await.expect("open");
+            sqlx::query_scalar("SELECT expires_at_ms FROM sessions")
+                .fetch_one(&pool)
+                .await
+                .expect("row")
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&db.url).await.expect("open");
+            let v = sqlx::query_scalar("SELECT expires_at_ms FROM sessions")
+                .fetch_one(&pool)
+                .await
+                .expect("row");
+            pool.close().await;
+            v
+        }
+    };
+    assert_eq!(stored, instant(&hb.body["expires_at"]).timestamp_millis());
+    let unknown = format!("/v1/sessions/{}/heartbeat", uuid::Uuid::new_v4());
+    assert_eq!(
+        client
+            .call(Method::POST, &unknown, Some(&token), None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
     app.shutdown().await;
     db.cleanup().await;
 }

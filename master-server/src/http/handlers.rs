@@ -17,8 +17,8 @@ use super::extract::{Bearer, ClientIp, IdParam, JsonBody};
 use super::{list_query, AppState};
 use crate::error::ApiError;
 use crate::model::{
-    CreateSession, Created, HeartbeatAck, PatchSession, Session, SessionBody, SessionId,
-    SessionJson, SessionRow,
+    CreateSession, Created, HeartbeatAck, JsonCache, PatchSession, Session, SessionBody, SessionId,
+    SessionRow,
 };
 use crate::time::Millis;
 use crate::token::Token;
@@ -72,6 +72,7 @@ pub async fn create(
         token_hash: token.hash(),
         timeout_secs,
         created_at: now,
+        json: JsonCache::default(),
     };
     let row = state
         .writer
@@ -85,12 +86,6 @@ pub async fn create(
         addr: addr.to_string(),
     };
     Ok((StatusCode::CREATED, Json(created)).into_response())
-}
-
-#[derive(Serialize)]
-struct ListJson<'a> {
-    sessions: Vec<SessionJson<'a>>,
-    next_cursor: Option<String>,
 }
 
 /// `GET /v1/sessions`: one page of a game's live sessions.
@@ -108,11 +103,20 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let filter = list_query::parse(query.as_deref())?;
     let page = state.index.list(&filter, Millis::now());
-    let body = ListJson {
-        sessions: page.rows.iter().map(SessionJson::from).collect(),
-        next_cursor: page.next_after.map(|seq| seq.to_string()),
-    };
-    Ok(json(&body))
+    let mut out = Vec::with_capacity(64 + page.rows.len() * 512);
+    out.extend_from_slice(b"{\"sessions\":[");
+    for (i, row) in page.rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        row.write_json(&mut out);
+    }
+    out.extend_from_slice(b"],\"next_cursor\":");
+    match page.next_after {
+        Some(seq) => out.extend_from_slice(format!("\"{seq}\"}}").as_bytes()),
+        None => out.extend_from_slice(b"null}"),
+    }
+    Ok(json_bytes(out))
 }
 
 /// `GET /v1/sessions/{id}`: one live session.
@@ -123,7 +127,7 @@ pub async fn get_one(
     IdParam(id): IdParam,
 ) -> Result<Response, ApiError> {
     let row = live_row(&state, id).await?;
-    Ok(json(&SessionJson::from(&row)))
+    Ok(row_json(&row))
 }
 
 /// `PATCH /v1/sessions/{id}`: partial update; also a heartbeat.
@@ -169,10 +173,14 @@ pub async fn patch(
         .update(body, Millis::now().plus_secs(timeout_secs))
         .await?;
     let updated = updated.ok_or(ApiError::NotFound("unknown or expired session"))?;
-    Ok(json(&SessionJson::from(&updated)))
+    if let Some(buffer) = &state.heartbeats {
+        buffer.forget(id);
+    }
+    Ok(row_json(&updated))
 }
 
-/// `POST /v1/sessions/{id}/heartbeat`: the row lives `timeout_secs` from now.
+/// `POST /v1/sessions/{id}/heartbeat`: the row lives `timeout_secs` from now (written
+/// behind, see [`crate::heartbeats`]).
 #[utoipa::path(post, path = "/v1/sessions/{id}/heartbeat", params(("id" = uuid::Uuid, Path)),
     security(("bearer" = [])),
     responses((status = 200, body = HeartbeatAck), (status = 401), (status = 404)))]
@@ -183,10 +191,19 @@ pub async fn heartbeat(
 ) -> Result<Response, ApiError> {
     let row = owned_row(&state, id, &token).await?;
     let expires = Millis::now().plus_secs(row.body.timeout_secs);
-    let live = state.writer.heartbeat(id, expires).await?;
-    let live = live.ok_or(ApiError::NotFound("unknown or expired session"))?;
+    let buffered = state
+        .heartbeats
+        .as_ref()
+        .is_some_and(|buffer| state.index.extend(id, expires) && buffer.put(id, expires));
+    let expires = if buffered {
+        expires
+    } else {
+        let live = state.writer.heartbeat(id, expires).await?;
+        live.ok_or(ApiError::NotFound("unknown or expired session"))?
+            .expires_at
+    };
     Ok(json(&HeartbeatAck {
-        expires_at: live.expires_at.rfc3339().to_string(),
+        expires_at: expires.rfc3339().to_string(),
     }))
 }
 
@@ -200,7 +217,11 @@ pub async fn delete(
     Bearer(token): Bearer,
 ) -> Result<Response, ApiError> {
     owned_row(&state, id, &token).await?;
-    if !state.writer.delete(id).await? {
+    let deleted = state.writer.delete(id).await?;
+    if let Some(buffer) = &state.heartbeats {
+        buffer.forget(id);
+    }
+    if !deleted {
         return Err(ApiError::NotFound("unknown or expired session"));
     }
     tracing::info!(session = %id, "session deleted");
@@ -251,9 +272,19 @@ async fn owned_row(state: &AppState, id: SessionId, token: &str) -> Result<Sessi
     Ok(row)
 }
 
+fn row_json(row: &Session) -> Response {
+    let mut out = Vec::with_capacity(512);
+    row.write_json(&mut out);
+    json_bytes(out)
+}
+
+fn json_bytes(bytes: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+}
+
 fn json<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
-        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Ok(bytes) => json_bytes(bytes),
         Err(err) => {
             tracing::error!(%err, "response serialization failed");
             ApiError::Unavailable.into_response()

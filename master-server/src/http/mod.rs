@@ -18,6 +18,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::heartbeats::HeartbeatBuffer;
 use crate::index::Index;
 use crate::store::Store;
 use crate::writer::WriterHandle;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub limiter: Option<Arc<admit::IpLimiter>>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Buffered heartbeats (`None` when every heartbeat commits synchronously).
+    pub heartbeats: Option<Arc<HeartbeatBuffer>>,
 }
 
 /// Builds the router.

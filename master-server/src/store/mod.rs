@@ -1,8 +1,9 @@
 //! Durable storage of session rows in SQLite (embedded default) or PostgreSQL.
 //!
 //! The store is written only by the [writer](crate::writer), in batches: one transaction
-//! per batch, with the creates as one multi-row insert, heartbeats as one `UPDATE ... FROM`
-//! and deletes as one `DELETE ... RETURNING`. Reads happen at start (load every live row)
+//! per batch (SQLite skips it for a single statement), with the creates as one insert,
+//! heartbeats as one `UPDATE ... FROM` and deletes as one `DELETE ... RETURNING`, whatever
+//! the batch size. Reads happen at start (load every live row)
 //! and, with PostgreSQL, when another instance announces a change.
 //!
 //! Migrations from `migrations/sqlite/` or `migrations/postgres/` run at connect.
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::model::{Liveness, Session, SessionBody, SessionId};
+use crate::model::{JsonCache, Liveness, Session, SessionBody, SessionId};
 use crate::time::Millis;
 use crate::token::TokenHash;
 
@@ -185,6 +186,7 @@ impl RawRow {
                     token_hash: TokenHash::from_slice(&self.token_hash)?,
                     timeout_secs: u32::try_from(self.timeout_secs).ok()?,
                     created_at: Millis(self.created_at_ms),
+                    json: JsonCache::default(),
                 }),
                 live: Liveness {
                     expires_at: Millis(self.expires_at_ms),

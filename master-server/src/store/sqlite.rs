@@ -8,17 +8,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use std::fmt::Write as _;
+
+use sqlx::{Acquire, Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{attributes_json, Batch, BatchResult, RawRow, StoreError, COLUMNS};
 use crate::model::{Liveness, Session, SessionId};
 use crate::time::Millis;
-
-/// Rows per multi-row insert (13 binds each, far below SQLite's bind limit).
-const INSERT_CHUNK: usize = 64;
-/// Ids per heartbeat update or delete statement.
-const ID_CHUNK: usize = 400;
 
 pub(super) async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
     let in_memory = url.contains(":memory:");
@@ -106,43 +103,78 @@ pub(super) async fn apply(
     batch: &Batch,
     now: Millis,
 ) -> Result<BatchResult, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut conn = pool.acquire().await?;
+    // One statement is atomic on its own: skip BEGIN/COMMIT round trips then.
+    if statements(batch) <= 1 {
+        return run(&mut conn, batch, now).await;
+    }
+    let mut tx = conn.begin().await?;
+    let result = run(&mut tx, batch, now).await?;
+    tx.commit().await?;
+    Ok(result)
+}
+
+fn statements(batch: &Batch) -> usize {
+    usize::from(!batch.creates.is_empty())
+        + batch.updates.len()
+        + usize::from(!batch.heartbeats.is_empty())
+        + usize::from(!batch.deletes.is_empty())
+        + usize::from(batch.reap_limit > 0)
+}
+
+/// Runs a batch's statements. Creates, heartbeats and deletes are one static statement
+/// each over a JSON array (`json_each`), so SQLite prepares them once per connection
+/// whatever the batch size.
+async fn run(
+    conn: &mut SqliteConnection,
+    batch: &Batch,
+    now: Millis,
+) -> Result<BatchResult, StoreError> {
     let mut result = BatchResult::default();
 
-    for chunk in batch.creates.chunks(INSERT_CHUNK) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+    if !batch.creates.is_empty() {
+        let rows: Vec<_> = batch
+            .creates
+            .iter()
+            .map(|(body, expires)| {
+                (
+                    body.id.0.to_string(),
+                    &body.game,
+                    &body.name,
+                    body.max_players,
+                    body.players,
+                    attributes_json(body),
+                    body.connect.get(),
+                    body.addr.to_string(),
+                    hex::encode(body.token_hash.0),
+                    body.timeout_secs,
+                    body.created_at.0,
+                    expires.0,
+                )
+            })
+            .collect();
+        let json = serde_json::to_string(&rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let returned = sqlx::query(
             "INSERT INTO sessions (id, game, name, max_players, players, attributes, connect, \
-             addr, token_hash, timeout_secs, created_at_ms, expires_at_ms, version) ",
-        );
-        qb.push_values(chunk, |mut b, (body, expires)| {
-            b.push_bind(body.id.0.to_string())
-                .push_bind(body.game.clone())
-                .push_bind(body.name.clone())
-                .push_bind(i64::from(body.max_players))
-                .push_bind(i64::from(body.players))
-                .push_bind(attributes_json(body))
-                .push_bind(body.connect.get().to_owned())
-                .push_bind(body.addr.to_string())
-                .push_bind(body.token_hash.0.to_vec())
-                .push_bind(i64::from(body.timeout_secs))
-                .push_bind(body.created_at.0)
-                .push_bind(expires.0)
-                .push_bind(1_i64);
-        });
-        qb.push(" RETURNING id, seq");
-        let rows = qb.build().persistent(false).fetch_all(&mut *tx).await?;
-        let mut seqs = HashMap::with_capacity(rows.len());
-        for row in rows {
+             addr, token_hash, timeout_secs, created_at_ms, expires_at_ms, version) \
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
+             value ->> 5, value ->> 6, value ->> 7, unhex(value ->> 8), value ->> 9, \
+             value ->> 10, value ->> 11, 1 FROM json_each(?1) RETURNING id, seq",
+        )
+        .bind(json)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut seqs = HashMap::with_capacity(returned.len());
+        for row in returned {
             seqs.insert(
                 row.try_get::<String, _>("id")?,
                 row.try_get::<i64, _>("seq")?,
             );
         }
-        for (body, _) in chunk {
-            let seq = seqs.get(&body.id.0.to_string()).copied();
+        for (id, ..) in &rows {
             result
                 .created_seqs
-                .push(seq.ok_or(sqlx::Error::RowNotFound)?);
+                .push(seqs.get(id).copied().ok_or(sqlx::Error::RowNotFound)?);
         }
     }
 
@@ -161,22 +193,33 @@ pub(super) async fn apply(
         .bind(expires.0)
         .bind(body.id.0.to_string())
         .bind(now.0)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *conn)
         .await?;
         result.updated.push(version);
     }
 
-    for chunk in batch.heartbeats.chunks(ID_CHUNK) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "UPDATE sessions SET expires_at_ms = v.column2, version = version + 1 FROM (",
-        );
-        qb.push_values(chunk, |mut b, (id, expires)| {
-            b.push_bind(id.0.to_string()).push_bind(expires.0);
-        });
-        qb.push(") AS v WHERE sessions.id = v.column1 AND sessions.expires_at_ms > ");
-        qb.push_bind(now.0);
-        qb.push(" RETURNING id, version, expires_at_ms");
-        for row in qb.build().persistent(false).fetch_all(&mut *tx).await? {
+    if !batch.heartbeats.is_empty() {
+        let mut json = String::with_capacity(batch.heartbeats.len() * 56 + 2);
+        json.push('[');
+        for (i, (id, expires)) in batch.heartbeats.iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            // Ids are hyphenated UUIDs and expiries integers: no escaping needed.
+            let _ = write!(json, "[\"{}\",{}]", id.0.hyphenated(), expires.0);
+        }
+        json.push(']');
+        let rows = sqlx::query(
+            "UPDATE sessions SET expires_at_ms = hb.e, version = version + 1 \
+             FROM (SELECT value ->> 0 AS id, value ->> 1 AS e FROM json_each(?1)) AS hb \
+             WHERE sessions.id = hb.id AND sessions.expires_at_ms > ?2 \
+             RETURNING id, version, expires_at_ms",
+        )
+        .bind(json)
+        .bind(now.0)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
             let id: String = row.try_get("id")?;
             if let Ok(id) = Uuid::try_parse(&id) {
                 let live = Liveness {
@@ -188,14 +231,16 @@ pub(super) async fn apply(
         }
     }
 
-    for chunk in batch.deletes.chunks(ID_CHUNK) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM sessions WHERE id IN (");
-        let mut ids = qb.separated(", ");
-        for id in chunk {
-            ids.push_bind(id.0.to_string());
-        }
-        qb.push(") RETURNING id");
-        for row in qb.build().persistent(false).fetch_all(&mut *tx).await? {
+    if !batch.deletes.is_empty() {
+        let ids: Vec<String> = batch.deletes.iter().map(|id| id.0.to_string()).collect();
+        let json = serde_json::to_string(&ids).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let rows = sqlx::query(
+            "DELETE FROM sessions WHERE id IN (SELECT value FROM json_each(?1)) RETURNING id",
+        )
+        .bind(json)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
             if let Ok(id) = Uuid::try_parse(&row.try_get::<String, _>("id")?) {
                 result.deleted.insert(SessionId(id));
             }
@@ -209,7 +254,7 @@ pub(super) async fn apply(
         )
         .bind(now.0)
         .bind(i64::try_from(batch.reap_limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?;
         for row in rows {
             if let Ok(id) = Uuid::try_parse(&row.try_get::<String, _>("id")?) {
@@ -217,7 +262,5 @@ pub(super) async fn apply(
             }
         }
     }
-
-    tx.commit().await?;
     Ok(result)
 }
