@@ -34,6 +34,9 @@ pub enum WriteError {
 
 type Reply<T> = oneshot::Sender<Result<T, WriteError>>;
 
+/// The rows a heartbeat flush reached, with their new liveness.
+pub type Confirmed = HashMap<SessionId, Liveness>;
+
 /// One write, with where to send its outcome.
 pub enum WriteOp {
     /// Insert a new row (its `seq` is filled in by the database).
@@ -47,7 +50,7 @@ pub enum WriteOp {
     /// Write buffered heartbeats; answers the rows reached with their new liveness.
     FlushHeartbeats(
         Vec<(SessionId, Millis)>,
-        Reply<HashMap<SessionId, Liveness>>,
+        Reply<Confirmed>,
     ),
 }
 
@@ -133,7 +136,7 @@ impl WriterHandle {
     pub async fn flush_heartbeats(
         &self,
         entries: Vec<(SessionId, Millis)>,
-    ) -> Result<HashMap<SessionId, Liveness>, WriteError> {
+    ) -> Result<Confirmed, WriteError> {
         self.call(|r| WriteOp::FlushHeartbeats(entries, r)).await
     }
 
@@ -194,7 +197,7 @@ struct Replies {
     updates: Vec<Reply<Option<Session>>>,
     heartbeats: Vec<(SessionId, Reply<Option<Liveness>>)>,
     deletes: Vec<(SessionId, Reply<bool>)>,
-    flushes: Vec<(Vec<SessionId>, Reply<HashMap<SessionId, Liveness>>)>,
+    flushes: Vec<(Vec<SessionId>, Reply<Confirmed>)>,
 }
 
 impl Writer {

@@ -14,6 +14,8 @@ pub struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
     host: String,
+    head_end: usize,
+    total: usize,
 }
 
 /// A parsed response.
@@ -32,6 +34,8 @@ impl Conn {
             stream,
             buf: Vec::with_capacity(64 * 1024),
             host: addr.to_owned(),
+            head_end: 0,
+            total: 0,
         })
     }
 
@@ -60,11 +64,21 @@ impl Conn {
     async fn exchange(&mut self, out: &[u8]) -> anyhow::Result<()> {
         self.stream.write_all(out).await?;
         self.buf.clear();
+        let mut total = None;
+        let mut scanned: usize = 0;
         loop {
-            if let Some(total) = complete_len(&self.buf)? {
-                if self.buf.len() >= total {
-                    return Ok(());
+            if total.is_none() {
+                // Scan only bytes not scanned before (minus 3 for a split "\r\n\r\n").
+                let from = scanned.saturating_sub(3);
+                if let Some(end) = find(&self.buf[from..], b"\r\n\r\n") {
+                    total = Some(from + end + 4 + content_length(&self.buf[..from + end])?);
+                    self.head_end = from + end;
                 }
+                scanned = self.buf.len();
+            }
+            if total.is_some_and(|t| self.buf.len() >= t) {
+                self.total = total.unwrap_or(0);
+                return Ok(());
             }
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(64 * 1024);
@@ -76,31 +90,24 @@ impl Conn {
     }
 
     fn parse(&self) -> anyhow::Result<Response<'_>> {
-        let head_end = find(&self.buf, b"\r\n\r\n").context("no header end")?;
-        let status =
-            std::str::from_utf8(self.buf.get(9..12).context("short status line")?)?.parse()?;
-        let total = complete_len(&self.buf)?.context("incomplete")?;
+        let status = std::str::from_utf8(self.buf.get(9..12).context("short status line")?)?;
         Ok(Response {
-            status,
-            body: &self.buf[head_end + 4..total],
+            status: status.parse()?,
+            body: &self.buf[self.head_end + 4..self.total],
         })
     }
 }
 
-/// Total response length once the headers are in, from `Content-Length`.
-fn complete_len(buf: &[u8]) -> anyhow::Result<Option<usize>> {
-    let Some(head_end) = find(buf, b"\r\n\r\n") else {
-        return Ok(None);
-    };
-    let head = std::str::from_utf8(&buf[..head_end])?;
-    let length = head
+/// The `Content-Length` of a response head (0 when absent).
+fn content_length(head: &[u8]) -> anyhow::Result<usize> {
+    let head = std::str::from_utf8(head)?;
+    Ok(head
         .lines()
         .filter_map(|line| line.split_once(':'))
         .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
         .map(|(_, value)| value.trim().parse::<usize>())
         .transpose()?
-        .unwrap_or(0);
-    Ok(Some(head_end + 4 + length))
+        .unwrap_or(0))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
