@@ -48,10 +48,7 @@ pub enum WriteOp {
     /// Delete a row; `false` when it was already gone.
     Delete(SessionId, Reply<bool>),
     /// Write buffered heartbeats; answers the rows reached with their new liveness.
-    FlushHeartbeats(
-        Vec<(SessionId, Millis)>,
-        Reply<Confirmed>,
-    ),
+    FlushHeartbeats(Vec<(SessionId, Millis)>, Reply<Confirmed>),
 }
 
 /// Tuning of the writer.
