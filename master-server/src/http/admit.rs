@@ -1,7 +1,7 @@
 //! Admission middleware: client address, per-IP rate limit, and request metrics.
 //!
 //! 1. The client IP is the TCP peer, or with `trust_forwarded_for` the last entry of
-//!    `X-Forwarded-For` (the one the trusted load balancer appended).
+//!    `X-Forwarded-For` (the one the trusted load balancer appended); see [`ClientIp`].
 //! 2. Every API request draws from the client's token bucket (`rate` per second, burst
 //!    `2 x rate`); an empty bucket answers 429 with `Retry-After`. `/healthz` and `/metrics`
 //!    are exempt so monitoring never gets throttled.
@@ -9,19 +9,20 @@
 //!
 //! The limiter's table holds only clients seen recently: a background task prunes it.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
-use super::extract::{BodyLimit, ClientIp};
+use super::extract::ClientIp;
 use super::AppState;
 use crate::error::ApiError;
 
@@ -47,33 +48,16 @@ pub async fn prune(limiter: Arc<IpLimiter>, every: Duration) {
     }
 }
 
-fn client_ip(req: &Request, trust_forwarded_for: bool) -> IpAddr {
-    if trust_forwarded_for {
-        let forwarded = req
-            .headers()
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|part| part.trim().parse::<IpAddr>().ok())
-            .next_back();
-        if let Some(ip) = forwarded {
-            return ip;
-        }
-    }
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(addr)| {
-            addr.ip()
-        })
-}
-
-/// Sets [`ClientIp`] and [`BodyLimit`], and applies the rate limit.
-pub async fn admit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let ip = client_ip(&req, state.config.trust_forwarded_for);
-    let exempt = matches!(req.uri().path(), "/healthz" | "/metrics");
-    if let (Some(limiter), false) = (&state.limiter, exempt) {
-        if let Err(not_until) = limiter.check_key(&ip) {
+/// Applies the per-IP rate limit (when on) to every route but `/healthz` and `/metrics`.
+pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(limiter) = &state.limiter {
+        let exempt = matches!(req.uri().path(), "/healthz" | "/metrics");
+        let ClientIp(ip) = ClientIp::of(
+            req.headers(),
+            req.extensions(),
+            state.config.trust_forwarded_for,
+        );
+        if let (false, Err(not_until)) = (exempt, limiter.check_key(&ip)) {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             return ApiError::RateLimited {
@@ -82,19 +66,37 @@ pub async fn admit(State(state): State<AppState>, mut req: Request, next: Next) 
             .into_response();
         }
     }
-    req.extensions_mut().insert(ClientIp(ip));
-    req.extensions_mut()
-        .insert(BodyLimit(state.config.max_body_bytes));
     next.run(req).await
 }
 
+/// Route templates as static label values (no allocation per request).
+const ROUTES: [&str; 6] = [
+    "/v1/sessions",
+    "/v1/sessions/{id}",
+    "/v1/sessions/{id}/heartbeat",
+    "/healthz",
+    "/metrics",
+    "/v1/openapi.json",
+];
+
 /// Counts every response by route template, method and status.
 pub async fn count(req: Request, next: Next) -> Response {
-    let route = req
+    let route: &'static str = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+        .and_then(|p| ROUTES.iter().find(|r| **r == p.as_str()))
+        .copied()
+        .unwrap_or("unmatched");
+    let method: &'static str = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!("http_requests_total", "route" => route, "method" => method, "status" => status)

@@ -3,30 +3,68 @@
 //! axum's own rejections answer in plain text; these wrap them so that a bad body, a bad
 //! id or a missing token gets the API's error shape.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{Extensions, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
+use super::AppState;
 use crate::error::ApiError;
 use crate::model::SessionId;
 use crate::token::MAX_TOKEN_LEN;
 
-/// The client's IP, set by the admission middleware.
+/// The client's IP: the TCP peer, or with `trust_forwarded_for` the last
+/// `X-Forwarded-For` entry (the one the trusted load balancer appended).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);
+
+impl ClientIp {
+    /// Reads the client IP from a request's headers and connection info.
+    pub fn of(headers: &HeaderMap, extensions: &Extensions, trust_forwarded_for: bool) -> Self {
+        if trust_forwarded_for {
+            let forwarded = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|part| part.trim().parse::<IpAddr>().ok())
+                .next_back();
+            if let Some(ip) = forwarded {
+                return ClientIp(ip);
+            }
+        }
+        let peer = extensions.get::<ConnectInfo<SocketAddr>>();
+        ClientIp(
+            peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(addr)| {
+                addr.ip()
+            }),
+        )
+    }
+}
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Ok(ClientIp::of(
+            &parts.headers,
+            &parts.extensions,
+            state.config.trust_forwarded_for,
+        ))
+    }
+}
 
 /// A JSON body parsed into `T`; 400/413/415 as JSON errors.
 pub struct JsonBody<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         if let Some(content_type) = req.headers().get(CONTENT_TYPE) {
             let essence = content_type
                 .to_str()
@@ -39,10 +77,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 return Err(ApiError::UnsupportedMediaType);
             }
         }
-        let limit = req
-            .extensions()
-            .get::<BodyLimit>()
-            .map_or(usize::MAX, |l| l.0);
+        let limit = state.config.max_body_bytes;
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge(limit)
@@ -59,10 +94,6 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         })
     }
 }
-
-/// The body limit in force, for the 413 message.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
 
 /// The `{id}` path segment as a session id; 400 `invalid_id` when it is not a UUID.
 pub struct IdParam(pub SessionId);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use serde::Serialize;
 
 use super::extract::{Bearer, ClientIp, IdParam, JsonBody};
@@ -38,7 +38,7 @@ impl From<WriteError> for ApiError {
               (status = 413), (status = 429), (status = 503)))]
 pub async fn create(
     State(state): State<AppState>,
-    Extension(ClientIp(addr)): Extension<ClientIp>,
+    ClientIp(addr): ClientIp,
     JsonBody(req): JsonBody<CreateSession>,
 ) -> Result<Response, ApiError> {
     let config = &state.config;
