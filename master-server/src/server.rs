@@ -62,6 +62,28 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Describes the service's metrics and makes the counters visible before their first event.
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "http_requests_total",
+        "HTTP responses by route, method and status"
+    );
+    metrics::describe_gauge!("master_sessions_live", "sessions live now");
+    metrics::describe_counter!("master_sessions_expired_total", "expired sessions reaped");
+    metrics::describe_counter!(
+        "master_heartbeats_flushed_total",
+        "buffered heartbeats written"
+    );
+    metrics::describe_counter!("master_write_errors_total", "write batches that failed");
+    for name in [
+        "master_sessions_expired_total",
+        "master_heartbeats_flushed_total",
+        "master_write_errors_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+}
+
 impl App {
     /// Connects, loads and spawns the background tasks.
     pub async fn start(config: Config) -> Result<App, StartError> {
@@ -71,6 +93,7 @@ impl App {
             ));
         }
         let metrics = metrics_handle();
+        describe_metrics();
         let store = Store::connect(&config.database_url, Uuid::new_v4()).await?;
         let feed = match &store {
             Store::Postgres(pg) => Some(PgChangeFeed::listen(pg).await?),

@@ -751,6 +751,7 @@ async fn openapi_healthz_and_metrics(backend: Backend) {
     assert!(text.contains("route=\"/v1/sessions\""), "{text}");
     assert!(text.contains("status=\"201\""), "{text}");
     assert!(text.contains("master_sessions_live"), "{text}");
+    assert!(text.contains("master_sessions_expired_total"), "{text}");
     app.shutdown().await;
     db.cleanup().await;
 }

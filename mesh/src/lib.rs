@@ -2,4 +2,6 @@
 //! session/mesh protocol. See `DESIGN.md` for the architecture.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod identity;
 pub mod nat;
+pub mod socket;

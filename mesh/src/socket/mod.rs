@@ -1,0 +1,24 @@
+//! The one-socket layer: every datagram of an endpoint (QUIC to peers and to the punch server,
+//! STUN, probes) goes through one UDP socket; quinn sees only QUIC, addressed to stable
+//! synthetic addresses that the path layer maps to live paths.
+//!
+//! Flow:
+//! 1. [`demux::classify`] sorts each received datagram by its first byte (RFC 7983,
+//!    RFC 9443): QUIC, STUN (with the RFC 8489 magic cookie), or unknown.
+//! 2. [`path::PathTable`] maps synthetic addresses to [`path::Path`]s and real sources back
+//!    (sans-IO, bounded).
+//! 3. [`udp::MeshSocket`] is the `quinn::AsyncUdpSocket` that applies both per packet, with
+//!    batched I/O from `quinn-udp`; STUN goes to a bounded queue.
+//! 4. [`endpoint::Endpoint`] ties socket, quinn endpoint and identity together: `connect` to a
+//!    known peer id, `accept` with the remote's verified peer id.
+
+pub mod demux;
+pub mod endpoint;
+pub mod path;
+pub mod udp;
+
+pub use endpoint::{
+    endpoint_config, BindError, ConnectError, Endpoint, EndpointOptions, PeerConnection,
+};
+pub use path::{Path, PathTable};
+pub use udp::{MeshSocket, RawSendError, SocketStats, StunDatagram, StunReceiver};
