@@ -30,7 +30,8 @@ use crate::writer::WriterHandle;
 
 /// Pending heartbeats, one entry per row.
 pub struct HeartbeatBuffer {
-    pending: Mutex<HashMap<SessionId, Millis>>,
+    /// id -> (seq, expiry).
+    pending: Mutex<HashMap<SessionId, (i64, Millis)>>,
     capacity: usize,
 }
 
@@ -43,19 +44,19 @@ impl HeartbeatBuffer {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, Millis>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, (i64, Millis)>> {
         self.pending
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records a heartbeat; `false` when the buffer is full (commit it synchronously).
-    pub fn put(&self, id: SessionId, expires: Millis) -> bool {
+    pub fn put(&self, id: SessionId, seq: i64, expires: Millis) -> bool {
         let mut pending = self.lock();
         if pending.len() >= self.capacity && !pending.contains_key(&id) {
             return false;
         }
-        pending.insert(id, expires);
+        pending.insert(id, (seq, expires));
         true
     }
 
@@ -65,15 +66,15 @@ impl HeartbeatBuffer {
     }
 
     /// Takes everything pending.
-    fn take(&self) -> HashMap<SessionId, Millis> {
+    fn take(&self) -> HashMap<SessionId, (i64, Millis)> {
         std::mem::take(&mut *self.lock())
     }
 
     /// Puts back entries of a failed flush unless a newer heartbeat replaced them.
-    fn restore(&self, entries: Vec<(SessionId, Millis)>) {
+    fn restore(&self, entries: Vec<(SessionId, i64, Millis)>) {
         let mut pending = self.lock();
-        for (id, expires) in entries {
-            pending.entry(id).or_insert(expires);
+        for (id, seq, expires) in entries {
+            pending.entry(id).or_insert((seq, expires));
         }
     }
 
@@ -90,7 +91,11 @@ impl HeartbeatBuffer {
 
 /// Writes one flush; returns whether it committed.
 async fn flush(buffer: &HeartbeatBuffer, writer: &WriterHandle, index: &Index) -> bool {
-    let entries: Vec<(SessionId, Millis)> = buffer.take().into_iter().collect();
+    let entries: Vec<(SessionId, i64, Millis)> = buffer
+        .take()
+        .into_iter()
+        .map(|(id, (seq, expires))| (id, seq, expires))
+        .collect();
     if entries.is_empty() {
         return true;
     }
@@ -152,28 +157,33 @@ mod tests {
             SessionId::random(),
             SessionId::random(),
         );
-        assert!(buffer.put(a, Millis(1)));
+        assert!(buffer.put(a, 1, Millis(1)));
         assert!(
-            buffer.put(a, Millis(2)),
+            buffer.put(a, 1, Millis(2)),
             "a row's newer heartbeat replaces the older"
         );
-        assert!(buffer.put(b, Millis(1)));
+        assert!(buffer.put(b, 2, Millis(1)));
         assert!(
-            !buffer.put(c, Millis(1)),
+            !buffer.put(c, 3, Millis(1)),
             "full: the caller commits synchronously"
         );
         assert_eq!(buffer.len(), 2);
         let taken = buffer.take();
-        assert_eq!(taken.get(&a), Some(&Millis(2)));
+        assert_eq!(taken.get(&a), Some(&(1, Millis(2))));
         assert!(buffer.is_empty());
-        buffer.put(a, Millis(5));
-        buffer.restore(taken.into_iter().collect());
+        buffer.put(a, 1, Millis(5));
+        buffer.restore(
+            taken
+                .into_iter()
+                .map(|(id, (seq, e))| (id, seq, e))
+                .collect(),
+        );
         assert_eq!(
             buffer.take().get(&a),
-            Some(&Millis(5)),
+            Some(&(1, Millis(5))),
             "restore keeps newer entries"
         );
-        buffer.put(b, Millis(3));
+        buffer.put(b, 2, Millis(3));
         buffer.forget(b);
         assert!(buffer.is_empty());
     }

@@ -43,12 +43,12 @@ pub enum WriteOp {
     Create(SessionBody, Millis, Reply<Session>),
     /// Replace a row's body and expiry; `None` when the row is gone.
     Update(Arc<SessionBody>, Millis, Reply<Option<Session>>),
-    /// Extend a row's life; `None` when the row is gone.
-    Heartbeat(SessionId, Millis, Reply<Option<Liveness>>),
+    /// Extend a row's life (id, `seq`, expiry); `None` when the row is gone.
+    Heartbeat(SessionId, i64, Millis, Reply<Option<Liveness>>),
     /// Delete a row; `false` when it was already gone.
     Delete(SessionId, Reply<bool>),
     /// Write buffered heartbeats; answers the rows reached with their new liveness.
-    FlushHeartbeats(Vec<(SessionId, Millis)>, Reply<Confirmed>),
+    FlushHeartbeats(Vec<(SessionId, i64, Millis)>, Reply<Confirmed>),
 }
 
 /// Tuning of the writer.
@@ -119,9 +119,10 @@ impl WriterHandle {
     pub async fn heartbeat(
         &self,
         id: SessionId,
+        seq: i64,
         expires: Millis,
     ) -> Result<Option<Liveness>, WriteError> {
-        self.call(|r| WriteOp::Heartbeat(id, expires, r)).await
+        self.call(|r| WriteOp::Heartbeat(id, seq, expires, r)).await
     }
 
     /// Deletes a row.
@@ -132,7 +133,7 @@ impl WriterHandle {
     /// Writes buffered heartbeats (see [`crate::heartbeats`]).
     pub async fn flush_heartbeats(
         &self,
-        entries: Vec<(SessionId, Millis)>,
+        entries: Vec<(SessionId, i64, Millis)>,
     ) -> Result<Confirmed, WriteError> {
         self.call(|r| WriteOp::FlushHeartbeats(entries, r)).await
     }
@@ -246,8 +247,8 @@ impl Writer {
                     batch.updates.push((body, expires));
                     replies.updates.push(reply);
                 }
-                WriteOp::Heartbeat(id, expires, reply) => {
-                    batch.heartbeats.push((id, expires));
+                WriteOp::Heartbeat(id, seq, expires, reply) => {
+                    batch.heartbeats.push((id, seq, expires));
                     replies.heartbeats.push((id, reply));
                 }
                 WriteOp::Delete(id, reply) => {
@@ -255,7 +256,7 @@ impl Writer {
                     replies.deletes.push((id, reply));
                 }
                 WriteOp::FlushHeartbeats(entries, reply) => {
-                    let ids = entries.iter().map(|(id, _)| *id).collect();
+                    let ids = entries.iter().map(|(id, ..)| *id).collect();
                     batch.heartbeats.extend(entries);
                     replies.flushes.push((ids, reply));
                 }

@@ -370,22 +370,29 @@ async fn expired_rows_vanish_and_are_reaped(backend: Backend) {
     let rows: i64 = match backend {
         Backend::Sqlite => {
             let pool = sqlx::SqlitePool::connect(&db.url).await.expect("open");
-            sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
-                .fetch_one(&pool)
-                .await
-                .expect("count")
+            sqlx::query_scalar(
+                "SELECT (SELECT COUNT(*) FROM sessions) + (SELECT COUNT(*) FROM session_liveness)",
+            )
+            .fetch_one(&pool)
+            .await
+            .expect("count")
         }
         Backend::Postgres => {
             let pool = sqlx::PgPool::connect(&db.url).await.expect("open");
-            let n = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
-                .fetch_one(&pool)
-                .await
-                .expect("count");
+            let n = sqlx::query_scalar(
+                "SELECT (SELECT COUNT(*) FROM sessions) + (SELECT COUNT(*) FROM session_liveness)",
+            )
+            .fetch_one(&pool)
+            .await
+            .expect("count");
             pool.close().await;
             n
         }
     };
-    assert_eq!(rows, 1, "the reaper deleted the expired row");
+    assert_eq!(
+        rows, 2,
+        "the reaper deleted the expired row from both tables"
+    );
     db.cleanup().await;
 }
 
@@ -761,7 +768,7 @@ async fn stored_expiry(backend: Backend, url: &str) -> i64 {
     match backend {
         Backend::Sqlite => {
             let pool = sqlx::SqlitePool::connect(url).await.expect("open");
-            let v = sqlx::query_scalar("SELECT expires_at_ms FROM sessions")
+            let v = sqlx::query_scalar("SELECT expires_at_ms FROM session_liveness")
                 .fetch_one(&pool)
                 .await
                 .expect("row");
@@ -770,7 +777,7 @@ async fn stored_expiry(backend: Backend, url: &str) -> i64 {
         }
         Backend::Postgres => {
             let pool = sqlx::PgPool::connect(url).await.expect("open");
-            let v = sqlx::query_scalar("SELECT expires_at_ms FROM sessions")
+            let v = sqlx::query_scalar("SELECT expires_at_ms FROM session_liveness")
                 .fetch_one(&pool)
                 .await
                 .expect("row");
@@ -836,14 +843,14 @@ async fn synchronous_heartbeats_commit_before_answering(backend: Backend) {
     let stored: i64 = match backend {
         Backend::Sqlite => {
             let pool = sqlx::SqlitePool::connect(&db.url).await.expect("open");
-            sqlx::query_scalar("SELECT expires_at_ms FROM sessions")
+            sqlx::query_scalar("SELECT expires_at_ms FROM session_liveness")
                 .fetch_one(&pool)
                 .await
                 .expect("row")
         }
         Backend::Postgres => {
             let pool = sqlx::PgPool::connect(&db.url).await.expect("open");
-            let v = sqlx::query_scalar("SELECT expires_at_ms FROM sessions")
+            let v = sqlx::query_scalar("SELECT expires_at_ms FROM session_liveness")
                 .fetch_one(&pool)
                 .await
                 .expect("row");

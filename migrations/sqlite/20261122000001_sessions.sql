@@ -1,4 +1,6 @@
--- Session listings. `seq` orders a game's rows for cursor pagination (new rows sort last);
+-- Session listings. `seq` orders a game's rows for cursor pagination (new rows sort last).
+-- What a host sets lives in `sessions`; what heartbeats change lives in the narrow
+-- `session_liveness`, so a heartbeat rewrites a ~20-byte row, not the whole listing.
 -- `version` rises on every write so caches apply changes in order.
 CREATE TABLE sessions (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -12,9 +14,13 @@ CREATE TABLE sessions (
     addr          TEXT    NOT NULL,
     token_hash    BLOB    NOT NULL,
     timeout_secs  INTEGER NOT NULL,
-    created_at_ms INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE INDEX sessions_game_seq ON sessions (game, seq);
+
+CREATE TABLE session_liveness (
+    seq           INTEGER PRIMARY KEY,
     expires_at_ms INTEGER NOT NULL,
     version       INTEGER NOT NULL
 );
-CREATE INDEX sessions_expires ON sessions (expires_at_ms);
-CREATE INDEX sessions_game_seq ON sessions (game, seq);
+CREATE INDEX session_liveness_expires ON session_liveness (expires_at_ms);

@@ -191,14 +191,13 @@ pub async fn heartbeat(
 ) -> Result<Response, ApiError> {
     let row = owned_row(&state, id, &token).await?;
     let expires = Millis::now().plus_secs(row.body.timeout_secs);
-    let buffered = state
-        .heartbeats
-        .as_ref()
-        .is_some_and(|buffer| state.index.extend(id, expires) && buffer.put(id, expires));
+    let buffered = state.heartbeats.as_ref().is_some_and(|buffer| {
+        state.index.extend(id, expires) && buffer.put(id, row.body.seq, expires)
+    });
     let expires = if buffered {
         expires
     } else {
-        let live = state.writer.heartbeat(id, expires).await?;
+        let live = state.writer.heartbeat(id, row.body.seq, expires).await?;
         live.ok_or(ApiError::NotFound("unknown or expired session"))?
             .expires_at
     };

@@ -1,9 +1,13 @@
 //! Durable storage of session rows in SQLite (embedded default) or PostgreSQL.
 //!
+//! A row is split over two tables: `sessions` holds what the host sets, the narrow
+//! `session_liveness` (keyed by `seq`) holds `expires_at_ms` and `version`, so the bulk of
+//! writes (heartbeats) rewrite ~20-byte rows packed many to a page.
+//!
 //! The store is written only by the [writer](crate::writer), in batches: one transaction
-//! per batch (SQLite skips it for a single statement), with the creates as one insert,
-//! heartbeats as one `UPDATE ... FROM` and deletes as one `DELETE ... RETURNING`, whatever
-//! the batch size. Reads happen at start (load every live row)
+//! per batch (skipped when the batch is a single statement, e.g. only heartbeats), with
+//! the creates as one insert per table, heartbeats as one `UPDATE ... FROM` and deletes as
+//! one `DELETE ... RETURNING` per table, whatever the batch size. Reads happen at start (load every live row)
 //! and, with PostgreSQL, when another instance announces a change.
 //!
 //! Migrations from `migrations/sqlite/` or `migrations/postgres/` run at connect.
@@ -54,8 +58,8 @@ pub struct Batch {
     pub creates: Vec<(SessionBody, Millis)>,
     /// Replaced bodies with their new expiry (patches).
     pub updates: Vec<(Arc<SessionBody>, Millis)>,
-    /// Heartbeats: id and new expiry.
-    pub heartbeats: Vec<(SessionId, Millis)>,
+    /// Heartbeats: id, `seq` and new expiry.
+    pub heartbeats: Vec<(SessionId, i64, Millis)>,
     /// Deletes.
     pub deletes: Vec<SessionId>,
     /// Also delete rows expired at `now` (at most this many).
@@ -164,8 +168,12 @@ struct RawRow {
 }
 
 /// The columns every query reads, in [`RawRow`] order.
-const COLUMNS: &str = "seq, id, game, name, max_players, players, attributes, connect, addr, \
-                       token_hash, timeout_secs, created_at_ms, expires_at_ms, version";
+const COLUMNS: &str = "s.seq, s.id, s.game, s.name, s.max_players, s.players, s.attributes, \
+                       s.connect, s.addr, s.token_hash, s.timeout_secs, s.created_at_ms, \
+                       l.expires_at_ms, l.version";
+
+/// The tables every row read joins.
+const FROM: &str = "sessions s JOIN session_liveness l ON l.seq = s.seq";
 
 impl RawRow {
     /// Checks and converts a stored row; a corrupt row is logged and skipped.

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use sqlx::{Acquire, Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
-use super::{attributes_json, Batch, BatchResult, RawRow, StoreError, COLUMNS};
+use super::{attributes_json, Batch, BatchResult, RawRow, StoreError, COLUMNS, FROM};
 use crate::model::{Liveness, Session, SessionId};
 use crate::time::Millis;
 
@@ -70,7 +70,7 @@ fn raw_row(row: &sqlx::sqlite::SqliteRow) -> Result<Option<RawRow>, sqlx::Error>
 }
 
 pub(super) async fn load_live(pool: &SqlitePool, now: Millis) -> Result<Vec<Session>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM sessions WHERE expires_at_ms > ? ORDER BY seq");
+    let sql = format!("SELECT {COLUMNS} FROM {FROM} WHERE l.expires_at_ms > ? ORDER BY s.seq");
     let rows = sqlx::query(&sql).bind(now.0).fetch_all(pool).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -86,7 +86,7 @@ pub(super) async fn load_one(
     id: SessionId,
     now: Millis,
 ) -> Result<Option<Session>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM sessions WHERE id = ? AND expires_at_ms > ?");
+    let sql = format!("SELECT {COLUMNS} FROM {FROM} WHERE s.id = ? AND l.expires_at_ms > ?");
     let row = sqlx::query(&sql)
         .bind(id.0.to_string())
         .bind(now.0)
@@ -115,16 +115,29 @@ pub(super) async fn apply(
 }
 
 fn statements(batch: &Batch) -> usize {
-    usize::from(!batch.creates.is_empty())
-        + batch.updates.len()
+    2 * usize::from(!batch.creates.is_empty())
+        + 2 * batch.updates.len()
         + usize::from(!batch.heartbeats.is_empty())
-        + usize::from(!batch.deletes.is_empty())
-        + usize::from(batch.reap_limit > 0)
+        + 2 * usize::from(!batch.deletes.is_empty())
+        + 2 * usize::from(batch.reap_limit > 0)
 }
 
-/// Runs a batch's statements. Creates, heartbeats and deletes are one static statement
-/// each over a JSON array (`json_each`), so SQLite prepares them once per connection
-/// whatever the batch size.
+/// A JSON array of integers, e.g. `[1,2,3]`.
+fn int_array(values: impl Iterator<Item = i64>) -> String {
+    let mut json = String::from("[");
+    for (i, value) in values.enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        let _ = write!(json, "{value}");
+    }
+    json.push(']');
+    json
+}
+
+/// Runs a batch's statements. Each kind of write is one static statement per table over a
+/// JSON array (`json_each`), so SQLite prepares it once per connection whatever the batch
+/// size.
 async fn run(
     conn: &mut SqliteConnection,
     batch: &Batch,
@@ -136,7 +149,7 @@ async fn run(
         let rows: Vec<_> = batch
             .creates
             .iter()
-            .map(|(body, expires)| {
+            .map(|(body, _)| {
                 (
                     body.id.0.to_string(),
                     &body.game,
@@ -149,17 +162,16 @@ async fn run(
                     hex::encode(body.token_hash.0),
                     body.timeout_secs,
                     body.created_at.0,
-                    expires.0,
                 )
             })
             .collect();
         let json = serde_json::to_string(&rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         let returned = sqlx::query(
             "INSERT INTO sessions (id, game, name, max_players, players, attributes, connect, \
-             addr, token_hash, timeout_secs, created_at_ms, expires_at_ms, version) \
+             addr, token_hash, timeout_secs, created_at_ms) \
              SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
              value ->> 5, value ->> 6, value ->> 7, unhex(value ->> 8), value ->> 9, \
-             value ->> 10, value ->> 11, 1 FROM json_each(?1) RETURNING id, seq",
+             value ->> 10 FROM json_each(?1) RETURNING id, seq",
         )
         .bind(json)
         .fetch_all(&mut *conn)
@@ -171,62 +183,82 @@ async fn run(
                 row.try_get::<i64, _>("seq")?,
             );
         }
-        for (id, ..) in &rows {
-            result
-                .created_seqs
-                .push(seqs.get(id).copied().ok_or(sqlx::Error::RowNotFound)?);
+        let mut liveness = String::from("[");
+        for (i, ((id, ..), (_, expires))) in rows.iter().zip(&batch.creates).enumerate() {
+            let seq = seqs.get(id).copied().ok_or(sqlx::Error::RowNotFound)?;
+            result.created_seqs.push(seq);
+            if i > 0 {
+                liveness.push(',');
+            }
+            let _ = write!(liveness, "[{seq},{}]", expires.0);
         }
+        liveness.push(']');
+        sqlx::query(
+            "INSERT INTO session_liveness (seq, expires_at_ms, version) \
+             SELECT value ->> 0, value ->> 1, 1 FROM json_each(?1)",
+        )
+        .bind(liveness)
+        .execute(&mut *conn)
+        .await?;
     }
 
     for (body, expires) in &batch.updates {
         let version: Option<i64> = sqlx::query_scalar(
-            "UPDATE sessions SET name = ?, max_players = ?, players = ?, attributes = ?, \
-             connect = ?, timeout_secs = ?, expires_at_ms = ?, version = version + 1 \
-             WHERE id = ? AND expires_at_ms > ? RETURNING version",
+            "UPDATE session_liveness SET expires_at_ms = ?, version = version + 1 \
+             WHERE seq = ? AND expires_at_ms > ? RETURNING version",
         )
-        .bind(&body.name)
-        .bind(i64::from(body.max_players))
-        .bind(i64::from(body.players))
-        .bind(attributes_json(body))
-        .bind(body.connect.get())
-        .bind(i64::from(body.timeout_secs))
         .bind(expires.0)
-        .bind(body.id.0.to_string())
+        .bind(body.seq)
         .bind(now.0)
         .fetch_optional(&mut *conn)
         .await?;
+        if version.is_some() {
+            sqlx::query(
+                "UPDATE sessions SET name = ?, max_players = ?, players = ?, attributes = ?, \
+                 connect = ?, timeout_secs = ? WHERE seq = ?",
+            )
+            .bind(&body.name)
+            .bind(i64::from(body.max_players))
+            .bind(i64::from(body.players))
+            .bind(attributes_json(body))
+            .bind(body.connect.get())
+            .bind(i64::from(body.timeout_secs))
+            .bind(body.seq)
+            .execute(&mut *conn)
+            .await?;
+        }
         result.updated.push(version);
     }
 
     if !batch.heartbeats.is_empty() {
-        let mut json = String::with_capacity(batch.heartbeats.len() * 56 + 2);
+        let mut ids = HashMap::with_capacity(batch.heartbeats.len());
+        let mut json = String::with_capacity(batch.heartbeats.len() * 24 + 2);
         json.push('[');
-        for (i, (id, expires)) in batch.heartbeats.iter().enumerate() {
+        for (i, (id, seq, expires)) in batch.heartbeats.iter().enumerate() {
             if i > 0 {
                 json.push(',');
             }
-            // Ids are hyphenated UUIDs and expiries integers: no escaping needed.
-            let _ = write!(json, "[\"{}\",{}]", id.0.hyphenated(), expires.0);
+            let _ = write!(json, "[{seq},{}]", expires.0);
+            ids.insert(*seq, *id);
         }
         json.push(']');
         let rows = sqlx::query(
-            "UPDATE sessions SET expires_at_ms = hb.e, version = version + 1 \
-             FROM (SELECT value ->> 0 AS id, value ->> 1 AS e FROM json_each(?1)) AS hb \
-             WHERE sessions.id = hb.id AND sessions.expires_at_ms > ?2 \
-             RETURNING id, version, expires_at_ms",
+            "UPDATE session_liveness SET expires_at_ms = hb.e, version = version + 1 \
+             FROM (SELECT value ->> 0 AS seq, value ->> 1 AS e FROM json_each(?1)) AS hb \
+             WHERE session_liveness.seq = hb.seq AND session_liveness.expires_at_ms > ?2 \
+             RETURNING seq, version, expires_at_ms",
         )
         .bind(json)
         .bind(now.0)
         .fetch_all(&mut *conn)
         .await?;
         for row in rows {
-            let id: String = row.try_get("id")?;
-            if let Ok(id) = Uuid::try_parse(&id) {
+            if let Some(id) = ids.get(&row.try_get::<i64, _>("seq")?) {
                 let live = Liveness {
                     expires_at: Millis(row.try_get("expires_at_ms")?),
                     version: row.try_get("version")?,
                 };
-                result.heartbeats.insert(SessionId(id), live);
+                result.heartbeats.insert(*id, live);
             }
         }
     }
@@ -235,30 +267,45 @@ async fn run(
         let ids: Vec<String> = batch.deletes.iter().map(|id| id.0.to_string()).collect();
         let json = serde_json::to_string(&ids).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         let rows = sqlx::query(
-            "DELETE FROM sessions WHERE id IN (SELECT value FROM json_each(?1)) RETURNING id",
+            "DELETE FROM sessions WHERE id IN (SELECT value FROM json_each(?1)) \
+             RETURNING id, seq",
         )
         .bind(json)
         .fetch_all(&mut *conn)
         .await?;
+        let mut seqs = Vec::with_capacity(rows.len());
         for row in rows {
+            seqs.push(row.try_get::<i64, _>("seq")?);
             if let Ok(id) = Uuid::try_parse(&row.try_get::<String, _>("id")?) {
                 result.deleted.insert(SessionId(id));
             }
         }
+        sqlx::query("DELETE FROM session_liveness WHERE seq IN (SELECT value FROM json_each(?1))")
+            .bind(int_array(seqs.into_iter()))
+            .execute(&mut *conn)
+            .await?;
     }
 
     if batch.reap_limit > 0 {
-        let rows = sqlx::query(
-            "DELETE FROM sessions WHERE seq IN \
-             (SELECT seq FROM sessions WHERE expires_at_ms <= ? LIMIT ?) RETURNING id",
+        let expired: Vec<i64> = sqlx::query_scalar(
+            "DELETE FROM session_liveness WHERE seq IN \
+             (SELECT seq FROM session_liveness WHERE expires_at_ms <= ? LIMIT ?) RETURNING seq",
         )
         .bind(now.0)
         .bind(i64::try_from(batch.reap_limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *conn)
         .await?;
-        for row in rows {
-            if let Ok(id) = Uuid::try_parse(&row.try_get::<String, _>("id")?) {
-                result.reaped.push(SessionId(id));
+        if !expired.is_empty() {
+            let rows: Vec<String> = sqlx::query_scalar(
+                "DELETE FROM sessions WHERE seq IN (SELECT value FROM json_each(?1)) RETURNING id",
+            )
+            .bind(int_array(expired.into_iter()))
+            .fetch_all(&mut *conn)
+            .await?;
+            for id in rows {
+                if let Ok(id) = Uuid::try_parse(&id) {
+                    result.reaped.push(SessionId(id));
+                }
             }
         }
     }
