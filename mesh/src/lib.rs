@@ -2,6 +2,9 @@
 //! session/mesh protocol. See `DESIGN.md` for the architecture.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod coord;
 pub mod identity;
 pub mod nat;
+pub mod punch;
 pub mod socket;
+pub mod upnp;

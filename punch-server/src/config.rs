@@ -15,6 +15,10 @@ use thiserror::Error;
 /// Default STUN listen address: all IPv4 interfaces, the IANA STUN port 3478.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 3478);
 
+/// Default key file of the server's identity (`--key-file`, `PUNCH_KEY_FILE`), relative to
+/// the working directory; created with a fresh Ed25519 key on first start.
+pub const DEFAULT_KEY_FILE: &str = "punch-server.key";
+
 /// Everything the punch server needs to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {

@@ -1,5 +1,4 @@
-//! STUN server (RFC 8489, RFC 5780 behaviour discovery) and, later, the punchthrough
-//! coordinator.
+//! STUN server (RFC 8489, RFC 5780 behaviour discovery) and punchthrough coordinator.
 //!
 //! Layout:
 //!
@@ -10,9 +9,12 @@
 //! - [`driver`]: the thin tokio driver (sockets, workers, the non-STUN hook, shutdown),
 //!   with [`send_batch`] (GSO coalescing of responses).
 //! - [`metrics_http`]: the `/metrics` and `/healthz` HTTP endpoint.
+//! - [`coordinator`]: the sans-IO punch coordinator (registrations, connect requests, the
+//!   common start time); its wire protocol is `mesh::coord`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod config;
+pub mod coordinator;
 pub mod counters;
 pub mod demux;
 pub mod driver;

@@ -1,13 +1,17 @@
-//! `punch-server`: STUN server (RFC 8489, RFC 5780) and, later, punchthrough coordinator.
+//! `punch-server`: STUN server (RFC 8489, RFC 5780) and punchthrough coordinator.
 //!
-//! Steps: parse flags/env into a [`ServerConfig`], set up tracing, bind, print one JSON
-//! line `{"event":"listening",...}` on stdout, serve until SIGINT/SIGTERM, shut down.
+//! Steps: parse flags/env into a [`ServerConfig`], set up tracing, check the config, load
+//! (or create) the server's key file, bind, print one JSON line
+//! `{"event":"listening","id":...,"addr":...}` on stdout, serve until SIGINT/SIGTERM, shut
+//! down. Peers address the server as `ID@HOST:PORT` and verify its key.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use punch_server::config::{ServerConfig, StunConfig};
+use mesh::identity::Identity;
+use punch_server::config::{ServerConfig, StunConfig, DEFAULT_KEY_FILE};
 use punch_server::driver::Server;
 use tracing_subscriber::EnvFilter;
 
@@ -43,6 +47,10 @@ struct Cli {
     /// responses to one destination).
     #[arg(long, env = "PUNCH_NO_GSO")]
     no_gso: bool,
+    /// The server's Ed25519 key (PKCS#8 PEM), created with mode 0600 if missing. Its
+    /// public key is the server id that peers verify (`ID@HOST:PORT`).
+    #[arg(long, env = "PUNCH_KEY_FILE", default_value = DEFAULT_KEY_FILE)]
+    key_file: PathBuf,
     /// Log filter (`RUST_LOG` syntax, e.g. `info` or `punch_server=debug`); overrides
     /// `RUST_LOG`.
     #[arg(long, env = "PUNCH_LOG")]
@@ -112,13 +120,19 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'stati
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(&cli);
+    let key_file = cli.key_file.clone();
     let config = cli.into_config();
+    // Check the flags before touching the key file, so a bad command line creates nothing.
+    config.validate()?;
+    let identity = Identity::load_or_generate(&key_file)
+        .with_context(|| format!("loading the server key from {}", key_file.display()))?;
     let signal = shutdown_signal()?;
     let server = Server::start(config.clone())
         .await
         .context("starting the STUN server")?;
     let mut event = serde_json::json!({
         "event": "listening",
+        "id": identity.peer_id().to_string(),
         "addr": server.local_addr().to_string(),
     });
     if let Some(alt) = server.alt_addr() {
@@ -130,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
     // The first stdout line, for tests and supervisors; flushed by println!'s line buffer.
     println!("{event}");
     tracing::info!(
+        id = %identity.peer_id(),
         addr = %server.local_addr(),
         alt = ?server.alt_addr(),
         metrics = ?server.metrics_addr(),

@@ -1,8 +1,9 @@
 //! Loopback integration tests that run the real `punch-server` binary.
 //!
-//! Each test starts the binary with port 0, reads its first stdout line
-//! (`{"event":"listening","addr":...}`) for the bound ports, talks STUN (or HTTP) to it on
-//! 127.0.0.0/8 only, and kills it by pid when done. The `turnutils_stunclient` test needs
+//! Each test starts the binary with port 0 and a key file in a fresh temporary directory,
+//! reads its first stdout line (`{"event":"listening","id":...,"addr":...}`) for the server
+//! id and the bound ports, talks STUN (or HTTP) to it on 127.0.0.0/8 only, and kills it by
+//! pid when done. The `turnutils_stunclient` test needs
 //! the Debian package `coturn` and fails with a clear message without it.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -11,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use mesh::identity::PeerId;
 use stun_rs::attributes::discovery::{OtherAddress, ResponseOrigin};
 use stun_rs::attributes::stun::XorMappedAddress;
 use stun_rs::{MessageClass, MessageDecoderBuilder, StunMessage};
@@ -19,6 +21,8 @@ use stun_rs::{MessageClass, MessageDecoderBuilder, StunMessage};
 struct Server {
     child: Child,
     line: serde_json::Value,
+    /// Holds the key file unless the test named its own.
+    _key_dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Server {
@@ -35,6 +39,16 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        // Never create the default key file in the working directory.
+        let own_key =
+            args.contains(&"--key-file") || env.iter().any(|(k, _)| *k == "PUNCH_KEY_FILE");
+        let key_dir = if own_key {
+            None
+        } else {
+            let dir = tempfile::tempdir().expect("temp dir");
+            cmd.env("PUNCH_KEY_FILE", dir.path().join("punch.key"));
+            Some(dir)
+        };
         let mut child = cmd.spawn().expect("spawn punch-server");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
@@ -48,7 +62,20 @@ impl Server {
             .expect("listening line within 10 s");
         let line: serde_json::Value = serde_json::from_str(&line).expect("first line is JSON");
         assert_eq!(line["event"], "listening", "{line}");
-        Server { child, line }
+        Server {
+            child,
+            line,
+            _key_dir: key_dir,
+        }
+    }
+
+    /// The server id from the listening line; it must parse as a peer id.
+    fn id(&self) -> PeerId {
+        self.line["id"]
+            .as_str()
+            .expect("id in the listening line")
+            .parse()
+            .expect("id is a peer id")
     }
 
     fn addr(&self, key: &str) -> SocketAddr {
@@ -128,6 +155,7 @@ fn binding_request_reports_own_address() {
     // The listen address comes from the env var here, to cover PUNCH_LISTEN.
     let server = Server::start(&[], &[("PUNCH_LISTEN", "127.0.0.1:0")]);
     let addr = server.addr("addr");
+    server.id();
     assert!(server.line.get("alt_addr").is_none());
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let (msg, from) = exchange(&sock, addr, &request(None));
@@ -138,6 +166,21 @@ fn binding_request_reports_own_address() {
     // CHANGE-REQUEST without --alt-addr: 420 (RFC 5780 §6.1).
     let (msg, _) = exchange(&sock, addr, &request(Some((true, true))));
     assert_eq!(msg.class(), MessageClass::ErrorResponse);
+}
+
+#[test]
+fn server_id_is_stable_across_restarts_with_the_same_key_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = dir.path().join("server.key");
+    let key = key.to_str().expect("utf-8 path");
+    let first = Server::start(&["--listen", "127.0.0.1:0"], &[("PUNCH_KEY_FILE", key)]);
+    let id = first.id();
+    drop(first);
+    let second = Server::start(&["--listen", "127.0.0.1:0", "--key-file", key], &[]);
+    assert_eq!(second.id(), id, "same key file, same id");
+    // A fresh key file gives another id.
+    let other = Server::start(&["--listen", "127.0.0.1:0"], &[]);
+    assert_ne!(other.id(), id);
 }
 
 #[test]

@@ -12,7 +12,8 @@
 //!    (behind B). IPv6 off, `rp_filter` off, `ip_forward` only on routers.
 //! 4. Load each router's nftables ruleset for its [`NatType`] and WAN loss, see `nft.rs`.
 //! 5. [`Lab::spawn`] / [`Lab::run`] run programs inside a host with `ip netns exec`.
-//! 6. Drop kills every process in the lab's namespaces and deletes the namespaces; if the
+//! 6. Optionally, [`Lab::start_upnp`] runs miniupnpd (UPnP IGD) on a router, see `upnp.rs`.
+//! 7. Drop kills every process in the lab's namespaces and deletes the namespaces; if the
 //!    process dies without dropping the lab (Ctrl-C, SIGKILL, CI timeout), a detached
 //!    watchdog does the same within a second, and step 2 of the next run is the last resort.
 //!
@@ -36,6 +37,7 @@ mod cmd;
 mod lab;
 mod nft;
 mod process;
+mod upnp;
 
 use std::fmt;
 use std::time::Duration;
@@ -43,6 +45,7 @@ use std::time::Duration;
 pub use cmd::{preflight, which, Output};
 pub use lab::{Lab, LabBuilder};
 pub use process::LabProcess;
+pub use upnp::{UpnpDaemon, UpnpStun, UPNP_HTTP_PORT, UPNP_NAT_TABLE, UPNP_TABLE};
 
 /// The behaviour of a lab router (RFC 4787 mapping and filtering as classically named).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,0 +1,321 @@
+//! NAT lab tests of UPnP port mapping (`mesh::upnp::PortMapper` through `peer upnp`)
+//! against miniupnpd on a lab router. **These tests need root** and the packages iproute2,
+//! nftables, conntrack and miniupnpd-nftables; they fail with a clear message when the lab
+//! cannot be built or miniupnpd is missing (set `NATLAB_SKIP=1` to skip them explicitly).
+//! Each test builds its own lab with a unique namespace prefix, so they run safely in
+//! parallel threads.
+//!
+//! Flow of the mapping test:
+//! 1. Build a lab with router A symmetric (unsolicited WAN packets are dropped, and the
+//!    router's own mappings are useless to a peer that did not send first).
+//! 2. Start our `punch-server` on the server host (198.18.0.1:3478, alternate
+//!    198.18.0.2:3479; build it with `cargo build -p punch-server` into the same target
+//!    directory), then miniupnpd on router A, which uses it for its STUN check.
+//! 3. Run `peer upnp --bind 0.0.0.0:40000` on LAN host A1: it maps its port and prints the
+//!    external address (198.18.0.10:PORT, a reserved address the mapper must accept).
+//! 4. The server host sends an unsolicited datagram to that address with `peer send-udp`;
+//!    A1 receives it (only the mapping lets it through), then removes the mapping.
+//! 5. A second datagram (from a new source port, so no conntrack entry of the first flow
+//!    helps it) is no longer delivered: A1 reports `quiet`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use natlab::{Host, Lab, LabProcess, NatType, Router, UpnpStun};
+use serde_json::Value;
+
+const PRIMARY_PORT: u16 = 3478;
+const ALT_PORT: u16 = 3479;
+const LOCAL_PORT: u16 = 40000;
+
+fn punch_server_bin() -> Result<PathBuf> {
+    let peer = PathBuf::from(env!("CARGO_BIN_EXE_peer"));
+    let bin = peer.with_file_name("punch-server");
+    if !bin.is_file() {
+        bail!(
+            "punch-server binary not found at {}: build it into the same target directory \
+             first (`cargo build -p punch-server`)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Starts the punch server (STUN with an alternate address) and waits for its sockets.
+fn start_punch_server(lab: &Lab) -> Result<LabProcess> {
+    let bin = punch_server_bin()?;
+    let listen = format!("{}:{PRIMARY_PORT}", lab.server_ip(0));
+    let alt = format!("{}:{ALT_PORT}", lab.server_ip(1));
+    let mut server = lab.spawn(
+        Host::Server,
+        &bin.to_string_lossy(),
+        &["--listen", &listen, "--alt-addr", &alt],
+    )?;
+    server.wait_for_line("listening", Duration::from_secs(15))?;
+    let mut wanted = Vec::new();
+    for i in 0..2 {
+        for p in [PRIMARY_PORT, ALT_PORT] {
+            wanted.push(format!("{}:{p}", lab.server_ip(i)));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = lab.run(Host::Server, "ss", &["-Hlun"], Duration::from_secs(5))?;
+        if wanted.iter().all(|a| out.stdout.contains(a.as_str())) {
+            return Ok(server);
+        }
+        if !server.is_running() || Instant::now() > deadline {
+            bail!(
+                "punch server not listening on {wanted:?}: ss: {}; stderr: {}",
+                out.stdout,
+                server.stderr()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn require_miniupnpd() -> Result<()> {
+    if natlab::which("miniupnpd").is_none() {
+        bail!(
+            "`miniupnpd` not found: the UPnP lab tests need the Debian package \
+             miniupnpd-nftables (install it with a policy-rc.d that exits 101 so no \
+             daemon starts)"
+        );
+    }
+    Ok(())
+}
+
+/// Next JSON line of `peer`, within `timeout`.
+fn next_json(process: &mut LabProcess, timeout: Duration, what: &str) -> Result<Value> {
+    let line = process
+        .wait_for_line("\"event\"", timeout)
+        .with_context(|| format!("waiting for {what}"))?;
+    eprintln!("peer upnp: {line}");
+    serde_json::from_str(&line).with_context(|| format!("{what}: not JSON: {line}"))
+}
+
+fn send_udp(lab: &Lab, to: &str, bytes: usize) -> Result<Value> {
+    let out = lab.run(
+        Host::Server,
+        env!("CARGO_BIN_EXE_peer"),
+        &["send-udp", "--to", to, "--bytes", &bytes.to_string()],
+        Duration::from_secs(10),
+    )?;
+    anyhow::ensure!(out.success(), "send-udp failed: {out:?}");
+    let line = out.stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("send-udp output {out:?}"))
+}
+
+#[test]
+fn upnp_mapping_admits_unsolicited_datagrams_until_removed() -> Result<()> {
+    let test = "upnp_mapping_admits_unsolicited_datagrams_until_removed";
+    if natlab::skip_requested(test) {
+        return Ok(());
+    }
+    require_miniupnpd()?;
+    let lab = Lab::builder()
+        .label("upnp")
+        .router_a(NatType::Symmetric)
+        .build()
+        .with_context(|| format!("test {test} needs the NAT lab (root)"))?;
+    let _server = start_punch_server(&lab)?;
+    let stun = UpnpStun {
+        server: format!("{}:{PRIMARY_PORT}", lab.server_ip(0)).parse()?,
+        alt_port: ALT_PORT,
+    };
+    let upnp = lab
+        .start_upnp(Router::A, stun)
+        .context("miniupnpd on router A")?;
+
+    let bind = format!("0.0.0.0:{LOCAL_PORT}");
+    let mut a1 = lab.spawn(
+        Host::LanA1,
+        env!("CARGO_BIN_EXE_peer"),
+        &[
+            "upnp",
+            "--bind",
+            &bind,
+            "--wait-ms",
+            "15000",
+            "--recv-ms",
+            "10000",
+            "--after-ms",
+            "3000",
+        ],
+    )?;
+    let mapped = next_json(&mut a1, Duration::from_secs(20), "the mapping")?;
+    anyhow::ensure!(
+        mapped["event"] == "upnp" && mapped["state"] == "mapped",
+        "no mapping: {mapped}; peer stderr: {}; miniupnpd log: {}",
+        a1.stderr(),
+        upnp.log()
+    );
+    let external = mapped["external"].as_str().unwrap_or_default().to_string();
+    let wan = lab.wan_ip(Router::A);
+    anyhow::ensure!(
+        external.starts_with(&format!("{wan}:")),
+        "external address {external} is not on router A's WAN {wan}"
+    );
+    anyhow::ensure!(
+        mapped["local"] == format!("0.0.0.0:{LOCAL_PORT}"),
+        "local {mapped}"
+    );
+    let rules = upnp.nat_rules()?;
+    let internal = format!("{}:{LOCAL_PORT}", lab.ip(Host::LanA1));
+    anyhow::ensure!(
+        rules.contains("dnat") && rules.contains(&internal),
+        "miniupnpd has no DNAT rule to {internal}: {rules}"
+    );
+
+    // Unsolicited: A1 never sent anything to the server.
+    let sent = send_udp(&lab, &external, 100)?;
+    let received = next_json(&mut a1, Duration::from_secs(15), "the first datagram")?;
+    anyhow::ensure!(
+        received["event"] == "received" && received["bytes"] == 100,
+        "first datagram not received through the mapping: {received}; sent {sent}; \
+         peer stderr: {}",
+        a1.stderr()
+    );
+    let from = received["from"].as_str().unwrap_or_default();
+    anyhow::ensure!(
+        from.starts_with(&format!("{}:", lab.server_ip(0))),
+        "datagram from {from}, expected the server"
+    );
+
+    let removed = next_json(&mut a1, Duration::from_secs(15), "the removal")?;
+    anyhow::ensure!(
+        removed["event"] == "upnp" && removed["state"] == "removed",
+        "mapping not removed: {removed}; peer stderr: {}",
+        a1.stderr()
+    );
+    let rules = upnp.nat_rules()?;
+    anyhow::ensure!(
+        !rules.contains(&internal),
+        "DNAT rule still present after removal: {rules}"
+    );
+
+    // A new flow (a new source port) to the same external address is dropped now.
+    send_udp(&lab, &external, 100)?;
+    let after = next_json(&mut a1, Duration::from_secs(10), "the quiet period")?;
+    anyhow::ensure!(
+        after["event"] == "quiet",
+        "a datagram arrived after the mapping was removed: {after}"
+    );
+    upnp.stop()?;
+    Ok(())
+}
+
+#[test]
+fn upnp_mapping_is_renewed_past_its_lease() -> Result<()> {
+    let test = "upnp_mapping_is_renewed_past_its_lease";
+    if natlab::skip_requested(test) {
+        return Ok(());
+    }
+    require_miniupnpd()?;
+    let lab = Lab::builder()
+        .label("upnprenew")
+        .router_a(NatType::PortRestricted)
+        .build()
+        .with_context(|| format!("test {test} needs the NAT lab (root)"))?;
+    let _server = start_punch_server(&lab)?;
+    let stun = UpnpStun {
+        server: format!("{}:{PRIMARY_PORT}", lab.server_ip(0)).parse()?,
+        alt_port: ALT_PORT,
+    };
+    let upnp = lab
+        .start_upnp(Router::A, stun)
+        .context("miniupnpd on router A")?;
+    // A 4 s lease, renewed every 2 s by the mapper.
+    let mut a1 = lab.spawn(
+        Host::LanA1,
+        env!("CARGO_BIN_EXE_peer"),
+        &[
+            "upnp",
+            "--bind",
+            "0.0.0.0:40002",
+            "--lease-secs",
+            "4",
+            "--wait-ms",
+            "15000",
+            "--recv-ms",
+            "20000",
+        ],
+    )?;
+    let mapped = next_json(&mut a1, Duration::from_secs(20), "the mapping")?;
+    anyhow::ensure!(
+        mapped["state"] == "mapped",
+        "no mapping: {mapped}; peer stderr: {}; miniupnpd log: {}",
+        a1.stderr(),
+        upnp.log()
+    );
+    let external = mapped["external"].as_str().unwrap_or_default().to_string();
+    std::thread::sleep(Duration::from_secs(7));
+    let requests = upnp.log().matches("#AddPortMapping").count();
+    anyhow::ensure!(
+        requests >= 3,
+        "expected the first request and at least two renewals within 7 s, miniupnpd saw \
+         {requests}: {}",
+        upnp.log()
+    );
+    let internal = format!("{}:40002", lab.ip(Host::LanA1));
+    let rules = upnp.nat_rules()?;
+    anyhow::ensure!(
+        rules.contains(&internal),
+        "mapping gone after its first lease: {rules}"
+    );
+    send_udp(&lab, &external, 64)?;
+    let received = next_json(&mut a1, Duration::from_secs(15), "the datagram")?;
+    anyhow::ensure!(
+        received["event"] == "received" && received["bytes"] == 64,
+        "datagram not received after renewals: {received}"
+    );
+    Ok(())
+}
+
+#[test]
+fn upnp_without_gateway_reports_unavailable() -> Result<()> {
+    let test = "upnp_without_gateway_reports_unavailable";
+    if natlab::skip_requested(test) {
+        return Ok(());
+    }
+    let lab = Lab::builder()
+        .label("noupnp")
+        .router_a(NatType::PortRestricted)
+        .build()
+        .with_context(|| format!("test {test} needs the NAT lab (root)"))?;
+    // No miniupnpd: the SSDP search (multicast inside LAN A only) finds nothing; three
+    // searches of 300 ms with 1 s and 2 s pauses, then "unavailable".
+    let started = Instant::now();
+    let out = lab.run(
+        Host::LanA1,
+        env!("CARGO_BIN_EXE_peer"),
+        &[
+            "upnp",
+            "--bind",
+            "0.0.0.0:40000",
+            "--search-timeout-ms",
+            "300",
+            "--wait-ms",
+            "15000",
+        ],
+        Duration::from_secs(30),
+    )?;
+    let line = out.stdout.lines().last().unwrap_or_default();
+    let v: Value = serde_json::from_str(line).with_context(|| format!("peer output {out:?}"))?;
+    anyhow::ensure!(
+        !out.success(),
+        "peer upnp succeeded without a gateway: {out:?}"
+    );
+    anyhow::ensure!(
+        v["event"] == "error" && v["kind"] == "upnp_unavailable",
+        "unexpected {v}"
+    );
+    anyhow::ensure!(
+        started.elapsed() < Duration::from_secs(12),
+        "gave up only after {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! [`PunchAddr`]: how a peer names its punch server, `ID@HOST:PORT`.
+//!
+//! Steps of parsing:
+//! 1. Split at the first `@`: the part before is the server's [`PeerId`] (52 base32
+//!    characters), which the QUIC-TLS handshake must prove. Without `@` the address is
+//!    *insecure* (any server key accepted), allowed only where the caller opts in
+//!    ([`PunchAddr::expected_id`] with `allow_insecure`, the CLI's `--insecure`).
+//! 2. The rest is `HOST:PORT`: `HOST` a DNS name, an IPv4 address, or an IPv6 address in
+//!    brackets (`[::1]:7000`); `PORT` 1-65535. Names are resolved later, by the driver.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
+use std::str::FromStr;
+
+use thiserror::Error;
+
+use crate::identity::{ParsePeerIdError, PeerId};
+
+/// Longest DNS name (RFC 1035 §2.3.4, without the trailing dot).
+const MAX_HOST_LEN: usize = 253;
+
+/// The address of a punch server, with the key it must prove (unless insecure).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PunchAddr {
+    id: Option<PeerId>,
+    host: String,
+    port: u16,
+}
+
+/// Why a text is not a [`PunchAddr`], or may not be used.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ParsePunchAddrError {
+    /// Nothing given.
+    #[error("empty punch server address (expected ID@HOST:PORT)")]
+    Empty,
+    /// The part before `@` is not a peer id.
+    #[error("invalid punch server id before '@': {0}")]
+    BadId(#[from] ParsePeerIdError),
+    /// No `:PORT` after the host.
+    #[error("punch server address {0:?} has no port (expected ID@HOST:PORT)")]
+    MissingPort(String),
+    /// The port is not a number in 1-65535.
+    #[error("invalid port {0:?} in punch server address (expected 1-65535)")]
+    BadPort(String),
+    /// The host is empty, too long, has invalid characters, or is an IPv6 address without
+    /// brackets.
+    #[error("invalid host {0:?} in punch server address (IPv6 needs brackets: ID@[::1]:PORT)")]
+    BadHost(String),
+    /// A bare `HOST:PORT` where the server key must be verified.
+    #[error(
+        "punch server address {0} names no server id: use ID@HOST:PORT, or pass --insecure \
+         (development only) to accept any server key"
+    )]
+    Insecure(String),
+}
+
+impl PunchAddr {
+    /// An address with an expected server id.
+    pub fn new(id: PeerId, host: impl Into<String>, port: u16) -> Self {
+        Self {
+            id: Some(id),
+            host: host.into(),
+            port,
+        }
+    }
+
+    /// The server id the handshake must prove; `None` for an insecure address.
+    pub fn id(&self) -> Option<PeerId> {
+        self.id
+    }
+
+    /// The host: a DNS name or an IP address (IPv6 without brackets).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether no server id is given (any key would be accepted).
+    pub fn is_insecure(&self) -> bool {
+        self.id.is_none()
+    }
+
+    /// The server id to verify; an insecure address is an error unless `allow_insecure`.
+    pub fn expected_id(&self, allow_insecure: bool) -> Result<Option<PeerId>, ParsePunchAddrError> {
+        match self.id {
+            Some(id) => Ok(Some(id)),
+            None if allow_insecure => Ok(None),
+            None => Err(ParsePunchAddrError::Insecure(self.to_string())),
+        }
+    }
+
+    /// `HOST:PORT` (IPv6 in brackets), as `ToSocketAddrs` and DNS lookups take it.
+    pub fn host_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for PunchAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(id) = &self.id {
+            write!(f, "{id}@")?;
+        }
+        f.write_str(&self.host_port())
+    }
+}
+
+fn valid_dns_name(host: &str) -> bool {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= MAX_HOST_LEN
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn parse_host_port(s: &str) -> Result<(String, u16), ParsePunchAddrError> {
+    let bad_host = || ParsePunchAddrError::BadHost(s.to_owned());
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']').ok_or_else(bad_host)?;
+        let ip: Ipv6Addr = ip.parse().map_err(|_| bad_host())?;
+        let port = after
+            .strip_prefix(':')
+            .ok_or_else(|| ParsePunchAddrError::MissingPort(s.to_owned()))?;
+        (ip.to_string(), port)
+    } else {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| ParsePunchAddrError::MissingPort(s.to_owned()))?;
+        if host.contains(':') || host.is_empty() {
+            return Err(bad_host());
+        }
+        match host.parse::<IpAddr>() {
+            Ok(ip) => (ip.to_string(), port),
+            Err(_) if valid_dns_name(host) => (host.to_ascii_lowercase(), port),
+            Err(_) => return Err(bad_host()),
+        }
+    };
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|&p| p != 0 && !port.starts_with('+'))
+        .ok_or_else(|| ParsePunchAddrError::BadPort(port.to_owned()))?;
+    Ok((host, port))
+}
+
+impl FromStr for PunchAddr {
+    type Err = ParsePunchAddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(ParsePunchAddrError::Empty);
+        }
+        let (id, rest) = match s.split_once('@') {
+            Some((id, rest)) => (Some(id.parse::<PeerId>()?), rest),
+            None => (None, s),
+        };
+        let (host, port) = parse_host_port(rest)?;
+        Ok(Self { id, host, port })
+    }
+}

@@ -1,0 +1,61 @@
+//! From a received [`Go`] to what the prober of [`crate::punch`] needs.
+//!
+//! Steps:
+//! 1. [`Go::start_at`]: the local instant of the first probe, from when the message arrived.
+//! 2. [`Go::probe_candidates`]: the peer's candidates as probing candidates, with their
+//!    RFC 8445 priorities; relayed ones are left to the TURN layer.
+//! 3. `From` conversions of [`Credentials`] and [`Role`].
+
+use std::time::Instant;
+
+use super::msg::{Candidate, CandidateKind, Credentials, Go, Role};
+use crate::punch;
+
+impl Go {
+    /// When to send the first probe, given when this message was received. Late messages
+    /// (a start already past) mean: start at once.
+    pub fn start_at(&self, received: Instant) -> Instant {
+        received.checked_add(self.start_in).unwrap_or(received)
+    }
+
+    /// The peer's candidates that can be probed directly, as probing candidates.
+    pub fn probe_candidates(&self) -> Vec<punch::Candidate> {
+        self.peer_candidates
+            .iter()
+            .filter_map(Candidate::to_probe)
+            .collect()
+    }
+}
+
+impl Candidate {
+    /// This candidate for direct probing; `None` for a relayed one.
+    pub fn to_probe(&self) -> Option<punch::Candidate> {
+        let kind = match self.kind {
+            CandidateKind::Host => punch::CandidateKind::Host,
+            CandidateKind::ServerReflexive => punch::CandidateKind::ServerReflexive,
+            CandidateKind::Upnp => punch::CandidateKind::Upnp,
+            CandidateKind::Relay => return None,
+        };
+        Some(punch::Candidate::new(self.addr, kind))
+    }
+}
+
+impl From<Credentials> for punch::Credentials {
+    fn from(c: Credentials) -> Self {
+        Self {
+            local_ufrag: c.local_ufrag,
+            local_pwd: c.local_pwd,
+            remote_ufrag: c.remote_ufrag,
+            remote_pwd: c.remote_pwd,
+        }
+    }
+}
+
+impl From<Role> for punch::Role {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Controlling => Self::Controlling,
+            Role::Controlled => Self::Controlled,
+        }
+    }
+}

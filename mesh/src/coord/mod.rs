@@ -1,0 +1,71 @@
+//! The punch coordinator protocol: the messages a peer and the punch server exchange on the
+//! QUIC control connection, their framing, and how a peer names its punch server.
+//!
+//! Flow of one punch, as seen on the wire:
+//! 1. The peer dials the server named by a [`PunchAddr`] (`ID@HOST:PORT`; the QUIC-TLS
+//!    handshake proves the server holds `ID`, and the server learns the peer's id from the
+//!    peer's own certificate). It opens one bidirectional stream and keeps it open.
+//! 2. The peer sends [`ClientMsg::Register`] with its host and UPnP-mapped candidates; the
+//!    server answers [`ServerMsg::Registered`] with the reflexive address it observes. The
+//!    server sends [`ServerMsg::Ping`] now and then and the peer echoes [`ClientMsg::Pong`],
+//!    which gives the server the RTT it needs for step 5.
+//! 3. The requester sends [`ClientMsg::Connect`] `{ request_id, target }` (its own id for the
+//!    request). An unknown target is answered at once with [`ServerMsg::Error`]
+//!    ([`ErrorKind::UnknownTarget`]).
+//! 4. The target gets [`ServerMsg::Incoming`] `{ request_id, from }`, where `request_id` is
+//!    the server's id for the request, and answers [`ClientMsg::Accept`] or
+//!    [`ClientMsg::Refuse`] with it. A refusal reaches the requester as
+//!    [`ErrorKind::Refused`]; no answer in time as [`ErrorKind::Timeout`] (and the target
+//!    gets [`ServerMsg::Cancelled`]).
+//! 5. On accept, both sides get a [`ServerMsg::Go`] ([`Go`]): the other side's candidates
+//!    (including the reflexive address the server saw), fresh short-term credentials for
+//!    the probes, the ICE-style [`Role`], and `start_in`: how long after *receiving* the
+//!    message to send the first probe. The server picks the delays so both sides start at
+//!    the same moment and both messages arrive before it. [`Go::start_at`] and
+//!    [`Go::probe_candidates`] turn it into the prober's inputs ([`crate::punch`]).
+//!
+//! Wire format ([`encode`], [`FrameDecoder`]): every message is one frame
+//!
+//! ```text
+//! +----------------+---------+------+------------------+
+//! | length: u16 BE | version | type | body             |
+//! +----------------+---------+------+------------------+
+//!   length counts version + type + body, at most MAX_FRAME_LEN (16 KiB)
+//! ```
+//!
+//! The length prefix and the version byte keep this layout in every protocol version, so a
+//! peer of another version is told so ([`CodecError::VersionMismatch`]) instead of hanging.
+//! Bodies are compact big-endian binary: integers fixed width, a peer id its 32 raw key
+//! bytes, a socket address `family (4|6), ip, port`, a string `u8 length, UTF-8` (at most
+//! [`MAX_STRING_LEN`]), a list `u8 count, items` (at most [`MAX_CANDIDATES`]), an option
+//! `0 | 1 value`, a duration whole microseconds in a u32. A body with trailing bytes, an
+//! unknown type or enum code is malformed. Type and enum codes are listed on [`ClientMsg`],
+//! [`ServerMsg`] and their field types.
+//!
+//! A server that gets a frame of another version answers `Error { VersionMismatch }` in its
+//! own version and closes; the peer's decoder then reports [`CodecError::VersionMismatch`]
+//! with both version numbers.
+
+mod addr;
+mod body;
+mod codec;
+mod convert;
+mod msg;
+#[cfg(test)]
+mod tests;
+
+pub use addr::{ParsePunchAddrError, PunchAddr};
+pub use codec::{decode_frame, encode, CodecError, FrameDecoder, Reader, WireMessage, Writer};
+pub use msg::{Candidate, CandidateKind, ClientMsg, Credentials, ErrorKind, Go, Role, ServerMsg};
+
+/// The protocol version carried by every frame.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Largest frame accepted: version + type + body, in bytes.
+pub const MAX_FRAME_LEN: usize = 16 * 1024;
+
+/// Most candidates one message may carry.
+pub const MAX_CANDIDATES: usize = 16;
+
+/// Longest string field (ufrag, password, error detail), in bytes.
+pub const MAX_STRING_LEN: usize = 255;

@@ -1,0 +1,150 @@
+//! Settings, ids and counters of the [`Coordinator`](super::Coordinator).
+
+use std::fmt;
+use std::time::Duration;
+
+/// Identifies one control connection; the driver assigns them and never reuses one while
+/// the coordinator may still know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
+
+/// Why the coordinator wants a connection closed (after its queued messages are sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The same peer id connected again; the newest connection wins.
+    Superseded,
+    /// The peer speaks another protocol version.
+    VersionMismatch,
+    /// The byte stream cannot be trusted any more (oversized frame).
+    Malformed,
+    /// Too many malformed messages.
+    TooManyMalformed,
+    /// The server holds as many connections as it may.
+    ServerFull,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Superseded => "superseded by a newer connection of the same peer",
+            Self::VersionMismatch => "protocol version mismatch",
+            Self::Malformed => "malformed stream",
+            Self::TooManyMalformed => "too many malformed messages",
+            Self::ServerFull => "server full",
+        })
+    }
+}
+
+/// A token-bucket rate: `per_sec` tokens per second, at most `burst` saved up. A zero
+/// `per_sec` means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Tokens added per second.
+    pub per_sec: u32,
+    /// Bucket size.
+    pub burst: u32,
+}
+
+/// Settings of the coordinator. Every collection it keeps is bounded by one of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordConfig {
+    /// Most control connections (registered or not) at once (default 100 000).
+    pub max_connections: usize,
+    /// Most pending connect requests in the whole server (default 20 000).
+    pub max_pending_total: usize,
+    /// Most pending requests one peer may have made (default 8).
+    pub max_pending_per_peer: usize,
+    /// Most pending requests waiting for one target's answer (default 16).
+    pub max_incoming_per_peer: usize,
+    /// How long the target has to accept or refuse (default 10 s).
+    pub request_timeout: Duration,
+    /// Connect requests per peer (default 2/s, burst 10).
+    pub connect_rate: Rate,
+    /// Punch attempts (`Go`) per peer, as requester or target: this bounds how often the
+    /// coordinator makes one peer probe (default 2/s, burst 10).
+    pub attempt_rate: Rate,
+    /// Messages of any kind per connection; excess ones are dropped and counted (default
+    /// 50/s, burst 100).
+    pub message_rate: Rate,
+    /// Malformed messages tolerated per connection before it is closed (default 8).
+    pub max_malformed: u32,
+    /// Interval of the server's RTT pings (default 15 s; one is sent at once on connect).
+    pub ping_interval: Duration,
+    /// RTT assumed for a peer without a sample (default 200 ms).
+    pub initial_rtt: Duration,
+    /// RTT samples are clamped to this (default 2 s).
+    pub max_rtt: Duration,
+    /// Shortest lead time from `Go` to the common start (default 20 ms).
+    pub start_floor: Duration,
+    /// Added to the worst one-way bound for processing and scheduling (default 10 ms).
+    pub start_margin: Duration,
+}
+
+impl Default for CoordConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_pending_total: 20_000,
+            max_pending_per_peer: 8,
+            max_incoming_per_peer: 16,
+            request_timeout: Duration::from_secs(10),
+            connect_rate: Rate {
+                per_sec: 2,
+                burst: 10,
+            },
+            attempt_rate: Rate {
+                per_sec: 2,
+                burst: 10,
+            },
+            message_rate: Rate {
+                per_sec: 50,
+                burst: 100,
+            },
+            max_malformed: 8,
+            ping_interval: Duration::from_secs(15),
+            initial_rtt: Duration::from_millis(200),
+            max_rtt: Duration::from_secs(2),
+            start_floor: Duration::from_millis(20),
+            start_margin: Duration::from_millis(10),
+        }
+    }
+}
+
+/// Counters of the coordinator (monotonic, for metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CoordStats {
+    /// `Register` messages handled (re-registrations included).
+    pub registrations: u64,
+    /// Connect requests forwarded to a target.
+    pub connects: u64,
+    /// Requests accepted (both sides got `Go`).
+    pub accepted: u64,
+    /// Requests refused by the target.
+    pub refused: u64,
+    /// Requests that timed out.
+    pub timeouts: u64,
+    /// Requests withdrawn because a side disconnected.
+    pub cancelled: u64,
+    /// Connects to unknown targets.
+    pub unknown_target: u64,
+    /// Messages or requests rejected by a rate limit.
+    pub rate_limited: u64,
+    /// Requests or connections rejected by a bound.
+    pub limit_reached: u64,
+    /// Other rejected requests (not registered, invalid, unknown request id).
+    pub rejected: u64,
+    /// Malformed messages dropped (oversized frames included).
+    pub malformed: u64,
+    /// Connections speaking another protocol version.
+    pub version_mismatch: u64,
+    /// Connections replaced by a newer one of the same peer.
+    pub superseded: u64,
+    /// RTT samples taken.
+    pub rtt_samples: u64,
+}

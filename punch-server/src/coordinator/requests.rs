@@ -1,0 +1,286 @@
+//! Connect requests: from `Connect` to `Go` (or a typed error).
+//!
+//! Steps:
+//! 1. `Connect { request_id, target }`: the requester must be registered, within its
+//!    connect rate, not asking for itself or reusing a pending id; the target must be a
+//!    registered peer; the requester's, the target's and the server's pending bounds must
+//!    have room. Then the request gets a server id, a deadline, and the target an
+//!    `Incoming`. Nothing is revealed to, or asked of, the target before this point, and
+//!    no addresses at all before it accepts.
+//! 2. `Refuse` from the target: the requester gets `Error { Refused }`.
+//! 3. No answer by the deadline: the requester gets `Error { Timeout }`, the target
+//!    `Cancelled`.
+//! 4. `Accept` from the target: both sides must be within their attempt rate (this bounds
+//!    how often anyone is made to probe); then fresh credentials are drawn, the start is
+//!    planned ([`super::timing`]) and both sides get their `Go`.
+
+use std::time::Instant;
+
+use mesh::coord::{Credentials, ErrorKind, Go, Role, ServerMsg};
+use mesh::identity::PeerId;
+use rand::Rng;
+
+use super::timing::plan_start;
+use super::{ConnId, Coordinator, Timer};
+
+/// Characters of ICE ufrag and password (RFC 8445 §5.3: `ALPHA / DIGIT / "+" / "/"`).
+const ICE_CHARS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+/// ufrag length: 8 characters, 48 random bits (RFC 8445 asks for at least 24).
+pub(crate) const UFRAG_LEN: usize = 8;
+/// Password length: 24 characters, 144 random bits (RFC 8445 asks for at least 128).
+pub(crate) const PWD_LEN: usize = 24;
+
+/// A connect request waiting for the target's answer.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub(crate) requester: ConnId,
+    /// The requester's own id for the request.
+    pub(crate) requester_request: u64,
+    pub(crate) target: ConnId,
+    pub(crate) deadline: Instant,
+}
+
+impl Coordinator {
+    fn random_string(&mut self, len: usize) -> String {
+        (0..len)
+            .map(|_| char::from(ICE_CHARS[self.rng.gen_range(0..ICE_CHARS.len())]))
+            .collect()
+    }
+
+    /// Removes a pending request with its timer and its entries on both connections.
+    pub(crate) fn take_pending(&mut self, id: u64) -> Option<Pending> {
+        let p = self.pending.remove(&id)?;
+        self.timers.remove(&(p.deadline, Timer::Request(id)));
+        if let Some(c) = self.conns.get_mut(&p.requester) {
+            c.outgoing.retain(|&x| x != id);
+        }
+        if let Some(c) = self.conns.get_mut(&p.target) {
+            c.incoming.retain(|&x| x != id);
+        }
+        Some(p)
+    }
+
+    fn reject(&mut self, conn: ConnId, request_id: u64, kind: ErrorKind, detail: &str) {
+        match kind {
+            ErrorKind::RateLimited => self.stats.rate_limited += 1,
+            ErrorKind::LimitReached => self.stats.limit_reached += 1,
+            ErrorKind::UnknownTarget => self.stats.unknown_target += 1,
+            _ => self.stats.rejected += 1,
+        }
+        self.error(conn, Some(request_id), kind, detail);
+    }
+
+    /// Checks a `Connect`; on success returns the target's connection.
+    fn check_connect(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        request_id: u64,
+        target: PeerId,
+    ) -> Result<ConnId, (ErrorKind, &'static str)> {
+        let max_out = self.config.max_pending_per_peer;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Err((ErrorKind::NotRegistered, "not connected"));
+        };
+        if c.candidates.is_none() {
+            return Err((ErrorKind::NotRegistered, "register before connecting"));
+        }
+        if !c.connects.take(now) {
+            return Err((ErrorKind::RateLimited, "too many connect requests"));
+        }
+        if c.peer == target {
+            return Err((ErrorKind::InvalidRequest, "cannot connect to yourself"));
+        }
+        let outgoing = c.outgoing.clone();
+        if outgoing
+            .iter()
+            .any(|id| self.pending.get(id).map(|p| p.requester_request) == Some(request_id))
+        {
+            return Err((ErrorKind::InvalidRequest, "request id already pending"));
+        }
+        let target_conn = self
+            .by_peer
+            .get(&target)
+            .copied()
+            .filter(|t| self.conns.get(t).is_some_and(|t| t.candidates.is_some()))
+            .ok_or((ErrorKind::UnknownTarget, "no registered peer with this id"))?;
+        if outgoing.len() >= max_out {
+            return Err((
+                ErrorKind::LimitReached,
+                "too many pending requests of yours",
+            ));
+        }
+        let incoming = self.conns.get(&target_conn).map_or(0, |t| t.incoming.len());
+        if incoming >= self.config.max_incoming_per_peer {
+            return Err((
+                ErrorKind::LimitReached,
+                "target has too many pending requests",
+            ));
+        }
+        if self.pending.len() >= self.config.max_pending_total {
+            return Err((
+                ErrorKind::LimitReached,
+                "server has too many pending requests",
+            ));
+        }
+        Ok(target_conn)
+    }
+
+    /// A `Connect` from `conn`.
+    pub(crate) fn on_connect(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        request_id: u64,
+        target: PeerId,
+    ) {
+        let target_conn = match self.check_connect(now, conn, request_id, target) {
+            Ok(t) => t,
+            Err((kind, detail)) => return self.reject(conn, request_id, kind, detail),
+        };
+        let Some(from) = self.conns.get(&conn).map(|c| c.peer) else {
+            return;
+        };
+        let id = self.next_request;
+        self.next_request = self.next_request.wrapping_add(1).max(1);
+        let deadline = now + self.config.request_timeout;
+        self.pending.insert(
+            id,
+            Pending {
+                requester: conn,
+                requester_request: request_id,
+                target: target_conn,
+                deadline,
+            },
+        );
+        self.timers.insert((deadline, Timer::Request(id)));
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.outgoing.push(id);
+        }
+        if let Some(t) = self.conns.get_mut(&target_conn) {
+            t.incoming.push(id);
+        }
+        self.stats.connects += 1;
+        tracing::debug!(%conn, target = %target.short(), id, "connect request");
+        self.send(
+            target_conn,
+            ServerMsg::Incoming {
+                request_id: id,
+                from,
+            },
+        );
+    }
+
+    /// The pending request `id` if `conn` is its target.
+    fn answerable(&self, conn: ConnId, id: u64) -> bool {
+        self.pending.get(&id).is_some_and(|p| p.target == conn)
+    }
+
+    /// A `Refuse` from `conn`.
+    pub(crate) fn on_refuse(&mut self, conn: ConnId, id: u64) {
+        if !self.answerable(conn, id) {
+            return self.reject(
+                conn,
+                id,
+                ErrorKind::UnknownRequest,
+                "no such pending request",
+            );
+        }
+        let Some(p) = self.take_pending(id) else {
+            return;
+        };
+        self.stats.refused += 1;
+        self.error(
+            p.requester,
+            Some(p.requester_request),
+            ErrorKind::Refused,
+            "the target refused",
+        );
+    }
+
+    /// The deadline of request `id` passed.
+    pub(crate) fn expire(&mut self, id: u64) {
+        let Some(p) = self.take_pending(id) else {
+            return;
+        };
+        self.stats.timeouts += 1;
+        self.error(
+            p.requester,
+            Some(p.requester_request),
+            ErrorKind::Timeout,
+            "the target did not answer in time",
+        );
+        self.send(p.target, ServerMsg::Cancelled { request_id: id });
+    }
+
+    /// An `Accept` from `conn`.
+    pub(crate) fn on_accept(&mut self, now: Instant, conn: ConnId, id: u64) {
+        if !self.answerable(conn, id) {
+            return self.reject(
+                conn,
+                id,
+                ErrorKind::UnknownRequest,
+                "no such pending request",
+            );
+        }
+        let Some(p) = self.take_pending(id) else {
+            return;
+        };
+        let within_rate = |this: &mut Self, c: ConnId| {
+            this.conns
+                .get_mut(&c)
+                .is_some_and(|c| c.attempts.ready(now))
+        };
+        if !within_rate(self, p.requester) || !within_rate(self, p.target) {
+            let detail = "too many punch attempts, try again later";
+            self.stats.rate_limited += 1;
+            self.error(p.target, Some(id), ErrorKind::RateLimited, detail);
+            self.error(
+                p.requester,
+                Some(p.requester_request),
+                ErrorKind::RateLimited,
+                detail,
+            );
+            return;
+        }
+        let (Some(req), Some(tgt)) = (self.conns.get(&p.requester), self.conns.get(&conn)) else {
+            return;
+        };
+        let plan = plan_start(&req.rtt, &tgt.rtt, &self.config);
+        let (req_peer, req_cands) = (req.peer, req.candidates_for_peer());
+        let (tgt_peer, tgt_cands) = (tgt.peer, tgt.candidates_for_peer());
+        for c in [p.requester, conn] {
+            if let Some(c) = self.conns.get_mut(&c) {
+                c.attempts.take(now);
+            }
+        }
+        let credentials = Credentials {
+            local_ufrag: self.random_string(UFRAG_LEN),
+            local_pwd: self.random_string(PWD_LEN),
+            remote_ufrag: self.random_string(UFRAG_LEN),
+            remote_pwd: self.random_string(PWD_LEN),
+        };
+        self.stats.accepted += 1;
+        tracing::debug!(id, lead = ?plan.lead, "accepted, sending go");
+        let target_go = Go {
+            request_id: id,
+            peer: req_peer,
+            peer_candidates: req_cands,
+            credentials: credentials.swapped(),
+            start_in: plan.start_in_target,
+            role: Role::Controlled,
+        };
+        self.send(
+            p.requester,
+            ServerMsg::Go(Go {
+                request_id: p.requester_request,
+                peer: tgt_peer,
+                peer_candidates: tgt_cands,
+                credentials,
+                start_in: plan.start_in_requester,
+                role: Role::Controlling,
+            }),
+        );
+        self.send(conn, ServerMsg::Go(target_go));
+    }
+}
