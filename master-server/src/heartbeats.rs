@@ -5,6 +5,9 @@
 //! rate, so:
 //! 1. The handler checks the token against the index, extends the row in the index (reads
 //!    see it at once) and records `R -> T` here; a later heartbeat of R overwrites T.
+//!    Liveness is decided here, at acknowledgement: the flush writes the new expiry even
+//!    if the stored one has passed meanwhile, and the reaper's grace period keeps such a
+//!    row in the database until its flush lands.
 //! 2. Every `flush_interval` the flusher hands all pending entries to the
 //!    [writer](crate::writer) as one batch; the database answers each row's new version,
 //!    which is confirmed in the index (and, with PostgreSQL, announced to other instances).

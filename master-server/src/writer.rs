@@ -4,7 +4,7 @@
 //!    when it is full, then answering 503) and await the reply.
 //! 2. The writer takes the first op, then everything already queued (up to `max_batch`),
 //!    and commits them in one transaction; once per `reap_interval` the batch also deletes
-//!    expired rows.
+//!    rows expired for longer than `reap_grace`.
 //! 3. After the commit it applies the changes to the in-memory [`Index`] and only then
 //!    answers, so a client that got its answer reads its own write.
 //! 4. On [`WriterStop::stop`] (or when every handle is dropped) the writer closes the
@@ -66,6 +66,10 @@ pub struct WriterConfig {
     pub reap_interval: Duration,
     /// Most expired rows deleted per batch (default 2,000).
     pub reap_limit: usize,
+    /// How long after expiry a row is deleted (default 10 s). Reads hide a row the moment
+    /// it expires; the grace only keeps the reaper from racing a heartbeat that was
+    /// acknowledged just before expiry and is still waiting in the write-behind buffer.
+    pub reap_grace: Duration,
 }
 
 impl Default for WriterConfig {
@@ -77,6 +81,7 @@ impl Default for WriterConfig {
             batch_timeout: Duration::from_secs(10),
             reap_interval: Duration::from_secs(1),
             reap_limit: 2000,
+            reap_grace: Duration::from_secs(10),
         }
     }
 }
@@ -232,8 +237,11 @@ impl Writer {
     }
 
     async fn commit(&mut self, ops: &mut Vec<WriteOp>, reap: bool) {
+        let now = Millis::now();
+        let grace = i64::try_from(self.config.reap_grace.as_millis()).unwrap_or(i64::MAX);
         let mut batch = Batch {
             reap_limit: if reap { self.config.reap_limit } else { 0 },
+            reap_before: Millis(now.0.saturating_sub(grace)),
             ..Batch::default()
         };
         let mut replies = Replies::default();
@@ -265,11 +273,9 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
-        let now = Millis::now();
-        let outcome =
-            tokio::time::timeout(self.config.batch_timeout, self.store.apply(&batch, now))
-                .await
-                .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut.into()));
+        let outcome = tokio::time::timeout(self.config.batch_timeout, self.store.apply(&batch))
+            .await
+            .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut.into()));
         match outcome {
             Ok(result) => self.finish(batch, result, replies),
             Err(err) => {

@@ -22,6 +22,7 @@ both_backends!(
     restart_keeps_live_rows_and_tokens,
     synchronous_heartbeats_commit_before_answering,
     buffered_heartbeats_are_written_behind_and_flushed_at_shutdown,
+    heartbeat_acknowledged_just_before_expiry_is_not_lost,
 );
 
 async fn start(db: &TestDb, config: Config) -> (App, Client) {
@@ -326,6 +327,7 @@ async fn expired_rows_vanish_and_are_reaped(backend: Backend) {
     let db = TestDb::new(backend).await;
     let mut config = db.config();
     config.writer.reap_interval = Duration::from_millis(200);
+    config.writer.reap_grace = Duration::ZERO;
     let (app, client) = start(&db, config.clone()).await;
     let mut short = session("g", "short");
     short["timeout_secs"] = json!(1);
@@ -541,5 +543,45 @@ async fn synchronous_heartbeats_commit_before_answering(backend: Backend) {
         StatusCode::NOT_FOUND
     );
     app.shutdown().await;
+    db.cleanup().await;
+}
+
+async fn heartbeat_acknowledged_just_before_expiry_is_not_lost(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = Config {
+        heartbeat_flush: Duration::from_secs(3600),
+        ..db.config()
+    };
+    config.writer.reap_interval = Duration::from_millis(100);
+    let (app, client) = start(&db, config).await;
+    let mut short = session("g", "edge");
+    short["timeout_secs"] = json!(1);
+    let (id, token) = client.create(short).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let uri = format!("/v1/sessions/{id}");
+    // Acknowledged from memory while the stored expiry is 0.3 s away; nothing is flushed
+    // until shutdown, so the stored expiry passes and the reaper runs many times.
+    let hb = client
+        .call(
+            Method::POST,
+            &format!("{uri}/heartbeat"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(hb.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        client.get(&uri).await.status,
+        StatusCode::OK,
+        "the acknowledged heartbeat holds"
+    );
+    app.shutdown().await;
+    let acked = instant(&hb.body["expires_at"]).timestamp_millis();
+    assert_eq!(
+        stored_expiry(backend, &db.url).await,
+        acked,
+        "the row was not reaped, and the flush wrote it"
+    );
     db.cleanup().await;
 }

@@ -62,8 +62,10 @@ pub struct Batch {
     pub heartbeats: Vec<(SessionId, i64, Millis)>,
     /// Deletes.
     pub deletes: Vec<SessionId>,
-    /// Also delete rows expired at `now` (at most this many).
+    /// Also delete rows that expired at or before `reap_before` (at most this many).
     pub reap_limit: usize,
+    /// The reaper's cut-off: `now` minus the reap grace (see [`crate::writer::WriterConfig`]).
+    pub reap_before: Millis,
 }
 
 impl Batch {
@@ -128,10 +130,10 @@ impl Store {
     }
 
     /// Commits a batch in one transaction.
-    pub async fn apply(&self, batch: &Batch, now: Millis) -> Result<BatchResult, StoreError> {
+    pub async fn apply(&self, batch: &Batch) -> Result<BatchResult, StoreError> {
         match self {
-            Store::Sqlite(pool) => sqlite::apply(pool, batch, now).await,
-            Store::Postgres(pg) => pg.apply(batch, now).await,
+            Store::Sqlite(pool) => sqlite::apply(pool, batch).await,
+            Store::Postgres(pg) => pg.apply(batch).await,
         }
     }
 

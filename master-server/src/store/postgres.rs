@@ -81,11 +81,7 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn apply(
-        &self,
-        batch: &Batch,
-        now: Millis,
-    ) -> Result<BatchResult, StoreError> {
+    pub(super) async fn apply(&self, batch: &Batch) -> Result<BatchResult, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut result = BatchResult::default();
         let mut notes = Notes::new(self.instance);
@@ -138,11 +134,10 @@ impl PgStore {
         for (body, expires) in &batch.updates {
             let version: Option<i64> = sqlx::query_scalar(
                 "UPDATE session_liveness SET expires_at_ms = $1, version = version + 1 \
-                 WHERE seq = $2 AND expires_at_ms > $3 RETURNING version",
+                 WHERE seq = $2 RETURNING version",
             )
             .bind(expires.0)
             .bind(body.seq)
-            .bind(now.0)
             .fetch_optional(&mut *tx)
             .await?;
             if version.is_some() {
@@ -175,12 +170,10 @@ impl PgStore {
             let rows = sqlx::query(
                 "UPDATE session_liveness AS l SET expires_at_ms = v.e, version = l.version + 1 \
                  FROM UNNEST($1::int8[], $2::int8[]) AS v(seq, e) \
-                 WHERE l.seq = v.seq AND l.expires_at_ms > $3 \
-                 RETURNING l.seq, l.version, l.expires_at_ms",
+                 WHERE l.seq = v.seq RETURNING l.seq, l.version, l.expires_at_ms",
             )
             .bind(seqs)
             .bind(expiries)
-            .bind(now.0)
             .fetch_all(&mut *tx)
             .await?;
             for row in rows {
@@ -222,7 +215,7 @@ impl PgStore {
                  FOR UPDATE SKIP LOCKED) RETURNING seq) \
                  DELETE FROM sessions WHERE seq IN (SELECT seq FROM expired) RETURNING id",
             )
-            .bind(now.0)
+            .bind(batch.reap_before.0)
             .bind(i64::try_from(batch.reap_limit).unwrap_or(i64::MAX))
             .fetch_all(&mut *tx)
             .await?;

@@ -98,18 +98,14 @@ pub(super) async fn load_one(
     })
 }
 
-pub(super) async fn apply(
-    pool: &SqlitePool,
-    batch: &Batch,
-    now: Millis,
-) -> Result<BatchResult, StoreError> {
+pub(super) async fn apply(pool: &SqlitePool, batch: &Batch) -> Result<BatchResult, StoreError> {
     let mut conn = pool.acquire().await?;
     // One statement is atomic on its own: skip BEGIN/COMMIT round trips then.
     if statements(batch) <= 1 {
-        return run(&mut conn, batch, now).await;
+        return run(&mut conn, batch).await;
     }
     let mut tx = conn.begin().await?;
-    let result = run(&mut tx, batch, now).await?;
+    let result = run(&mut tx, batch).await?;
     tx.commit().await?;
     Ok(result)
 }
@@ -138,11 +134,7 @@ fn int_array(values: impl Iterator<Item = i64>) -> String {
 /// Runs a batch's statements. Each kind of write is one static statement per table over a
 /// JSON array (`json_each`), so SQLite prepares it once per connection whatever the batch
 /// size.
-async fn run(
-    conn: &mut SqliteConnection,
-    batch: &Batch,
-    now: Millis,
-) -> Result<BatchResult, StoreError> {
+async fn run(conn: &mut SqliteConnection, batch: &Batch) -> Result<BatchResult, StoreError> {
     let mut result = BatchResult::default();
 
     if !batch.creates.is_empty() {
@@ -205,11 +197,10 @@ async fn run(
     for (body, expires) in &batch.updates {
         let version: Option<i64> = sqlx::query_scalar(
             "UPDATE session_liveness SET expires_at_ms = ?, version = version + 1 \
-             WHERE seq = ? AND expires_at_ms > ? RETURNING version",
+             WHERE seq = ? RETURNING version",
         )
         .bind(expires.0)
         .bind(body.seq)
-        .bind(now.0)
         .fetch_optional(&mut *conn)
         .await?;
         if version.is_some() {
@@ -245,11 +236,9 @@ async fn run(
         let rows = sqlx::query(
             "UPDATE session_liveness SET expires_at_ms = hb.e, version = version + 1 \
              FROM (SELECT value ->> 0 AS seq, value ->> 1 AS e FROM json_each(?1)) AS hb \
-             WHERE session_liveness.seq = hb.seq AND session_liveness.expires_at_ms > ?2 \
-             RETURNING seq, version, expires_at_ms",
+             WHERE session_liveness.seq = hb.seq RETURNING seq, version, expires_at_ms",
         )
         .bind(json)
-        .bind(now.0)
         .fetch_all(&mut *conn)
         .await?;
         for row in rows {
@@ -291,7 +280,7 @@ async fn run(
             "DELETE FROM session_liveness WHERE seq IN \
              (SELECT seq FROM session_liveness WHERE expires_at_ms <= ? LIMIT ?) RETURNING seq",
         )
-        .bind(now.0)
+        .bind(batch.reap_before.0)
         .bind(i64::try_from(batch.reap_limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *conn)
         .await?;
