@@ -4,11 +4,11 @@
 //! 1. [`Go::start_at`]: the local instant of the first probe, from when the message arrived.
 //! 2. [`Go::probe_candidates`]: the peer's candidates as probing candidates, with their
 //!    RFC 8445 priorities; relayed ones are left to the TURN layer.
-//! 3. `From` conversions of [`Credentials`] and [`Role`].
+//! 3. [`Go::credentials`] and [`Go::role`] are the prober's own types and are used as they are.
 
 use std::time::Instant;
 
-use super::msg::{Candidate, CandidateKind, Credentials, Go, Role};
+use super::msg::{Candidate, CandidateKind, Go};
 use crate::punch;
 
 impl Go {
@@ -37,25 +37,5 @@ impl Candidate {
             CandidateKind::Relay => return None,
         };
         Some(punch::Candidate::new(self.addr, kind))
-    }
-}
-
-impl From<Credentials> for punch::Credentials {
-    fn from(c: Credentials) -> Self {
-        Self {
-            local_ufrag: c.local_ufrag,
-            local_pwd: c.local_pwd,
-            remote_ufrag: c.remote_ufrag,
-            remote_pwd: c.remote_pwd,
-        }
-    }
-}
-
-impl From<Role> for punch::Role {
-    fn from(r: Role) -> Self {
-        match r {
-            Role::Controlling => Self::Controlling,
-            Role::Controlled => Self::Controlled,
-        }
     }
 }

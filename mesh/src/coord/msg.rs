@@ -56,51 +56,9 @@ impl Candidate {
     }
 }
 
-/// Short-term credentials of one punch attempt (as ICE, RFC 8445 §5.3): a probe sent to the
-/// other side uses `remote_ufrag:local_ufrag` as USERNAME and `remote_pwd` for its
-/// MESSAGE-INTEGRITY; probes arriving carry `local_ufrag` first and `local_pwd`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    /// This side's username fragment.
-    pub local_ufrag: String,
-    /// This side's password.
-    pub local_pwd: String,
-    /// The other side's username fragment.
-    pub remote_ufrag: String,
-    /// The other side's password.
-    pub remote_pwd: String,
-}
-
-impl Credentials {
-    /// The same credentials as seen from the other side.
-    pub fn swapped(&self) -> Self {
-        Self {
-            local_ufrag: self.remote_ufrag.clone(),
-            local_pwd: self.remote_pwd.clone(),
-            remote_ufrag: self.local_ufrag.clone(),
-            remote_pwd: self.local_pwd.clone(),
-        }
-    }
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never log the passwords.
-        f.debug_struct("Credentials")
-            .field("local_ufrag", &self.local_ufrag)
-            .field("remote_ufrag", &self.remote_ufrag)
-            .finish_non_exhaustive()
-    }
-}
-
-/// ICE role of a side in one attempt (RFC 8445 §6.1.1): the requester controls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// The requester: it nominates the pair that carries QUIC. Wire code 0.
-    Controlling,
-    /// The target. Wire code 1.
-    Controlled,
-}
+/// Per-attempt credentials and roles are the prober's own types, carried as they are
+/// (wire codes of [`Role`]: 0 = controlling (the requester), 1 = controlled (the target)).
+pub use crate::punch::{Credentials, Role};
 
 /// What went wrong, in an [`ServerMsg::Error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -383,10 +383,9 @@ fn go_converts_for_the_prober() {
     assert_eq!(probe[1].addr, addr("198.18.0.1:2"));
     let now = std::time::Instant::now();
     assert_eq!(go.start_at(now), now + Duration::from_millis(40));
-    let c: crate::punch::Credentials = go.credentials.clone().into();
-    assert_eq!(c.remote_pwd, go.credentials.remote_pwd);
-    assert_eq!(
-        crate::punch::Role::from(go.role),
-        crate::punch::Role::Controlled
-    );
+    // The Go's credentials and role are the prober's own types, handed over as they are.
+    let c: &crate::punch::Credentials = &go.credentials;
+    assert_eq!(c.swapped().local_pwd, go.credentials.remote_pwd);
+    let role: crate::punch::Role = go.role;
+    assert_eq!(role, crate::punch::Role::Controlled);
 }

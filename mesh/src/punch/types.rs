@@ -86,8 +86,21 @@ pub struct Credentials {
     pub remote_pwd: String,
 }
 
+impl Credentials {
+    /// The same credentials as seen from the other side.
+    pub fn swapped(&self) -> Self {
+        Self {
+            local_ufrag: self.remote_ufrag.clone(),
+            local_pwd: self.remote_pwd.clone(),
+            remote_ufrag: self.local_ufrag.clone(),
+            remote_pwd: self.local_pwd.clone(),
+        }
+    }
+}
+
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never log the passwords.
         f.debug_struct("Credentials")
             .field("local_ufrag", &self.local_ufrag)
             .field("remote_ufrag", &self.remote_ufrag)
