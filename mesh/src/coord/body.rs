@@ -71,6 +71,7 @@ impl WireMessage for ClientMsg {
             Self::Refuse { .. } => 0x04,
             Self::Ping { .. } => 0x05,
             Self::Pong { .. } => 0x06,
+            Self::Policy { .. } => 0x07,
         }
     }
 
@@ -83,6 +84,7 @@ impl WireMessage for ClientMsg {
             }
             Self::Accept { request_id } | Self::Refuse { request_id } => w.u64(*request_id),
             Self::Ping { ts } | Self::Pong { ts } => w.u64(*ts),
+            Self::Policy { accept_all } => w.u8(u8::from(*accept_all)),
         }
         Ok(())
     }
@@ -104,6 +106,9 @@ impl WireMessage for ClientMsg {
             },
             0x05 => Self::Ping { ts: r.u64()? },
             0x06 => Self::Pong { ts: r.u64()? },
+            0x07 => Self::Policy {
+                accept_all: read_flag(r)?,
+            },
             other => return Err(CodecError::UnknownType(other)),
         })
     }

@@ -176,6 +176,15 @@ pub enum ClientMsg {
         /// The value from the ping.
         ts: u64,
     },
+    /// How the peer answers connect requests, decided in advance. Type 0x07. With
+    /// `accept_all` the server treats every `Connect` to this peer as accepted at once:
+    /// both sides get their `Go` without the `Incoming` / `Accept` round trip (one RTT
+    /// saved); the dialer is still authenticated by its key in the QUIC handshake. The
+    /// default (never sent, or `false`) is to ask with `Incoming`.
+    Policy {
+        /// Accept every request without being asked.
+        accept_all: bool,
+    },
 }
 
 /// The instruction to start probing, sent to both sides of an accepted request.

@@ -50,6 +50,8 @@ fn client_msgs() -> Vec<ClientMsg> {
         ClientMsg::Refuse { request_id: 0 },
         ClientMsg::Ping { ts: 12345 },
         ClientMsg::Pong { ts: 1 },
+        ClientMsg::Policy { accept_all: true },
+        ClientMsg::Policy { accept_all: false },
     ]
 }
 

@@ -138,10 +138,11 @@ impl PeerCheck {
     }
 }
 
-/// Client side: accepts exactly the server whose key is `expected`.
+/// Client side: accepts exactly the server whose key is `expected`, or (insecure mode,
+/// `None`) any server with a well-formed Ed25519 key.
 #[derive(Debug)]
 struct ExpectedPeerVerifier {
-    expected: PeerId,
+    expected: Option<PeerId>,
     check: PeerCheck,
     sig: SignatureCheck,
 }
@@ -156,15 +157,18 @@ impl ServerCertVerifier for ExpectedPeerVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let actual = check_chain(end_entity, intermediates)?;
-        if actual != self.expected {
+        let Some(expected) = self.expected else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        if actual != expected {
             let mut slot = self
                 .check
                 .mismatch
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            *slot = Some((self.expected, actual));
+            *slot = Some((expected, actual));
             return Err(to_rustls_error(IdentityError::PeerIdMismatch {
-                expected: self.expected,
+                expected,
                 actual,
             }));
         }
@@ -238,6 +242,9 @@ impl ClientCertVerifier for AnyPeerVerifier {
     }
 }
 
+/// The TLS server name sent when the server's key is not known in advance (insecure mode).
+pub const INSECURE_SERVER_NAME: &str = "punch-server";
+
 /// The TLS server name used when dialing `peer`: its text form, a valid DNS label.
 pub fn server_name(peer: &PeerId) -> String {
     peer.to_string()
@@ -250,6 +257,25 @@ pub fn server_name(peer: &PeerId) -> String {
 pub fn client_config(
     identity: &Identity,
     expected: PeerId,
+    transport: Option<Arc<quinn::TransportConfig>>,
+) -> Result<(quinn::ClientConfig, PeerCheck), IdentityError> {
+    build_client_config(identity, Some(expected), transport)
+}
+
+/// A quinn client configuration that presents `identity` and accepts *any* server key
+/// (still Ed25519, still proved by the handshake signature). Development only: this is
+/// what `--insecure` means for a punch server named without its id. Read the key the
+/// server proved with [`remote_peer_id`] after the handshake.
+pub fn client_config_insecure(
+    identity: &Identity,
+    transport: Option<Arc<quinn::TransportConfig>>,
+) -> Result<quinn::ClientConfig, IdentityError> {
+    build_client_config(identity, None, transport).map(|(config, _)| config)
+}
+
+fn build_client_config(
+    identity: &Identity,
+    expected: Option<PeerId>,
     transport: Option<Arc<quinn::TransportConfig>>,
 ) -> Result<(quinn::ClientConfig, PeerCheck), IdentityError> {
     let provider = provider();
@@ -337,7 +363,7 @@ mod tests {
         let b = Identity::generate().unwrap();
         let check = PeerCheck::default();
         let v = ExpectedPeerVerifier {
-            expected: a.peer_id(),
+            expected: Some(a.peer_id()),
             check: check.clone(),
             sig: SignatureCheck {
                 provider: provider(),
@@ -369,5 +395,31 @@ mod tests {
         let a = Identity::generate().unwrap();
         assert!(server_config(&a, None).is_ok());
         assert!(client_config(&a, a.peer_id(), None).is_ok());
+        assert!(client_config_insecure(&a, None).is_ok());
+    }
+
+    #[test]
+    fn insecure_verifier_accepts_any_key_but_not_garbage() {
+        let a = Identity::generate().unwrap();
+        let b = Identity::generate().unwrap();
+        let v = ExpectedPeerVerifier {
+            expected: None,
+            check: PeerCheck::default(),
+            sig: SignatureCheck {
+                provider: provider(),
+            },
+        };
+        let name = ServerName::try_from("punch-server").unwrap();
+        let now = UnixTime::now();
+        assert!(v
+            .verify_server_cert(a.certificate(), &[], &name, &[], now)
+            .is_ok());
+        assert!(v
+            .verify_server_cert(b.certificate(), &[], &name, &[], now)
+            .is_ok());
+        let garbage = CertificateDer::from(vec![1u8, 2, 3]);
+        assert!(v
+            .verify_server_cert(&garbage, &[], &name, &[], now)
+            .is_err());
     }
 }

@@ -28,6 +28,9 @@ pub(crate) struct Conn {
     pub(crate) observed: SocketAddr,
     /// Registered candidates; `None` until `Register`.
     pub(crate) candidates: Option<Vec<Candidate>>,
+    /// The peer accepts every request in advance (`Policy`): `Connect` goes straight to
+    /// `Go`.
+    pub(crate) accept_all: bool,
     pub(crate) rtt: RttEstimator,
     /// Stamp of the ping awaiting its pong.
     pub(crate) ping_ts: Option<u64>,
@@ -52,6 +55,7 @@ impl Conn {
             peer,
             observed: canonical(observed),
             candidates: None,
+            accept_all: false,
             rtt: RttEstimator::default(),
             ping_ts: None,
             next_ping: now,

@@ -242,6 +242,11 @@ impl Coordinator {
             ClientMsg::Refuse { request_id } => self.on_refuse(conn, request_id),
             ClientMsg::Ping { ts } => self.send(conn, ServerMsg::Pong { ts }),
             ClientMsg::Pong { ts } => self.on_pong(now, conn, ts),
+            ClientMsg::Policy { accept_all } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.accept_all = accept_all;
+                }
+            }
         }
     }
 

@@ -6,7 +6,8 @@
 //!    registered peer; the requester's, the target's and the server's pending bounds must
 //!    have room. Then the request gets a server id, a deadline, and the target an
 //!    `Incoming`. Nothing is revealed to, or asked of, the target before this point, and
-//!    no addresses at all before it accepts.
+//!    no addresses at all before it accepts. A target that accepts everything in advance
+//!    (`Policy { accept_all }`) gets no `Incoming`: the request goes on to step 4 at once.
 //! 2. `Refuse` from the target: the requester gets `Error { Refused }`.
 //! 3. No answer by the deadline: the requester gets `Error { Timeout }`, the target
 //!    `Cancelled`.
@@ -162,6 +163,10 @@ impl Coordinator {
         }
         self.stats.connects += 1;
         tracing::debug!(%conn, target = %target.short(), id, "connect request");
+        if self.conns.get(&target_conn).is_some_and(|t| t.accept_all) {
+            // Accepted in advance (`Policy`): no round trip to ask.
+            return self.on_accept(now, target_conn, id);
+        }
         self.send(
             target_conn,
             ServerMsg::Incoming {

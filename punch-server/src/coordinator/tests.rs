@@ -182,6 +182,57 @@ fn happy_path() {
 }
 
 #[test]
+fn accept_all_policy_skips_the_incoming_round_trip() {
+    let mut h = two_peers();
+    h.msg(2, ClientMsg::Policy { accept_all: true });
+    assert!(h.drain().is_empty());
+    h.msg(
+        1,
+        ClientMsg::Connect {
+            request_id: 5,
+            target: peer(2),
+        },
+    );
+    // No Incoming: both Go at once, with the same content as an explicit accept.
+    let (a, b) = gos(h.drain());
+    assert_eq!((a.request_id, a.role), (5, Role::Controlling));
+    assert_eq!((b.peer, b.role), (peer(1), Role::Controlled));
+    assert_eq!(a.credentials, b.credentials.swapped());
+    assert_eq!(h.c.pending_requests(), 0);
+    assert_eq!(h.c.stats().accepted, 1);
+    // The rate limits still apply to pre-accepted requests.
+    let mut limited = false;
+    for id in 6..200 {
+        h.msg(
+            1,
+            ClientMsg::Connect {
+                request_id: id,
+                target: peer(2),
+            },
+        );
+        let out = h.drain();
+        if out.iter().any(|(_, m)| {
+            matches!(
+                m,
+                ServerMsg::Error {
+                    kind: ErrorKind::RateLimited,
+                    ..
+                }
+            )
+        }) {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "pre-accepted requests are rate limited too");
+    // Turning the policy off asks again.
+    h.msg(2, ClientMsg::Policy { accept_all: false });
+    h.advance(ms(60_000));
+    h.drain();
+    h.request(300);
+}
+
+#[test]
 fn start_time_lets_both_sides_start_together() {
     let mut h = two_peers();
     let id = h.request(1);
@@ -191,7 +242,8 @@ fn start_time_lets_both_sides_start_together() {
     let start_a = ms(15) + a.start_in;
     let start_b = ms(45) + b.start_in;
     assert_eq!(start_a, start_b, "both start at the same instant");
-    // Worst asymmetry: the whole RTT one way still arrives before the start.
+    // With one RTT sample each (rttvar = rtt / 2) the head room covers even a whole RTT
+    // one way.
     assert!(ms(30) < start_a && ms(90) < start_b);
     // Better than RakNet's max(100 ms, 4 x larger ping) = 360 ms here.
     assert!(start_a < ms(360), "{start_a:?}");

@@ -8,17 +8,21 @@
 //! 2. On accept, [`plan_start`] picks the lead time `L` from now to the common start `S`:
 //!
 //!    ```text
-//!    bound(x) = srtt(x) + 4 rttvar(x)             (RTO-style upper bound of x's RTT)
-//!    L        = max(floor, max(bound(a), bound(b)) + margin)
-//!    start_in(x) = L - srtt(x) / 2
+//!    one_way_bound(x) = srtt(x) / 2 + 4 rttvar(x)   (RTO-style bound of x's one-way delay)
+//!    L                = max(floor, max(one_way_bound(a), one_way_bound(b)) + margin)
+//!    start_in(x)      = L - srtt(x) / 2
 //!    ```
 //!
-//!    A message's one-way delay is at most the round trip (both directions take a positive
-//!    time), and the RTT stays below `bound` with high probability, so each `Go` arrives
-//!    before `S` even on a fully asymmetric path. Each side waits `start_in(x)` after
-//!    receiving its `Go`; with its delay estimated as half its RTT, both sides send their
+//!    On a path about as fast both ways (the common case) a message takes half the RTT,
+//!    and jitter stays within `4 rttvar` with high probability, so each `Go` arrives before
+//!    `S`. Each side waits `start_in(x)` after receiving its `Go`, so both send their
 //!    first probe at `S` (on symmetric paths exactly at once; otherwise off by the
-//!    asymmetry, which no clock-free scheme can see).
+//!    asymmetry, which no clock-free scheme can see). Bounding the one-way delay rather
+//!    than the whole RTT saves half an RTT on every connect; the price is paid only on a
+//!    strongly asymmetric path, where a `Go` arriving after `S` makes that side start at
+//!    once and the first check of the other side may meet a closed NAT filter: its
+//!    retransmission (or the late side's triggered check) completes the pair one check
+//!    interval later, it does not fail.
 //! 3. Versus RakNet's `max(100 ms, 4 x the larger ping)`: a stable 40 ms path waits about
 //!    50 ms instead of 160 ms, a LAN the 20 ms floor instead of 100 ms, while a jittery path
 //!    (large rttvar) still gets the head room it needs. A `Go` that still arrives late makes
@@ -76,6 +80,12 @@ impl RttEstimator {
         s.saturating_add(v.saturating_mul(4))
     }
 
+    /// Upper bound of the one-way delay with high probability: `srtt / 2 + 4 rttvar`.
+    pub fn one_way_bound(&self, initial: Duration) -> Duration {
+        let (s, v) = self.or_initial(initial);
+        (s / 2).saturating_add(v.saturating_mul(4))
+    }
+
     /// Estimated one-way delay: half the smoothed RTT.
     pub fn one_way(&self, initial: Duration) -> Duration {
         self.or_initial(initial).0 / 2
@@ -101,7 +111,9 @@ pub fn plan_start(
     config: &CoordConfig,
 ) -> StartPlan {
     let initial = config.initial_rtt;
-    let worst = requester.bound(initial).max(target.bound(initial));
+    let worst = requester
+        .one_way_bound(initial)
+        .max(target.one_way_bound(initial));
     let lead = worst
         .saturating_add(config.start_margin)
         .max(config.start_floor);
@@ -149,17 +161,20 @@ mod tests {
         let wan = plan_start(&stable(ms(40)), &stable(ms(30)), &c);
         let raknet = ms(100).max(ms(40) * 4);
         assert!(wan.lead < raknet, "{:?} vs {raknet:?}", wan.lead);
-        assert!(wan.lead >= ms(40) + c.start_margin);
+        assert!(wan.lead >= ms(20) + c.start_margin);
+        // Stable paths wait about half an RTT plus the margin, not a whole RTT.
+        assert!(wan.lead < ms(40), "{:?}", wan.lead);
         // Unknown RTTs are treated conservatively.
         let unknown = plan_start(&RttEstimator::default(), &stable(ms(10)), &c);
-        assert!(unknown.lead >= ms(600));
+        assert!(unknown.lead >= ms(500));
     }
 
     #[test]
-    fn jittery_paths_still_get_go_before_start() {
+    fn jittery_paths_rarely_get_go_after_start() {
         use rand::rngs::StdRng;
         use rand::{Rng, SeedableRng};
         let c = CoordConfig::default();
+        let (mut late, mut worst) = (0u32, 0.0f64);
         for seed in 0..2000u64 {
             let mut rng = StdRng::seed_from_u64(seed);
             // Each side: a base RTT of 1-400 ms with up to +-25 % jitter per sample.
@@ -174,16 +189,29 @@ mod tests {
                 for _ in 0..rng.gen_range(1..20) {
                     e.sample(draw(&mut rng), c.max_rtt);
                 }
-                // The Go's own transit: anywhere from half to all of a fresh RTT.
+                // The Go's own transit: half of a fresh RTT, the path up to 20 % lopsided.
                 let rtt = draw(&mut rng);
-                let one_way = rtt.mul_f64(rng.gen_range(0.5..=1.0));
+                let one_way = rtt.mul_f64(rng.gen_range(0.4..=0.6));
                 (e, one_way)
             };
             let (a, owd_a) = side();
             let (b, owd_b) = side();
             let p = plan_start(&a, &b, &c);
-            assert!(owd_a < p.lead && owd_b < p.lead, "seed {seed}: {p:?}");
+            for owd in [owd_a, owd_b] {
+                if owd >= p.lead {
+                    late += 1;
+                    worst = worst.max((owd - p.lead).as_secs_f64() / owd.as_secs_f64());
+                }
+            }
         }
+        // Jitter beyond 4 rttvar of the samples seen is rare: at most 1 % of the Go
+        // messages arrive after the start, and then by a fraction of their transit only
+        // (that side starts at once; its checks meet the other side's retransmissions).
+        assert!(
+            late <= 40,
+            "{late} of 4000 Go messages arrived after the start"
+        );
+        assert!(worst < 0.5, "a late Go was {worst:.2} of its transit late");
     }
 
     #[test]
@@ -197,8 +225,10 @@ mod tests {
             let start_b = ms(rb) / 2 + p.start_in_target;
             assert_eq!(start_a, p.lead);
             assert_eq!(start_b, p.lead);
-            // Even a fully one-sided path (one-way delay = whole RTT) arrives before start.
-            assert!(ms(ra) < p.lead && ms(rb) < p.lead, "{ra} {rb} {p:?}");
+            // The lead is half the larger RTT plus the margin (or the floor).
+            let half = ms(ra.max(rb)) / 2;
+            let expected = (half + c.start_margin).max(c.start_floor);
+            assert!(p.lead.abs_diff(expected) < ms(1), "{ra} {rb} {p:?}");
         }
     }
 }
