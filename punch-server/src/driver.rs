@@ -13,19 +13,21 @@
 //!    (CHANGE-REQUEST may name another one), through a [`SendBatcher`] that coalesces
 //!    runs to one destination into GSO sends and is flushed after every receive call. A
 //!    full send buffer drops the response (counted): UDP, the client retries.
-//! 3. Datagrams that are not STUN (RFC 7983) go to the worker's [`NonStunHook`]; the
-//!    default one, [`DropNonStun`], logs at trace level and drops them (the core counts
-//!    them). The QUIC punchthrough coordinator will plug in here.
+//! 3. Datagrams that are not STUN (RFC 7983) go to the worker's [`NonStunHook`] with their
+//!    [`DatagramMeta`]; the default one, [`DropNonStun`], logs at trace level and drops
+//!    them (the core counts them). The QUIC punchthrough coordinator ([`crate::quic`])
+//!    plugs in here, and sends its own datagrams through [`Server::socket`].
 //! 4. After every batch the worker copies its counters into a shared [`Stats`] slot,
-//!    which the metrics endpoint sums.
+//!    which the metrics endpoint sums; other parts add their own metrics to it with
+//!    [`Stats::add_source`].
 //! 5. [`Server::shutdown`] signals every task through a watch channel and joins them.
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
-use quinn_udp::{RecvMeta, BATCH_SIZE};
+use quinn_udp::{EcnCodepoint, RecvMeta, BATCH_SIZE};
 use thiserror::Error;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -33,7 +35,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, ServerConfig};
-use crate::counters::Counters;
+pub use crate::metrics_http::Stats;
 use crate::send_batch::{SendBatcher, SocketIo};
 use crate::server::{Endpoints, Outcome, SocketId, StunServer};
 
@@ -44,6 +46,19 @@ const RECV_BUF: usize = 65_536;
 /// How often binding the four RFC 5780 sockets is retried when a picked port is taken.
 const BIND_ATTEMPTS: usize = 16;
 
+/// Where a non-STUN datagram came from and arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatagramMeta {
+    /// The bound address of the socket it arrived on (may be a wildcard address).
+    pub local: SocketAddr,
+    /// Its source.
+    pub from: SocketAddr,
+    /// The local IP it was sent to (`IP_PKTINFO`), if the OS reported it.
+    pub dst_ip: Option<IpAddr>,
+    /// Its ECN codepoint, if any.
+    pub ecn: Option<EcnCodepoint>,
+}
+
 /// Receives the datagrams on the STUN port that are not STUN (RFC 7983 / RFC 9443).
 ///
 /// One instance per worker (socket). The punchthrough coordinator implements this to get
@@ -51,6 +66,12 @@ const BIND_ATTEMPTS: usize = 16;
 pub trait NonStunHook: Send + 'static {
     /// One datagram from `from` that arrived on the local socket `local`.
     fn on_datagram(&mut self, local: SocketAddr, from: SocketAddr, datagram: &[u8]);
+
+    /// The same with the full [`DatagramMeta`]; this is what the worker calls. The default
+    /// forwards to [`NonStunHook::on_datagram`].
+    fn on_datagram_meta(&mut self, meta: &DatagramMeta, datagram: &[u8]) {
+        self.on_datagram(meta.local, meta.from, datagram);
+    }
 }
 
 /// The default hook: drops non-STUN datagrams (already counted by the core) with a trace.
@@ -82,41 +103,11 @@ pub enum DriverError {
     },
 }
 
-/// The counters of all workers, as the latest snapshot each worker published.
-#[derive(Debug, Clone, Default)]
-pub struct Stats {
-    slots: Arc<Vec<Mutex<Counters>>>,
-}
-
-impl Stats {
-    fn new(n: usize) -> Self {
-        Self {
-            slots: Arc::new((0..n).map(|_| Mutex::new(Counters::default())).collect()),
-        }
-    }
-
-    fn publish(&self, worker: usize, counters: &Counters) {
-        if let Some(slot) = self.slots.get(worker) {
-            // A poisoned slot only means a worker panicked mid-copy; the data is plain.
-            let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
-            *guard = *counters;
-        }
-    }
-
-    /// The sum over all workers.
-    pub fn total(&self) -> Counters {
-        let mut total = Counters::default();
-        for slot in self.slots.iter() {
-            total.merge(&slot.lock().unwrap_or_else(|e| e.into_inner()));
-        }
-        total
-    }
-}
-
 /// A running punch server (STUN part).
 #[derive(Debug)]
 pub struct Server {
     endpoints: Endpoints,
+    sockets: Arc<Vec<Arc<SocketIo>>>,
     metrics_addr: Option<SocketAddr>,
     stats: Stats,
     shutdown: watch::Sender<bool>,
@@ -176,6 +167,7 @@ impl Server {
         }
         Ok(Server {
             endpoints,
+            sockets,
             metrics_addr,
             stats,
             shutdown,
@@ -202,6 +194,12 @@ impl Server {
         } else {
             None
         }
+    }
+
+    /// The socket `id` with its `quinn-udp` state, to send from the STUN port (the QUIC
+    /// coordinator does); `None` if the server has no such socket.
+    pub fn socket(&self, id: SocketId) -> Option<Arc<SocketIo>> {
+        self.sockets.get(id.index()).cloned()
     }
 
     /// The bound metrics address, if the endpoint is on.
@@ -316,7 +314,7 @@ impl Worker {
                     let data = buf.get(..m.len).unwrap_or_default();
                     // With GRO one buffer holds several datagrams of `stride` bytes each.
                     for datagram in data.chunks(m.stride.max(1)) {
-                        self.handle(now, (m.addr, m.dst_ip), datagram, local, &mut batcher);
+                        self.handle(now, m, datagram, local, &mut batcher);
                     }
                 }
                 let lost = batcher.flush(&self.sockets);
@@ -330,11 +328,12 @@ impl Worker {
     fn handle(
         &mut self,
         now: Instant,
-        (from, dst_ip): (SocketAddr, Option<IpAddr>),
+        meta: &RecvMeta,
         datagram: &[u8],
         local: Option<SocketAddr>,
         batcher: &mut SendBatcher,
     ) {
+        let (from, dst_ip) = (meta.addr, meta.dst_ip);
         match self.core.handle_input(now, self.id, from, datagram) {
             Outcome::Transmit(t) => {
                 // A wildcard socket answers from the IP the request was sent to (IP_PKTINFO),
@@ -347,7 +346,13 @@ impl Worker {
             }
             Outcome::NotStun => {
                 if let Some(local) = local {
-                    self.hook.on_datagram(local, from, datagram);
+                    let meta = DatagramMeta {
+                        local,
+                        from,
+                        dst_ip,
+                        ecn: meta.ecn,
+                    };
+                    self.hook.on_datagram_meta(&meta, datagram);
                 }
             }
             Outcome::Dropped(_) => {}

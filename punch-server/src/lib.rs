@@ -11,6 +11,10 @@
 //! - [`metrics_http`]: the `/metrics` and `/healthz` HTTP endpoint.
 //! - [`coordinator`]: the sans-IO punch coordinator (registrations, connect requests, the
 //!   common start time); its wire protocol is `mesh::coord`.
+//! - [`quic`]: the coordinator's QUIC driver on the STUN port: QUIC datagrams from the
+//!   primary worker's non-STUN hook feed a quinn endpoint (mutual TLS with the server's
+//!   identity), one task per connection pumps its control stream, one task owns the
+//!   coordinator; [`quic::start`] starts STUN and QUIC together.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod config;
@@ -19,6 +23,7 @@ pub mod counters;
 pub mod demux;
 pub mod driver;
 pub mod metrics_http;
+pub mod quic;
 pub mod rate_limit;
 pub mod response;
 pub mod send_batch;

@@ -1,18 +1,28 @@
 //! `punch-server`: STUN server (RFC 8489, RFC 5780) and punchthrough coordinator.
 //!
-//! Steps: parse flags/env into a [`ServerConfig`], set up tracing, check the config, load
-//! (or create) the server's key file, bind, print one JSON line
-//! `{"event":"listening","id":...,"addr":...}` on stdout, serve until SIGINT/SIGTERM, shut
-//! down. Peers address the server as `ID@HOST:PORT` and verify its key.
+//! Steps:
+//! 1. Parse flags/env into a [`ServerConfig`], a [`QuicConfig`] and a [`CoordConfig`]; set
+//!    up tracing; check the configs.
+//! 2. Load (or create) the server's key file: its key is the server id and the QUIC
+//!    coordinator's TLS identity.
+//! 3. Bind and start STUN and the QUIC coordinator on the same UDP port
+//!    ([`punch_server::quic::start`]); print one JSON line
+//!    `{"event":"listening","id":...,"addr":...}` on stdout.
+//! 4. Serve until SIGINT/SIGTERM, then shut down: close every QUIC connection and wait
+//!    (bounded) for the endpoint to drain, then stop the STUN workers.
+//!
+//! Peers address the server as `ID@HOST:PORT` and verify its key.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use mesh::identity::Identity;
 use punch_server::config::{ServerConfig, StunConfig, DEFAULT_KEY_FILE};
-use punch_server::driver::Server;
+use punch_server::coordinator::CoordConfig;
+use punch_server::quic::{QuicConfig, MAX_COUNT};
 use tracing_subscriber::EnvFilter;
 
 /// Log output format.
@@ -24,7 +34,8 @@ enum LogFormat {
     Json,
 }
 
-/// STUN server (RFC 8489 Binding, RFC 5780 behaviour discovery) of the punch server.
+/// Punch server: STUN (RFC 8489 Binding, RFC 5780 behaviour discovery) and the QUIC
+/// punchthrough coordinator on the same UDP port.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -51,6 +62,26 @@ struct Cli {
     /// public key is the server id that peers verify (`ID@HOST:PORT`).
     #[arg(long, env = "PUNCH_KEY_FILE", default_value = DEFAULT_KEY_FILE)]
     key_file: PathBuf,
+    /// Most coordinator connections (peers) at once; more are refused.
+    #[arg(long, env = "PUNCH_MAX_PEERS", default_value_t = CoordConfig::default().max_connections,
+          value_parser = count_parser())]
+    max_peers: usize,
+    /// Most QUIC handshakes in progress at once; more are refused.
+    #[arg(long, env = "PUNCH_MAX_HANDSHAKES", default_value_t = QuicConfig::default().max_handshakes,
+          value_parser = count_parser())]
+    max_handshakes: usize,
+    /// Most pending connect requests in the whole server.
+    #[arg(long, env = "PUNCH_MAX_PENDING", default_value_t = CoordConfig::default().max_pending_total,
+          value_parser = count_parser())]
+    max_pending: usize,
+    /// How long a target has to accept or refuse a connect request, in milliseconds.
+    #[arg(long, env = "PUNCH_REQUEST_TIMEOUT_MS", default_value_t = duration_ms(CoordConfig::default().request_timeout),
+          value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_MS))]
+    request_timeout_ms: u64,
+    /// QUIC idle timeout of coordinator connections, in milliseconds.
+    #[arg(long, env = "PUNCH_IDLE_TIMEOUT_MS", default_value_t = duration_ms(QuicConfig::default().idle_timeout),
+          value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_MS))]
+    idle_timeout_ms: u64,
     /// Log filter (`RUST_LOG` syntax, e.g. `info` or `punch_server=debug`); overrides
     /// `RUST_LOG`.
     #[arg(long, env = "PUNCH_LOG")]
@@ -60,7 +91,46 @@ struct Cli {
     log_format: LogFormat,
 }
 
+/// Largest timeout flag accepted: one hour.
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Parses a count flag: 1 to [`MAX_COUNT`].
+fn count_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_COUNT as u64)
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Everything the command line configures.
+struct Configs {
+    server: ServerConfig,
+    quic: QuicConfig,
+    coord: CoordConfig,
+}
+
 impl Cli {
+    fn into_configs(self) -> Configs {
+        let coord = CoordConfig {
+            max_connections: self.max_peers,
+            max_pending_total: self.max_pending,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            ..CoordConfig::default()
+        };
+        let quic = QuicConfig {
+            max_connections: self.max_peers,
+            max_handshakes: self.max_handshakes,
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            ..QuicConfig::default()
+        };
+        Configs {
+            server: self.into_config(),
+            quic,
+            coord,
+        }
+    }
+
     fn into_config(self) -> ServerConfig {
         let stun = StunConfig {
             rate_limit_per_sec: self.rate_limit,
@@ -121,15 +191,21 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(&cli);
     let key_file = cli.key_file.clone();
-    let config = cli.into_config();
+    let Configs {
+        server: config,
+        quic,
+        coord,
+    } = cli.into_configs();
     // Check the flags before touching the key file, so a bad command line creates nothing.
     config.validate()?;
+    quic.validate()?;
     let identity = Identity::load_or_generate(&key_file)
         .with_context(|| format!("loading the server key from {}", key_file.display()))?;
     let signal = shutdown_signal()?;
-    let server = Server::start(config.clone())
-        .await
-        .context("starting the STUN server")?;
+    let (server, coordinator) =
+        punch_server::quic::start(config.clone(), quic.clone(), coord.clone(), &identity)
+            .await
+            .context("starting the punch server")?;
     let mut event = serde_json::json!({
         "event": "listening",
         "id": identity.peer_id().to_string(),
@@ -149,16 +225,22 @@ async fn main() -> anyhow::Result<()> {
         alt = ?server.alt_addr(),
         metrics = ?server.metrics_addr(),
         rate_limit = config.stun.rate_limit_per_sec,
+        max_peers = coord.max_connections,
         "listening"
     );
     let signal = signal.await;
     tracing::info!(signal, "shutting down");
+    let metrics = coordinator.metrics();
+    coordinator.shutdown().await;
     let totals = server.stats().total();
     server.shutdown().await;
+    let coord = metrics.snapshot().stats;
     tracing::info!(
         received = totals.received,
         answered = totals.success_responses + totals.error_responses,
         dropped = totals.dropped_total(),
+        registrations = coord.registrations,
+        punches = coord.accepted,
         "stopped"
     );
     Ok(())

@@ -2,10 +2,14 @@
 //!
 //! It lives on its own TCP address (`--metrics-listen`), never on the STUN UDP port. Steps:
 //!
-//! 1. The driver binds the listener and spawns [`serve`] with the shared [`Stats`].
+//! 1. The driver binds the listener and spawns [`serve`] with the shared [`Stats`]: the
+//!    slots its workers publish their counters to, and the extra [`MetricsSource`]s.
 //! 2. `GET /metrics` sums the workers' counters and renders them in the Prometheus text
-//!    exposition format 0.0.4; `GET /healthz` answers `ok`.
+//!    exposition format 0.0.4, followed by every [`MetricsSource`] added to the [`Stats`]
+//!    (the QUIC coordinator's `punch_coord_*`); `GET /healthz` answers `ok`.
 //! 3. The server stops gracefully when the driver's shutdown signal flips.
+
+use std::sync::{Arc, Mutex};
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -14,7 +18,77 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::driver::Stats;
+use crate::counters::Counters;
+
+/// Further metrics shown on `/metrics` (see [`Stats::add_source`]).
+pub trait MetricsSource: Send + Sync + std::fmt::Debug + 'static {
+    /// Appends this source's metrics, with `# HELP` and `# TYPE` lines, in the Prometheus
+    /// text exposition format.
+    fn render_prometheus(&self, out: &mut String);
+}
+
+/// Most extra metrics sources [`Stats::add_source`] keeps (they are added by code, never
+/// by traffic; the bound only guards against a bug adding one per event).
+const MAX_METRICS_SOURCES: usize = 16;
+
+/// The counters of all workers, as the latest snapshot each worker published, plus any
+/// extra metrics sources (the coordinator's) rendered after them on `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    slots: Arc<Vec<Mutex<Counters>>>,
+    sources: Arc<Mutex<Vec<Arc<dyn MetricsSource>>>>,
+}
+
+impl Stats {
+    pub(crate) fn new(n: usize) -> Self {
+        Self {
+            slots: Arc::new((0..n).map(|_| Mutex::new(Counters::default())).collect()),
+            sources: Arc::default(),
+        }
+    }
+
+    /// Adds a source of further metrics to `/metrics` (at most 16; more are ignored with
+    /// a warning).
+    pub fn add_source(&self, source: Arc<dyn MetricsSource>) {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        if sources.len() < MAX_METRICS_SOURCES {
+            sources.push(source);
+        } else {
+            tracing::warn!("too many metrics sources, one ignored");
+        }
+    }
+
+    /// Renders the summed STUN counters, then every added source, in the Prometheus text
+    /// format.
+    pub fn render_prometheus(&self, out: &mut String) {
+        self.total().render_prometheus(out);
+        let sources: Vec<_> = self
+            .sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for source in sources {
+            source.render_prometheus(out);
+        }
+    }
+
+    pub(crate) fn publish(&self, worker: usize, counters: &Counters) {
+        if let Some(slot) = self.slots.get(worker) {
+            // A poisoned slot only means a worker panicked mid-copy; the data is plain.
+            let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+            *guard = *counters;
+        }
+    }
+
+    /// The sum over all workers.
+    pub fn total(&self) -> Counters {
+        let mut total = Counters::default();
+        for slot in self.slots.iter() {
+            total.merge(&slot.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        total
+    }
+}
 
 /// Content type of the Prometheus text format.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -28,7 +102,7 @@ pub fn router(stats: Stats) -> Router {
                 let stats = stats.clone();
                 async move {
                     let mut body = String::with_capacity(4096);
-                    stats.total().render_prometheus(&mut body);
+                    stats.render_prometheus(&mut body);
                     ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], body).into_response()
                 }
             }),

@@ -1,0 +1,310 @@
+//! Settings of the QUIC side of the coordinator, the quinn configuration built from them,
+//! and the application close codes the server uses.
+//!
+//! Steps:
+//! 1. [`QuicConfig::default`] holds the documented defaults; `main` overrides some from
+//!    flags, tests and library users set fields directly. [`QuicConfig::validate`] rejects
+//!    zero bounds.
+//! 2. [`QuicConfig::server_config`] builds the quinn server configuration: the punch
+//!    server's identity (mutual TLS 1.3, ALPN `p2pmesh/1`, [`mesh::identity::tls`]), and a
+//!    transport that allows one bidirectional stream and no unidirectional ones, with small
+//!    flow-control windows and the idle timeout. Keep-alives come from the peers.
+//! 3. Connections the server closes carry a [`CloseCode`] as the QUIC application error
+//!    code and its text as the reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh::identity::{tls, Identity};
+use quinn::{IdleTimeout, VarInt};
+
+use super::QuicError;
+
+/// Upper bound of every count setting (queues, limits): far above any real need, and
+/// below what tokio's channels and semaphores accept.
+pub const MAX_COUNT: usize = 1 << 28;
+use crate::coordinator::CloseReason;
+
+/// Settings of the QUIC driver (the sans-IO part has its own
+/// [`CoordConfig`](crate::coordinator::CoordConfig)). Every queue and table is bounded by
+/// one of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuicConfig {
+    /// QUIC datagrams queued between the primary STUN worker and quinn (default 4096).
+    /// When full, datagrams are dropped and counted; the STUN worker never waits.
+    pub ingress_queue: usize,
+    /// Largest QUIC datagram accepted, in bytes (default 2048; QUIC peers stay at or
+    /// below 1452 by default). With `ingress_queue` this bounds the queue's memory (8 MiB).
+    pub max_datagram_len: usize,
+    /// Most QUIC connections at once, handshakes included (default 100 000); more are
+    /// refused. Keep it at least `CoordConfig::max_connections`.
+    pub max_connections: usize,
+    /// Most handshakes in progress at once (default 1024); more are refused.
+    pub max_handshakes: usize,
+    /// Longest time a handshake may take (default 20 s: at 20 % loss each way a handshake
+    /// can need several backed-off retransmissions).
+    pub handshake_timeout: Duration,
+    /// How long after the handshake the peer has to open its control stream (default 15 s,
+    /// for the same reason).
+    pub control_stream_timeout: Duration,
+    /// QUIC idle timeout (default 30 s; peers send keep-alives more often).
+    pub idle_timeout: Duration,
+    /// How often each connection reports its RTT and checks for migration (default 1 s).
+    pub report_interval: Duration,
+    /// Encoded messages queued for one connection's writer (default 64). A connection
+    /// whose queue is full is closed as too slow.
+    pub outgoing_queue: usize,
+    /// Events queued from the connection tasks to the coordinator task (default 4096). A
+    /// full queue makes connection tasks wait (back-pressure on their streams).
+    pub event_queue: usize,
+    /// Longest time one frame may take to be written before the connection is closed as
+    /// too slow (default 5 s).
+    pub write_timeout: Duration,
+    /// How long a connection the coordinator closes may take to deliver its last messages
+    /// before the close (default 2 s).
+    pub close_linger: Duration,
+    /// Largest read from a control stream at once, in bytes (default 4096).
+    pub read_chunk: usize,
+    /// Flow-control window of the control stream, in bytes (default 64 KiB).
+    pub stream_receive_window: u32,
+    /// Flow-control window of a whole connection, in bytes (default 128 KiB).
+    pub receive_window: u32,
+    /// Most unacknowledged bytes the server sends on one connection (default 256 KiB).
+    pub send_window: u64,
+    /// Longest time shutdown waits for connections to close and drain (default 3 s).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        Self {
+            ingress_queue: 4096,
+            max_datagram_len: 2048,
+            max_connections: 100_000,
+            max_handshakes: 1024,
+            handshake_timeout: Duration::from_secs(20),
+            control_stream_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(30),
+            report_interval: Duration::from_secs(1),
+            outgoing_queue: 64,
+            event_queue: 4096,
+            write_timeout: Duration::from_secs(5),
+            close_linger: Duration::from_secs(2),
+            read_chunk: 4096,
+            stream_receive_window: 64 * 1024,
+            receive_window: 128 * 1024,
+            send_window: 256 * 1024,
+            shutdown_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+impl QuicConfig {
+    /// Rejects settings that cannot work (zero bounds or timeouts).
+    pub fn validate(&self) -> Result<(), QuicError> {
+        let counts = [
+            ("ingress_queue", self.ingress_queue),
+            ("max_datagram_len", self.max_datagram_len),
+            ("max_connections", self.max_connections),
+            ("max_handshakes", self.max_handshakes),
+            ("outgoing_queue", self.outgoing_queue),
+            ("event_queue", self.event_queue),
+            ("read_chunk", self.read_chunk),
+        ];
+        for (name, value) in counts {
+            if value == 0 || value > MAX_COUNT {
+                return Err(QuicError::Config(format!(
+                    "{name} must be between 1 and {MAX_COUNT}"
+                )));
+            }
+        }
+        if self.max_datagram_len < 1200 {
+            // RFC 9000 §14: a QUIC endpoint must accept datagrams of 1200 bytes.
+            return Err(QuicError::Config(
+                "max_datagram_len must be at least 1200 (RFC 9000 §14)".into(),
+            ));
+        }
+        let durations = [
+            ("handshake_timeout", self.handshake_timeout),
+            ("control_stream_timeout", self.control_stream_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("report_interval", self.report_interval),
+            ("write_timeout", self.write_timeout),
+        ];
+        for (name, value) in durations {
+            if value.is_zero() {
+                return Err(QuicError::Config(format!("{name} must not be zero")));
+            }
+        }
+        if self.stream_receive_window == 0 || self.receive_window == 0 || self.send_window == 0 {
+            return Err(QuicError::Config(
+                "flow-control windows must not be zero".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The transport parameters of every connection (see the module docs).
+    pub fn transport(&self) -> Result<quinn::TransportConfig, QuicError> {
+        let idle = IdleTimeout::try_from(self.idle_timeout)
+            .map_err(|_| QuicError::Config("idle_timeout too large".into()))?;
+        let mut t = quinn::TransportConfig::default();
+        t.max_idle_timeout(Some(idle))
+            .keep_alive_interval(None)
+            .initial_rtt(mesh::socket::INITIAL_RTT)
+            .max_concurrent_bidi_streams(VarInt::from_u32(1))
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
+            .receive_window(VarInt::from_u32(self.receive_window))
+            .send_window(self.send_window)
+            .datagram_receive_buffer_size(None);
+        Ok(t)
+    }
+
+    /// The quinn server configuration presenting `identity` (mutual TLS, see
+    /// [`mesh::identity::tls::server_config`]) with [`QuicConfig::transport`].
+    pub fn server_config(&self, identity: &Identity) -> Result<quinn::ServerConfig, QuicError> {
+        let transport = Arc::new(self.transport()?);
+        let mut config = tls::server_config(identity, Some(transport))?;
+        // Incoming handshakes quinn buffers before the accept loop sees them; the accept
+        // loop applies `max_handshakes` itself. Buffered bytes per handshake and in total
+        // are bounded too (a handshake needs a few KiB).
+        let max_incoming = self.max_handshakes.saturating_mul(2).max(1);
+        config
+            .max_incoming(max_incoming)
+            .incoming_buffer_size(64 * 1024)
+            .incoming_buffer_size_total(max_incoming as u64 * 16 * 1024)
+            .migration(true);
+        Ok(config)
+    }
+}
+
+/// The QUIC application error code (and reason text) of a connection the server closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseCode {
+    /// The server shuts down (code 0).
+    Shutdown,
+    /// The same peer id connected again; the newer connection wins (1).
+    Superseded,
+    /// The peer speaks another protocol version (2).
+    VersionMismatch,
+    /// The control stream cannot be trusted any more, e.g. an oversized frame (3).
+    Malformed,
+    /// Too many malformed messages (4).
+    TooManyMalformed,
+    /// The server holds as many connections as it may (5).
+    ServerFull,
+    /// The peer did not take the server's messages fast enough (6).
+    TooSlow,
+    /// No control stream was opened in time (7).
+    NoControlStream,
+    /// The peer's certificate did not yield a peer id (8).
+    BadIdentity,
+    /// The peer finished or reset its control stream (9).
+    ControlStreamClosed,
+}
+
+impl CloseCode {
+    /// The application error code on the wire.
+    pub fn code(self) -> u32 {
+        match self {
+            Self::Shutdown => 0,
+            Self::Superseded => 1,
+            Self::VersionMismatch => 2,
+            Self::Malformed => 3,
+            Self::TooManyMalformed => 4,
+            Self::ServerFull => 5,
+            Self::TooSlow => 6,
+            Self::NoControlStream => 7,
+            Self::BadIdentity => 8,
+            Self::ControlStreamClosed => 9,
+        }
+    }
+
+    /// The reason phrase sent with the close.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Shutdown => "server shutting down",
+            Self::Superseded => "superseded by a newer connection of the same peer",
+            Self::VersionMismatch => "protocol version mismatch",
+            Self::Malformed => "malformed stream",
+            Self::TooManyMalformed => "too many malformed messages",
+            Self::ServerFull => "server full",
+            Self::TooSlow => "too slow to take messages",
+            Self::NoControlStream => "no control stream opened",
+            Self::BadIdentity => "unusable peer certificate",
+            Self::ControlStreamClosed => "control stream closed",
+        }
+    }
+
+    /// Closes `conn` with this code and reason.
+    pub fn close(self, conn: &quinn::Connection) {
+        conn.close(VarInt::from_u32(self.code()), self.reason().as_bytes());
+    }
+}
+
+impl From<CloseReason> for CloseCode {
+    fn from(reason: CloseReason) -> Self {
+        match reason {
+            CloseReason::Superseded => Self::Superseded,
+            CloseReason::VersionMismatch => Self::VersionMismatch,
+            CloseReason::Malformed => Self::Malformed,
+            CloseReason::TooManyMalformed => Self::TooManyMalformed,
+            CloseReason::ServerFull => Self::ServerFull,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_zero_bounds_are_not() {
+        let config = QuicConfig::default();
+        assert!(config.validate().is_ok());
+        assert!(config.transport().is_ok());
+        let bad = QuicConfig {
+            ingress_queue: 0,
+            ..QuicConfig::default()
+        };
+        assert!(bad.validate().is_err());
+        let bad = QuicConfig {
+            max_datagram_len: 1000,
+            ..QuicConfig::default()
+        };
+        assert!(bad.validate().is_err());
+        let bad = QuicConfig {
+            max_connections: MAX_COUNT + 1,
+            ..QuicConfig::default()
+        };
+        assert!(bad.validate().is_err());
+        let bad = QuicConfig {
+            write_timeout: Duration::ZERO,
+            ..QuicConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn close_codes_are_distinct() {
+        let all = [
+            CloseCode::Shutdown,
+            CloseCode::Superseded,
+            CloseCode::VersionMismatch,
+            CloseCode::Malformed,
+            CloseCode::TooManyMalformed,
+            CloseCode::ServerFull,
+            CloseCode::TooSlow,
+            CloseCode::NoControlStream,
+            CloseCode::BadIdentity,
+            CloseCode::ControlStreamClosed,
+        ];
+        let codes: std::collections::HashSet<u32> = all.iter().map(|c| c.code()).collect();
+        assert_eq!(codes.len(), all.len());
+        assert_eq!(
+            CloseCode::from(CloseReason::VersionMismatch),
+            CloseCode::VersionMismatch
+        );
+    }
+}

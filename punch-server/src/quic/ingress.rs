@@ -1,0 +1,279 @@
+//! The STUN port as quinn's socket: QUIC datagrams come from the primary STUN worker's
+//! non-STUN hook through a bounded queue; quinn's packets leave through the same socket.
+//!
+//! Steps:
+//! 1. [`ingress`] makes the queue and a [`HookFactory`] for
+//!    [`Server::start_with_hook`](crate::driver::Server::start_with_hook). The primary
+//!    socket's hook ([`QuicHook`]) checks the first byte (QUIC bit set: 64-127 short header,
+//!    192-255 long header, RFC 9443), the length, and copies the datagram into the queue
+//!    with `try_send`: a full queue drops it and counts, so the STUN worker never waits.
+//!    Alternate sockets (RFC 5780) drop QUIC: peers talk to the primary address only.
+//! 2. [`HookSocket`] is the [`quinn::AsyncUdpSocket`]: `poll_recv` drains the queue into
+//!    quinn's buffers (one datagram per entry, with the source, the local IP it was sent to
+//!    and its ECN codepoint); `try_send` sends through the primary socket's `quinn-udp`
+//!    state, so peers see one address for STUN and QUIC.
+//! 3. Writability waits go through tokio's readiness of the shared socket
+//!    ([`WritablePoller`]); the STUN workers send without waiting, so nothing blocks them.
+
+use std::fmt;
+use std::future::Future;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+
+use quinn::{AsyncUdpSocket, UdpPoller};
+use quinn_udp::{EcnCodepoint, RecvMeta, Transmit};
+use tokio::io::Interest;
+use tokio::sync::mpsc;
+
+use super::stats::QuicCounters;
+use crate::driver::{DatagramMeta, HookFactory, NonStunHook};
+use crate::send_batch::SocketIo;
+use crate::server::SocketId;
+
+/// Whether `datagram` can be QUIC: its first byte has the QUIC bit (0x40) set, i.e. it is
+/// in 64-127 (short header) or 192-255 (long header).
+pub fn is_quic(datagram: &[u8]) -> bool {
+    datagram.first().is_some_and(|b| b & 0x40 != 0)
+}
+
+/// One queued QUIC datagram.
+#[derive(Debug)]
+struct Queued {
+    from: SocketAddr,
+    dst_ip: Option<IpAddr>,
+    ecn: Option<EcnCodepoint>,
+    data: Vec<u8>,
+}
+
+/// The receiving end of the ingress queue; [`HookSocket::new`] takes it.
+#[derive(Debug)]
+pub struct IngressQueue {
+    rx: mpsc::Receiver<Queued>,
+}
+
+/// Makes the bounded queue (`capacity` datagrams of at most `max_len` bytes) and the hook
+/// factory feeding it from the primary socket.
+pub fn ingress(
+    capacity: usize,
+    max_len: usize,
+    counters: Arc<super::CoordMetrics>,
+) -> (HookFactory, IngressQueue) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let factory: HookFactory = Arc::new(move |id: SocketId| {
+        Box::new(QuicHook {
+            tx: (id == SocketId::PRIMARY).then(|| tx.clone()),
+            max_len,
+            metrics: Arc::clone(&counters),
+        })
+    });
+    (factory, IngressQueue { rx })
+}
+
+/// The non-STUN hook of one STUN worker (see the module docs).
+#[derive(Debug)]
+pub struct QuicHook {
+    /// `None` on the alternate sockets.
+    tx: Option<mpsc::Sender<Queued>>,
+    max_len: usize,
+    metrics: Arc<super::CoordMetrics>,
+}
+
+impl NonStunHook for QuicHook {
+    fn on_datagram(&mut self, local: SocketAddr, from: SocketAddr, datagram: &[u8]) {
+        let meta = DatagramMeta {
+            local,
+            from,
+            dst_ip: None,
+            ecn: None,
+        };
+        self.on_datagram_meta(&meta, datagram);
+    }
+
+    fn on_datagram_meta(&mut self, meta: &DatagramMeta, datagram: &[u8]) {
+        let q = &self.metrics.quic;
+        let from = meta.from;
+        if !is_quic(datagram) {
+            QuicCounters::inc(&q.dropped_not_quic);
+            tracing::trace!(%from, first = ?datagram.first(), "not QUIC, dropped");
+            return;
+        }
+        let Some(tx) = &self.tx else {
+            QuicCounters::inc(&q.dropped_other_socket);
+            tracing::trace!(%from, local = %meta.local, "QUIC on an alternate socket, dropped");
+            return;
+        };
+        if datagram.len() > self.max_len {
+            QuicCounters::inc(&q.dropped_too_large);
+            tracing::trace!(%from, len = datagram.len(), "QUIC datagram too large, dropped");
+            return;
+        }
+        let queued = Queued {
+            from,
+            dst_ip: meta.dst_ip,
+            ecn: meta.ecn,
+            data: datagram.to_vec(),
+        };
+        match tx.try_send(queued) {
+            Ok(()) => QuicCounters::inc(&q.datagrams_queued),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                QuicCounters::inc(&q.dropped_queue_full);
+                tracing::trace!(%from, "QUIC ingress queue full, dropped");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                QuicCounters::inc(&q.dropped_no_endpoint);
+                tracing::trace!(%from, "QUIC endpoint gone, dropped");
+            }
+        }
+    }
+}
+
+/// quinn's view of the primary STUN socket (see the module docs).
+pub struct HookSocket {
+    io: Arc<SocketIo>,
+    local: SocketAddr,
+    queue: Mutex<IngressQueue>,
+    metrics: Arc<super::CoordMetrics>,
+}
+
+impl fmt::Debug for HookSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HookSocket")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HookSocket {
+    /// quinn's socket: receives from `queue`, sends through `io` (the primary socket, bound
+    /// at `local`).
+    pub fn new(
+        io: Arc<SocketIo>,
+        local: SocketAddr,
+        queue: IngressQueue,
+        metrics: Arc<super::CoordMetrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            io,
+            local,
+            queue: Mutex::new(queue),
+            metrics,
+        })
+    }
+
+    /// Copies `d` into entry `i`; false if it does not fit (dropped and counted).
+    fn fill(&self, d: &Queued, buf: &mut IoSliceMut<'_>, meta: &mut RecvMeta) -> bool {
+        let Some(dst) = buf.get_mut(..d.data.len()) else {
+            QuicCounters::inc(&self.metrics.quic.dropped_too_large);
+            return false;
+        };
+        dst.copy_from_slice(&d.data);
+        meta.addr = d.from;
+        meta.len = d.data.len();
+        meta.stride = d.data.len();
+        meta.ecn = d.ecn;
+        meta.dst_ip = d.dst_ip;
+        true
+    }
+}
+
+impl AsyncUdpSocket for HookSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Box::pin(WritablePoller {
+            io: Arc::clone(&self.io),
+            fut: None,
+        })
+    }
+
+    fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        let sock = &self.io.sock;
+        // `send` turns errors other than WouldBlock into a logged success, as quinn's own
+        // socket does: UDP loss is normal, quinn retransmits.
+        sock.try_io(Interest::WRITABLE, || {
+            self.io.state.send(sock.into(), transmit)
+        })
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut filled = 0;
+        let slots = bufs.len().min(meta.len());
+        while filled < slots {
+            let next = if filled == 0 {
+                match queue.rx.poll_recv(cx) {
+                    Poll::Ready(Some(d)) => d,
+                    // Every STUN worker is gone: nothing will ever arrive. quinn treats
+                    // an error as fatal, so stay pending; the endpoint is being shut down.
+                    Poll::Ready(None) => return Poll::Pending,
+                    Poll::Pending => return Poll::Pending,
+                }
+            } else {
+                match queue.rx.try_recv() {
+                    Ok(d) => d,
+                    Err(_) => break,
+                }
+            };
+            if let (Some(b), Some(m)) = (bufs.get_mut(filled), meta.get_mut(filled)) {
+                if self.fill(&next, b, m) {
+                    filled += 1;
+                }
+            }
+        }
+        // `filled` is 0 only if quinn offered no buffers at all.
+        Poll::Ready(Ok(filled))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.io.state.max_gso_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        1
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.io.state.may_fragment()
+    }
+}
+
+type WritableFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send + Sync>>;
+
+/// Waits for the shared socket to become writable (one per quinn connection).
+struct WritablePoller {
+    io: Arc<SocketIo>,
+    fut: Option<WritableFuture>,
+}
+
+impl fmt::Debug for WritablePoller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WritablePoller").finish_non_exhaustive()
+    }
+}
+
+impl UdpPoller for WritablePoller {
+    fn poll_writable(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let fut = this.fut.get_or_insert_with(|| {
+            let io = Arc::clone(&this.io);
+            Box::pin(async move { io.sock.writable().await })
+        });
+        let result = ready!(fut.as_mut().poll(cx));
+        this.fut = None;
+        Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+#[path = "ingress_tests.rs"]
+mod tests;
