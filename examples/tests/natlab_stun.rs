@@ -13,15 +13,14 @@
 //! 3. Run a client on LAN host A1: `peer doctor` or coturn's `turnutils_stunclient`.
 //! 4. Check the classification / reflexive address; the lab is torn down on drop.
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use common::{start_punch_server, wait_udp_listeners, ALT_PORT, PRIMARY_PORT};
 use natlab::{Host, Lab, LabProcess, NatType, Router};
 use serde_json::Value;
-
-const PRIMARY_PORT: u16 = 3478;
-const ALT_PORT: u16 = 3479;
 
 fn build_lab(test: &str, nat: NatType) -> Result<Lab> {
     Lab::builder()
@@ -29,38 +28,6 @@ fn build_lab(test: &str, nat: NatType) -> Result<Lab> {
         .router_a(nat)
         .build()
         .with_context(|| format!("test {test} needs the NAT lab (root)"))
-}
-
-fn punch_server_bin() -> Result<PathBuf> {
-    let peer = PathBuf::from(env!("CARGO_BIN_EXE_peer"));
-    let bin = peer.with_file_name("punch-server");
-    if !bin.is_file() {
-        bail!(
-            "punch-server binary not found at {}: build it into the same target directory \
-             first (`cargo build -p punch-server`)",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
-/// Waits until `ss` in the server namespace shows UDP listeners on every address.
-fn wait_udp_listeners(lab: &Lab, addrs: &[String], server: &mut LabProcess) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = lab.run(Host::Server, "ss", &["-Hlun"], Duration::from_secs(5))?;
-        if addrs.iter().all(|a| out.stdout.contains(a.as_str())) {
-            return Ok(());
-        }
-        if !server.is_running() || Instant::now() > deadline {
-            bail!(
-                "STUN server not listening on {addrs:?}: ss: {}; stderr: {}",
-                out.stdout,
-                server.stderr()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn all_four(lab: &Lab) -> Vec<String> {
@@ -71,22 +38,6 @@ fn all_four(lab: &Lab) -> Vec<String> {
         }
     }
     v
-}
-
-fn start_punch_server(lab: &Lab) -> Result<LabProcess> {
-    let bin = punch_server_bin()?;
-    let listen = format!("{}:{PRIMARY_PORT}", lab.server_ip(0));
-    let alt = format!("{}:{ALT_PORT}", lab.server_ip(1));
-    let mut server = lab.spawn(
-        Host::Server,
-        &bin.to_string_lossy(),
-        &["--listen", &listen, "--alt-addr", &alt],
-    )?;
-    let line = server.wait_for_line("listening", Duration::from_secs(15))?;
-    let v: Value = serde_json::from_str(&line).with_context(|| format!("first line {line:?}"))?;
-    anyhow::ensure!(v["event"] == "listening", "unexpected first line {line}");
-    wait_udp_listeners(lab, &all_four(lab), &mut server)?;
-    Ok(server)
 }
 
 /// Fails clearly when a coturn tool is missing.
@@ -169,7 +120,7 @@ fn doctor_against_punch_server(test: &str, nat: NatType) -> Result<()> {
         return Ok(());
     }
     let lab = build_lab(test, nat)?;
-    let _server = start_punch_server(&lab)?;
+    let _server = start_punch_server(&lab, true)?;
     check_doctor(&lab, nat)
 }
 
@@ -211,7 +162,7 @@ fn coturn_stunclient_gets_reflexive_address_from_punch_server() -> Result<()> {
     }
     require_coturn("turnutils_stunclient")?;
     let lab = build_lab("stunclient", NatType::PortRestricted)?;
-    let _server = start_punch_server(&lab)?;
+    let _server = start_punch_server(&lab, true)?;
     // turnutils_stunclient prints the reflexive address, then waits (without a timeout)
     // for its RFC 5780 CHANGE-REQUEST answers, against coturn as well: read its output as
     // a stream with a deadline and kill it afterwards (LabProcess drop).
@@ -252,7 +203,7 @@ fn punch_port_restricted_with_20_percent_loss_on_both_directions() -> Result<()>
         .loss_a(20)
         .build()
         .with_context(|| format!("test {test} needs the NAT lab (root)"))?;
-    let _server = start_punch_server(&lab)?;
+    let _server = start_punch_server(&lab, true)?;
     // Rc = 7 requests per transaction: a wrongly missed answer needs 7 losses in a row
     // (about 0.1 % per transaction at 36 % round-trip loss).
     let v = doctor(&lab, Host::LanA1, 3000)?;
@@ -267,7 +218,7 @@ fn two_hosts_behind_one_nat_get_distinct_reflexive_addresses() -> Result<()> {
         return Ok(());
     }
     let lab = build_lab("samenat", NatType::FullCone)?;
-    let _server = start_punch_server(&lab)?;
+    let _server = start_punch_server(&lab, true)?;
     // Both bind the same local port, so the NAT must give the second one another port.
     let run = |host| -> Result<Value> {
         let stun = format!("{}:{PRIMARY_PORT}", lab.server_ip(0));

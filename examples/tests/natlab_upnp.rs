@@ -18,83 +18,16 @@
 //! 5. A second datagram (from a new source port, so no conntrack entry of the first flow
 //!    helps it) is no longer delivered: A1 reports `quiet`.
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use natlab::{Host, Lab, LabProcess, NatType, Router, UpnpStun};
+use anyhow::{Context, Result};
+use common::{next_json, require_miniupnpd, start_punch_server, ALT_PORT, PRIMARY_PORT};
+use natlab::{Host, Lab, NatType, Router, UpnpStun};
 use serde_json::Value;
 
-const PRIMARY_PORT: u16 = 3478;
-const ALT_PORT: u16 = 3479;
 const LOCAL_PORT: u16 = 40000;
-
-fn punch_server_bin() -> Result<PathBuf> {
-    let peer = PathBuf::from(env!("CARGO_BIN_EXE_peer"));
-    let bin = peer.with_file_name("punch-server");
-    if !bin.is_file() {
-        bail!(
-            "punch-server binary not found at {}: build it into the same target directory \
-             first (`cargo build -p punch-server`)",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
-/// Starts the punch server (STUN with an alternate address) and waits for its sockets.
-fn start_punch_server(lab: &Lab) -> Result<LabProcess> {
-    let bin = punch_server_bin()?;
-    let listen = format!("{}:{PRIMARY_PORT}", lab.server_ip(0));
-    let alt = format!("{}:{ALT_PORT}", lab.server_ip(1));
-    let mut server = lab.spawn(
-        Host::Server,
-        &bin.to_string_lossy(),
-        &["--listen", &listen, "--alt-addr", &alt],
-    )?;
-    server.wait_for_line("listening", Duration::from_secs(15))?;
-    let mut wanted = Vec::new();
-    for i in 0..2 {
-        for p in [PRIMARY_PORT, ALT_PORT] {
-            wanted.push(format!("{}:{p}", lab.server_ip(i)));
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = lab.run(Host::Server, "ss", &["-Hlun"], Duration::from_secs(5))?;
-        if wanted.iter().all(|a| out.stdout.contains(a.as_str())) {
-            return Ok(server);
-        }
-        if !server.is_running() || Instant::now() > deadline {
-            bail!(
-                "punch server not listening on {wanted:?}: ss: {}; stderr: {}",
-                out.stdout,
-                server.stderr()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn require_miniupnpd() -> Result<()> {
-    if natlab::which("miniupnpd").is_none() {
-        bail!(
-            "`miniupnpd` not found: the UPnP lab tests need the Debian package \
-             miniupnpd-nftables (install it with a policy-rc.d that exits 101 so no \
-             daemon starts)"
-        );
-    }
-    Ok(())
-}
-
-/// Next JSON line of `peer`, within `timeout`.
-fn next_json(process: &mut LabProcess, timeout: Duration, what: &str) -> Result<Value> {
-    let line = process
-        .wait_for_line("\"event\"", timeout)
-        .with_context(|| format!("waiting for {what}"))?;
-    eprintln!("peer upnp: {line}");
-    serde_json::from_str(&line).with_context(|| format!("{what}: not JSON: {line}"))
-}
 
 fn send_udp(lab: &Lab, to: &str, bytes: usize) -> Result<Value> {
     let out = lab.run(
@@ -120,7 +53,7 @@ fn upnp_mapping_admits_unsolicited_datagrams_until_removed() -> Result<()> {
         .router_a(NatType::Symmetric)
         .build()
         .with_context(|| format!("test {test} needs the NAT lab (root)"))?;
-    let _server = start_punch_server(&lab)?;
+    let _server = start_punch_server(&lab, true)?;
     let stun = UpnpStun {
         server: format!("{}:{PRIMARY_PORT}", lab.server_ip(0)).parse()?,
         alt_port: ALT_PORT,
@@ -219,7 +152,7 @@ fn upnp_mapping_is_renewed_past_its_lease() -> Result<()> {
         .router_a(NatType::PortRestricted)
         .build()
         .with_context(|| format!("test {test} needs the NAT lab (root)"))?;
-    let _server = start_punch_server(&lab)?;
+    let _server = start_punch_server(&lab, true)?;
     let stun = UpnpStun {
         server: format!("{}:{PRIMARY_PORT}", lab.server_ip(0)).parse()?,
         alt_port: ALT_PORT,

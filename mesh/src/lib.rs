@@ -3,6 +3,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod coord;
+pub mod direct;
 pub mod identity;
 pub mod nat;
 pub mod punch;

@@ -26,6 +26,12 @@ use super::path::{Path, PathTable, PathTableFull, DEFAULT_CAPACITY, DEFAULT_IDLE
 use super::udp::{MeshSocket, RawSendError, SocketStats, StunReceiver, DEFAULT_STUN_QUEUE};
 use crate::identity::{tls, Identity, IdentityError, PeerId};
 
+/// Initial RTT estimate of every connection, before the first sample.
+pub const INITIAL_RTT: Duration = Duration::from_millis(100);
+
+/// Smallest measured RTT used as a connection's initial RTT.
+const MIN_MEASURED_RTT: Duration = Duration::from_millis(2);
+
 /// Tunables of an [`Endpoint`].
 #[derive(Debug, Clone)]
 pub struct EndpointOptions {
@@ -37,20 +43,36 @@ pub struct EndpointOptions {
     pub stun_queue: usize,
     /// Longest time a handshake may take.
     pub handshake_timeout: Duration,
-    /// quinn transport parameters for every connection.
+    /// quinn transport parameters for every connection (accepted ones, and dialed ones
+    /// whose path RTT is unknown).
     pub transport: Arc<quinn::TransportConfig>,
+    /// Builds the transport parameters of a dialed connection whose path RTT was just
+    /// measured (by probing, [`Endpoint::connect_with_rtt`]): loss recovery of the handshake
+    /// then starts from the real RTT instead of a guess, which matters on lossy paths.
+    pub transport_for_rtt: fn(Duration) -> quinn::TransportConfig,
+}
+
+/// The default transport parameters, with `initial_rtt` as the RTT estimate before the
+/// first sample: keep-alive every 10 s (keeps NAT mappings open).
+pub fn default_transport(initial_rtt: Duration) -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    transport.initial_rtt(initial_rtt);
+    transport
 }
 
 impl Default for EndpointOptions {
     fn default() -> Self {
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(10)));
         Self {
             max_paths: DEFAULT_CAPACITY,
             path_idle_timeout: DEFAULT_IDLE_TIMEOUT,
             stun_queue: DEFAULT_STUN_QUEUE,
-            handshake_timeout: Duration::from_secs(10),
-            transport: Arc::new(transport),
+            handshake_timeout: Duration::from_secs(20),
+            // RFC 9002 starts at 333 ms, tuned for unknown paths; games on lossy links
+            // recover a lost handshake packet three times sooner from 100 ms (the estimate
+            // takes over after the first sample).
+            transport: Arc::new(default_transport(INITIAL_RTT)),
+            transport_for_rtt: default_transport,
         }
     }
 }
@@ -181,6 +203,23 @@ impl Endpoint {
         peer: PeerId,
         addr: SocketAddr,
     ) -> Result<PeerConnection, ConnectError> {
+        self.connect_with_rtt(peer, addr, None).await
+    }
+
+    /// [`Endpoint::connect`] on a path whose RTT was just measured (`rtt`, e.g. by the
+    /// connectivity check that validated it); the handshake's loss recovery starts from it.
+    pub async fn connect_with_rtt(
+        &self,
+        peer: PeerId,
+        addr: SocketAddr,
+        rtt: Option<Duration>,
+    ) -> Result<PeerConnection, ConnectError> {
+        let transport = match rtt {
+            // quinn's timer granularity is 1 ms; a LAN RTT below it would make the first
+            // retransmissions needlessly eager.
+            Some(rtt) => Arc::new((self.options.transport_for_rtt)(rtt.max(MIN_MEASURED_RTT))),
+            None => self.options.transport.clone(),
+        };
         let (synthetic, created) = {
             // Only an entry this call adds is removed again on failure; an adopted or moved
             // one may carry another connection.
@@ -191,8 +230,7 @@ impl Endpoint {
         };
         let span = tracing::info_span!("peer", peer = %peer.short(), dir = "out", %addr);
         let result = async {
-            let (config, check) =
-                tls::client_config(&self.identity, peer, Some(self.options.transport.clone()))?;
+            let (config, check) = tls::client_config(&self.identity, peer, Some(transport))?;
             let connecting =
                 self.quinn
                     .connect_with(config, synthetic, &tls::server_name(&peer))?;
@@ -235,15 +273,75 @@ impl Endpoint {
         result
     }
 
+    /// Connects to whatever key answers at `addr` (development only: a punch server named
+    /// without its id, `--insecure`). The returned [`PeerConnection::peer_id`] is the key
+    /// the remote proved; pin it if you talk to it again.
+    pub async fn connect_insecure(&self, addr: SocketAddr) -> Result<PeerConnection, ConnectError> {
+        let (synthetic, created) = {
+            let mut paths = self.socket.paths();
+            let before = paths.len();
+            let synthetic = paths
+                .on_incoming(Instant::now(), addr)
+                .ok_or(PathTableFull {
+                    capacity: self.options.max_paths,
+                })?;
+            (synthetic, paths.len() > before)
+        };
+        let span = tracing::info_span!("peer", peer = tracing::field::Empty, dir = "out", %addr);
+        let result = async {
+            tracing::warn!("connecting without checking the remote key (insecure)");
+            let config =
+                tls::client_config_insecure(&self.identity, Some(self.options.transport.clone()))?;
+            let connecting =
+                self.quinn
+                    .connect_with(config, synthetic, tls::INSECURE_SERVER_NAME)?;
+            let connection = tokio::time::timeout(self.options.handshake_timeout, connecting)
+                .await
+                .map_err(|_| ConnectError::Timeout(self.options.handshake_timeout))??;
+            let peer_id = tls::remote_peer_id(&connection)?;
+            tracing::Span::current().record("peer", tracing::field::display(peer_id.short()));
+            self.socket.paths().bind_peer(&synthetic, peer_id);
+            Ok(PeerConnection {
+                connection,
+                peer_id,
+                synthetic_addr: synthetic,
+            })
+        }
+        .instrument(span)
+        .await;
+        if result.is_err() && created {
+            self.socket.paths().remove(&synthetic);
+        }
+        result
+    }
+
     /// Waits for the next incoming connection and completes its handshake.
     ///
     /// `None` once the endpoint is closed. An `Err` concerns one failed handshake only; call
-    /// again for the next.
+    /// again for the next. This completes one handshake at a time; a server that must not
+    /// let one slow handshake hold up the others takes [`Endpoint::accept_incoming`] and
+    /// runs [`Endpoint::handshake`] in a task per connection.
     pub async fn accept(&self) -> Option<Result<PeerConnection, ConnectError>> {
-        let incoming = self.quinn.accept().await?;
+        let incoming = self.accept_incoming().await?;
+        Some(self.handshake(incoming).await)
+    }
+
+    /// Waits for the next incoming connection attempt (handshake not done yet); `None`
+    /// once the endpoint is closed.
+    pub async fn accept_incoming(&self) -> Option<quinn::Incoming> {
+        self.quinn.accept().await
+    }
+
+    /// Completes the handshake of an incoming connection (bounded by
+    /// [`EndpointOptions::handshake_timeout`]), reads the peer's verified key and pins the
+    /// learned synthetic address to it.
+    pub async fn handshake(
+        &self,
+        incoming: quinn::Incoming,
+    ) -> Result<PeerConnection, ConnectError> {
         let synthetic = incoming.remote_address();
         let span = tracing::info_span!("peer", dir = "in", peer = tracing::field::Empty);
-        let result = async {
+        async {
             let connecting = incoming.accept()?;
             let connection = tokio::time::timeout(self.options.handshake_timeout, connecting)
                 .await
@@ -259,8 +357,7 @@ impl Endpoint {
             })
         }
         .instrument(span)
-        .await;
-        Some(result)
+        .await
     }
 
     /// Closes every connection and stops accepting.

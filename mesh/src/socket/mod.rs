@@ -18,7 +18,8 @@ pub mod path;
 pub mod udp;
 
 pub use endpoint::{
-    endpoint_config, BindError, ConnectError, Endpoint, EndpointOptions, PeerConnection,
+    default_transport, endpoint_config, BindError, ConnectError, Endpoint, EndpointOptions,
+    PeerConnection, INITIAL_RTT,
 };
 pub use path::{Path, PathTable};
 pub use udp::{MeshSocket, RawSendError, SocketStats, StunDatagram, StunReceiver};

@@ -1,0 +1,374 @@
+//! `listen`, `dial` and `doctor --punch`: the peer side of the punch server.
+//!
+//! - `listen`: start a [`DirectNode`], print `registered` (and `upnp` once a mapping is
+//!   registered), then for every accepted connection print `connected` and echo each
+//!   bidirectional stream and each datagram until the peer closes (`closed`).
+//! - `dial`: start a node, connect to the peer id, print `connected` with `ms` from the call
+//!   to the established connection, send `--bytes` on one stream, check the echo, print
+//!   `echo_ok` with the goodput and exit 0; any failure prints `error` with a stable
+//!   `kind` (`no_direct_path`, `refused`, `timeout`, `unknown_target`, ...) and exits 1.
+//!   A stalled echo or failed handshake is retried with a fresh connect (`retry` lines,
+//!   `--attempts`).
+//! - `doctor --punch`: NAT behaviour (RFC 5780) against the punch server's STUN port (or
+//!   `--alt`), registration and RTT over the QUIC control connection, and the UPnP result,
+//!   as one `doctor` line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mesh::coord::PunchAddr;
+use mesh::direct::{DialError, DirectConfig, DirectConnection, DirectNode, IncomingPolicy};
+use mesh::identity::{Identity, PeerId};
+use mesh::nat::{discover, NatConfig};
+use mesh::upnp::{UpnpConfig, UpnpState};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::out::{emit, error_line, ms};
+
+/// Flags shared by `listen`, `dial` and `doctor --punch`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// The punch server, `ID@HOST:PORT` (the id is printed by punch-server on start).
+    #[arg(long, env = "PEER_PUNCH")]
+    pub punch: String,
+    /// Accept a bare `HOST:PORT` punch server and any server key (development only).
+    #[arg(long, env = "PEER_INSECURE")]
+    pub insecure: bool,
+    /// This peer's key file (PKCS#8 PEM, created if missing); without it a fresh key is
+    /// generated for this run.
+    #[arg(long, env = "PEER_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Local address of the one UDP socket.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    pub bind: SocketAddr,
+    /// Do not map a port with UPnP.
+    #[arg(long)]
+    pub no_upnp: bool,
+    /// SSDP search timeout of the UPnP gateway discovery, in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    pub upnp_search_ms: u64,
+    /// Probing budget in milliseconds: without a direct path by then, `no_direct_path`.
+    #[arg(long, default_value_t = 4_000)]
+    pub budget_ms: u64,
+}
+
+impl NodeArgs {
+    fn config(&self) -> Result<DirectConfig, ExitCode> {
+        let punch: PunchAddr = self
+            .punch
+            .parse()
+            .map_err(|e: mesh::coord::ParsePunchAddrError| error_line("address", &e.to_string()))?;
+        let mut config = DirectConfig::new(punch);
+        config.insecure = self.insecure;
+        config.bind = self.bind;
+        config.upnp = (!self.no_upnp).then(|| UpnpConfig {
+            search_timeout: Duration::from_millis(self.upnp_search_ms.max(1)),
+            ..UpnpConfig::default()
+        });
+        config.probe.budget = Duration::from_millis(self.budget_ms.max(1));
+        Ok(config)
+    }
+
+    fn identity(&self) -> Result<Arc<Identity>, ExitCode> {
+        let identity = match &self.key_file {
+            Some(path) => Identity::load_or_generate(path),
+            None => Identity::generate(),
+        };
+        identity
+            .map(Arc::new)
+            .map_err(|e| error_line("identity", &e.to_string()))
+    }
+
+    async fn start(&self, incoming: IncomingPolicy) -> Result<DirectNode, ExitCode> {
+        let mut config = self.config()?;
+        config.incoming = incoming;
+        let identity = self.identity()?;
+        DirectNode::start(identity, config)
+            .await
+            .map_err(|e| error_line(e.kind(), &e.to_string()))
+    }
+}
+
+fn registered_line(node: &DirectNode) -> Value {
+    let reg = node.registration().borrow().clone();
+    json!({
+        "event": "registered",
+        "peer": node.peer_id().to_string(),
+        "observed": reg.observed_addr.to_string(),
+        "candidates": reg.candidates.iter().map(|c| format!("{:?}:{}", c.kind, c.addr)).collect::<Vec<_>>(),
+        "local": node.endpoint().local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "punch_rtt_ms": ms(node.server_rtt()),
+    })
+}
+
+fn connected_line(c: &DirectConnection) -> Value {
+    json!({
+        "event": "connected",
+        "peer": c.peer.peer_id.to_string(),
+        "path": "direct",
+        "remote": c.remote.to_string(),
+        "ms": c.elapsed.map(ms),
+    })
+}
+
+/// `peer listen`: accept and echo until killed.
+pub async fn listen(args: NodeArgs, max_connections: usize, policy: IncomingPolicy) -> ExitCode {
+    let node = match args.start(policy).await {
+        Ok(node) => node,
+        Err(code) => return code,
+    };
+    emit(&registered_line(&node));
+    let node = Arc::new(node);
+    tokio::spawn(report_upnp(node.clone()));
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    while let Some(accepted) = node.accept().await {
+        let conn = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                emit(&json!({"event": "accept_failed", "detail": e.to_string()}));
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            conn.peer
+                .connection
+                .close(1u32.into(), b"too many connections");
+            continue;
+        };
+        emit(&connected_line(&conn));
+        tokio::spawn(async move {
+            let reason = echo(conn.peer.connection.clone()).await;
+            emit(
+                &json!({"event": "closed", "peer": conn.peer.peer_id.to_string(), "reason": reason}),
+            );
+            drop(permit);
+        });
+    }
+    ExitCode::SUCCESS
+}
+
+/// Prints `upnp` once a mapped candidate is registered (and again if it changes).
+async fn report_upnp(node: Arc<DirectNode>) {
+    let mut reg = node.registration();
+    let mut reported = None;
+    loop {
+        let upnp = reg
+            .borrow_and_update()
+            .candidates
+            .iter()
+            .find(|c| c.kind == mesh::coord::CandidateKind::Upnp)
+            .map(|c| c.addr);
+        if upnp.is_some() && upnp != reported {
+            emit(
+                &json!({"event": "upnp", "state": "mapped", "external": upnp.map(|a| a.to_string())}),
+            );
+            reported = upnp;
+        }
+        if reg.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Echoes every bidirectional stream and datagram of `conn` until it closes.
+async fn echo(conn: quinn::Connection) -> String {
+    loop {
+        tokio::select! {
+            stream = conn.accept_bi() => match stream {
+                Ok((mut send, mut recv)) => {
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(Some(n)) = recv.read(&mut buf).await {
+                            if send.write_all(buf.get(..n).unwrap_or_default()).await.is_err() {
+                                return;
+                            }
+                        }
+                        let _ = send.finish();
+                    });
+                }
+                Err(e) => return format!("{e:?}"),
+            },
+            datagram = conn.read_datagram() => match datagram {
+                Ok(d) => { let _ = conn.send_datagram(d); }
+                Err(e) => return format!("{e:?}"),
+            },
+        }
+    }
+}
+
+/// `peer dial`: connect, echo `bytes` bytes, exit.
+///
+/// A connection whose echo fails or stalls past `echo_timeout` (or whose handshake fails)
+/// is dropped and the whole connect is tried again, up to `attempts` times in all; each
+/// retry prints a `retry` line. Final answers (refused, unknown target, no direct path,
+/// wrong key) are not retried.
+pub async fn dial(
+    args: NodeArgs,
+    target: &str,
+    bytes: usize,
+    echo_timeout: Duration,
+    attempts: u32,
+) -> ExitCode {
+    let target: PeerId = match target.parse() {
+        Ok(t) => t,
+        Err(e) => return error_line("address", &format!("peer id {target:?}: {e}")),
+    };
+    let node = match args.start(IncomingPolicy::RefuseAll).await {
+        Ok(node) => node,
+        Err(code) => return code,
+    };
+    let attempts = attempts.max(1);
+    let mut attempt = 0;
+    let code = loop {
+        attempt += 1;
+        let (kind, detail) = match node.connect(target).await {
+            Ok(conn) => {
+                emit(&connected_line(&conn));
+                let result = tokio::time::timeout(echo_timeout, echo_check(&conn, bytes)).await;
+                conn.peer.connection.close(0u32.into(), b"done");
+                match result {
+                    Ok(Ok(secs)) => {
+                        let mbit_s = (bytes as f64 * 8.0 / 1e6) / secs.max(1e-9);
+                        emit(
+                            &json!({"event": "echo_ok", "bytes": bytes, "mbit_s": (mbit_s * 100.0).round() / 100.0, "attempt": attempt}),
+                        );
+                        break ExitCode::SUCCESS;
+                    }
+                    Ok(Err(detail)) => ("echo_failed", detail),
+                    Err(_) => (
+                        "timeout",
+                        format!("echo not complete within {echo_timeout:?}"),
+                    ),
+                }
+            }
+            Err(e @ (DialError::Handshake(_) | DialError::Timeout { .. }))
+                if !matches!(e.kind(), "identity_mismatch") =>
+            {
+                (e.kind(), e.to_string())
+            }
+            Err(e) => break error_line(e.kind(), &e.to_string()),
+        };
+        if attempt >= attempts {
+            break error_line(kind, &detail);
+        }
+        emit(&json!({"event": "retry", "attempt": attempt, "kind": kind, "detail": detail}));
+    };
+    node.shutdown().await;
+    code
+}
+
+/// Sends `bytes` bytes on a new stream and checks the echo; returns the seconds it took.
+async fn echo_check(conn: &DirectConnection, bytes: usize) -> Result<f64, String> {
+    let started = Instant::now();
+    let (mut send, mut recv) = conn
+        .peer
+        .connection
+        .open_bi()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let pattern = |i: usize| (i % 251) as u8;
+    let writer = async move {
+        let mut chunk = Vec::with_capacity(64 * 1024);
+        let mut sent = 0;
+        while sent < bytes {
+            let n = (bytes - sent).min(64 * 1024);
+            chunk.clear();
+            chunk.extend((sent..sent + n).map(pattern));
+            send.write_all(&chunk).await.map_err(|e| format!("{e:?}"))?;
+            sent += n;
+        }
+        send.finish().map_err(|e| format!("{e:?}"))
+    };
+    let reader = async move {
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Some(n) = recv.read(&mut buf).await.map_err(|e| format!("{e:?}"))? {
+            for (k, b) in buf.iter().take(n).enumerate() {
+                if *b != pattern(got + k) {
+                    return Err(format!("echo differs at byte {}", got + k));
+                }
+            }
+            got += n;
+        }
+        if got != bytes {
+            return Err(format!("echo has {got} bytes, sent {bytes}"));
+        }
+        Ok(())
+    };
+    let (w, r) = tokio::join!(writer, reader);
+    w?;
+    r?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// `peer doctor --punch`: NAT behaviour, registration, UPnP, RTT; one line.
+pub async fn doctor(
+    args: NodeArgs,
+    alt: Option<String>,
+    timeout_ms: u64,
+    upnp_wait: Duration,
+) -> ExitCode {
+    let config = match args.config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let stun = alt.unwrap_or_else(|| config.punch.host_port());
+    let mut line = json!({"event": "doctor", "punch": args.punch});
+    match crate::stun_cmds::resolve(&stun, args.bind) {
+        Ok(server) => {
+            let nat_config =
+                NatConfig::with_transaction_timeout(Duration::from_millis(timeout_ms.max(1)));
+            let bind = SocketAddr::new(args.bind.ip(), 0);
+            match tokio::net::UdpSocket::bind(bind).await {
+                Ok(socket) => match discover(&socket, server, nat_config).await {
+                    Ok(b) => {
+                        line["mapping"] = b.mapping.as_str().into();
+                        line["filtering"] = b.filtering.as_str().into();
+                        line["nat_type"] = b.nat_type().as_str().into();
+                        line["reflexive"] = b.reflexive.to_string().into();
+                        line["stun_rtt_ms"] = b.rtt.map(ms).into();
+                    }
+                    Err(e) => {
+                        line["nat_error"] = json!({"kind": e.kind(), "detail": e.to_string()});
+                    }
+                },
+                Err(e) => return error_line("io", &format!("bind {bind}: {e}")),
+            }
+        }
+        Err(detail) => return error_line("resolve", &detail),
+    }
+    let node = match args.start(IncomingPolicy::RefuseAll).await {
+        Ok(node) => node,
+        Err(code) => return code,
+    };
+    let reg = node.registration().borrow().clone();
+    line["peer"] = node.peer_id().to_string().into();
+    line["registered_as"] = reg.observed_addr.to_string().into();
+    line["punch_rtt_ms"] = ms(node.server_rtt()).into();
+    let deadline = tokio::time::Instant::now() + upnp_wait;
+    let upnp = loop {
+        match node.upnp_state() {
+            Some(UpnpState::Searching) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => break other,
+        }
+    };
+    line["upnp"] = match upnp {
+        None => json!({"state": "off"}),
+        Some(UpnpState::Mapped { external, .. }) => {
+            json!({"state": "mapped", "external": external.to_string()})
+        }
+        Some(UpnpState::Unavailable { reason }) => {
+            json!({"state": "unavailable", "reason": reason})
+        }
+        Some(UpnpState::Searching) => json!({"state": "searching"}),
+    };
+    emit(&line);
+    node.shutdown().await;
+    ExitCode::SUCCESS
+}

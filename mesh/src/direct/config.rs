@@ -1,0 +1,76 @@
+//! Settings of a [`super::DirectNode`], with documented defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::coord::PunchAddr;
+use crate::punch::ProbeConfig;
+use crate::socket::EndpointOptions;
+use crate::upnp::UpnpConfig;
+
+/// What a node does with an incoming connect request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IncomingPolicy {
+    /// Accept every request (the target still verifies the dialer's key in the QUIC
+    /// handshake). Default.
+    #[default]
+    AcceptAll,
+    /// Refuse every request (a node that only dials).
+    RefuseAll,
+}
+
+/// Settings of a [`super::DirectNode`].
+#[derive(Debug, Clone)]
+pub struct DirectConfig {
+    /// The punch server: `ID@HOST:PORT`, or a bare `HOST:PORT` when `insecure` is set.
+    pub punch: PunchAddr,
+    /// Accept a punch server named without its id (any key). Development only.
+    pub insecure: bool,
+    /// Local address of the one UDP socket. Default `0.0.0.0:0`.
+    pub bind: SocketAddr,
+    /// UPnP port mapping of the socket (`None`: off). Default on, with
+    /// [`UpnpConfig::default`]. It runs in the background and never delays a connect; the
+    /// mapped address is registered as a candidate as soon as it exists.
+    pub upnp: Option<UpnpConfig>,
+    /// Probing tunables ([`ProbeConfig::budget`] bounds each attempt, 4 s by default).
+    pub probe: ProbeConfig,
+    /// The endpoint's tunables (path table, STUN queue, QUIC transport, handshake timeout).
+    pub endpoint: EndpointOptions,
+    /// What to do with incoming connect requests. Default [`IncomingPolicy::AcceptAll`].
+    pub incoming: IncomingPolicy,
+    /// Longest wait for `Registered` once the punch server's handshake is done (the
+    /// handshake itself is bounded by the endpoint's handshake timeout). Default 5 s; a
+    /// timed-out registration is retried twice on a fresh connection, so that heavy loss
+    /// (20 % each way) only delays the start.
+    pub register_timeout: Duration,
+    /// Longest wait between `connect` and the server's `Go` (the target must answer in
+    /// this time; the server's own request timeout is usually shorter). Default 10 s.
+    pub request_timeout: Duration,
+    /// Most punch attempts running at once (dialing and accepting). Default 32.
+    pub max_attempts: usize,
+    /// How long a prober keeps answering the peer's checks after its outcome, so the peer
+    /// can finish its own validation. Default 5 s.
+    pub linger: Duration,
+    /// Bound of the queue of accepted connections not yet taken by `accept`. Default 64.
+    pub accept_queue: usize,
+}
+
+impl DirectConfig {
+    /// The defaults for the punch server `punch`.
+    pub fn new(punch: PunchAddr) -> Self {
+        Self {
+            punch,
+            insecure: false,
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            upnp: Some(UpnpConfig::default()),
+            probe: ProbeConfig::default(),
+            endpoint: EndpointOptions::default(),
+            incoming: IncomingPolicy::default(),
+            register_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            max_attempts: 32,
+            linger: Duration::from_secs(5),
+            accept_queue: 64,
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The punch engine: runs the [`Prober`]s of all attempts of a node on its one socket.
+//!
+//! Steps:
+//! 1. [`Engine::start`] spawns the task; it owns the socket's STUN queue, so every STUN
+//!    datagram the socket receives passes through here.
+//! 2. [`Engine::attempt`] hands it a `Go` (with when it arrived): the task builds a
+//!    [`Prober`] from the peer's candidates, the per-attempt credentials and role, and
+//!    the node's current local candidates, starting at [`Go::start_at`].
+//! 3. Each received STUN datagram is offered to the attempts in turn; the one whose
+//!    credentials it carries takes it ([`Prober::handle_input`] returns `true`). Others
+//!    are dropped and counted.
+//! 4. After every input and timer the task sends what the probers queued (through the
+//!    shared socket, from the same port QUIC uses) and reports each outcome:
+//!    `Nominated` resolves the attempt with the remote address that QUIC must use;
+//!    `Failed` with [`NoDirectPath`].
+//! 5. A prober keeps answering its peer's checks for [`super::DirectConfig::linger`] after
+//!    its outcome, then is dropped. The number of attempts is bounded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::sleep_until_opt;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::coord::Go;
+use crate::identity::PeerId;
+use crate::punch::{Candidate, NoDirectPath, ProbeConfig, ProbeEvent, Prober};
+use crate::socket::{MeshSocket, StunReceiver};
+
+/// How one attempt ended.
+#[derive(Debug)]
+pub(crate) enum AttemptOutcome {
+    /// Run QUIC to this remote address; `rtt` is what the validating check measured.
+    Nominated {
+        /// The peer's address on the nominated pair.
+        remote: SocketAddr,
+        /// Round-trip time of the check that validated it.
+        rtt: Duration,
+    },
+    /// Probing found nothing within the budget.
+    NoDirectPath(NoDirectPath),
+    /// The engine already runs its maximum number of attempts.
+    Busy(usize),
+    /// The engine stopped.
+    Closed,
+}
+
+type Reply = oneshot::Sender<AttemptOutcome>;
+
+struct Start {
+    go: Go,
+    received: Instant,
+    /// RTT of this node's control connection: scales the first retransmission.
+    server_rtt: Duration,
+    reply: Option<Reply>,
+}
+
+struct Attempt {
+    peer: PeerId,
+    prober: Prober,
+    reply: Option<Reply>,
+    /// Set once the outcome is known: the prober is dropped after this.
+    linger_until: Option<Instant>,
+}
+
+impl Attempt {
+    fn next_wake(&self) -> Option<Instant> {
+        match (self.prober.poll_timeout(), self.linger_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Handle on the engine task.
+#[derive(Debug, Clone)]
+pub(crate) struct Engine {
+    starts: mpsc::Sender<Start>,
+}
+
+impl std::fmt::Debug for Start {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Start({})", self.go.peer.short())
+    }
+}
+
+/// Settings of the engine.
+pub(crate) struct EngineSettings {
+    pub probe: ProbeConfig,
+    pub max_attempts: usize,
+    pub linger: Duration,
+}
+
+impl Engine {
+    /// Starts the engine on `socket`'s STUN queue. `local` is the node's current set of
+    /// local candidates (for pair priorities).
+    pub(crate) fn start(
+        socket: Arc<MeshSocket>,
+        stun: StunReceiver,
+        local: watch::Receiver<Vec<Candidate>>,
+        settings: EngineSettings,
+    ) -> Self {
+        let (starts, rx) = mpsc::channel(settings.max_attempts.max(1));
+        let task = EngineTask {
+            socket,
+            local,
+            settings,
+            attempts: Vec::new(),
+            unmatched: 0,
+        };
+        tokio::spawn(task.run(stun, rx));
+        Self { starts }
+    }
+
+    /// Starts probing for `go` (received at `received`) and waits for the outcome.
+    pub(crate) async fn attempt(
+        &self,
+        go: Go,
+        received: Instant,
+        server_rtt: Duration,
+    ) -> AttemptOutcome {
+        let (reply, rx) = oneshot::channel();
+        let start = Start {
+            go,
+            received,
+            server_rtt,
+            reply: Some(reply),
+        };
+        if self.starts.send(start).await.is_err() {
+            return AttemptOutcome::Closed;
+        }
+        rx.await.unwrap_or(AttemptOutcome::Closed)
+    }
+
+    /// Starts probing for `go` without waiting for the outcome (the accepting side: the
+    /// peer dials once its own prober nominates).
+    pub(crate) fn spawn_attempt(&self, go: Go, received: Instant, server_rtt: Duration) {
+        let start = Start {
+            go,
+            received,
+            server_rtt,
+            reply: None,
+        };
+        if self.starts.try_send(start).is_err() {
+            tracing::warn!("punch attempt dropped: engine queue full");
+        }
+    }
+}
+
+struct EngineTask {
+    socket: Arc<MeshSocket>,
+    local: watch::Receiver<Vec<Candidate>>,
+    settings: EngineSettings,
+    attempts: Vec<Attempt>,
+    unmatched: u64,
+}
+
+impl EngineTask {
+    async fn run(mut self, mut stun: StunReceiver, mut starts: mpsc::Receiver<Start>) {
+        loop {
+            let wake = self.attempts.iter().filter_map(Attempt::next_wake).min();
+            tokio::select! {
+                datagram = stun.recv() => {
+                    let Some(d) = datagram else { break };
+                    self.on_datagram(Instant::now(), d.from, &d.data);
+                }
+                start = starts.recv() => {
+                    let Some(start) = start else { break };
+                    self.on_start(Instant::now(), start);
+                }
+                _ = sleep_until_opt(wake) => {
+                    let now = Instant::now();
+                    for a in &mut self.attempts {
+                        if a.prober.poll_timeout().is_some_and(|t| t <= now) {
+                            a.prober.handle_timeout(now);
+                        }
+                    }
+                }
+            }
+            self.flush().await;
+        }
+        for a in self.attempts.drain(..) {
+            if let Some(reply) = a.reply {
+                let _ = reply.send(AttemptOutcome::Closed);
+            }
+        }
+    }
+
+    fn on_start(&mut self, now: Instant, start: Start) {
+        if self.attempts.len() >= self.settings.max_attempts {
+            tracing::warn!(peer = %start.go.peer.short(), "too many punch attempts");
+            if let Some(reply) = start.reply {
+                let _ = reply.send(AttemptOutcome::Busy(self.attempts.len()));
+            }
+            return;
+        }
+        let go = start.go;
+        let local = self.local.borrow().clone();
+        let remote = go.probe_candidates();
+        tracing::debug!(
+            peer = %go.peer.short(),
+            role = ?go.role,
+            start_in_us = go.start_in.as_micros() as u64,
+            ?remote,
+            "punch attempt"
+        );
+        let prober = Prober::new(
+            now,
+            probe_config(&self.settings.probe, start.server_rtt),
+            go.role,
+            go.credentials.clone(),
+            &local,
+            &remote,
+            go.start_at(start.received),
+        );
+        self.attempts.push(Attempt {
+            peer: go.peer,
+            prober,
+            reply: start.reply,
+            linger_until: None,
+        });
+    }
+
+    fn on_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        for a in &mut self.attempts {
+            if a.prober.handle_input(now, from, data) {
+                return;
+            }
+        }
+        self.unmatched += 1;
+        tracing::trace!(%from, len = data.len(), unmatched = self.unmatched, "STUN datagram for no attempt");
+    }
+
+    /// Sends queued checks and answers, reports outcomes, drops finished attempts.
+    async fn flush(&mut self) {
+        let now = Instant::now();
+        for a in &mut self.attempts {
+            while let Some(t) = a.prober.poll_transmit() {
+                if let Err(e) = self.socket.send_stun(t.destination, &t.contents).await {
+                    tracing::debug!(to = %t.destination, error = %e, "probe send failed");
+                }
+            }
+            while let Some(event) = a.prober.poll_event() {
+                let outcome = match event {
+                    ProbeEvent::Nominated { remote, rtt } => {
+                        tracing::info!(peer = %a.peer.short(), %remote, ?rtt, "direct path nominated");
+                        AttemptOutcome::Nominated { remote, rtt }
+                    }
+                    ProbeEvent::Failed(no_path) => {
+                        tracing::info!(peer = %a.peer.short(), tried = no_path.tried.len(), "no direct path");
+                        AttemptOutcome::NoDirectPath(no_path)
+                    }
+                };
+                if let Some(reply) = a.reply.take() {
+                    let _ = reply.send(outcome);
+                }
+                a.linger_until = Some(now + self.settings.linger);
+            }
+        }
+        self.attempts
+            .retain(|a| a.linger_until.is_none_or(|until| until > now));
+    }
+}
+
+/// The probe settings of one attempt: the first retransmission of a check comes after
+/// twice the control connection's RTT (a stand-in for the peer's, which is unknown before
+/// the first answer), between [`MIN_FIRST_RETRANSMIT`] and the configured
+/// `retransmit_initial`. Both sides' first checks cross; the one that reaches the other
+/// NAT before that NAT has sent anything is dropped, and only its retransmission gets
+/// through, so on a short path this wait is most of the connect time.
+fn probe_config(base: &ProbeConfig, server_rtt: Duration) -> ProbeConfig {
+    let mut config = base.clone();
+    config.retransmit_initial = (server_rtt * 2)
+        .max(MIN_FIRST_RETRANSMIT)
+        .min(base.retransmit_initial);
+    config
+}
+
+/// Shortest first retransmission of a check.
+const MIN_FIRST_RETRANSMIT: Duration = Duration::from_millis(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_retransmission_follows_the_server_rtt_within_bounds() {
+        let base = ProbeConfig::default();
+        let ms = Duration::from_millis;
+        assert_eq!(probe_config(&base, ms(1)).retransmit_initial, ms(10));
+        assert_eq!(probe_config(&base, ms(12)).retransmit_initial, ms(24));
+        assert_eq!(
+            probe_config(&base, ms(200)).retransmit_initial,
+            base.retransmit_initial
+        );
+        assert_eq!(probe_config(&base, ms(12)).budget, base.budget);
+    }
+}

@@ -1,0 +1,139 @@
+//! The typed errors of [`super::DirectNode`].
+
+use std::time::Duration;
+
+use crate::coord::{CodecError, ErrorKind, ParsePunchAddrError};
+use crate::identity::PeerId;
+use crate::punch::NoDirectPath;
+use crate::socket::{BindError, ConnectError};
+
+/// Why a node could not start (bind, reach or register with the punch server).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The punch server address may not be used (bare `HOST:PORT` without `insecure`).
+    #[error(transparent)]
+    Address(#[from] ParsePunchAddrError),
+    /// The punch server's host name did not resolve to an address of the socket's family.
+    #[error("cannot resolve punch server {host}: {detail}")]
+    Resolve {
+        /// The host name.
+        host: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The socket or the endpoint could not be set up.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The QUIC connection to the punch server failed (unreachable, wrong key, ...).
+    #[error("cannot reach punch server: {0}")]
+    Connect(#[source] ConnectError),
+    /// The control stream failed.
+    #[error("punch server control stream failed: {0}")]
+    Control(#[from] ControlError),
+    /// No `Registered` in time.
+    #[error("punch server did not confirm the registration within {0:?}")]
+    RegisterTimeout(Duration),
+}
+
+/// A failure of the control connection to the punch server.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ControlError {
+    /// The QUIC connection or stream ended.
+    #[error("control connection lost: {0}")]
+    Lost(String),
+    /// The server sent bytes that are not a valid frame; the connection was closed.
+    #[error("invalid frame from punch server: {0}")]
+    Codec(#[from] CodecError),
+    /// The server reported an error for the connection as a whole.
+    #[error("punch server error {kind}: {detail}")]
+    Server {
+        /// What went wrong.
+        kind: ErrorKind,
+        /// The server's detail.
+        detail: String,
+    },
+}
+
+/// Why [`super::DirectNode::connect`] did not give a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The punch server knows no registered peer with this id.
+    #[error("peer {0} is not registered at the punch server")]
+    UnknownTarget(PeerId),
+    /// The target refused the request.
+    #[error("peer {0} refused the connection")]
+    Refused(PeerId),
+    /// The target did not answer in time (or the server did not).
+    #[error("no answer from peer {peer} within {waited:?}")]
+    Timeout {
+        /// The target.
+        peer: PeerId,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// Probing found no direct path within its budget; relay instead.
+    #[error("no direct path to peer {peer}: {detail}")]
+    NoDirectPath {
+        /// The target.
+        peer: PeerId,
+        /// Every pair tried and its outcome.
+        detail: NoDirectPath,
+    },
+    /// The punch server rejected the request (rate limit, limits, ...).
+    #[error("punch server refused the request: {kind}: {detail}")]
+    Server {
+        /// The server's error kind.
+        kind: ErrorKind,
+        /// Its detail.
+        detail: String,
+    },
+    /// Too many attempts are running on this node.
+    #[error("too many punch attempts in progress ({0})")]
+    Busy(usize),
+    /// The control connection to the punch server is gone.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// Probing succeeded but the QUIC handshake on the nominated path failed (or the
+    /// peer presented another key).
+    #[error("handshake with peer failed: {0}")]
+    Handshake(#[source] ConnectError),
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    Closed,
+}
+
+impl DialError {
+    /// A short stable name for scripts: `unknown_target`, `refused`, `timeout`,
+    /// `no_direct_path`, `server_error`, `busy`, `control_lost`, `identity_mismatch`,
+    /// `handshake_failed`, `closed`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::UnknownTarget(_) => "unknown_target",
+            Self::Refused(_) => "refused",
+            Self::Timeout { .. } => "timeout",
+            Self::NoDirectPath { .. } => "no_direct_path",
+            Self::Server { .. } => "server_error",
+            Self::Busy(_) => "busy",
+            Self::Control(_) => "control_lost",
+            Self::Handshake(ConnectError::Identity(_)) => "identity_mismatch",
+            Self::Handshake(_) => "handshake_failed",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+impl StartError {
+    /// A short stable name for scripts: `address`, `resolve`, `bind`, `identity_mismatch`,
+    /// `unreachable`, `control`, `register_timeout`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Address(_) => "address",
+            Self::Resolve { .. } => "resolve",
+            Self::Bind(_) => "bind",
+            Self::Connect(ConnectError::Identity(_)) => "identity_mismatch",
+            Self::Connect(_) => "unreachable",
+            Self::Control(_) => "control",
+            Self::RegisterTimeout(_) => "register_timeout",
+        }
+    }
+}

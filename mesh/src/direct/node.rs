@@ -1,0 +1,404 @@
+//! [`DirectNode`]: one socket, a control connection to the punch server, punching, QUIC.
+//!
+//! Steps of [`DirectNode::start`]:
+//! 1. Resolve the punch server (`ID@HOST:PORT`; a bare `HOST:PORT` only when insecure)
+//!    and bind the one UDP socket ([`Endpoint`]).
+//! 2. Find the host candidate: the bound IP, or for a wildcard bind the local IP the
+//!    kernel routes toward the punch server (no packet is sent to find it).
+//! 3. Dial the punch server from the socket, check its key, register the candidates
+//!    ([`super::control`]), and start the punch engine ([`super::engine`]).
+//! 4. Start UPnP in the background; when a mapping appears, register again with the
+//!    mapped candidate added ([`DirectNode::registration`] shows each confirmation).
+//!
+//! [`DirectNode::connect`]: `Connect` to the server, wait for its `Go`, probe, then the
+//! QUIC handshake on the nominated path with the target's key pinned. [`DirectNode::accept`]:
+//! incoming requests are answered by the node's policy and probed in the background; the
+//! dialer's QUIC handshake arrives on the path its prober nominated.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::config::DirectConfig;
+use super::control::{Control, ControlEvent, ControlSettings, Registration};
+use super::engine::{AttemptOutcome, Engine, EngineSettings};
+use super::error::{DialError, StartError};
+use crate::coord::{Candidate as WireCandidate, CandidateKind as WireKind};
+use crate::identity::{Identity, PeerId};
+use crate::punch::{self, Candidate};
+use crate::socket::{ConnectError, Endpoint, Path, PeerConnection};
+use crate::upnp::{PortMapper, UpnpState};
+
+/// Most remembered start times of accepted requests (for the `elapsed` of accepts).
+const MAX_GO_TIMES: usize = 256;
+
+/// An established direct connection to a peer.
+#[derive(Debug, Clone)]
+pub struct DirectConnection {
+    /// The QUIC connection and the peer's verified id.
+    pub peer: PeerConnection,
+    /// The peer's real address on the path.
+    pub remote: SocketAddr,
+    /// The path under the connection (direct here; a relay in a later layer).
+    pub path: Path,
+    /// For a dial: from the call to `connect` to the established connection. For an
+    /// accept: from the server's `Go` to the established connection (if it was seen).
+    pub elapsed: Option<Duration>,
+}
+
+/// A node that reaches peers directly through a punch server (see the module docs).
+#[derive(Debug)]
+pub struct DirectNode {
+    endpoint: Arc<Endpoint>,
+    control: Control,
+    engine: Engine,
+    upnp: Option<PortMapper>,
+    accepted: tokio::sync::Mutex<mpsc::Receiver<Accepted>>,
+    control_lost: watch::Receiver<Option<String>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+type Accepted = Result<DirectConnection, ConnectError>;
+
+impl DirectNode {
+    /// Binds, registers with the punch server and starts the background tasks.
+    pub async fn start(identity: Arc<Identity>, config: DirectConfig) -> Result<Self, StartError> {
+        let expected = config.punch.expected_id(config.insecure)?;
+        let server = resolve(&config.punch.host_port(), config.bind)?;
+        let (endpoint, stun) = Endpoint::bind(config.bind, identity, config.endpoint.clone())?;
+        let endpoint = Arc::new(endpoint);
+        let local = endpoint
+            .local_addr()
+            .map_err(|e| StartError::Bind(e.into()))?;
+        let host = SocketAddr::new(host_ip(config.bind.ip(), server), local.port());
+        let host_candidates = vec![WireCandidate::new(WireKind::Host, host)];
+        let (control, events) =
+            register(&endpoint, expected, server, &host_candidates, &config).await?;
+        let (local_tx, local_rx) = watch::channel(probe_candidates(&host_candidates));
+        let engine = Engine::start(
+            endpoint.socket().clone(),
+            stun,
+            local_rx,
+            EngineSettings {
+                probe: config.probe.clone(),
+                max_attempts: config.max_attempts,
+                linger: config.linger,
+            },
+        );
+        let go_times = Arc::new(Mutex::new(HashMap::new()));
+        let (lost_tx, control_lost) = watch::channel(None);
+        let (accepted_tx, accepted) = mpsc::channel(config.accept_queue.max(1));
+        let mut tasks = vec![
+            tokio::spawn(dispatch(
+                events,
+                engine.clone(),
+                control.clone(),
+                go_times.clone(),
+                lost_tx,
+            )),
+            tokio::spawn(accept_loop(
+                endpoint.clone(),
+                go_times,
+                accepted_tx,
+                config.max_attempts.max(1),
+            )),
+        ];
+        let mut upnp = None;
+        if let Some(upnp_config) = config.upnp.clone() {
+            match PortMapper::start(host, upnp_config) {
+                Ok(mapper) => {
+                    tasks.push(tokio::spawn(register_mapping(
+                        mapper.subscribe(),
+                        control.clone(),
+                        host_candidates,
+                        local_tx,
+                    )));
+                    upnp = Some(mapper);
+                }
+                Err(e) => tracing::warn!(error = %e, "UPnP off"),
+            }
+        }
+        Ok(Self {
+            endpoint,
+            control,
+            engine,
+            upnp,
+            accepted: tokio::sync::Mutex::new(accepted),
+            control_lost,
+            tasks,
+        })
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.endpoint.peer_id()
+    }
+
+    /// The endpoint (socket, quinn endpoint, path table).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The registration as last confirmed by the punch server; changes when a UPnP
+    /// mapping is registered.
+    pub fn registration(&self) -> watch::Receiver<Registration> {
+        self.control.registration()
+    }
+
+    /// The RTT of the control connection to the punch server.
+    pub fn server_rtt(&self) -> Duration {
+        self.control.rtt()
+    }
+
+    /// The UPnP mapper's state (`None` if UPnP is off).
+    pub fn upnp_state(&self) -> Option<UpnpState> {
+        self.upnp.as_ref().map(PortMapper::state)
+    }
+
+    /// Why the control connection ended, once it has.
+    pub fn control_lost(&self) -> Option<String> {
+        self.control_lost.borrow().clone()
+    }
+
+    /// Connects to `target` directly: request, probing, then QUIC with its key pinned.
+    pub async fn connect(&self, target: PeerId) -> Result<DirectConnection, DialError> {
+        let span = tracing::info_span!("dial", peer = %target.short());
+        tracing::Instrument::instrument(self.dial(target), span).await
+    }
+
+    async fn dial(&self, target: PeerId) -> Result<DirectConnection, DialError> {
+        let started = Instant::now();
+        let (go, received) = self.control.connect(target).await?;
+        let server_rtt = self.control.rtt();
+        let (remote, rtt) = match self.engine.attempt(go, received, server_rtt).await {
+            AttemptOutcome::Nominated { remote, rtt } => (remote, rtt),
+            AttemptOutcome::NoDirectPath(detail) => {
+                return Err(DialError::NoDirectPath {
+                    peer: target,
+                    detail,
+                })
+            }
+            AttemptOutcome::Busy(n) => return Err(DialError::Busy(n)),
+            AttemptOutcome::Closed => return Err(DialError::Closed),
+        };
+        let peer = self
+            .endpoint
+            .connect_with_rtt(target, remote, Some(rtt))
+            .await
+            .map_err(DialError::Handshake)?;
+        Ok(DirectConnection {
+            peer,
+            remote,
+            path: Path::Direct(remote),
+            elapsed: Some(started.elapsed()),
+        })
+    }
+
+    /// The next incoming connection (verified key); `None` once the node is closed. An
+    /// `Err` concerns one failed handshake only. Handshakes run concurrently in the
+    /// background (at most `max_attempts` at once), so a slow one delays no other.
+    pub async fn accept(&self) -> Option<Result<DirectConnection, ConnectError>> {
+        self.accepted.lock().await.recv().await
+    }
+
+    /// Closes every connection, removes the UPnP mapping and stops the tasks.
+    pub async fn shutdown(mut self) {
+        self.control.close();
+        self.endpoint.close(0, b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        if let Some(mapper) = self.upnp.take() {
+            if let Err(e) = mapper.shutdown().await {
+                tracing::warn!(error = %e, "UPnP mapping not removed");
+            }
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        drop(self.engine);
+    }
+}
+
+/// Attempts at reaching and registering with the punch server when one times out.
+const REGISTER_ATTEMPTS: usize = 3;
+
+/// Dials the punch server and registers; a timed-out attempt (a lossy path can back QUIC's
+/// retransmissions off for seconds) is retried with a fresh connection, whose timers start
+/// over, up to [`REGISTER_ATTEMPTS`] times. Other failures (wrong key, refused) are final.
+async fn register(
+    endpoint: &Endpoint,
+    expected: Option<PeerId>,
+    server: SocketAddr,
+    candidates: &[WireCandidate],
+    config: &DirectConfig,
+) -> Result<(Control, mpsc::Receiver<ControlEvent>), StartError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = async {
+            let connection = match expected {
+                Some(id) => endpoint.connect(id, server).await,
+                None => endpoint.connect_insecure(server).await,
+            }
+            .map_err(StartError::Connect)?;
+            let settings = ControlSettings {
+                incoming: config.incoming,
+                register_timeout: config.register_timeout,
+                request_timeout: config.request_timeout,
+                max_pending: config.max_attempts,
+            };
+            let opened = Control::open(connection.clone(), candidates.to_vec(), settings).await;
+            if opened.is_err() {
+                connection
+                    .connection
+                    .close(0u32.into(), b"registration failed");
+            }
+            opened
+        }
+        .await;
+        match result {
+            Err(
+                e
+                @ (StartError::RegisterTimeout(_) | StartError::Connect(ConnectError::Timeout(_))),
+            ) if attempt < REGISTER_ATTEMPTS => {
+                tracing::warn!(attempt, error = %e, "punch server registration timed out, retrying");
+            }
+            other => return other,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Accepts incoming handshakes, each in its own task (at most `max_handshakes` at once),
+/// and queues the established connections for [`DirectNode::accept`].
+async fn accept_loop(
+    endpoint: Arc<Endpoint>,
+    go_times: Arc<Mutex<HashMap<PeerId, Instant>>>,
+    accepted: mpsc::Sender<Accepted>,
+    max_handshakes: usize,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_handshakes));
+    while let Some(incoming) = endpoint.accept_incoming().await {
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(remote = %incoming.remote_address(), "too many handshakes, refused");
+            incoming.refuse();
+            continue;
+        };
+        let (endpoint, go_times, accepted) = (endpoint.clone(), go_times.clone(), accepted.clone());
+        tokio::spawn(async move {
+            let result = endpoint.handshake(incoming).await.map(|peer| {
+                let path = endpoint
+                    .socket()
+                    .paths()
+                    .resolve(&peer.synthetic_addr)
+                    .unwrap_or(Path::Direct(peer.synthetic_addr));
+                let go = lock(&go_times).remove(&peer.peer_id);
+                DirectConnection {
+                    remote: path.remote(),
+                    path,
+                    elapsed: go.map(|t| t.elapsed()),
+                    peer,
+                }
+            });
+            drop(slot);
+            // A full queue means the application does not accept: drop the connection.
+            if let Err(mpsc::error::TrySendError::Full(Ok(c))) = accepted.try_send(result) {
+                c.peer.connection.close(1u32.into(), b"accept queue full");
+            }
+        });
+    }
+}
+
+/// Feeds accepted requests' `Go`s to the engine; records when the control connection ends.
+async fn dispatch(
+    mut events: mpsc::Receiver<ControlEvent>,
+    engine: Engine,
+    control: Control,
+    go_times: Arc<Mutex<HashMap<PeerId, Instant>>>,
+    lost: watch::Sender<Option<String>>,
+) {
+    while let Some(event) = events.recv().await {
+        match event {
+            ControlEvent::Go { go, received } => {
+                {
+                    let mut times = lock(&go_times);
+                    if times.len() >= MAX_GO_TIMES {
+                        times.clear();
+                    }
+                    times.insert(go.peer, received);
+                }
+                engine.spawn_attempt(go, received, control.rtt());
+            }
+            ControlEvent::Lost(e) => {
+                let _ = lost.send(Some(e.to_string()));
+            }
+        }
+    }
+}
+
+/// Registers the UPnP-mapped address as a candidate whenever the mapping changes.
+async fn register_mapping(
+    mut state: watch::Receiver<UpnpState>,
+    control: Control,
+    host: Vec<WireCandidate>,
+    local: watch::Sender<Vec<Candidate>>,
+) {
+    let mut registered: Option<SocketAddr> = None;
+    loop {
+        let mapped = state.borrow_and_update().mapped();
+        if mapped != registered {
+            let mut candidates = host.clone();
+            if let Some(external) = mapped {
+                candidates.push(WireCandidate::new(WireKind::Upnp, external));
+            }
+            tracing::info!(?mapped, "registering UPnP candidate");
+            let _ = local.send(probe_candidates(&candidates));
+            if control.register(candidates).await.is_err() {
+                return;
+            }
+            registered = mapped;
+        }
+        if state.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn probe_candidates(candidates: &[WireCandidate]) -> Vec<Candidate> {
+    candidates
+        .iter()
+        .filter_map(WireCandidate::to_probe)
+        .collect::<Vec<punch::Candidate>>()
+}
+
+/// The punch server's address, of the bind address's family.
+fn resolve(host_port: &str, bind: SocketAddr) -> Result<SocketAddr, StartError> {
+    let err = |detail: String| StartError::Resolve {
+        host: host_port.to_owned(),
+        detail,
+    };
+    host_port
+        .to_socket_addrs()
+        .map_err(|e| err(e.to_string()))?
+        .find(|a| a.is_ipv4() == bind.is_ipv4())
+        .ok_or_else(|| err("no address of the socket's family".into()))
+}
+
+/// The host candidate's IP: the bound one, or the source the kernel picks toward `server`.
+fn host_ip(bound: IpAddr, server: SocketAddr) -> IpAddr {
+    if !bound.is_unspecified() {
+        return bound;
+    }
+    // connect() on a UDP socket only consults the routing table; nothing is sent.
+    let unspecified = SocketAddr::new(bound, 0);
+    std::net::UdpSocket::bind(unspecified)
+        .and_then(|s| s.connect(server).and_then(|()| s.local_addr()))
+        .map(|a| a.ip())
+        .unwrap_or(bound)
+}
