@@ -30,7 +30,7 @@ use super::error::{DialError, StartError};
 use crate::coord::{Candidate as WireCandidate, CandidateKind as WireKind};
 use crate::identity::{Identity, PeerId};
 use crate::punch::{self, Candidate};
-use crate::socket::{ConnectError, Endpoint, Path, PeerConnection};
+use crate::socket::{ConnectError, Endpoint, Path, PeerConnection, INITIAL_RTT};
 use crate::upnp::{PortMapper, UpnpState};
 
 /// Most remembered start times of accepted requests (for the `elapsed` of accepts).
@@ -102,6 +102,7 @@ impl DirectNode {
             )),
             tokio::spawn(accept_loop(
                 endpoint.clone(),
+                control.clone(),
                 go_times,
                 accepted_tx,
                 config.max_attempts.max(1),
@@ -279,6 +280,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// and queues the established connections for [`DirectNode::accept`].
 async fn accept_loop(
     endpoint: Arc<Endpoint>,
+    control: Control,
     go_times: Arc<Mutex<HashMap<PeerId, Instant>>>,
     accepted: mpsc::Sender<Accepted>,
     max_handshakes: usize,
@@ -291,21 +293,28 @@ async fn accept_loop(
             continue;
         };
         let (endpoint, go_times, accepted) = (endpoint.clone(), go_times.clone(), accepted.clone());
+        // The dialer just reached us through punched checks, so the path is about as short
+        // as our way to the punch server and back twice: start the handshake's timers there
+        // (never above the generic initial RTT).
+        let rtt_hint = (control.rtt() * 2).min(INITIAL_RTT);
         tokio::spawn(async move {
-            let result = endpoint.handshake(incoming).await.map(|peer| {
-                let path = endpoint
-                    .socket()
-                    .paths()
-                    .resolve(&peer.synthetic_addr)
-                    .unwrap_or(Path::Direct(peer.synthetic_addr));
-                let go = lock(&go_times).remove(&peer.peer_id);
-                DirectConnection {
-                    remote: path.remote(),
-                    path,
-                    elapsed: go.map(|t| t.elapsed()),
-                    peer,
-                }
-            });
+            let result = endpoint
+                .handshake_with_rtt(incoming, Some(rtt_hint))
+                .await
+                .map(|peer| {
+                    let path = endpoint
+                        .socket()
+                        .paths()
+                        .resolve(&peer.synthetic_addr)
+                        .unwrap_or(Path::Direct(peer.synthetic_addr));
+                    let go = lock(&go_times).remove(&peer.peer_id);
+                    DirectConnection {
+                        remote: path.remote(),
+                        path,
+                        elapsed: go.map(|t| t.elapsed()),
+                        peer,
+                    }
+                });
             drop(slot);
             // A full queue means the application does not accept: drop the connection.
             if let Err(mpsc::error::TrySendError::Full(Ok(c))) = accepted.try_send(result) {

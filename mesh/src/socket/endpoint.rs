@@ -339,10 +339,29 @@ impl Endpoint {
         &self,
         incoming: quinn::Incoming,
     ) -> Result<PeerConnection, ConnectError> {
+        self.handshake_with_rtt(incoming, None).await
+    }
+
+    /// [`Endpoint::handshake`] with an estimate of the path's RTT (e.g. from the
+    /// connectivity checks that just opened it): the server's retransmissions of its
+    /// handshake flight then start from it instead of the generic initial RTT, which on a
+    /// lossy short path saves seconds of backed-off timers.
+    pub async fn handshake_with_rtt(
+        &self,
+        incoming: quinn::Incoming,
+        rtt: Option<Duration>,
+    ) -> Result<PeerConnection, ConnectError> {
         let synthetic = incoming.remote_address();
         let span = tracing::info_span!("peer", dir = "in", peer = tracing::field::Empty);
         async {
-            let connecting = incoming.accept()?;
+            let connecting = match rtt {
+                Some(rtt) => {
+                    let transport = (self.options.transport_for_rtt)(rtt.max(MIN_MEASURED_RTT));
+                    let config = tls::server_config(&self.identity, Some(Arc::new(transport)))?;
+                    incoming.accept_with(Arc::new(config))?
+                }
+                None => incoming.accept()?,
+            };
             let connection = tokio::time::timeout(self.options.handshake_timeout, connecting)
                 .await
                 .map_err(|_| ConnectError::Timeout(self.options.handshake_timeout))??;
