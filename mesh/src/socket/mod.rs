@@ -9,12 +9,15 @@
 //!    (sans-IO, bounded).
 //! 3. [`udp::MeshSocket`] is the `quinn::AsyncUdpSocket` that applies both per packet, with
 //!    batched I/O from `quinn-udp`; STUN goes to a bounded queue.
+//!    Its [`poller::WritablePoller`] (shared with the punch server's QUIC socket) waits for the
+//!    socket to become writable when a send would block.
 //! 4. [`endpoint::Endpoint`] ties socket, quinn endpoint and identity together: `connect` to a
 //!    known peer id, `accept` with the remote's verified peer id.
 
 pub mod demux;
 pub mod endpoint;
 pub mod path;
+pub mod poller;
 pub mod udp;
 
 pub use endpoint::{
@@ -22,4 +25,5 @@ pub use endpoint::{
     PeerConnection, INITIAL_RTT,
 };
 pub use path::{Path, PathTable};
+pub use poller::{SharedUdpSocket, WritablePoller};
 pub use udp::{MeshSocket, RawSendError, SocketStats, StunDatagram, StunReceiver};

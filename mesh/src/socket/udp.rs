@@ -18,7 +18,6 @@
 //! Per packet there is no allocation except copying a STUN datagram into its queue.
 
 use std::fmt;
-use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{Ipv6Addr, SocketAddr};
 use std::pin::Pin;
@@ -35,6 +34,7 @@ use tokio::sync::mpsc;
 
 use super::demux::{retain_quic, DatagramKind};
 use super::path::{is_synthetic, PathTable};
+use super::poller::{SharedUdpSocket, WritablePoller};
 
 /// Default bound of the STUN queue (datagrams).
 pub const DEFAULT_STUN_QUEUE: usize = 256;
@@ -261,12 +261,15 @@ impl MeshSocket {
     }
 }
 
+impl SharedUdpSocket for MeshSocket {
+    fn udp_socket(&self) -> &tokio::net::UdpSocket {
+        &self.io
+    }
+}
+
 impl AsyncUdpSocket for MeshSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        Box::pin(WritablePoller {
-            socket: self,
-            fut: None,
-        })
+        Box::pin(WritablePoller::new(self))
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
@@ -328,32 +331,5 @@ impl AsyncUdpSocket for MeshSocket {
 
     fn may_fragment(&self) -> bool {
         self.state.may_fragment()
-    }
-}
-
-type WritableFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send + Sync>>;
-
-/// Waits for the shared socket to become writable (one per quinn connection).
-struct WritablePoller {
-    socket: Arc<MeshSocket>,
-    fut: Option<WritableFuture>,
-}
-
-impl fmt::Debug for WritablePoller {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WritablePoller").finish_non_exhaustive()
-    }
-}
-
-impl UdpPoller for WritablePoller {
-    fn poll_writable(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let fut = this.fut.get_or_insert_with(|| {
-            let socket = this.socket.clone();
-            Box::pin(async move { socket.io.writable().await })
-        });
-        let result = ready!(fut.as_mut().poll(cx));
-        this.fut = None;
-        Poll::Ready(result)
     }
 }

@@ -12,17 +12,18 @@
 //!    quinn's buffers (one datagram per entry, with the source, the local IP it was sent to
 //!    and its ECN codepoint); `try_send` sends through the primary socket's `quinn-udp`
 //!    state, so peers see one address for STUN and QUIC.
-//! 3. Writability waits go through tokio's readiness of the shared socket
-//!    ([`WritablePoller`]); the STUN workers send without waiting, so nothing blocks them.
+//! 3. Writability waits go through tokio's readiness of the shared socket: `create_io_poller`
+//!    returns mesh's [`WritablePoller`] over the primary socket ([`SharedUdpSocket`]); the
+//!    STUN workers send without waiting, so nothing blocks them.
 
 use std::fmt;
-use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
+use mesh::socket::{SharedUdpSocket, WritablePoller};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use quinn_udp::{EcnCodepoint, RecvMeta, Transmit};
 use tokio::io::Interest;
@@ -179,12 +180,15 @@ impl HookSocket {
     }
 }
 
+impl SharedUdpSocket for HookSocket {
+    fn udp_socket(&self) -> &tokio::net::UdpSocket {
+        &self.io.sock
+    }
+}
+
 impl AsyncUdpSocket for HookSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        Box::pin(WritablePoller {
-            io: Arc::clone(&self.io),
-            fut: None,
-        })
+        Box::pin(WritablePoller::new(self))
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
@@ -244,33 +248,6 @@ impl AsyncUdpSocket for HookSocket {
 
     fn may_fragment(&self) -> bool {
         self.io.state.may_fragment()
-    }
-}
-
-type WritableFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send + Sync>>;
-
-/// Waits for the shared socket to become writable (one per quinn connection).
-struct WritablePoller {
-    io: Arc<SocketIo>,
-    fut: Option<WritableFuture>,
-}
-
-impl fmt::Debug for WritablePoller {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WritablePoller").finish_non_exhaustive()
-    }
-}
-
-impl UdpPoller for WritablePoller {
-    fn poll_writable(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let fut = this.fut.get_or_insert_with(|| {
-            let io = Arc::clone(&this.io);
-            Box::pin(async move { io.sock.writable().await })
-        });
-        let result = ready!(fut.as_mut().poll(cx));
-        this.fut = None;
-        Poll::Ready(result)
     }
 }
 
