@@ -2,7 +2,8 @@
 //!
 //! Steps:
 //! 1. Parse flags/env into a [`ServerConfig`], a [`QuicConfig`] and a [`CoordConfig`]; set
-//!    up tracing; check the configs.
+//!    up tracing; check the configs (e.g. a non-zero rate limit needs a burst of at least
+//!    1).
 //! 2. Load (or create) the server's key file: its key is the server id and the QUIC
 //!    coordinator's TLS identity.
 //! 3. Bind and start STUN and the QUIC coordinator on the same UDP port
@@ -21,7 +22,7 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use mesh::identity::Identity;
 use punch_server::config::{ServerConfig, StunConfig, DEFAULT_KEY_FILE};
-use punch_server::coordinator::CoordConfig;
+use punch_server::coordinator::{CoordConfig, Rate};
 use punch_server::quic::{QuicConfig, MAX_COUNT};
 use tracing_subscriber::EnvFilter;
 
@@ -78,6 +79,22 @@ struct Cli {
     #[arg(long, env = "PUNCH_REQUEST_TIMEOUT_MS", default_value_t = duration_ms(CoordConfig::default().request_timeout),
           value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_MS))]
     request_timeout_ms: u64,
+    /// Connect requests per second per peer (0 = no limit). A peer's spent tokens outlast
+    /// its connection: reconnecting does not refill them.
+    #[arg(long, env = "PUNCH_CONNECT_RATE", default_value_t = CoordConfig::default().connect_rate.per_sec)]
+    connect_rate: u32,
+    /// Burst of the connect rate: connect requests a peer may make at once (at least 1
+    /// unless the rate is 0).
+    #[arg(long, env = "PUNCH_CONNECT_BURST", default_value_t = CoordConfig::default().connect_rate.burst)]
+    connect_burst: u32,
+    /// Punch attempts per second per peer, as requester or target (0 = no limit); kept
+    /// across reconnects like the connect rate.
+    #[arg(long, env = "PUNCH_ATTEMPT_RATE", default_value_t = CoordConfig::default().attempt_rate.per_sec)]
+    attempt_rate: u32,
+    /// Burst of the attempt rate: punch attempts a peer may take part in at once (at least
+    /// 1 unless the rate is 0).
+    #[arg(long, env = "PUNCH_ATTEMPT_BURST", default_value_t = CoordConfig::default().attempt_rate.burst)]
+    attempt_burst: u32,
     /// QUIC idle timeout of coordinator connections, in milliseconds.
     #[arg(long, env = "PUNCH_IDLE_TIMEOUT_MS", default_value_t = duration_ms(QuicConfig::default().idle_timeout),
           value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_MS))]
@@ -116,6 +133,14 @@ impl Cli {
             max_connections: self.max_peers,
             max_pending_total: self.max_pending,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
+            connect_rate: Rate {
+                per_sec: self.connect_rate,
+                burst: self.connect_burst,
+            },
+            attempt_rate: Rate {
+                per_sec: self.attempt_rate,
+                burst: self.attempt_burst,
+            },
             ..CoordConfig::default()
         };
         let quic = QuicConfig {
@@ -199,6 +224,7 @@ async fn main() -> anyhow::Result<()> {
     // Check the flags before touching the key file, so a bad command line creates nothing.
     config.validate()?;
     quic.validate()?;
+    coord.validate()?;
     let identity = Identity::load_or_generate(&key_file)
         .with_context(|| format!("loading the server key from {}", key_file.display()))?;
     let signal = shutdown_signal()?;
@@ -244,4 +270,47 @@ async fn main() -> anyhow::Result<()> {
         "stopped"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coord(args: &[&str]) -> CoordConfig {
+        let cli = Cli::try_parse_from(std::iter::once("punch-server").chain(args.iter().copied()))
+            .expect("flags parse");
+        cli.into_configs().coord
+    }
+
+    #[test]
+    fn rate_flags_reach_the_coordinator() {
+        assert_eq!(coord(&[]), CoordConfig::default());
+        let c = coord(&[
+            "--connect-rate",
+            "1",
+            "--connect-burst",
+            "5",
+            "--attempt-rate",
+            "0",
+            "--attempt-burst",
+            "0",
+        ]);
+        assert_eq!(
+            (c.connect_rate, c.attempt_rate),
+            (
+                Rate {
+                    per_sec: 1,
+                    burst: 5
+                },
+                Rate {
+                    per_sec: 0,
+                    burst: 0
+                }
+            )
+        );
+        assert!(c.validate().is_ok(), "a zero rate needs no burst");
+        let bad = coord(&["--attempt-rate", "3", "--attempt-burst", "0"]);
+        let err = bad.validate().expect_err("burst 0 with a rate");
+        assert!(err.to_string().contains("--attempt-burst"), "{err}");
+    }
 }

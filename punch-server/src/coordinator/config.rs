@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::config::ConfigError;
+
 /// Identifies one control connection; the driver assigns them and never reuses one while
 /// the coordinator may still know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -64,10 +66,13 @@ pub struct CoordConfig {
     pub max_incoming_per_peer: usize,
     /// How long the target has to accept or refuse (default 10 s).
     pub request_timeout: Duration,
-    /// Connect requests per peer (default 2/s, burst 10).
+    /// Connect requests per peer (default 4/s, burst 32: a mesh joiner connects to every
+    /// member of a session of up to ~32 peers at once). Per peer, not per connection: a
+    /// peer's tokens outlast its connection until they would be refilled anyway.
     pub connect_rate: Rate,
     /// Punch attempts (`Go`) per peer, as requester or target: this bounds how often the
-    /// coordinator makes one peer probe (default 2/s, burst 10).
+    /// coordinator makes one peer probe (default 4/s, burst 32, sized like
+    /// `connect_rate`). Kept across reconnects like `connect_rate`.
     pub attempt_rate: Rate,
     /// Messages of any kind per connection; excess ones are dropped and counted (default
     /// 50/s, burst 100).
@@ -95,12 +100,12 @@ impl Default for CoordConfig {
             max_incoming_per_peer: 16,
             request_timeout: Duration::from_secs(10),
             connect_rate: Rate {
-                per_sec: 2,
-                burst: 10,
+                per_sec: 4,
+                burst: 32,
             },
             attempt_rate: Rate {
-                per_sec: 2,
-                burst: 10,
+                per_sec: 4,
+                burst: 32,
             },
             message_rate: Rate {
                 per_sec: 50,
@@ -113,6 +118,33 @@ impl Default for CoordConfig {
             start_floor: Duration::from_millis(20),
             start_margin: Duration::from_millis(10),
         }
+    }
+}
+
+impl CoordConfig {
+    /// Checks the settings: every limiting rate needs a burst of at least 1 (a bucket of
+    /// size 0 would refuse everything).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let rates = [
+            (
+                self.connect_rate,
+                "connect rate: a non-zero rate needs a burst of at least 1 (--connect-burst)",
+            ),
+            (
+                self.attempt_rate,
+                "attempt rate: a non-zero rate needs a burst of at least 1 (--attempt-burst)",
+            ),
+            (
+                self.message_rate,
+                "message rate: a non-zero rate needs a burst of at least 1",
+            ),
+        ];
+        for (rate, problem) in rates {
+            if rate.per_sec != 0 && rate.burst == 0 {
+                return Err(ConfigError::Invalid(problem));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -3,6 +3,8 @@
 //! Steps:
 //! 1. [`Coordinator::handle_connected`](super::Coordinator::handle_connected) creates a
 //!    [`Conn`] (one per peer id: a newer connection supersedes an older one) and pings it.
+//!    The connection gets the peer's [`PeerLimits`] back if it left recently (see
+//!    [`super::limits`]), so reconnecting does not refill them.
 //! 2. `Register` stores the peer's sanitised candidates and answers `Registered` with the
 //!    observed address; a second `Register` replaces the first.
 //! 3. `Pong` echoing the outstanding ping's stamp gives an RTT sample; other stamps are
@@ -15,8 +17,8 @@ use std::time::Instant;
 use mesh::coord::{Candidate, CandidateKind, ClientMsg, FrameDecoder, ServerMsg, MAX_CANDIDATES};
 use mesh::identity::PeerId;
 
-use super::config::{CoordConfig, Rate};
-use super::limits::TokenBucket;
+use super::config::CoordConfig;
+use super::limits::{PeerLimits, TokenBucket};
 use super::timing::RttEstimator;
 use super::{ConnId, Coordinator, Timer};
 
@@ -36,9 +38,10 @@ pub(crate) struct Conn {
     pub(crate) ping_ts: Option<u64>,
     /// When the next ping is due (its timer entry).
     pub(crate) next_ping: Instant,
+    /// Messages of any kind on this connection (`message_rate`).
     pub(crate) messages: TokenBucket,
-    pub(crate) connects: TokenBucket,
-    pub(crate) attempts: TokenBucket,
+    /// The peer's connect and attempt buckets, kept across its connections.
+    pub(crate) limits: PeerLimits,
     pub(crate) malformed: u32,
     pub(crate) decoder: FrameDecoder<ClientMsg>,
     /// Server ids of pending requests this peer made (at most `max_pending_per_peer`).
@@ -49,8 +52,14 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(peer: PeerId, observed: SocketAddr, now: Instant, c: &CoordConfig) -> Self {
-        let bucket = |rate: Rate| TokenBucket::new(rate, now);
+    /// A new connection of `peer` at `now`, with the peer's `limits` (remembered or new).
+    pub(crate) fn new(
+        peer: PeerId,
+        observed: SocketAddr,
+        now: Instant,
+        c: &CoordConfig,
+        limits: PeerLimits,
+    ) -> Self {
         Self {
             peer,
             observed: canonical(observed),
@@ -59,9 +68,8 @@ impl Conn {
             rtt: RttEstimator::default(),
             ping_ts: None,
             next_ping: now,
-            messages: bucket(c.message_rate),
-            connects: bucket(c.connect_rate),
-            attempts: bucket(c.attempt_rate),
+            messages: TokenBucket::new(c.message_rate, now),
+            limits,
             malformed: 0,
             decoder: FrameDecoder::new(),
             outgoing: Vec::new(),

@@ -8,6 +8,10 @@
 //!    by its TLS key, its address as observed), [`Coordinator::handle_disconnected`] when the
 //!    connection ends, [`Coordinator::handle_observed_addr`] when it migrates, and
 //!    [`Coordinator::handle_rtt`] with the QUIC connection's RTT estimate if it likes.
+//!    A peer's connect and attempt rate limits outlast its connection: when it goes
+//!    (disconnect, close, or superseded), they are kept in a bounded table of departed
+//!    peers (at most `max_connections`, each only until its buckets would be full again)
+//!    and a new connection of the peer gets them back (`limits`).
 //! 2. [`Coordinator::handle_bytes`] with bytes read from the control stream (or
 //!    [`Coordinator::handle_message`] with decoded messages). Malformed frames are dropped,
 //!    counted and answered with `Error { Malformed }`; a wrong protocol version or an
@@ -29,6 +33,8 @@ pub mod timing;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_limits;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -41,6 +47,7 @@ use rand::SeedableRng;
 
 pub use config::{CloseReason, ConnId, CoordConfig, CoordStats, Rate};
 use conn::Conn;
+use limits::{Departed, PeerLimits};
 use requests::Pending;
 
 /// A timer entry; the entry's owner records the deadline, so entries are removed exactly.
@@ -58,9 +65,14 @@ pub struct Coordinator {
     config: CoordConfig,
     /// Origin of ping stamps.
     epoch: Instant,
+    /// The latest `now` of any call: the time of events that come without one
+    /// (disconnects).
+    latest: Instant,
     rng: StdRng,
     conns: HashMap<ConnId, Conn>,
     by_peer: HashMap<PeerId, ConnId>,
+    /// Rate limits of peers whose connection went, for when they come back.
+    departed: Departed,
     /// Connections that have registered.
     registered: usize,
     pending: HashMap<u64, Pending>,
@@ -76,8 +88,10 @@ impl Coordinator {
     /// give it 32 random bytes from the OS in production, a constant in tests.
     pub fn new(config: CoordConfig, now: Instant, seed: [u8; 32]) -> Self {
         Self {
+            departed: Departed::new(&config),
             config,
             epoch: now,
+            latest: now,
             rng: StdRng::from_seed(seed),
             conns: HashMap::new(),
             by_peer: HashMap::new(),
@@ -126,9 +140,22 @@ impl Coordinator {
         self.conns.get(&conn).and_then(|c| c.rtt.srtt())
     }
 
+    /// Peers in the departed table, and its queue items (stale ones included).
+    #[cfg(test)]
+    pub(crate) fn departed_sizes(&self) -> (usize, usize) {
+        self.departed.sizes()
+    }
+
+    /// Notes the time of a call.
+    fn tick(&mut self, now: Instant) {
+        self.latest = self.latest.max(now);
+    }
+
     /// A peer's control connection is up: `peer` is the id its TLS key proved, `observed`
     /// its address as the server sees it. A connection of the same peer that was already
-    /// there is closed ([`CloseReason::Superseded`]); a full server closes the new one.
+    /// there is closed ([`CloseReason::Superseded`]); a full server closes the new one. A
+    /// peer that left recently (or is superseding its old connection) keeps its rate
+    /// limits.
     pub fn handle_connected(
         &mut self,
         now: Instant,
@@ -136,6 +163,7 @@ impl Coordinator {
         peer: PeerId,
         observed: SocketAddr,
     ) {
+        self.tick(now);
         if self.conns.contains_key(&conn) {
             // The driver reused a live id: forget the old state first.
             self.remove_conn(conn);
@@ -151,14 +179,19 @@ impl Coordinator {
             self.closes.push_back((conn, CloseReason::ServerFull));
             return;
         }
+        let limits = self
+            .departed
+            .take(&peer, now)
+            .unwrap_or_else(|| PeerLimits::new(&self.config, now));
         self.conns
-            .insert(conn, Conn::new(peer, observed, now, &self.config));
+            .insert(conn, Conn::new(peer, observed, now, &self.config, limits));
         self.by_peer.insert(peer, conn);
         self.ping(now, conn);
     }
 
     /// The connection ended (closed by either side or timed out). Its pending requests
-    /// fail: the other side gets `Cancelled` or `Error { TargetGone }`.
+    /// fail: the other side gets `Cancelled` or `Error { TargetGone }`. The peer's rate
+    /// limits are remembered as of the latest `now` passed to any call.
     pub fn handle_disconnected(&mut self, conn: ConnId) {
         self.remove_conn(conn);
     }
@@ -181,6 +214,7 @@ impl Coordinator {
 
     /// Bytes read from the connection's control stream.
     pub fn handle_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+        self.tick(now);
         match self.conns.get_mut(&conn) {
             Some(c) => c.decoder.push(bytes),
             None => return,
@@ -226,6 +260,7 @@ impl Coordinator {
 
     /// One decoded message from the peer on `conn`.
     pub fn handle_message(&mut self, now: Instant, conn: ConnId, msg: ClientMsg) {
+        self.tick(now);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -252,6 +287,7 @@ impl Coordinator {
 
     /// Runs the timers due at `now`: request timeouts and pings.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.tick(now);
         while let Some(&(at, timer)) = self.timers.first() {
             if at > now {
                 break;
@@ -307,11 +343,13 @@ impl Coordinator {
         self.closes.push_back((conn, reason));
     }
 
-    /// Forgets `conn`: its registration, timers, and pending requests on either side.
+    /// Forgets `conn`: its registration, timers, and pending requests on either side. Its
+    /// peer's rate limits go into the departed table.
     fn remove_conn(&mut self, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        self.departed.insert(c.peer, c.limits, self.latest);
         if self.by_peer.get(&c.peer) == Some(&conn) {
             self.by_peer.remove(&c.peer);
         }

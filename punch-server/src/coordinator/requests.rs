@@ -14,6 +14,9 @@
 //! 4. `Accept` from the target: both sides must be within their attempt rate (this bounds
 //!    how often anyone is made to probe); then fresh credentials are drawn, the start is
 //!    planned ([`super::timing`]) and both sides get their `Go`.
+//!
+//! The connect and attempt rates are per peer and outlast its connection
+//! ([`super::limits`]): reconnecting does not refill them.
 
 use std::time::Instant;
 
@@ -86,7 +89,7 @@ impl Coordinator {
         if c.candidates.is_none() {
             return Err((ErrorKind::NotRegistered, "register before connecting"));
         }
-        if !c.connects.take(now) {
+        if !c.limits.connects.take(now) {
             return Err((ErrorKind::RateLimited, "too many connect requests"));
         }
         if c.peer == target {
@@ -234,7 +237,7 @@ impl Coordinator {
         let within_rate = |this: &mut Self, c: ConnId| {
             this.conns
                 .get_mut(&c)
-                .is_some_and(|c| c.attempts.ready(now))
+                .is_some_and(|c| c.limits.attempts.ready(now))
         };
         if !within_rate(self, p.requester) || !within_rate(self, p.target) {
             let detail = "too many punch attempts, try again later";
@@ -256,7 +259,7 @@ impl Coordinator {
         let (tgt_peer, tgt_cands) = (tgt.peer, tgt.candidates_for_peer());
         for c in [p.requester, conn] {
             if let Some(c) = self.conns.get_mut(&c) {
-                c.attempts.take(now);
+                c.limits.attempts.take(now);
             }
         }
         let credentials = Credentials {

@@ -7,7 +7,9 @@
 //! 3. Start time: simulated one-way delays show both `Go` arrive before the start and both
 //!    sides start together.
 //! 4. Property tests: arbitrary bytes and arbitrary message sequences never panic and keep
-//!    the bounds.
+//!    the bounds (the departed table's included).
+//!
+//! Rate limits across reconnects are tested in `tests_limits`, with this harness.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -20,7 +22,7 @@ use proptest::prelude::*;
 
 use super::*;
 
-fn peer(n: u8) -> PeerId {
+pub(super) fn peer(n: u8) -> PeerId {
     PeerId::from_bytes([n; 32])
 }
 
@@ -28,17 +30,18 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn ms(n: u64) -> Duration {
+pub(super) fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-struct Harness {
-    c: Coordinator,
-    now: Instant,
+/// A coordinator on a simulated clock (also used by `tests_limits`).
+pub(super) struct Harness {
+    pub(super) c: Coordinator,
+    pub(super) now: Instant,
 }
 
 impl Harness {
-    fn new(config: CoordConfig) -> Self {
+    pub(super) fn new(config: CoordConfig) -> Self {
         let now = Instant::now();
         Self {
             c: Coordinator::new(config, now, [7; 32]),
@@ -46,12 +49,12 @@ impl Harness {
         }
     }
 
-    fn advance(&mut self, d: Duration) {
+    pub(super) fn advance(&mut self, d: Duration) {
         self.now += d;
         self.c.handle_timeout(self.now);
     }
 
-    fn msg(&mut self, conn: u64, m: ClientMsg) {
+    pub(super) fn msg(&mut self, conn: u64, m: ClientMsg) {
         self.c.handle_message(self.now, ConnId(conn), m);
     }
 
@@ -59,13 +62,13 @@ impl Harness {
         self.c.handle_bytes(self.now, ConnId(conn), b);
     }
 
-    fn drain(&mut self) -> Vec<(u64, ServerMsg)> {
+    pub(super) fn drain(&mut self) -> Vec<(u64, ServerMsg)> {
         std::iter::from_fn(|| self.c.poll_send())
             .map(|(c, m)| (c.0, m))
             .collect()
     }
 
-    fn closes(&mut self) -> Vec<(u64, CloseReason)> {
+    pub(super) fn closes(&mut self) -> Vec<(u64, CloseReason)> {
         std::iter::from_fn(|| self.c.poll_close())
             .map(|(c, r)| (c.0, r))
             .collect()
@@ -73,7 +76,7 @@ impl Harness {
 
     /// Connects `conn` as peer `n` from 198.18.0.n:4000+n, registers one host candidate,
     /// answers the first ping after `rtt`, and drains the output.
-    fn join(&mut self, conn: u64, n: u8, rtt: Duration) {
+    pub(super) fn join(&mut self, conn: u64, n: u8, rtt: Duration) {
         let addr = SocketAddr::from(([198, 18, 0, n], 4000 + u16::from(n)));
         self.c
             .handle_connected(self.now, ConnId(conn), peer(n), addr);
@@ -100,7 +103,7 @@ impl Harness {
     }
 
     /// Peer on conn 1 asks for peer on conn 2 (peer ids 1 and 2); returns the server id.
-    fn request(&mut self, request_id: u64) -> u64 {
+    pub(super) fn request(&mut self, request_id: u64) -> u64 {
         self.msg(
             1,
             ClientMsg::Connect {
@@ -122,7 +125,7 @@ fn two_peers() -> Harness {
     h
 }
 
-fn error_of(out: &[(u64, ServerMsg)], conn: u64) -> (Option<u64>, ErrorKind) {
+pub(super) fn error_of(out: &[(u64, ServerMsg)], conn: u64) -> (Option<u64>, ErrorKind) {
     out.iter()
         .find_map(|(c, m)| match m {
             ServerMsg::Error {
@@ -638,6 +641,8 @@ proptest! {
             prop_assert!(h.c.pending_requests() <= 5);
             prop_assert!(h.c.connections() <= 3);
             prop_assert!(h.c.registered() <= h.c.connections());
+            let (departed, queued) = h.c.departed_sizes();
+            prop_assert!(departed <= 3 && queued <= 6, "{departed} {queued}");
         }
     }
 }

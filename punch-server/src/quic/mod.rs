@@ -244,7 +244,10 @@ impl AcceptLoop {
             if in_progress >= busy_at && !incoming.remote_address_validated() {
                 // Under load, make the client prove its address before any handshake work.
                 match incoming.retry() {
-                    Ok(()) => continue,
+                    Ok(()) => {
+                        QuicCounters::inc(&q.retries_sent);
+                        continue;
+                    }
                     Err(e) => incoming = e.into_incoming(),
                 }
             }

@@ -34,6 +34,9 @@ pub struct QuicCounters {
     pub connections_accepted: AtomicU64,
     /// Incoming connections refused by `max_handshakes` or `max_connections`.
     pub connections_refused: AtomicU64,
+    /// Incoming connections from unvalidated addresses answered with a QUIC Retry because
+    /// many handshakes were in progress.
+    pub retries_sent: AtomicU64,
     /// Handshakes that failed or timed out.
     pub handshakes_failed: AtomicU64,
     /// Connections that completed the handshake and opened their control stream.
@@ -192,7 +195,7 @@ impl MetricsSource for CoordMetrics {
         }
         let q = &self.quic;
         let get = QuicCounters::get;
-        let quic: [(&str, &str, u64); 9] = [
+        let quic: [(&str, &str, u64); 10] = [
             (
                 "quic_datagrams_queued_total",
                 "QUIC datagrams handed to quinn.",
@@ -207,6 +210,11 @@ impl MetricsSource for CoordMetrics {
                 "connections_refused_total",
                 "Incoming QUIC connections refused by a limit.",
                 get(&q.connections_refused),
+            ),
+            (
+                "retries_sent_total",
+                "QUIC Retry packets sent to make clients prove their address under load.",
+                get(&q.retries_sent),
             ),
             (
                 "handshakes_failed_total",
