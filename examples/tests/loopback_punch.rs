@@ -75,8 +75,8 @@ fn bin(name: &str) -> Result<PathBuf> {
 }
 
 struct Server {
-    _proc: Proc,
-    _dir: tempfile::TempDir,
+    proc: Proc,
+    dir: tempfile::TempDir,
     id: String,
     addr: String,
 }
@@ -84,24 +84,52 @@ struct Server {
 impl Server {
     fn start() -> Result<Self> {
         let dir = tempfile::tempdir()?;
+        let (proc, id, addr) = Self::spawn(&dir, "127.0.0.1:0")?;
+        Ok(Self {
+            proc,
+            dir,
+            id,
+            addr,
+        })
+    }
+
+    /// Starts the binary with the key file in `dir`; returns it, its id and address.
+    fn spawn(dir: &tempfile::TempDir, listen: &str) -> Result<(Proc, String, String)> {
         let key = dir.path().join("punch.key");
         let mut proc = Proc::spawn(
             &bin("punch-server")?,
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--key-file",
-                &key.to_string_lossy(),
-            ],
+            &["--listen", listen, "--key-file", &key.to_string_lossy()],
         )?;
         let v = proc.next_json(Duration::from_secs(15))?;
         anyhow::ensure!(v["event"] == "listening", "first line {v}");
-        Ok(Self {
-            id: v["id"].as_str().unwrap_or_default().to_string(),
-            addr: v["addr"].as_str().unwrap_or_default().to_string(),
-            _proc: proc,
-            _dir: dir,
-        })
+        let id = v["id"].as_str().unwrap_or_default().to_string();
+        let addr = v["addr"].as_str().unwrap_or_default().to_string();
+        Ok((proc, id, addr))
+    }
+
+    /// Stops the server with SIGTERM (it closes every connection) and waits for it.
+    fn stop(&mut self) -> Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.proc.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.proc.child.try_wait()?.is_none() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "no exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Starts the server again on the same address with the same key.
+    fn restart(&mut self) -> Result<()> {
+        let (proc, id, addr) = Self::spawn(&self.dir, &self.addr)?;
+        anyhow::ensure!(id == self.id && addr == self.addr, "{id}@{addr}");
+        self.proc = proc;
+        Ok(())
     }
 
     fn punch(&self) -> String {
@@ -278,5 +306,71 @@ fn doctor_reports_registration_and_rtt() -> Result<()> {
         d.get("nat_error").is_some() || d.get("mapping").is_some(),
         "{d}"
     );
+    Ok(())
+}
+
+/// Reads `proc`'s lines until one has `event` == `name` (bounded).
+fn wait_event(proc: &mut Proc, name: &str, timeout: Duration) -> Result<Value> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let v = proc
+            .next_json(left)
+            .with_context(|| format!("waiting for {name}"))?;
+        if v["event"] == name {
+            return Ok(v);
+        }
+    }
+}
+
+#[test]
+fn listener_reregisters_after_the_punch_server_restarts() -> Result<()> {
+    let mut server = Server::start()?;
+    let (mut listener, peer) = listen(&server.punch(), &[])?;
+    server.stop()?;
+    // The server closed with its shutdown code: the listener says so at once...
+    let lost = wait_event(&mut listener, "control_lost", Duration::from_secs(5))?;
+    assert!(
+        lost["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("shutting down"),
+        "{lost}"
+    );
+    // ...and dials the server again by itself once it is back (with backoff).
+    std::thread::sleep(Duration::from_secs(1));
+    server.restart()?;
+    // Registered anew, it is reachable again.
+    let again = wait_event(&mut listener, "registered", Duration::from_secs(40))?;
+    assert_eq!(again["peer"], peer.as_str());
+    let (lines, ok) = dial(&server.punch(), &peer, &[])?;
+    assert!(ok, "{lines:?}");
+    assert!(event(&lines, "echo_ok").is_some());
+    Ok(())
+}
+
+#[test]
+fn a_superseded_listener_stays_offline() -> Result<()> {
+    let server = Server::start()?;
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("peer.key");
+    let key = key.to_string_lossy();
+    let (mut first, peer) = listen(&server.punch(), &["--key-file", &key])?;
+    // A second node with the same key takes the registration over.
+    let (_second, same) = listen(&server.punch(), &["--key-file", &key])?;
+    assert_eq!(same, peer);
+    let lost = wait_event(&mut first, "control_lost", Duration::from_secs(5))?;
+    assert!(
+        lost["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("superseded"),
+        "{lost}"
+    );
+    // The first does not fight back (no ping-pong of registrations): it prints nothing
+    // more, and dials reach the second.
+    assert!(first.next_json(Duration::from_secs(3)).is_err());
+    let (lines, ok) = dial(&server.punch(), &peer, &[])?;
+    assert!(ok, "{lines:?}");
     Ok(())
 }

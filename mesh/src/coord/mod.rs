@@ -42,12 +42,16 @@
 //! unknown type or enum code is malformed. Type and enum codes are listed on [`ClientMsg`],
 //! [`ServerMsg`] and their field types.
 //!
+//! The server closes a control connection with a [`CloseCode`] (QUIC application error
+//! code and reason); a peer reads it back to decide whether reconnecting can help.
+//!
 //! A server that gets a frame of another version answers `Error { VersionMismatch }` in its
 //! own version and closes; the peer's decoder then reports [`CodecError::VersionMismatch`]
 //! with both version numbers.
 
 mod addr;
 mod body;
+mod close;
 mod codec;
 mod convert;
 mod msg;
@@ -55,6 +59,7 @@ mod msg;
 mod tests;
 
 pub use addr::{ParsePunchAddrError, PunchAddr};
+pub use close::CloseCode;
 pub use codec::{decode_frame, encode, CodecError, FrameDecoder, Reader, WireMessage, Writer};
 pub use msg::{Candidate, CandidateKind, ClientMsg, Credentials, ErrorKind, Go, Role, ServerMsg};
 

@@ -53,6 +53,11 @@ pub struct DirectConfig {
     pub linger: Duration,
     /// Bound of the queue of accepted connections not yet taken by `accept`. Default 64.
     pub accept_queue: usize,
+    /// First wait before dialing the punch server again after the control connection was
+    /// lost; it doubles after each failed attempt (±25 % jitter). Default 500 ms.
+    pub reconnect_min: Duration,
+    /// Longest wait between reconnection attempts. Default 30 s.
+    pub reconnect_max: Duration,
 }
 
 impl DirectConfig {
@@ -71,6 +76,8 @@ impl DirectConfig {
             max_attempts: 32,
             linger: Duration::from_secs(5),
             accept_queue: 64,
+            reconnect_min: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
         }
     }
 }

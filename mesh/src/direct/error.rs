@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::coord::{CodecError, ErrorKind, ParsePunchAddrError};
+use crate::coord::{CloseCode, CodecError, ErrorKind, ParsePunchAddrError};
 use crate::identity::PeerId;
 use crate::punch::NoDirectPath;
 use crate::socket::{BindError, ConnectError};
@@ -41,6 +41,9 @@ pub enum ControlError {
     /// The QUIC connection or stream ended.
     #[error("control connection lost: {0}")]
     Lost(String),
+    /// The punch server closed the connection with a known close code.
+    #[error("punch server closed the control connection: {0}")]
+    ClosedByServer(CloseCode),
     /// The server sent bytes that are not a valid frame; the connection was closed.
     #[error("invalid frame from punch server: {0}")]
     Codec(#[from] CodecError),
@@ -52,6 +55,28 @@ pub enum ControlError {
         /// The server's detail.
         detail: String,
     },
+}
+
+impl ControlError {
+    /// The error of a QUIC connection that ended: the server's close code if it sent a
+    /// known one, otherwise the error's text.
+    pub(crate) fn from_connection(error: &quinn::ConnectionError) -> Self {
+        match CloseCode::from_quic(error) {
+            Some(code) => Self::ClosedByServer(code),
+            None => Self::Lost(error.to_string()),
+        }
+    }
+
+    /// Whether connecting again cannot help (another connection with our key took over,
+    /// or the server speaks another protocol version); the node then stays offline.
+    pub fn is_final(&self) -> bool {
+        match self {
+            Self::ClosedByServer(code) => code.is_final(),
+            Self::Codec(CodecError::VersionMismatch { .. }) => true,
+            Self::Server { kind, .. } => *kind == ErrorKind::VersionMismatch,
+            Self::Lost(_) | Self::Codec(_) => false,
+        }
+    }
 }
 
 /// Why [`super::DirectNode::connect`] did not give a connection.

@@ -13,9 +13,12 @@
 //!    The target's [`DirectNode::accept`] yields the connection.
 //! 4. Failures are typed ([`DialError`]): unknown target, refused, timeout, no direct
 //!    path (with every pair tried), handshake failures.
+//! 5. A lost control connection is dialed again in the background with backoff; dials
+//!    made meanwhile fail with `control_lost`, established peer connections are unaffected.
 
 mod config;
 mod control;
+mod control_task;
 mod engine;
 mod error;
 mod node;

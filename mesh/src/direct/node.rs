@@ -9,6 +9,8 @@
 //!    ([`super::control`]), and start the punch engine ([`super::engine`]).
 //! 4. Start UPnP in the background; when a mapping appears, register again with the
 //!    mapped candidate added ([`DirectNode::registration`] shows each confirmation).
+//! 5. If the control connection is lost, the control task dials the server again with
+//!    backoff and re-registers ([`DirectNode::control_lost`] says why while it is down).
 //!
 //! [`DirectNode::connect`]: `Connect` to the server, wait for its `Go`, probe, then the
 //! QUIC handshake on the nominated path with the target's key pinned. [`DirectNode::accept`]:
@@ -24,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::config::DirectConfig;
-use super::control::{Control, ControlEvent, ControlSettings, Registration};
+use super::control::{Connector, Control, ControlEvent, ControlSettings, Registration};
 use super::engine::{AttemptOutcome, Engine, EngineSettings};
 use super::error::{DialError, StartError};
 use crate::coord::{Candidate as WireCandidate, CandidateKind as WireKind};
@@ -76,8 +78,21 @@ impl DirectNode {
             .map_err(|e| StartError::Bind(e.into()))?;
         let host = SocketAddr::new(host_ip(config.bind.ip(), server), local.port());
         let host_candidates = vec![WireCandidate::new(WireKind::Host, host)];
-        let (control, events) =
-            register(&endpoint, expected, server, &host_candidates, &config).await?;
+        let connector = Connector {
+            endpoint: endpoint.clone(),
+            expected,
+            server,
+        };
+        let settings = ControlSettings {
+            incoming: config.incoming,
+            register_timeout: config.register_timeout,
+            request_timeout: config.request_timeout,
+            max_pending: config.max_attempts,
+            reconnect_min: config.reconnect_min,
+            reconnect_max: config.reconnect_max.max(config.reconnect_min),
+        };
+        let (control, events, control_task) =
+            Control::start(connector, host_candidates.clone(), settings).await?;
         let (local_tx, local_rx) = watch::channel(probe_candidates(&host_candidates));
         let engine = Engine::start(
             endpoint.socket().clone(),
@@ -93,6 +108,7 @@ impl DirectNode {
         let (lost_tx, control_lost) = watch::channel(None);
         let (accepted_tx, accepted) = mpsc::channel(config.accept_queue.max(1));
         let mut tasks = vec![
+            control_task,
             tokio::spawn(dispatch(
                 events,
                 engine.clone(),
@@ -160,9 +176,17 @@ impl DirectNode {
         self.upnp.as_ref().map(PortMapper::state)
     }
 
-    /// Why the control connection ended, once it has.
+    /// Why the control connection is down, while it is: the node dials the punch server
+    /// again in the background (unless the loss is final, e.g. another node with the same
+    /// key took over) and this turns back to `None` once it is registered again.
     pub fn control_lost(&self) -> Option<String> {
         self.control_lost.borrow().clone()
+    }
+
+    /// Watches [`DirectNode::control_lost`]: `Some(reason)` when the control connection
+    /// goes down, `None` again once the node is registered anew.
+    pub fn control_status(&self) -> watch::Receiver<Option<String>> {
+        self.control_lost.clone()
     }
 
     /// Connects to `target` directly: request, probing, then QUIC with its key pinned.
@@ -220,55 +244,6 @@ impl DirectNode {
             t.abort();
         }
         drop(self.engine);
-    }
-}
-
-/// Attempts at reaching and registering with the punch server when one times out.
-const REGISTER_ATTEMPTS: usize = 3;
-
-/// Dials the punch server and registers; a timed-out attempt (a lossy path can back QUIC's
-/// retransmissions off for seconds) is retried with a fresh connection, whose timers start
-/// over, up to [`REGISTER_ATTEMPTS`] times. Other failures (wrong key, refused) are final.
-async fn register(
-    endpoint: &Endpoint,
-    expected: Option<PeerId>,
-    server: SocketAddr,
-    candidates: &[WireCandidate],
-    config: &DirectConfig,
-) -> Result<(Control, mpsc::Receiver<ControlEvent>), StartError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let result = async {
-            let connection = match expected {
-                Some(id) => endpoint.connect(id, server).await,
-                None => endpoint.connect_insecure(server).await,
-            }
-            .map_err(StartError::Connect)?;
-            let settings = ControlSettings {
-                incoming: config.incoming,
-                register_timeout: config.register_timeout,
-                request_timeout: config.request_timeout,
-                max_pending: config.max_attempts,
-            };
-            let opened = Control::open(connection.clone(), candidates.to_vec(), settings).await;
-            if opened.is_err() {
-                connection
-                    .connection
-                    .close(0u32.into(), b"registration failed");
-            }
-            opened
-        }
-        .await;
-        match result {
-            Err(
-                e
-                @ (StartError::RegisterTimeout(_) | StartError::Connect(ConnectError::Timeout(_))),
-            ) if attempt < REGISTER_ATTEMPTS => {
-                tracing::warn!(attempt, error = %e, "punch server registration timed out, retrying");
-            }
-            other => return other,
-        }
     }
 }
 
@@ -346,6 +321,9 @@ async fn dispatch(
             }
             ControlEvent::Lost(e) => {
                 let _ = lost.send(Some(e.to_string()));
+            }
+            ControlEvent::Restored => {
+                let _ = lost.send(None);
             }
         }
     }

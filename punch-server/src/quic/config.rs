@@ -9,8 +9,8 @@
 //!    server's identity (mutual TLS 1.3, ALPN `p2pmesh/1`, [`mesh::identity::tls`]), and a
 //!    transport that allows one bidirectional stream and no unidirectional ones, with small
 //!    flow-control windows and the idle timeout. Keep-alives come from the peers.
-//! 3. Connections the server closes carry a [`CloseCode`] as the QUIC application error
-//!    code and its text as the reason.
+//! 3. Connections the server closes carry a [`CloseCode`] (defined in [`mesh::coord`], so
+//!    peers can read it) as the QUIC application error code and its text as the reason.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,11 +19,12 @@ use mesh::identity::{tls, Identity};
 use quinn::{IdleTimeout, VarInt};
 
 use super::QuicError;
+use crate::coordinator::CloseReason;
+pub use mesh::coord::CloseCode;
 
 /// Upper bound of every count setting (queues, limits): far above any real need, and
 /// below what tokio's channels and semaphores accept.
 pub const MAX_COUNT: usize = 1 << 28;
-use crate::coordinator::CloseReason;
 
 /// Settings of the QUIC driver (the sans-IO part has its own
 /// [`CoordConfig`](crate::coordinator::CoordConfig)). Every queue and table is bounded by
@@ -179,70 +180,6 @@ impl QuicConfig {
     }
 }
 
-/// The QUIC application error code (and reason text) of a connection the server closes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CloseCode {
-    /// The server shuts down (code 0).
-    Shutdown,
-    /// The same peer id connected again; the newer connection wins (1).
-    Superseded,
-    /// The peer speaks another protocol version (2).
-    VersionMismatch,
-    /// The control stream cannot be trusted any more, e.g. an oversized frame (3).
-    Malformed,
-    /// Too many malformed messages (4).
-    TooManyMalformed,
-    /// The server holds as many connections as it may (5).
-    ServerFull,
-    /// The peer did not take the server's messages fast enough (6).
-    TooSlow,
-    /// No control stream was opened in time (7).
-    NoControlStream,
-    /// The peer's certificate did not yield a peer id (8).
-    BadIdentity,
-    /// The peer finished or reset its control stream (9).
-    ControlStreamClosed,
-}
-
-impl CloseCode {
-    /// The application error code on the wire.
-    pub fn code(self) -> u32 {
-        match self {
-            Self::Shutdown => 0,
-            Self::Superseded => 1,
-            Self::VersionMismatch => 2,
-            Self::Malformed => 3,
-            Self::TooManyMalformed => 4,
-            Self::ServerFull => 5,
-            Self::TooSlow => 6,
-            Self::NoControlStream => 7,
-            Self::BadIdentity => 8,
-            Self::ControlStreamClosed => 9,
-        }
-    }
-
-    /// The reason phrase sent with the close.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Self::Shutdown => "server shutting down",
-            Self::Superseded => "superseded by a newer connection of the same peer",
-            Self::VersionMismatch => "protocol version mismatch",
-            Self::Malformed => "malformed stream",
-            Self::TooManyMalformed => "too many malformed messages",
-            Self::ServerFull => "server full",
-            Self::TooSlow => "too slow to take messages",
-            Self::NoControlStream => "no control stream opened",
-            Self::BadIdentity => "unusable peer certificate",
-            Self::ControlStreamClosed => "control stream closed",
-        }
-    }
-
-    /// Closes `conn` with this code and reason.
-    pub fn close(self, conn: &quinn::Connection) {
-        conn.close(VarInt::from_u32(self.code()), self.reason().as_bytes());
-    }
-}
-
 impl From<CloseReason> for CloseCode {
     fn from(reason: CloseReason) -> Self {
         match reason {
@@ -287,21 +224,7 @@ mod tests {
     }
 
     #[test]
-    fn close_codes_are_distinct() {
-        let all = [
-            CloseCode::Shutdown,
-            CloseCode::Superseded,
-            CloseCode::VersionMismatch,
-            CloseCode::Malformed,
-            CloseCode::TooManyMalformed,
-            CloseCode::ServerFull,
-            CloseCode::TooSlow,
-            CloseCode::NoControlStream,
-            CloseCode::BadIdentity,
-            CloseCode::ControlStreamClosed,
-        ];
-        let codes: std::collections::HashSet<u32> = all.iter().map(|c| c.code()).collect();
-        assert_eq!(codes.len(), all.len());
+    fn close_reasons_map_to_codes() {
         assert_eq!(
             CloseCode::from(CloseReason::VersionMismatch),
             CloseCode::VersionMismatch

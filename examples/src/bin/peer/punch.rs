@@ -3,6 +3,8 @@
 //! - `listen`: start a [`DirectNode`], print `registered` (and `upnp` once a mapping is
 //!   registered), then for every accepted connection print `connected` and echo each
 //!   bidirectional stream and each datagram until the peer closes (`closed`).
+//!   If the punch server goes away, print `control_lost`, and `registered` again once the
+//!   node has reconnected.
 //! - `dial`: start a node, connect to the peer id, print `connected` with `ms` from the call
 //!   to the established connection, send `--bytes` on one stream, check the echo, print
 //!   `echo_ok` with the goodput and exit 0; any failure prints `error` with a stable
@@ -124,6 +126,7 @@ pub async fn listen(args: NodeArgs, max_connections: usize, policy: IncomingPoli
     emit(&registered_line(&node));
     let node = Arc::new(node);
     tokio::spawn(report_upnp(node.clone()));
+    tokio::spawn(report_control(node.clone()));
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     while let Some(accepted) = node.accept().await {
         let conn = match accepted {
@@ -149,6 +152,19 @@ pub async fn listen(args: NodeArgs, max_connections: usize, policy: IncomingPoli
         });
     }
     ExitCode::SUCCESS
+}
+
+/// Prints `control_lost` when the control connection to the punch server goes down and
+/// `registered` again once the node has reconnected and registered anew.
+async fn report_control(node: Arc<DirectNode>) {
+    let mut status = node.control_status();
+    while status.changed().await.is_ok() {
+        let lost = status.borrow_and_update().clone();
+        match lost {
+            Some(detail) => emit(&json!({"event": "control_lost", "detail": detail})),
+            None => emit(&registered_line(&node)),
+        }
+    }
 }
 
 /// Prints `upnp` once a mapped candidate is registered (and again if it changes).

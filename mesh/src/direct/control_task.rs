@@ -1,0 +1,357 @@
+//! The task that owns the control stream (see [`super::control`] for the protocol steps).
+//!
+//! Steps of [`ControlTask::run`]:
+//! 1. Serve the session: decode server messages, run the node's commands, expire requests.
+//! 2. When the session ends, fail every waiting request with the [`ControlError`] and
+//!    report [`ControlEvent::Lost`]. Stop if the node closed the connection, dropped its
+//!    handles, or the error is final ([`ControlError::is_final`]).
+//! 3. Otherwise dial again after `reconnect_min` (doubling up to `reconnect_max` per
+//!    failure, with ±25 % jitter so a restarted server is not hit by every peer at once).
+//!    While offline, `Connect` fails at once and `Register` only updates the candidates.
+//! 4. On success, publish the new connection and registration, report
+//!    [`ControlEvent::Restored`], and serve again.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+
+use super::control::{
+    establish, read_error, write_msg, Command, ConnectReply, Connector, ControlEvent,
+    ControlSettings, Registration, Session, READ_CHUNK,
+};
+use super::error::{ControlError, DialError, StartError};
+use super::sleep_until_opt;
+use super::IncomingPolicy;
+use crate::coord::{Candidate, ClientMsg, CloseCode, ErrorKind, Role, ServerMsg};
+use crate::identity::PeerId;
+
+/// How long to wait for the server's close code after it finished the stream.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// A request of ours waiting for the server's `Go` or `Error`.
+pub(super) struct PendingRequest {
+    target: PeerId,
+    reply: ConnectReply,
+    deadline: Instant,
+}
+
+type Establishing = Pin<Box<dyn Future<Output = Result<Session, StartError>> + Send>>;
+
+/// The control task's state (built by [`super::control::Control::start`]).
+pub(super) struct ControlTask {
+    pub session: Session,
+    pub connector: Connector,
+    pub commands: mpsc::Receiver<Command>,
+    pub events: mpsc::Sender<ControlEvent>,
+    pub registration: watch::Sender<Registration>,
+    pub connection: watch::Sender<quinn::Connection>,
+    /// The candidates of the latest `Register` (sent again on reconnection).
+    pub sent_candidates: Vec<Candidate>,
+    pub pending: HashMap<u64, PendingRequest>,
+    pub next_request: u64,
+    pub settings: ControlSettings,
+    /// Set by [`super::control::Control::close`]: never reconnect.
+    pub closed: Arc<AtomicBool>,
+}
+
+impl ControlTask {
+    pub(super) async fn run(mut self) {
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let Some(error) = self.serve(&mut buf).await else {
+                tracing::debug!("control connection closed");
+                return;
+            };
+            tracing::warn!(error = %error, "control connection lost");
+            for (_, p) in self.pending.drain() {
+                let _ = p.reply.send(Err(error.clone().into()));
+            }
+            let is_final = error.is_final();
+            let _ = self.events.try_send(ControlEvent::Lost(error));
+            self.session
+                .connection
+                .close(0u32.into(), b"control connection lost");
+            if is_final || self.closed.load(Ordering::Relaxed) {
+                return;
+            }
+            let Some(session) = self.reconnect().await else {
+                return;
+            };
+            tracing::info!(observed_addr = %session.observed_addr, "control connection restored");
+            let _ = self.connection.send(session.connection.clone());
+            let candidates = self.sent_candidates.clone();
+            let observed_addr = session.observed_addr;
+            self.registration.send_modify(|r| {
+                r.observed_addr = observed_addr;
+                r.candidates = candidates;
+                r.generation += 1;
+            });
+            self.session = session;
+            let _ = self.events.try_send(ControlEvent::Restored);
+        }
+    }
+
+    /// Serves the session until it ends: `None` when this side closed it or the node
+    /// dropped its handles, the error otherwise.
+    async fn serve(&mut self, buf: &mut [u8]) -> Option<ControlError> {
+        loop {
+            // Messages that arrived with the registration are still in the decoder.
+            if let Err(e) = self.drain().await {
+                return Some(e);
+            }
+            let deadline = self.pending.values().map(|p| p.deadline).min();
+            tokio::select! {
+                read = self.session.recv.read(buf) => match read {
+                    Ok(Some(n)) => self.session.decoder.push(buf.get(..n).unwrap_or_default()),
+                    Ok(None) => return Some(self.finished().await),
+                    Err(quinn::ReadError::ConnectionLost(quinn::ConnectionError::LocallyClosed)) => {
+                        return None;
+                    }
+                    Err(e) => return Some(read_error(e)),
+                },
+                command = self.commands.recv() => match command {
+                    Some(command) => {
+                        if let Err(e) = self.on_command(command).await {
+                            return Some(e);
+                        }
+                    }
+                    None => return None,
+                },
+                _ = sleep_until_opt(deadline) => self.expire(Instant::now()),
+            }
+        }
+    }
+
+    /// The server finished the stream: it closes the connection right after, with the
+    /// reason (a close code) that tells whether to reconnect. Wait for it, briefly.
+    async fn finished(&self) -> ControlError {
+        let closed = self.session.connection.closed();
+        match tokio::time::timeout(CLOSE_WAIT, closed).await {
+            Ok(e) if CloseCode::from_quic(&e).is_some() => ControlError::from_connection(&e),
+            _ => ControlError::Lost("server finished the stream".into()),
+        }
+    }
+
+    /// Dials until a session is registered; `None` if the node closed or went away, or
+    /// the server's answer makes retrying pointless.
+    async fn reconnect(&mut self) -> Option<Session> {
+        let mut backoff = self.settings.reconnect_min;
+        let mut next_try = Instant::now() + jitter(backoff);
+        let mut attempt: Option<Establishing> = None;
+        loop {
+            if self.closed.load(Ordering::Relaxed) {
+                return None;
+            }
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command_offline(command),
+                    None => return None,
+                },
+                _ = sleep_until_opt(Some(next_try)), if attempt.is_none() => {
+                    let (connector, settings) = (self.connector.clone(), self.settings.clone());
+                    let candidates = self.sent_candidates.clone();
+                    attempt = Some(Box::pin(async move {
+                        establish(&connector, &candidates, &settings).await
+                    }));
+                }
+                result = poll_some(&mut attempt), if attempt.is_some() => {
+                    attempt = None;
+                    match result {
+                        Ok(session) => return Some(session),
+                        Err(StartError::Control(e)) if e.is_final() => {
+                            tracing::warn!(error = %e, "punch server refuses us for good");
+                            let _ = self.events.try_send(ControlEvent::Lost(e));
+                            return None;
+                        }
+                        Err(e) => {
+                            backoff = (backoff * 2).min(self.settings.reconnect_max);
+                            tracing::info!(error = %e, retry_in = ?backoff, "reconnection failed");
+                            next_try = Instant::now() + jitter(backoff);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A command while no session is up.
+    fn on_command_offline(&mut self, command: Command) {
+        match command {
+            Command::Register { candidates } => self.sent_candidates = candidates,
+            Command::Connect { reply, .. } => {
+                let offline = ControlError::Lost("reconnecting to the punch server".into());
+                let _ = reply.send(Err(offline.into()));
+            }
+        }
+    }
+
+    async fn drain(&mut self) -> Result<(), ControlError> {
+        while let Some(msg) = self.session.decoder.pop() {
+            match msg {
+                Ok(msg) => self.on_message(msg).await?,
+                Err(e) if e.is_fatal() => return Err(e.into()),
+                Err(e) => tracing::debug!(error = %e, "malformed frame from server dropped"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_command(&mut self, command: Command) -> Result<(), ControlError> {
+        match command {
+            Command::Register { candidates } => {
+                self.sent_candidates = candidates.clone();
+                write_msg(&mut self.session.send, &ClientMsg::Register { candidates }).await
+            }
+            Command::Connect { target, reply } => {
+                if self.pending.len() >= self.settings.max_pending {
+                    let _ = reply.send(Err(DialError::Busy(self.pending.len())));
+                    return Ok(());
+                }
+                let request_id = self.next_request;
+                self.next_request += 1;
+                let deadline = Instant::now() + self.settings.request_timeout;
+                self.pending.insert(
+                    request_id,
+                    PendingRequest {
+                        target,
+                        reply,
+                        deadline,
+                    },
+                );
+                tracing::debug!(request_id, target = %target.short(), "connect request");
+                let connect = ClientMsg::Connect { request_id, target };
+                write_msg(&mut self.session.send, &connect).await
+            }
+        }
+    }
+
+    async fn on_message(&mut self, msg: ServerMsg) -> Result<(), ControlError> {
+        let received = Instant::now();
+        let send = &mut self.session.send;
+        match msg {
+            ServerMsg::Ping { ts } => write_msg(send, &ClientMsg::Pong { ts }).await?,
+            ServerMsg::Pong { .. } => {}
+            ServerMsg::Registered { observed_addr, .. } => {
+                let candidates = self.sent_candidates.clone();
+                self.registration.send_modify(|r| {
+                    r.observed_addr = observed_addr;
+                    r.candidates = candidates;
+                    r.generation += 1;
+                });
+                tracing::debug!(%observed_addr, "registration updated");
+            }
+            ServerMsg::Incoming { request_id, from } => {
+                let answer = match self.settings.incoming {
+                    IncomingPolicy::AcceptAll => ClientMsg::Accept { request_id },
+                    IncomingPolicy::RefuseAll => ClientMsg::Refuse { request_id },
+                };
+                tracing::info!(request_id, from = %from.short(), ?answer, "incoming request");
+                write_msg(send, &answer).await?;
+            }
+            ServerMsg::Cancelled { request_id } => {
+                tracing::debug!(request_id, "incoming request cancelled");
+            }
+            // The requester is controlling: a controlling Go answers one of our requests.
+            ServerMsg::Go(go) if go.role == Role::Controlling => {
+                match self.pending.remove(&go.request_id) {
+                    Some(p) if p.target == go.peer => {
+                        let _ = p.reply.send(Ok((go, received)));
+                    }
+                    Some(p) => {
+                        tracing::warn!(request_id = go.request_id, "Go names another peer");
+                        let _ = p.reply.send(Err(DialError::Server {
+                            kind: ErrorKind::InvalidRequest,
+                            detail: "server introduced another peer".into(),
+                        }));
+                    }
+                    None => tracing::debug!(request_id = go.request_id, "Go for no request"),
+                }
+            }
+            ServerMsg::Go(go) => {
+                if self
+                    .events
+                    .try_send(ControlEvent::Go { go, received })
+                    .is_err()
+                {
+                    tracing::warn!("punch attempt dropped: node is not keeping up");
+                }
+            }
+            ServerMsg::Error {
+                request_id,
+                kind,
+                detail,
+            } => self.on_error(request_id, kind, detail)?,
+        }
+        Ok(())
+    }
+
+    fn on_error(
+        &mut self,
+        request_id: Option<u64>,
+        kind: ErrorKind,
+        detail: String,
+    ) -> Result<(), ControlError> {
+        // `UnknownRequest` concerns our answer to an incoming request, not our requests.
+        let ours = request_id
+            .filter(|_| kind != ErrorKind::UnknownRequest)
+            .and_then(|id| self.pending.remove(&id));
+        match ours {
+            Some(p) => {
+                let err = match kind {
+                    ErrorKind::UnknownTarget => DialError::UnknownTarget(p.target),
+                    ErrorKind::Refused => DialError::Refused(p.target),
+                    ErrorKind::Timeout => DialError::Timeout {
+                        peer: p.target,
+                        waited: self.settings.request_timeout,
+                    },
+                    kind => DialError::Server { kind, detail },
+                };
+                let _ = p.reply.send(Err(err));
+                Ok(())
+            }
+            None if kind == ErrorKind::VersionMismatch => {
+                Err(ControlError::Server { kind, detail })
+            }
+            None => {
+                tracing::debug!(?request_id, %kind, detail, "server error");
+                Ok(())
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            if let Some(p) = self.pending.remove(&id) {
+                let _ = p.reply.send(Err(DialError::Timeout {
+                    peer: p.target,
+                    waited: self.settings.request_timeout,
+                }));
+            }
+        }
+    }
+}
+
+/// `d` scaled by a random factor in [0.75, 1.25].
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::thread_rng().gen_range(0.75..=1.25))
+}
+
+/// Awaits the future in `slot` (the caller's `select!` guard makes sure there is one).
+async fn poll_some(slot: &mut Option<Establishing>) -> Result<Session, StartError> {
+    match slot {
+        Some(fut) => fut.await,
+        None => std::future::pending().await,
+    }
+}
