@@ -40,38 +40,16 @@ fn measure(a: NatType, b: NatType, runs: usize) -> Result<Vec<f64>> {
         .build()
         .context("the lab needs root")?;
     let server = common::start_punch_server(&lab, false)?;
-    let punch = server.punch_addr();
-    let mut listener = lab.spawn(
-        Host::LanB1,
-        env!("CARGO_BIN_EXE_peer"),
-        &["listen", "--punch", &punch, "--no-upnp"],
-    )?;
-    let reg = common::next_json(&mut listener, Duration::from_secs(20), "registered")?;
-    let peer = reg["peer"].as_str().unwrap_or_default().to_string();
+    let listener = common::start_listener(&lab, Host::LanB1, &server, false)?;
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         // The coordinator allows a peer 2 punch attempts/s (burst 10): pace the dials.
         std::thread::sleep(Duration::from_millis(500));
-        let out = lab.run(
-            Host::LanA1,
-            env!("CARGO_BIN_EXE_peer"),
-            &[
-                "dial",
-                "--punch",
-                &punch,
-                "--no-upnp",
-                &peer,
-                "--bytes",
-                "1",
-            ],
-            Duration::from_secs(30),
-        )?;
-        let lines = common::json_lines(&out.stdout);
-        let ms = lines
-            .iter()
-            .find(|l| l["event"] == "connected")
+        let d = common::dial(&lab, Host::LanA1, &server, &listener.peer, 1)?;
+        let ms = d
+            .event("connected")
             .and_then(|l| l["ms"].as_f64())
-            .with_context(|| format!("{a} x {b}: dial failed: {lines:?} {}", out.stderr))?;
+            .with_context(|| format!("{a} x {b}: dial failed: {:?} {}", d.lines, d.stderr))?;
         times.push(ms);
     }
     times.sort_by(f64::total_cmp);
@@ -93,11 +71,7 @@ fn main() -> Result<()> {
     let mut all = Vec::new();
     for (i, a) in NatType::ALL.iter().enumerate() {
         for b in NatType::ALL.iter().skip(i) {
-            use NatType::{PortRestricted, Symmetric};
-            if matches!(
-                (a, b),
-                (PortRestricted, Symmetric) | (Symmetric, PortRestricted) | (Symmetric, Symmetric)
-            ) {
+            if !common::punchable(*a, *b) {
                 continue;
             }
             let t = measure(*a, *b, runs)?;

@@ -6,14 +6,22 @@
 //! address); start a listener and read its `registered` line; run dials and check their
 //! JSON lines and exit codes. Every wait has a timeout; processes are killed on drop.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use common::{event, json_lines, punch_server_bin};
 use serde_json::Value;
+
+/// The `peer` binary under test.
+fn peer_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_peer"))
+}
 
 /// A child process whose stdout lines arrive on a channel; killed on drop.
 struct Proc {
@@ -22,7 +30,7 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(program: &PathBuf, args: &[&str]) -> Result<Self> {
+    fn spawn(program: &Path, args: &[&str]) -> Result<Self> {
         let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
@@ -58,22 +66,6 @@ impl Drop for Proc {
     }
 }
 
-fn bin(name: &str) -> Result<PathBuf> {
-    let peer = PathBuf::from(env!("CARGO_BIN_EXE_peer"));
-    if name == "peer" {
-        return Ok(peer);
-    }
-    let path = peer.with_file_name(name);
-    if !path.is_file() {
-        bail!(
-            "{name} not found at {}: build it into the same target directory first \
-             (`cargo build -p punch-server`)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
 struct Server {
     proc: Proc,
     dir: tempfile::TempDir,
@@ -97,7 +89,7 @@ impl Server {
     fn spawn(dir: &tempfile::TempDir, listen: &str) -> Result<(Proc, String, String)> {
         let key = dir.path().join("punch.key");
         let mut proc = Proc::spawn(
-            &bin("punch-server")?,
+            &punch_server_bin()?,
             &["--listen", listen, "--key-file", &key.to_string_lossy()],
         )?;
         let v = proc.next_json(Duration::from_secs(15))?;
@@ -147,7 +139,7 @@ fn listen(punch: &str, extra: &[&str]) -> Result<(Proc, String)> {
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
-    let mut proc = Proc::spawn(&bin("peer")?, &args)?;
+    let mut proc = Proc::spawn(&peer_bin(), &args)?;
     let reg = proc.next_json(Duration::from_secs(15))?;
     anyhow::ensure!(reg["event"] == "registered", "listener: {reg}");
     let peer = reg["peer"].as_str().unwrap_or_default().to_string();
@@ -156,7 +148,7 @@ fn listen(punch: &str, extra: &[&str]) -> Result<(Proc, String)> {
 
 /// Runs `peer` to completion (bounded) and returns its JSON lines and success.
 fn run_peer(args: &[&str]) -> Result<(Vec<Value>, bool)> {
-    let mut child = Command::new(bin("peer")?)
+    let mut child = Command::new(peer_bin())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -178,10 +170,7 @@ fn run_peer(args: &[&str]) -> Result<(Vec<Value>, bool)> {
     if let Some(mut stdout) = child.stdout.take() {
         std::io::Read::read_to_string(&mut stdout, &mut out)?;
     }
-    let lines: Vec<Value> = out
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let lines = json_lines(&out);
     eprintln!("peer {args:?}: {lines:?}");
     Ok((lines, status.success()))
 }
@@ -198,10 +187,6 @@ fn dial(punch: &str, peer: &str, extra: &[&str]) -> Result<(Vec<Value>, bool)> {
     ];
     args.extend_from_slice(extra);
     run_peer(&args)
-}
-
-fn event<'a>(lines: &'a [Value], name: &str) -> Option<&'a Value> {
-    lines.iter().find(|l| l["event"] == name)
 }
 
 #[test]
@@ -301,9 +286,49 @@ fn doctor_reports_registration_and_rtt() -> Result<()> {
         .starts_with("127.0.0.1:"));
     assert!(d["punch_rtt_ms"].as_f64().is_some());
     assert_eq!(d["upnp"]["state"], "off");
-    // No alternate address on this server: the behaviour test reports why it stopped.
+    // No alternate address on this server (no OTHER-ADDRESS): the behaviour test stops
+    // after the first binding and says why; no behaviour is reported.
+    assert_eq!(d["nat_error"]["kind"], "no_other_address", "{d}");
     assert!(
-        d.get("nat_error").is_some() || d.get("mapping").is_some(),
+        d.get("mapping").is_none() && d.get("nat_type").is_none(),
+        "{d}"
+    );
+    assert!(d.get("register_error").is_none(), "{d}");
+    Ok(())
+}
+
+#[test]
+fn doctor_keeps_its_nat_findings_when_registration_fails() -> Result<()> {
+    let server = Server::start()?;
+    // A server that is not the one named: registration fails on its key, after the
+    // behaviour test ran against its STUN port.
+    let other = mesh::identity::Identity::generate()?.peer_id();
+    let wrong = format!("{other}@{}", server.addr);
+    let (lines, ok) = run_peer(&[
+        "doctor",
+        "--punch",
+        &wrong,
+        "--no-upnp",
+        "--bind",
+        "127.0.0.1:0",
+        "--timeout-ms",
+        "500",
+    ])?;
+    assert!(!ok, "doctor exited 0 without registering: {lines:?}");
+    assert!(event(&lines, "error").is_none(), "{lines:?}");
+    let d = event(&lines, "doctor").context("no doctor line")?;
+    assert_eq!(d["punch"], wrong.as_str());
+    assert_eq!(d["register_error"]["kind"], "identity_mismatch", "{d}");
+    assert!(
+        !d["register_error"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "{d}"
+    );
+    assert_eq!(d["nat_error"]["kind"], "no_other_address", "{d}");
+    assert!(
+        d.get("registered_as").is_none() && d.get("punch_rtt_ms").is_none(),
         "{d}"
     );
     Ok(())
@@ -370,6 +395,11 @@ fn a_superseded_listener_stays_offline() -> Result<()> {
     // The first does not fight back (no ping-pong of registrations): it prints nothing
     // more, and dials reach the second.
     assert!(first.next_json(Duration::from_secs(3)).is_err());
+    // ...and it is still running: superseded, not crashed.
+    assert!(
+        first.child.try_wait()?.is_none(),
+        "the superseded listener exited"
+    );
     let (lines, ok) = dial(&server.punch(), &peer, &[])?;
     assert!(ok, "{lines:?}");
     Ok(())

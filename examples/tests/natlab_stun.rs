@@ -18,7 +18,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use common::{start_punch_server, wait_udp_listeners, ALT_PORT, PRIMARY_PORT};
+use common::{all_four, start_punch_server, wait_udp_listeners, ALT_PORT, PRIMARY_PORT};
 use natlab::{Host, Lab, LabProcess, NatType, Router};
 use serde_json::Value;
 
@@ -28,16 +28,6 @@ fn build_lab(test: &str, nat: NatType) -> Result<Lab> {
         .router_a(nat)
         .build()
         .with_context(|| format!("test {test} needs the NAT lab (root)"))
-}
-
-fn all_four(lab: &Lab) -> Vec<String> {
-    let mut v = Vec::new();
-    for i in 0..2 {
-        for p in [PRIMARY_PORT, ALT_PORT] {
-            v.push(format!("{}:{p}", lab.server_ip(i)));
-        }
-    }
-    v
 }
 
 /// Fails clearly when a coturn tool is missing.

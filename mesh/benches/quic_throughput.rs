@@ -82,14 +82,12 @@ async fn through_mesh(total: u64) -> anyhow::Result<Duration> {
 
 async fn through_bare_quinn(total: u64) -> anyhow::Result<Duration> {
     let opts = EndpointOptions::default();
+    let transport = Arc::new((opts.transport)(None));
     let server_id = Identity::generate()?;
     let client_id = Identity::generate()?;
-    let server_cfg = tls::server_config(&server_id, Some(opts.transport.clone()))?;
-    let (client_cfg, _check) = tls::client_config(
-        &client_id,
-        server_id.peer_id(),
-        Some(opts.transport.clone()),
-    )?;
+    let server_cfg = tls::server_config(&server_id, Some(transport.clone()))?;
+    let (client_cfg, _check) =
+        tls::client_config(&client_id, server_id.peer_id(), Some(transport.clone()))?;
     let bind = |server_cfg| -> anyhow::Result<quinn::Endpoint> {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
         let runtime = Arc::new(quinn::TokioRuntime);

@@ -211,7 +211,7 @@ impl Report {
 fn keys() -> Keys {
     let d = Identity::generate().expect("dialer identity");
     let l = Identity::generate().expect("listener identity");
-    let transport = mesh::socket::EndpointOptions::default().transport;
+    let transport = Arc::new((mesh::socket::EndpointOptions::default().transport)(None));
     let server = |id: &Identity| {
         Arc::new(tls::server_config(id, Some(transport.clone())).expect("server config"))
     };

@@ -6,9 +6,11 @@
 //!    every datagram (received, answered, or dropped with a [`DropReason`]).
 //! 2. The driver copies each worker's counters into a shared snapshot after every batch.
 //! 3. The metrics endpoint sums the snapshots ([`Counters::merge`]) and renders them in the
-//!    Prometheus text exposition format ([`Counters::render_prometheus`]).
+//!    Prometheus text exposition format ([`Counters::render_prometheus`], with the
+//!    crate's shared metric helpers).
 
-use std::fmt::Write as _;
+use crate::metrics_http::MetricKind::Counter;
+use crate::metrics_http::{write_labelled, write_metric};
 
 /// Why a datagram got no response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -167,30 +169,27 @@ impl Counters {
             ),
         ];
         for (name, help, value) in simple {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
+            write_metric(out, name, Counter, help, value);
         }
-        let name = "punch_stun_responses_total";
-        let _ = writeln!(out, "# HELP {name} STUN responses produced, by kind.");
-        let _ = writeln!(out, "# TYPE {name} counter");
-        let _ = writeln!(out, "{name}{{kind=\"success\"}} {}", self.success_responses);
-        let _ = writeln!(out, "{name}{{kind=\"error\"}} {}", self.error_responses);
-        let name = "punch_stun_dropped_total";
-        let _ = writeln!(
+        write_labelled(
             out,
-            "# HELP {name} Datagrams dropped without a response, by reason."
+            "punch_stun_responses_total",
+            Counter,
+            "STUN responses produced, by kind.",
+            "kind",
+            [
+                ("success", self.success_responses),
+                ("error", self.error_responses),
+            ],
         );
-        let _ = writeln!(out, "# TYPE {name} counter");
-        for reason in DropReason::ALL {
-            let _ = writeln!(
-                out,
-                "{name}{{reason=\"{}\"}} {}",
-                reason.as_str(),
-                self.dropped_for(reason)
-            );
-        }
+        write_labelled(
+            out,
+            "punch_stun_dropped_total",
+            Counter,
+            "Datagrams dropped without a response, by reason.",
+            "reason",
+            DropReason::ALL.map(|r| (r.as_str(), self.dropped_for(r))),
+        );
     }
 }
 

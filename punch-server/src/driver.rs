@@ -64,14 +64,8 @@ pub struct DatagramMeta {
 /// One instance per worker (socket). The punchthrough coordinator implements this to get
 /// its QUIC datagrams; it must not block.
 pub trait NonStunHook: Send + 'static {
-    /// One datagram from `from` that arrived on the local socket `local`.
-    fn on_datagram(&mut self, local: SocketAddr, from: SocketAddr, datagram: &[u8]);
-
-    /// The same with the full [`DatagramMeta`]; this is what the worker calls. The default
-    /// forwards to [`NonStunHook::on_datagram`].
-    fn on_datagram_meta(&mut self, meta: &DatagramMeta, datagram: &[u8]) {
-        self.on_datagram(meta.local, meta.from, datagram);
-    }
+    /// One datagram (the whole UDP payload), with where it came from and arrived.
+    fn on_datagram(&mut self, meta: &DatagramMeta, datagram: &[u8]);
 }
 
 /// The default hook: drops non-STUN datagrams (already counted by the core) with a trace.
@@ -79,7 +73,8 @@ pub trait NonStunHook: Send + 'static {
 pub struct DropNonStun;
 
 impl NonStunHook for DropNonStun {
-    fn on_datagram(&mut self, local: SocketAddr, from: SocketAddr, datagram: &[u8]) {
+    fn on_datagram(&mut self, meta: &DatagramMeta, datagram: &[u8]) {
+        let (local, from) = (meta.local, meta.from);
         tracing::trace!(%local, %from, len = datagram.len(), "non-STUN datagram dropped");
     }
 }
@@ -352,7 +347,7 @@ impl Worker {
                         dst_ip,
                         ecn: meta.ecn,
                     };
-                    self.hook.on_datagram_meta(&meta, datagram);
+                    self.hook.on_datagram(&meta, datagram);
                 }
             }
             Outcome::Dropped(_) => {}

@@ -2,7 +2,8 @@
 //!
 //! Steps:
 //! 1. Parse flags/env into a [`ServerConfig`], a [`QuicConfig`] and a [`CoordConfig`]; set
-//!    up tracing; check the configs (e.g. a non-zero rate limit needs a burst of at least
+//!    up tracing; check the configs ([`ServerConfig::validate`],
+//!    [`QuicConfig::validate_with`]: e.g. a non-zero rate limit needs a burst of at least
 //!    1).
 //! 2. Load (or create) the server's key file: its key is the server id and the QUIC
 //!    coordinator's TLS identity.
@@ -223,8 +224,7 @@ async fn main() -> anyhow::Result<()> {
     } = cli.into_configs();
     // Check the flags before touching the key file, so a bad command line creates nothing.
     config.validate()?;
-    quic.validate()?;
-    coord.validate()?;
+    quic.validate_with(&coord)?;
     let identity = Identity::load_or_generate(&key_file)
         .with_context(|| format!("loading the server key from {}", key_file.display()))?;
     let signal = shutdown_signal()?;

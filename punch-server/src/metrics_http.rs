@@ -8,7 +8,12 @@
 //!    exposition format 0.0.4, followed by every [`MetricsSource`] added to the [`Stats`]
 //!    (the QUIC coordinator's `punch_coord_*`); `GET /healthz` answers `ok`.
 //! 3. The server stops gracefully when the driver's shutdown signal flips.
+//!
+//! The crate's renderers write their lines with `write_metric` (one sample) and
+//! `write_labelled` (one sample per label value), so every metric has the same `# HELP` /
+//! `# TYPE` form.
 
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use axum::http::header;
@@ -25,6 +30,48 @@ pub trait MetricsSource: Send + Sync + std::fmt::Debug + 'static {
     /// Appends this source's metrics, with `# HELP` and `# TYPE` lines, in the Prometheus
     /// text exposition format.
     fn render_prometheus(&self, out: &mut String);
+}
+
+/// The Prometheus type of a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MetricKind {
+    /// Only ever goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+impl MetricKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Counter => "counter",
+            Self::Gauge => "gauge",
+        }
+    }
+}
+
+/// Appends one unlabelled metric: its `# HELP` and `# TYPE` lines and its sample.
+pub(crate) fn write_metric(out: &mut String, name: &str, kind: MetricKind, help: &str, value: u64) {
+    let kind = kind.as_str();
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+/// Appends one metric with a sample per value of `label`: `name{label="value"} sample`.
+pub(crate) fn write_labelled<'a>(
+    out: &mut String,
+    name: &str,
+    kind: MetricKind,
+    help: &str,
+    label: &str,
+    samples: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {}", kind.as_str());
+    for (value, sample) in samples {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {sample}");
+    }
 }
 
 /// Most extra metrics sources [`Stats::add_source`] keeps (they are added by code, never

@@ -1,84 +1,32 @@
 //! Loopback tests of the QUIC punch coordinator in the real `punch-server` binary.
 //!
-//! Each test starts the binary (`--listen 127.0.0.1:0 --key-file <tempdir>/k`), reads the
-//! server id and address from its first stdout line, and dials it with peers built from
-//! `mesh::socket::Endpoint` (one UDP socket each, on 127.0.0.1) speaking `mesh::coord`
-//! frames on one bidirectional stream. Every wait has a timeout; traffic goes to 127.0.0.1
-//! only. The server is killed by its pid on drop.
+//! Each test starts the binary (`--listen 127.0.0.1:0`, key file in a temporary directory;
+//! see `common::ServerProc`), reads the server id and address from its first stdout line,
+//! and dials it with peers built from `mesh::socket::Endpoint` (one UDP socket each, on
+//! 127.0.0.1) speaking `mesh::coord` frames on one bidirectional stream. Every wait has a
+//! timeout; traffic goes to 127.0.0.1 only. The server is killed by its pid on drop.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{binding_request, exchange, http_get, response_to, xor_mapped, ServerProc, WAIT};
 use mesh::coord::{
-    encode, Candidate, CandidateKind, ClientMsg, ErrorKind, FrameDecoder, Go, Role, ServerMsg,
+    encode, Candidate, CandidateKind, ClientMsg, CloseCode, ErrorKind, FrameDecoder, Go, Role,
+    ServerMsg,
 };
 use mesh::identity::{Identity, IdentityError, PeerId};
 use mesh::socket::{ConnectError, Endpoint, EndpointOptions, StunReceiver};
-use stun_rs::attributes::stun::XorMappedAddress;
-use stun_rs::{MessageClass, MessageDecoderBuilder};
+use stun_rs::MessageClass;
 use tokio::time::timeout;
 
-/// Longest wait for any one thing.
-const WAIT: Duration = Duration::from_secs(10);
-
-/// A running server, killed (by its pid) on drop.
-struct ServerProc {
-    child: Child,
-    id: PeerId,
-    addr: SocketAddr,
-    metrics: Option<SocketAddr>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl ServerProc {
-    fn start(extra: &[&str]) -> ServerProc {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let key = dir.path().join("k");
-        let key = key.to_str().expect("utf-8 path");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_punch-server"))
-            .args(["--listen", "127.0.0.1:0", "--key-file", key])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn punch-server");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(WAIT).expect("listening line in time");
-        let line: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
-        assert_eq!(line["event"], "listening", "{line}");
-        let text = |k: &str| line[k].as_str().map(str::to_owned);
-        ServerProc {
-            id: text("id").expect("id").parse().expect("peer id"),
-            addr: text("addr").expect("addr").parse().expect("address"),
-            metrics: text("metrics_addr").map(|a| a.parse().expect("metrics address")),
-            child,
-            _dir: dir,
-        }
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
+/// Starts the binary on 127.0.0.1:0 with `extra` arguments.
+fn start(extra: &[&str]) -> ServerProc {
+    let mut args = vec!["--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    ServerProc::start(&args, &[])
 }
 
 /// A peer: its own endpoint and one control stream to the server.
@@ -107,10 +55,10 @@ impl Peer {
 
     async fn dial_as(server: &ServerProc, identity: Arc<Identity>) -> Result<Peer, ConnectError> {
         let (endpoint, stun) = bind(identity);
-        let pc = timeout(WAIT, endpoint.connect(server.id, server.addr))
+        let pc = timeout(WAIT, endpoint.connect(server.id(), server.addr()))
             .await
             .expect("handshake in time")?;
-        assert_eq!(pc.peer_id, server.id);
+        assert_eq!(pc.peer_id, server.id());
         let (send, recv) = timeout(WAIT, pc.connection.open_bi())
             .await
             .expect("stream in time")
@@ -186,15 +134,13 @@ impl Peer {
         (self.register(vec![host]).await, host)
     }
 
-    /// Waits for the connection to close; returns the application close code.
-    async fn closed_code(&self) -> Option<u64> {
+    /// Waits for the connection to close; returns the server's close code (`None` if it
+    /// ended otherwise, or with a code this version does not know).
+    async fn close_code(&self) -> Option<CloseCode> {
         let e = timeout(WAIT, self.conn.closed())
             .await
             .expect("closed in time");
-        match e {
-            quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
-            _ => None,
-        }
+        CloseCode::from_quic(&e)
     }
 }
 
@@ -205,9 +151,19 @@ fn expect_go(msg: ServerMsg) -> Go {
     }
 }
 
+/// The request id and kind of an `Error`.
+fn expect_error(msg: ServerMsg) -> (Option<u64>, ErrorKind) {
+    match msg {
+        ServerMsg::Error {
+            request_id, kind, ..
+        } => (request_id, kind),
+        other => panic!("expected Error, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn register_reports_the_real_local_address() {
-    let server = ServerProc::start(&[]);
+    let server = start(&[]);
     let mut peer = Peer::dial(&server).await;
     let (observed, _) = peer.register_default().await;
     assert_eq!(observed, peer.local());
@@ -218,7 +174,7 @@ async fn register_reports_the_real_local_address() {
 
 #[tokio::test]
 async fn connect_and_accept_give_both_sides_go() {
-    let server = ServerProc::start(&[]);
+    let server = start(&[]);
     let mut a = Peer::dial(&server).await;
     let mut b = Peer::dial(&server).await;
     let (a_observed, a_host) = a.register_default().await;
@@ -282,7 +238,7 @@ async fn connect_and_accept_give_both_sides_go() {
 
 #[tokio::test]
 async fn refused_request_reaches_the_requester() {
-    let server = ServerProc::start(&[]);
+    let server = start(&[]);
     let mut a = Peer::dial(&server).await;
     let mut b = Peer::dial(&server).await;
     a.register_default().await;
@@ -296,20 +252,12 @@ async fn refused_request_reaches_the_requester() {
         panic!("expected Incoming");
     };
     b.send(ClientMsg::Refuse { request_id }).await;
-    match a.next().await {
-        ServerMsg::Error {
-            request_id, kind, ..
-        } => {
-            assert_eq!(request_id, Some(3));
-            assert_eq!(kind, ErrorKind::Refused);
-        }
-        other => panic!("expected Error, got {other:?}"),
-    }
+    assert_eq!(expect_error(a.next().await), (Some(3), ErrorKind::Refused));
 }
 
 #[tokio::test]
 async fn unknown_target_is_an_error() {
-    let server = ServerProc::start(&[]);
+    let server = start(&[]);
     let mut a = Peer::dial(&server).await;
     a.register_default().await;
     let nobody = Identity::generate().expect("identity").peer_id();
@@ -318,82 +266,54 @@ async fn unknown_target_is_an_error() {
         target: nobody,
     })
     .await;
-    match a.next().await {
-        ServerMsg::Error {
-            request_id, kind, ..
-        } => {
-            assert_eq!(request_id, Some(1));
-            assert_eq!(kind, ErrorKind::UnknownTarget);
-        }
-        other => panic!("expected Error, got {other:?}"),
-    }
-}
-
-#[tokio::test]
-async fn wrong_version_is_answered_then_closed() {
-    let server = ServerProc::start(&[]);
-    let mut peer = Peer::dial(&server).await;
-    // length 2, version 99, type 1 (Register), no body.
-    peer.write(&[0x00, 0x02, 99, 0x01]).await;
-    match peer.next().await {
-        ServerMsg::Error { kind, .. } => assert_eq!(kind, ErrorKind::VersionMismatch),
-        other => panic!("expected Error, got {other:?}"),
-    }
     assert_eq!(
-        peer.closed_code().await,
-        Some(2),
-        "closed with VersionMismatch"
+        expect_error(a.next().await),
+        (Some(1), ErrorKind::UnknownTarget)
     );
 }
 
 #[tokio::test]
+async fn wrong_version_is_answered_then_closed() {
+    let server = start(&[]);
+    let mut peer = Peer::dial(&server).await;
+    // length 2, version 99, type 1 (Register), no body.
+    peer.write(&[0x00, 0x02, 99, 0x01]).await;
+    // The frame has no request id to answer to.
+    assert_eq!(
+        expect_error(peer.next().await),
+        (None, ErrorKind::VersionMismatch)
+    );
+    assert_eq!(peer.close_code().await, Some(CloseCode::VersionMismatch));
+}
+
+#[tokio::test]
 async fn wrong_server_id_fails_with_peer_id_mismatch() {
-    let server = ServerProc::start(&[]);
+    let server = start(&[]);
     let (endpoint, _stun) = bind(Arc::new(Identity::generate().expect("identity")));
     let wrong = Identity::generate().expect("identity").peer_id();
-    let result = timeout(WAIT, endpoint.connect(wrong, server.addr))
+    let result = timeout(WAIT, endpoint.connect(wrong, server.addr()))
         .await
         .expect("handshake ends in time");
     match result {
         Err(ConnectError::Identity(IdentityError::PeerIdMismatch { expected, actual })) => {
             assert_eq!(expected, wrong);
-            assert_eq!(actual, server.id);
+            assert_eq!(actual, server.id());
         }
         other => panic!("expected PeerIdMismatch, got {other:?}"),
     }
 }
 
-fn binding_request(txid: [u8; 12]) -> Vec<u8> {
-    let mut m = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
-    m.extend_from_slice(&txid);
-    m
-}
-
-fn xor_mapped(response: &[u8], txid: [u8; 12]) -> SocketAddr {
-    let (msg, _) = MessageDecoderBuilder::default()
-        .build()
-        .decode(response)
-        .expect("STUN response");
-    assert_eq!(msg.class(), MessageClass::SuccessResponse);
-    assert_eq!(msg.transaction_id().as_bytes(), &txid);
-    *msg.get::<XorMappedAddress>()
-        .expect("XOR-MAPPED-ADDRESS")
-        .as_xor_mapped_address()
-        .expect("typed")
-        .socket_address()
-}
-
 #[tokio::test]
 async fn stun_is_answered_on_the_same_port_while_quic_runs() {
-    let server = ServerProc::start(&[]);
+    let server = start(&[]);
     let mut peer = Peer::dial(&server).await;
     let (observed, _) = peer.register_default().await;
     // From the peer's own socket, shared with its QUIC connection: same mapping.
-    let txid = [1u8; 12];
+    let request = binding_request([1u8; 12], None);
     let mut answer = None;
     for _ in 0..5 {
         peer.endpoint
-            .send_stun(server.addr, &binding_request(txid))
+            .send_stun(server.addr(), &request)
             .await
             .expect("send STUN");
         if let Ok(Some(d)) = timeout(Duration::from_secs(1), peer.stun.recv()).await {
@@ -402,46 +322,19 @@ async fn stun_is_answered_on_the_same_port_while_quic_runs() {
         }
     }
     let answer = answer.expect("STUN answer on the peer socket");
-    assert_eq!(answer.from, server.addr);
-    assert_eq!(xor_mapped(&answer.data, txid), observed);
+    assert_eq!(answer.from, server.addr());
+    let msg = response_to(&answer.data, &request);
+    assert_eq!(msg.class(), MessageClass::SuccessResponse);
+    assert_eq!(xor_mapped(&msg), observed);
     // From a plain socket too.
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    sock.set_read_timeout(Some(Duration::from_secs(1)))
-        .expect("timeout");
-    let txid = [2u8; 12];
-    let mut buf = [0u8; 1500];
-    let mut got = None;
-    for _ in 0..5 {
-        sock.send_to(&binding_request(txid), server.addr)
-            .expect("send");
-        if let Ok((n, from)) = sock.recv_from(&mut buf) {
-            got = Some((n, from));
-            break;
-        }
-    }
-    let (n, from) = got.expect("STUN answer");
-    assert_eq!(from, server.addr);
-    assert_eq!(
-        xor_mapped(&buf[..n], txid),
-        sock.local_addr().expect("addr")
-    );
+    let (msg, from) = exchange(&sock, server.addr(), &binding_request([2u8; 12], None));
+    assert_eq!(msg.class(), MessageClass::SuccessResponse);
+    assert_eq!(from, server.addr());
+    assert_eq!(xor_mapped(&msg), sock.local_addr().expect("addr"));
     // The QUIC control connection still works.
     peer.send(ClientMsg::Ping { ts: 42 }).await;
     assert_eq!(peer.next().await, ServerMsg::Pong { ts: 42 });
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("read");
-    body
 }
 
 fn metric(text: &str, name: &str) -> Option<u64> {
@@ -451,8 +344,8 @@ fn metric(text: &str, name: &str) -> Option<u64> {
 
 #[tokio::test]
 async fn metrics_show_coordinator_counters() {
-    let server = ServerProc::start(&["--metrics-listen", "127.0.0.1:0"]);
-    let metrics = server.metrics.expect("metrics address");
+    let server = start(&["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = server.addr_of("metrics_addr");
     let mut peer = Peer::dial(&server).await;
     peer.register_default().await;
     let deadline = Instant::now() + WAIT;
@@ -481,7 +374,7 @@ async fn metrics_show_coordinator_counters() {
 
 #[tokio::test]
 async fn second_stream_is_not_allowed() {
-    let server = ServerProc::start(&[]);
+    let server = start(&[]);
     let mut peer = Peer::dial(&server).await;
     peer.register_default().await;
     // The server grants one bidirectional stream and no unidirectional ones.
@@ -493,7 +386,7 @@ async fn second_stream_is_not_allowed() {
 
 #[tokio::test]
 async fn same_peer_again_supersedes_the_old_connection() {
-    let server = ServerProc::start(&[]);
+    let server = start(&[]);
     let identity = Arc::new(Identity::generate().expect("identity"));
     let mut first = Peer::dial_as(&server, Arc::clone(&identity))
         .await
@@ -501,19 +394,22 @@ async fn same_peer_again_supersedes_the_old_connection() {
     first.register_default().await;
     let mut second = Peer::dial_as(&server, identity).await.expect("second");
     second.register_default().await;
-    assert_eq!(first.closed_code().await, Some(1), "closed as Superseded");
+    assert_eq!(first.close_code().await, Some(CloseCode::Superseded));
 }
 
 #[tokio::test]
 async fn max_peers_refuses_more_connections() {
-    let server = ServerProc::start(&["--max-peers", "1"]);
+    let server = start(&["--max-peers", "1"]);
     let mut a = Peer::dial(&server).await;
     a.register_default().await;
     let identity = Arc::new(Identity::generate().expect("identity"));
+    // `--max-peers` bounds both the QUIC connection slots and the coordinator's table, so
+    // the accept loop refuses the handshake (`Incoming::refuse`) before the coordinator
+    // could answer `ServerFull`: a transport-level CONNECTION_REFUSED, not a `CloseCode`.
     match Peer::dial_as(&server, identity).await {
-        Err(ConnectError::Handshake(quinn::ConnectionError::ConnectionClosed(_)))
-        | Err(ConnectError::Handshake(quinn::ConnectionError::ApplicationClosed(_))) => {}
-        Err(other) => panic!("unexpected error {other:?}"),
+        Err(ConnectError::Handshake(quinn::ConnectionError::ConnectionClosed(c)))
+            if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {}
+        Err(other) => panic!("expected CONNECTION_REFUSED, got {other:?}"),
         Ok(_) => panic!("a second peer was admitted"),
     }
     // The first one is still served.
@@ -523,18 +419,14 @@ async fn max_peers_refuses_more_connections() {
 
 #[tokio::test]
 async fn sigterm_closes_connections_and_exits() {
-    let mut server = ServerProc::start(&[]);
+    let mut server = start(&[]);
     let mut peer = Peer::dial(&server).await;
     peer.register_default().await;
     server.sigterm();
-    assert_eq!(peer.closed_code().await, Some(0), "closed with Shutdown");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(status) = server.child.try_wait().expect("wait") {
-            assert!(status.success(), "exit status {status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_eq!(peer.close_code().await, Some(CloseCode::Shutdown));
+    // The wait blocks: off the runtime, which keeps driving the peer's endpoint.
+    let status = tokio::task::spawn_blocking(move || server.wait_for_exit())
+        .await
+        .expect("wait task");
+    assert!(status.success(), "exit status {status}");
 }

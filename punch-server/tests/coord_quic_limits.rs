@@ -376,10 +376,12 @@ async fn peer_that_does_not_read_is_closed_as_too_slow() {
     let coord = Coord::start(quic, unlimited()).await;
     let q = &coord.metrics.quic;
     // The slow peer grants 1 KiB on its control stream: ~23 `Incoming`s fill it.
-    let mut transport = default_transport(INITIAL_RTT);
-    transport.stream_receive_window(quinn::VarInt::from_u32(1024));
     let slow_options = EndpointOptions {
-        transport: Arc::new(transport),
+        transport: |rtt| {
+            let mut transport = default_transport(rtt.unwrap_or(INITIAL_RTT));
+            transport.stream_receive_window(quinn::VarInt::from_u32(1024));
+            transport
+        },
         ..EndpointOptions::default()
     };
     let mut slow = Peer::dial(&coord, slow_options).await;

@@ -1,12 +1,13 @@
-//! Shared helpers of the NAT lab tests: the punch server on the lab's server host, JSON
-//! lines of `peer`.
+//! Shared helpers of the tests and the lab bench: the punch server on the lab's server
+//! host, `peer listen` and `peer dial` in the lab, which NAT pairs can be punched, JSON
+//! lines of `peer`. Each test binary uses only some of them (hence `dead_code`).
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use natlab::{Host, Lab, LabProcess};
+use natlab::{Host, Lab, LabProcess, NatType};
 use serde_json::Value;
 
 /// The punch server's primary port on the lab server (198.18.0.1).
@@ -62,20 +63,29 @@ pub fn start_punch_server(lab: &Lab, alt: bool) -> Result<PunchServer> {
     let v: Value = serde_json::from_str(&line).with_context(|| format!("first line {line:?}"))?;
     anyhow::ensure!(v["event"] == "listening", "unexpected first line {line}");
     let id = v["id"].as_str().unwrap_or_default().to_string();
-    let mut wanted = vec![listen.clone()];
-    if alt {
-        for i in 0..2 {
-            for p in [PRIMARY_PORT, ALT_PORT] {
-                wanted.push(format!("{}:{p}", lab.server_ip(i)));
-            }
-        }
-    }
+    let wanted = if alt {
+        all_four(lab)
+    } else {
+        vec![listen.clone()]
+    };
     wait_udp_listeners(lab, &wanted, &mut process)?;
     Ok(PunchServer {
         process,
         id,
         addr: listen,
     })
+}
+
+/// The four RFC 5780 server addresses: both server IPs, each on the primary and the
+/// alternate port.
+pub fn all_four(lab: &Lab) -> Vec<String> {
+    let mut v = Vec::new();
+    for i in 0..2 {
+        for p in [PRIMARY_PORT, ALT_PORT] {
+            v.push(format!("{}:{p}", lab.server_ip(i)));
+        }
+    }
+    v
 }
 
 /// Waits until `ss` in the server namespace shows UDP listeners on every address.
@@ -112,6 +122,95 @@ pub fn json_lines(stdout: &str) -> Vec<Value> {
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .collect()
+}
+
+/// The first line of `lines` with `event` == `name`.
+pub fn event<'a>(lines: &'a [Value], name: &str) -> Option<&'a Value> {
+    lines.iter().find(|l| l["event"] == name)
+}
+
+/// Whether hole punching can open a direct path between peers behind NATs of types `a`
+/// and `b`: every pair except symmetric x port-restricted and symmetric x symmetric.
+pub fn punchable(a: NatType, b: NatType) -> bool {
+    use NatType::{PortRestricted, Symmetric};
+    !matches!(
+        (a, b),
+        (Symmetric, Symmetric) | (Symmetric, PortRestricted) | (PortRestricted, Symmetric)
+    )
+}
+
+/// A `peer listen` running in the lab, registered with the punch server.
+pub struct Listener {
+    /// The process (killed on drop).
+    pub process: LabProcess,
+    /// Its peer id, from the `registered` line.
+    pub peer: String,
+}
+
+/// Starts `peer listen` on `host` (with UPnP if `upnp`) and waits for its `registered`
+/// line.
+pub fn start_listener(lab: &Lab, host: Host, server: &PunchServer, upnp: bool) -> Result<Listener> {
+    let punch = server.punch_addr();
+    let mut args = vec!["listen", "--punch", punch.as_str()];
+    if !upnp {
+        args.push("--no-upnp");
+    }
+    let mut process = lab.spawn(host, env!("CARGO_BIN_EXE_peer"), &args)?;
+    let reg = next_json(&mut process, Duration::from_secs(20), "registered")?;
+    anyhow::ensure!(
+        reg["event"] == "registered",
+        "listener did not register: {reg}; stderr: {}",
+        process.stderr()
+    );
+    let peer = reg["peer"].as_str().unwrap_or_default().to_string();
+    anyhow::ensure!(peer.len() == 52, "peer id {peer:?}");
+    Ok(Listener { process, peer })
+}
+
+/// The JSON lines and success of one `peer dial`.
+pub struct Dial {
+    /// Every JSON line it printed.
+    pub lines: Vec<Value>,
+    /// Whether it exited 0.
+    pub success: bool,
+    /// Its stderr.
+    pub stderr: String,
+}
+
+impl Dial {
+    /// Its first line with `event` == `name`.
+    pub fn event(&self, name: &str) -> Option<&Value> {
+        event(&self.lines, name)
+    }
+}
+
+/// Runs `peer dial` (without UPnP) on `host` to `peer`, echoing `bytes` bytes.
+pub fn dial(lab: &Lab, host: Host, server: &PunchServer, peer: &str, bytes: usize) -> Result<Dial> {
+    let punch = server.punch_addr();
+    let bytes = bytes.to_string();
+    let out = lab.run(
+        host,
+        env!("CARGO_BIN_EXE_peer"),
+        &[
+            "dial",
+            "--punch",
+            &punch,
+            "--no-upnp",
+            peer,
+            "--bytes",
+            &bytes,
+        ],
+        Duration::from_secs(90),
+    )?;
+    let lines = json_lines(&out.stdout);
+    for l in &lines {
+        eprintln!("dial on {host:?}: {l}");
+    }
+    Ok(Dial {
+        lines,
+        success: out.success(),
+        stderr: out.stderr,
+    })
 }
 
 /// Fails clearly when miniupnpd is missing.

@@ -6,11 +6,17 @@
 //!    *insecure* (any server key accepted), allowed only where the caller opts in
 //!    ([`PunchAddr::expected_id`] with `allow_insecure`, the CLI's `--insecure`).
 //! 2. The rest is `HOST:PORT`: `HOST` a DNS name, an IPv4 address, or an IPv6 address in
-//!    brackets (`[::1]:7000`); `PORT` 1-65535. Names are resolved later, by the driver.
+//!    brackets (`[::1]:7000`); `PORT` 1-65535.
+//!
+//! Names are resolved later, by the driver, with [`PunchAddr::resolve`]: an asynchronous
+//! lookup (never blocking a runtime thread), bounded by 5 s, that picks
+//! the first address of the local socket's family.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -18,6 +24,9 @@ use crate::identity::{ParsePeerIdError, PeerId};
 
 /// Longest DNS name (RFC 1035 §2.3.4, without the trailing dot).
 const MAX_HOST_LEN: usize = 253;
+
+/// Longest wait for [`PunchAddr::resolve`].
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The address of a punch server, with the key it must prove (unless insecure).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -101,6 +110,31 @@ impl PunchAddr {
             format!("{}:{}", self.host, self.port)
         }
     }
+
+    /// The server's first address of the same family (IPv4 or IPv6) as `family_of`,
+    /// usually the local socket's address. The lookup is asynchronous (tokio's resolver;
+    /// an IP literal needs none) and bounded by 5 s.
+    ///
+    /// Errors: the lookup's own error; [`io::ErrorKind::TimedOut`] after the timeout;
+    /// [`io::ErrorKind::NotFound`] when no address of that family exists.
+    pub async fn resolve(&self, family_of: SocketAddr) -> io::Result<SocketAddr> {
+        let host_port = self.host_port();
+        let lookup = tokio::net::lookup_host(host_port.as_str());
+        let mut addrs = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {RESOLVE_TIMEOUT:?}"),
+                )
+            })??;
+        addrs
+            .find(|a| a.is_ipv4() == family_of.is_ipv4())
+            .ok_or_else(|| {
+                let family = if family_of.is_ipv4() { "IPv4" } else { "IPv6" };
+                io::Error::new(io::ErrorKind::NotFound, format!("no {family} address"))
+            })
+    }
 }
 
 impl fmt::Display for PunchAddr {
@@ -171,5 +205,32 @@ impl FromStr for PunchAddr {
         };
         let (host, port) = parse_host_port(rest)?;
         Ok(Self { id, host, port })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn insecure(s: &str) -> PunchAddr {
+        s.parse().expect("valid address")
+    }
+
+    #[tokio::test]
+    async fn resolve_picks_the_family_of_the_local_socket() {
+        let v4: SocketAddr = "0.0.0.0:0".parse().expect("addr");
+        let v6: SocketAddr = "[::]:0".parse().expect("addr");
+        let literal4 = insecure("127.0.0.1:7000");
+        assert_eq!(
+            literal4.resolve(v4).await.expect("resolves"),
+            "127.0.0.1:7000".parse::<SocketAddr>().expect("addr")
+        );
+        let literal6 = insecure("[::1]:7000");
+        assert_eq!(
+            literal6.resolve(v6).await.expect("resolves"),
+            "[::1]:7000".parse::<SocketAddr>().expect("addr")
+        );
+        let wrong = literal6.resolve(v4).await.expect_err("no IPv4 address");
+        assert_eq!(wrong.kind(), io::ErrorKind::NotFound);
     }
 }

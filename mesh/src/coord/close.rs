@@ -4,7 +4,8 @@
 //! Flow:
 //! 1. The server closes a control connection with [`CloseCode::close`]: the code as the
 //!    QUIC application error code (RFC 9000 §20.2, `CONNECTION_CLOSE` type 0x1d) and
-//!    [`CloseCode::reason`] as the reason phrase.
+//!    [`CloseCode::reason`] as the reason phrase. Closing a whole endpoint takes the same
+//!    pair: [`CloseCode::varint`] and [`CloseCode::reason`].
 //! 2. The peer sees `ConnectionError::ApplicationClosed`; [`CloseCode::from_quic`] turns the
 //!    error back into a code (`None` for codes this version does not know, and for losses
 //!    that were not an application close, such as an idle timeout).
@@ -70,6 +71,11 @@ impl CloseCode {
         }
     }
 
+    /// The application error code as the QUIC varint quinn's `close` calls take.
+    pub fn varint(self) -> VarInt {
+        VarInt::from_u32(self.code())
+    }
+
     /// The code with wire value `code`, if this version knows it.
     pub fn from_code(code: u64) -> Option<Self> {
         Self::ALL.into_iter().find(|c| u64::from(c.code()) == code)
@@ -112,7 +118,7 @@ impl CloseCode {
 
     /// Closes `conn` with this code and reason.
     pub fn close(self, conn: &quinn::Connection) {
-        conn.close(VarInt::from_u32(self.code()), self.reason().as_bytes());
+        conn.close(self.varint(), self.reason().as_bytes());
     }
 }
 
@@ -131,6 +137,7 @@ mod tests {
         for (i, c) in CloseCode::ALL.into_iter().enumerate() {
             assert_eq!(c.code() as usize, i);
             assert_eq!(CloseCode::from_code(u64::from(c.code())), Some(c));
+            assert_eq!(c.varint().into_inner(), u64::from(c.code()));
         }
         assert_eq!(CloseCode::from_code(10), None);
         assert_eq!(CloseCode::from_code(u64::MAX), None);

@@ -9,19 +9,20 @@
 //!    observes. A timed-out attempt is retried on a fresh connection (see [`establish`]).
 //! 2. A task then owns the stream ([`super::control_task`]). It answers server `Ping`s,
 //!    answers `Incoming` requests by the node's [`IncomingPolicy`], hands the `Go` of an
-//!    accepted request (role controlled) to the node as a [`ControlEvent`], and resolves the
+//!    accepted request (role controlled) to the node as an [`AcceptedGo`], and resolves the
 //!    node's own requests: `Connect` gets its `Go` (role controlling) or an `Error` with the
 //!    same request id; each request has a deadline.
 //! 3. `Register` may be sent again (a UPnP mapping appeared); each `Registered` updates the
 //!    [`Registration`] watch.
 //! 4. When the stream or the connection ends, every waiting request fails with
-//!    [`ControlError`] and the node hears [`ControlEvent::Lost`]. Unless the loss is final
-//!    (the server closed with a final [`crate::coord::CloseCode`], e.g. another connection
-//!    with our key took over), the task dials again with exponential backoff and jitter,
-//!    registers the latest candidates, and reports [`ControlEvent::Restored`]. Requests
-//!    made while offline fail at once.
+//!    [`ControlError`] and the status watch ([`Control::status`]) turns to `Some(reason)`.
+//!    Unless the loss is final (the server closed with a final [`crate::coord::CloseCode`],
+//!    e.g. another connection with our key took over), the task dials again with
+//!    exponential backoff and jitter, registers the latest candidates, and sets the status
+//!    back to `None`. Requests made while offline fail at once.
 //!
-//! Every queue is bounded: commands, events, pending requests, remembered incoming requests.
+//! Every queue is bounded: commands, accepted `Go`s, pending requests. The status is a
+//! watch, so no loss or restoration is ever dropped for want of room.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,14 +38,14 @@ use super::control_task::ControlTask;
 use super::error::{ControlError, DialError, StartError};
 use crate::coord::{encode, Candidate, ClientMsg, FrameDecoder, Go, ServerMsg};
 use crate::identity::PeerId;
-use crate::socket::{ConnectError, Endpoint};
+use crate::socket::{ConnectError, Endpoint, PeerConnection};
 
 /// Largest read from the control stream at once.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
 /// Longest time one write to the control stream may take before the connection counts as
 /// lost.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound of the command and event queues.
+/// Bound of the command and accepted-`Go` queues.
 const QUEUE: usize = 64;
 /// Attempts at reaching and registering with the punch server when one times out.
 const REGISTER_ATTEMPTS: usize = 3;
@@ -61,20 +62,13 @@ pub struct Registration {
     pub generation: u64,
 }
 
-/// What the control task reports to the node.
+/// The `Go` of a request this node accepted: the node starts probing for it.
 #[derive(Debug)]
-pub(crate) enum ControlEvent {
-    /// Start probing for a request this node accepted.
-    Go {
-        /// The server's instruction.
-        go: Go,
-        /// When it arrived.
-        received: Instant,
-    },
-    /// The control connection is gone; the task reconnects unless the error is final.
-    Lost(ControlError),
-    /// A new control connection is registered.
-    Restored,
+pub(crate) struct AcceptedGo {
+    /// The server's instruction.
+    pub go: Go,
+    /// When it arrived.
+    pub received: Instant,
 }
 
 pub(super) type ConnectReply = oneshot::Sender<Result<(Go, Instant), DialError>>;
@@ -132,6 +126,7 @@ pub(super) struct Session {
 pub(crate) struct Control {
     commands: mpsc::Sender<Command>,
     registration: watch::Receiver<Registration>,
+    status: watch::Receiver<Option<String>>,
     connection: watch::Receiver<quinn::Connection>,
     closed: Arc<AtomicBool>,
     request_timeout: Duration,
@@ -143,7 +138,7 @@ impl Control {
         connector: Connector,
         candidates: Vec<Candidate>,
         settings: ControlSettings,
-    ) -> Result<(Self, mpsc::Receiver<ControlEvent>, JoinHandle<()>), StartError> {
+    ) -> Result<(Self, mpsc::Receiver<AcceptedGo>, JoinHandle<()>), StartError> {
         let session = establish(&connector, &candidates, &settings).await?;
         tracing::info!(observed_addr = %session.observed_addr, server = %session.server.short(), "registered");
         let (registration_tx, registration) = watch::channel(Registration {
@@ -151,9 +146,10 @@ impl Control {
             candidates: candidates.clone(),
             generation: 1,
         });
+        let (status_tx, status) = watch::channel(None);
         let (connection_tx, connection) = watch::channel(session.connection.clone());
         let (commands, command_rx) = mpsc::channel(QUEUE);
-        let (event_tx, events) = mpsc::channel(QUEUE);
+        let (accepted_tx, accepted) = mpsc::channel(QUEUE);
         let closed = Arc::new(AtomicBool::new(false));
         let request_timeout = settings.request_timeout;
         let span = tracing::info_span!("control", server = %session.server.short());
@@ -161,8 +157,9 @@ impl Control {
             session,
             connector,
             commands: command_rx,
-            events: event_tx,
+            accepted: accepted_tx,
             registration: registration_tx,
+            status: status_tx,
             connection: connection_tx,
             sent_candidates: candidates,
             pending: HashMap::new(),
@@ -174,16 +171,22 @@ impl Control {
         let control = Self {
             commands,
             registration,
+            status,
             connection,
             closed,
             request_timeout,
         };
-        Ok((control, events, handle))
+        Ok((control, accepted, handle))
     }
 
     /// The latest confirmed registration.
     pub(crate) fn registration(&self) -> watch::Receiver<Registration> {
         self.registration.clone()
+    }
+
+    /// Why the control connection is down (`Some`), or `None` while it is registered.
+    pub(crate) fn status(&self) -> watch::Receiver<Option<String>> {
+        self.status.clone()
     }
 
     /// The current control connection's RTT estimate to the punch server.
@@ -209,7 +212,8 @@ impl Control {
             .await
             .map_err(|_| ControlError::Lost("control task ended".into()))?;
         // The task enforces the request deadline; this is the backstop.
-        match tokio::time::timeout(self.request_timeout + Duration::from_secs(1), rx).await {
+        let backstop = self.request_timeout.saturating_add(Duration::from_secs(1));
+        match tokio::time::timeout(backstop, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ControlError::Lost("control task ended".into()).into()),
             Err(_) => Err(DialError::Timeout {
@@ -261,44 +265,31 @@ async fn establish_once(
         None => endpoint.connect_insecure(connector.server).await,
     }
     .map_err(StartError::Connect)?;
-    let connection = server.connection.clone();
     let registered = tokio::time::timeout(
         settings.register_timeout,
-        register(&connection, candidates, settings.incoming),
+        register(&server, candidates, settings.incoming),
     )
     .await;
     let result = match registered {
-        Ok(Ok((send, recv, decoder, observed_addr))) => Ok(Session {
-            connection: connection.clone(),
-            server: server.peer_id,
-            send,
-            recv,
-            decoder,
-            observed_addr,
-        }),
+        Ok(Ok(session)) => Ok(session),
         Ok(Err(e)) => Err(StartError::Control(e)),
         Err(_) => Err(StartError::RegisterTimeout(settings.register_timeout)),
     };
     if result.is_err() {
-        connection.close(0u32.into(), b"registration failed");
+        server.connection.close(0u32.into(), b"registration failed");
     }
     result
 }
 
-type Registered = (
-    quinn::SendStream,
-    quinn::RecvStream,
-    FrameDecoder<ServerMsg>,
-    SocketAddr,
-);
-
-/// Opens the stream, sends `Register` (and the policy), and waits for `Registered`.
+/// Opens the stream on the connection to `server`, sends `Register` (and the policy), and
+/// waits for `Registered`: the session then starts.
 async fn register(
-    connection: &quinn::Connection,
+    server: &PeerConnection,
     candidates: &[Candidate],
     incoming: IncomingPolicy,
-) -> Result<Registered, ControlError> {
-    let (mut send, mut recv) = connection
+) -> Result<Session, ControlError> {
+    let (mut send, mut recv) = server
+        .connection
         .open_bi()
         .await
         .map_err(|e| ControlError::from_connection(&e))?;
@@ -317,7 +308,14 @@ async fn register(
         while let Some(msg) = decoder.pop() {
             match msg? {
                 ServerMsg::Registered { observed_addr, .. } => {
-                    return Ok((send, recv, decoder, observed_addr));
+                    return Ok(Session {
+                        connection: server.connection.clone(),
+                        server: server.peer_id,
+                        send,
+                        recv,
+                        decoder,
+                        observed_addr,
+                    });
                 }
                 ServerMsg::Ping { ts } => write_msg(&mut send, &ClientMsg::Pong { ts }).await?,
                 ServerMsg::Error { kind, detail, .. } => {

@@ -2,17 +2,21 @@
 //!
 //! Steps of [`ControlTask::run`]:
 //! 1. Serve the session: decode server messages, run the node's commands, expire requests.
-//! 2. When the session ends, fail every waiting request with the [`ControlError`] and
-//!    report [`ControlEvent::Lost`]. Stop if the node closed the connection, dropped its
+//! 2. When the session ends, fail every waiting request with the [`ControlError`] and set
+//!    the status watch to its text. Stop if the node closed the connection, dropped its
 //!    handles, or the error is final ([`ControlError::is_final`]).
 //! 3. Otherwise dial again after `reconnect_min` (doubling up to `reconnect_max` per
 //!    failure, with ±25 % jitter so a restarted server is not hit by every peer at once).
 //!    While offline, `Connect` fails at once and `Register` only updates the candidates.
-//! 4. On success, publish the new connection and registration, report
-//!    [`ControlEvent::Restored`], and serve again.
+//! 4. On success, publish the new connection and registration, set the status back to
+//!    `None`, and serve again.
+//!
+//! Durations from the configuration may be huge (`Duration::MAX` for "never"): backoff
+//! and deadlines saturate ([`super::deadline_after`]) instead of overflowing.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,12 +26,12 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
 use super::control::{
-    establish, read_error, write_msg, Command, ConnectReply, Connector, ControlEvent,
+    establish, read_error, write_msg, AcceptedGo, Command, ConnectReply, Connector,
     ControlSettings, Registration, Session, READ_CHUNK,
 };
 use super::error::{ControlError, DialError, StartError};
-use super::sleep_until_opt;
 use super::IncomingPolicy;
+use super::{deadline_after, sleep_until_opt};
 use crate::coord::{Candidate, ClientMsg, CloseCode, ErrorKind, Role, ServerMsg};
 use crate::identity::PeerId;
 
@@ -48,8 +52,11 @@ pub(super) struct ControlTask {
     pub session: Session,
     pub connector: Connector,
     pub commands: mpsc::Receiver<Command>,
-    pub events: mpsc::Sender<ControlEvent>,
+    /// The `Go`s of incoming requests this node accepted.
+    pub accepted: mpsc::Sender<AcceptedGo>,
     pub registration: watch::Sender<Registration>,
+    /// Why the control connection is down (`None` while registered).
+    pub status: watch::Sender<Option<String>>,
     pub connection: watch::Sender<quinn::Connection>,
     /// The candidates of the latest `Register` (sent again on reconnection).
     pub sent_candidates: Vec<Candidate>,
@@ -73,7 +80,7 @@ impl ControlTask {
                 let _ = p.reply.send(Err(error.clone().into()));
             }
             let is_final = error.is_final();
-            let _ = self.events.try_send(ControlEvent::Lost(error));
+            self.status.send_replace(Some(error.to_string()));
             self.session
                 .connection
                 .close(0u32.into(), b"control connection lost");
@@ -85,16 +92,21 @@ impl ControlTask {
             };
             tracing::info!(observed_addr = %session.observed_addr, "control connection restored");
             let _ = self.connection.send(session.connection.clone());
-            let candidates = self.sent_candidates.clone();
-            let observed_addr = session.observed_addr;
-            self.registration.send_modify(|r| {
-                r.observed_addr = observed_addr;
-                r.candidates = candidates;
-                r.generation += 1;
-            });
+            self.publish_registration(session.observed_addr);
             self.session = session;
-            let _ = self.events.try_send(ControlEvent::Restored);
+            self.status.send_replace(None);
         }
+    }
+
+    /// Publishes a registration the server confirmed: `observed_addr` with the candidates
+    /// of the latest `Register`, one generation on.
+    fn publish_registration(&self, observed_addr: SocketAddr) {
+        let candidates = self.sent_candidates.clone();
+        self.registration.send_modify(|r| {
+            r.observed_addr = observed_addr;
+            r.candidates = candidates;
+            r.generation += 1;
+        });
     }
 
     /// Serves the session until it ends: `None` when this side closed it or the node
@@ -142,7 +154,7 @@ impl ControlTask {
     /// the server's answer makes retrying pointless.
     async fn reconnect(&mut self) -> Option<Session> {
         let mut backoff = self.settings.reconnect_min;
-        let mut next_try = Instant::now() + jitter(backoff);
+        let mut next_try = deadline_after(jitter(backoff));
         let mut attempt: Option<Establishing> = None;
         loop {
             if self.closed.load(Ordering::Relaxed) {
@@ -166,13 +178,13 @@ impl ControlTask {
                         Ok(session) => return Some(session),
                         Err(StartError::Control(e)) if e.is_final() => {
                             tracing::warn!(error = %e, "punch server refuses us for good");
-                            let _ = self.events.try_send(ControlEvent::Lost(e));
+                            self.status.send_replace(Some(e.to_string()));
                             return None;
                         }
                         Err(e) => {
-                            backoff = (backoff * 2).min(self.settings.reconnect_max);
+                            backoff = backoff.saturating_mul(2).min(self.settings.reconnect_max);
                             tracing::info!(error = %e, retry_in = ?backoff, "reconnection failed");
-                            next_try = Instant::now() + jitter(backoff);
+                            next_try = deadline_after(jitter(backoff));
                         }
                     }
                 }
@@ -215,7 +227,7 @@ impl ControlTask {
                 }
                 let request_id = self.next_request;
                 self.next_request += 1;
-                let deadline = Instant::now() + self.settings.request_timeout;
+                let deadline = deadline_after(self.settings.request_timeout);
                 self.pending.insert(
                     request_id,
                     PendingRequest {
@@ -238,12 +250,7 @@ impl ControlTask {
             ServerMsg::Ping { ts } => write_msg(send, &ClientMsg::Pong { ts }).await?,
             ServerMsg::Pong { .. } => {}
             ServerMsg::Registered { observed_addr, .. } => {
-                let candidates = self.sent_candidates.clone();
-                self.registration.send_modify(|r| {
-                    r.observed_addr = observed_addr;
-                    r.candidates = candidates;
-                    r.generation += 1;
-                });
+                self.publish_registration(observed_addr);
                 tracing::debug!(%observed_addr, "registration updated");
             }
             ServerMsg::Incoming { request_id, from } => {
@@ -274,11 +281,7 @@ impl ControlTask {
                 }
             }
             ServerMsg::Go(go) => {
-                if self
-                    .events
-                    .try_send(ControlEvent::Go { go, received })
-                    .is_err()
-                {
+                if self.accepted.try_send(AcceptedGo { go, received }).is_err() {
                     tracing::warn!("punch attempt dropped: node is not keeping up");
                 }
             }
@@ -343,9 +346,10 @@ impl ControlTask {
     }
 }
 
-/// `d` scaled by a random factor in [0.75, 1.25].
+/// `d` scaled by a random factor in [0.75, 1.25], saturating at `Duration::MAX`.
 fn jitter(d: Duration) -> Duration {
-    d.mul_f64(rand::thread_rng().gen_range(0.75..=1.25))
+    let factor = rand::thread_rng().gen_range(0.75..=1.25);
+    Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }
 
 /// Awaits the future in `slot` (the caller's `select!` guard makes sure there is one).
@@ -353,5 +357,22 @@ async fn poll_some(slot: &mut Option<Establishing>) -> Result<Session, StartErro
     match slot {
         Some(fut) => fut.await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_a_quarter_and_saturates() {
+        let d = Duration::from_millis(400);
+        for _ in 0..100 {
+            let j = jitter(d);
+            assert!(j >= Duration::from_millis(300) && j <= Duration::from_millis(500));
+        }
+        assert!(jitter(Duration::MAX) >= Duration::MAX.mul_f64(0.74));
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+        let _ = deadline_after(jitter(Duration::MAX.saturating_mul(2)));
     }
 }

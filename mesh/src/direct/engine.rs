@@ -20,9 +20,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::sleep_until_opt;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::{deadline_from, queue_bound, sleep_until_opt};
 use crate::coord::Go;
 use crate::identity::PeerId;
 use crate::punch::{Candidate, NoDirectPath, ProbeConfig, ProbeEvent, Prober};
@@ -101,7 +101,7 @@ impl Engine {
         local: watch::Receiver<Vec<Candidate>>,
         settings: EngineSettings,
     ) -> Self {
-        let (starts, rx) = mpsc::channel(settings.max_attempts.max(1));
+        let (starts, rx) = mpsc::channel(queue_bound(settings.max_attempts));
         let task = EngineTask {
             socket,
             local,
@@ -255,7 +255,7 @@ impl EngineTask {
                 if let Some(reply) = a.reply.take() {
                     let _ = reply.send(outcome);
                 }
-                a.linger_until = Some(now + self.settings.linger);
+                a.linger_until = Some(deadline_from(now, self.settings.linger));
             }
         }
         self.attempts
@@ -271,7 +271,8 @@ impl EngineTask {
 /// through, so on a short path this wait is most of the connect time.
 fn probe_config(base: &ProbeConfig, server_rtt: Duration) -> ProbeConfig {
     let mut config = base.clone();
-    config.retransmit_initial = (server_rtt * 2)
+    config.retransmit_initial = server_rtt
+        .saturating_mul(2)
         .max(MIN_FIRST_RETRANSMIT)
         .min(base.retransmit_initial);
     config

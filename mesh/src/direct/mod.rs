@@ -15,6 +15,9 @@
 //!    path (with every pair tried), handshake failures.
 //! 5. A lost control connection is dialed again in the background with backoff; dials
 //!    made meanwhile fail with `control_lost`, established peer connections are unaffected.
+//! 6. [`DirectNode::shutdown`] closes everything and removes the UPnP mapping; dropping the
+//!    node instead closes the control connection and stops its tasks (no reconnection),
+//!    while peer connections already handed out stay up.
 
 mod config;
 mod control;
@@ -28,10 +31,57 @@ pub use control::Registration;
 pub use error::{ControlError, DialError, StartError};
 pub use node::{DirectConnection, DirectNode};
 
+use std::time::{Duration, Instant};
+
+/// Farthest a deadline is set: a configured duration beyond it (e.g. `Duration::MAX` for
+/// "never") counts as this long.
+const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// Sleeps until `deadline`, or forever without one (a `select!` arm with no timer).
-pub(crate) async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
+pub(crate) async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+/// `from + d`, with `d` capped at [`FAR_FUTURE`] (never overflows).
+pub(crate) fn deadline_from(from: Instant, d: Duration) -> Instant {
+    let d = d.min(FAR_FUTURE);
+    from.checked_add(d).unwrap_or(from)
+}
+
+/// The deadline `d` from now, capped at [`FAR_FUTURE`] (never overflows).
+pub(crate) fn deadline_after(d: Duration) -> Instant {
+    deadline_from(Instant::now(), d)
+}
+
+/// A configured queue or concurrency bound as tokio accepts it: at least 1, at most
+/// [`tokio::sync::Semaphore::MAX_PERMITS`] (a larger bound would panic).
+pub(crate) fn queue_bound(n: usize) -> usize {
+    n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_saturate_instead_of_overflowing() {
+        let now = Instant::now();
+        assert_eq!(deadline_from(now, Duration::MAX), now + FAR_FUTURE);
+        assert_eq!(
+            deadline_from(now, Duration::from_secs(3)),
+            now + Duration::from_secs(3)
+        );
+        assert!(deadline_after(Duration::MAX) > now);
+    }
+
+    #[test]
+    fn queue_bounds_are_clamped_to_what_tokio_accepts() {
+        assert_eq!(queue_bound(0), 1);
+        assert_eq!(queue_bound(64), 64);
+        assert_eq!(queue_bound(usize::MAX), tokio::sync::Semaphore::MAX_PERMITS);
+        let _ = tokio::sync::mpsc::channel::<()>(queue_bound(usize::MAX));
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Steps of [`DirectNode::start`]:
 //! 1. Resolve the punch server (`ID@HOST:PORT`; a bare `HOST:PORT` only when insecure)
-//!    and bind the one UDP socket ([`Endpoint`]).
+//!    asynchronously ([`crate::coord::PunchAddr::resolve`]) and bind the one UDP socket
+//!    ([`Endpoint`]).
 //! 2. Find the host candidate: the bound IP, or for a wildcard bind the local IP the
 //!    kernel routes toward the punch server (no packet is sent to find it).
 //! 3. Dial the punch server from the socket, check its key, register the candidates
@@ -12,13 +13,19 @@
 //! 5. If the control connection is lost, the control task dials the server again with
 //!    backoff and re-registers ([`DirectNode::control_lost`] says why while it is down).
 //!
+//! [`DirectNode::shutdown`] closes the endpoint (every connection), waits briefly for the
+//! peers to hear it and removes the UPnP mapping. Dropping the node without it closes the
+//! control connection and aborts the node's tasks (control, dispatch, accept, UPnP
+//! registration), which releases the socket once no handed-out connection uses it; the
+//! mapper's own drop stops UPnP.
+//!
 //! [`DirectNode::connect`]: `Connect` to the server, wait for its `Go`, probe, then the
 //! QUIC handshake on the nominated path with the target's key pinned. [`DirectNode::accept`]:
 //! incoming requests are answered by the node's policy and probed in the background; the
 //! dialer's QUIC handshake arrives on the path its prober nominated.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,9 +33,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::config::DirectConfig;
-use super::control::{Connector, Control, ControlEvent, ControlSettings, Registration};
+use super::control::{AcceptedGo, Connector, Control, ControlSettings, Registration};
 use super::engine::{AttemptOutcome, Engine, EngineSettings};
 use super::error::{DialError, StartError};
+use super::queue_bound;
 use crate::coord::{Candidate as WireCandidate, CandidateKind as WireKind};
 use crate::identity::{Identity, PeerId};
 use crate::punch::{self, Candidate};
@@ -43,10 +51,8 @@ const MAX_GO_TIMES: usize = 256;
 pub struct DirectConnection {
     /// The QUIC connection and the peer's verified id.
     pub peer: PeerConnection,
-    /// The peer's real address on the path.
+    /// The peer's address on the direct path (relayed paths come in a later layer).
     pub remote: SocketAddr,
-    /// The path under the connection (direct here; a relay in a later layer).
-    pub path: Path,
     /// For a dial: from the call to `connect` to the established connection. For an
     /// accept: from the server's `Go` to the established connection (if it was seen).
     pub elapsed: Option<Duration>,
@@ -61,7 +67,21 @@ pub struct DirectNode {
     upnp: Option<PortMapper>,
     accepted: tokio::sync::Mutex<mpsc::Receiver<Accepted>>,
     control_lost: watch::Receiver<Option<String>>,
+    /// The control task, dispatch, accept loop and UPnP registration: each holds the
+    /// endpoint or a control handle, so they are aborted on drop.
     tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for DirectNode {
+    /// Closes the control connection (no reconnection) and aborts the node's tasks, so
+    /// nothing of the node keeps running; [`DirectNode::shutdown`] also closes the peer
+    /// connections and removes the UPnP mapping.
+    fn drop(&mut self) {
+        self.control.close();
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
 }
 
 type Accepted = Result<DirectConnection, ConnectError>;
@@ -70,7 +90,14 @@ impl DirectNode {
     /// Binds, registers with the punch server and starts the background tasks.
     pub async fn start(identity: Arc<Identity>, config: DirectConfig) -> Result<Self, StartError> {
         let expected = config.punch.expected_id(config.insecure)?;
-        let server = resolve(&config.punch.host_port(), config.bind)?;
+        let server = config
+            .punch
+            .resolve(config.bind)
+            .await
+            .map_err(|e| StartError::Resolve {
+                host: config.punch.host_port(),
+                detail: e.to_string(),
+            })?;
         let (endpoint, stun) = Endpoint::bind(config.bind, identity, config.endpoint.clone())?;
         let endpoint = Arc::new(endpoint);
         let local = endpoint
@@ -91,7 +118,7 @@ impl DirectNode {
             reconnect_min: config.reconnect_min,
             reconnect_max: config.reconnect_max.max(config.reconnect_min),
         };
-        let (control, events, control_task) =
+        let (control, accepted_gos, control_task) =
             Control::start(connector, host_candidates.clone(), settings).await?;
         let (local_tx, local_rx) = watch::channel(probe_candidates(&host_candidates));
         let engine = Engine::start(
@@ -105,23 +132,22 @@ impl DirectNode {
             },
         );
         let go_times = Arc::new(Mutex::new(HashMap::new()));
-        let (lost_tx, control_lost) = watch::channel(None);
-        let (accepted_tx, accepted) = mpsc::channel(config.accept_queue.max(1));
+        let control_lost = control.status();
+        let (accepted_tx, accepted) = mpsc::channel(queue_bound(config.accept_queue));
         let mut tasks = vec![
             control_task,
             tokio::spawn(dispatch(
-                events,
+                accepted_gos,
                 engine.clone(),
                 control.clone(),
                 go_times.clone(),
-                lost_tx,
             )),
             tokio::spawn(accept_loop(
                 endpoint.clone(),
                 control.clone(),
                 go_times,
                 accepted_tx,
-                config.max_attempts.max(1),
+                queue_bound(config.max_attempts),
             )),
         ];
         let mut upnp = None;
@@ -218,7 +244,6 @@ impl DirectNode {
         Ok(DirectConnection {
             peer,
             remote,
-            path: Path::Direct(remote),
             elapsed: Some(started.elapsed()),
         })
     }
@@ -230,7 +255,9 @@ impl DirectNode {
         self.accepted.lock().await.recv().await
     }
 
-    /// Closes every connection, removes the UPnP mapping and stops the tasks.
+    /// Closes every connection, removes the UPnP mapping and stops the tasks (the
+    /// synchronous part, closing the control connection and aborting the tasks, is the
+    /// node's `Drop`, which runs at the end).
     pub async fn shutdown(mut self) {
         self.control.close();
         self.endpoint.close(0, b"shutdown");
@@ -240,10 +267,6 @@ impl DirectNode {
                 tracing::warn!(error = %e, "UPnP mapping not removed");
             }
         }
-        for t in self.tasks.drain(..) {
-            t.abort();
-        }
-        drop(self.engine);
     }
 }
 
@@ -271,7 +294,7 @@ async fn accept_loop(
         // The dialer just reached us through punched checks, so the path is about as short
         // as our way to the punch server and back twice: start the handshake's timers there
         // (never above the generic initial RTT).
-        let rtt_hint = (control.rtt() * 2).min(INITIAL_RTT);
+        let rtt_hint = control.rtt().saturating_mul(2).min(INITIAL_RTT);
         tokio::spawn(async move {
             let result = endpoint
                 .handshake_with_rtt(incoming, Some(rtt_hint))
@@ -285,7 +308,6 @@ async fn accept_loop(
                     let go = lock(&go_times).remove(&peer.peer_id);
                     DirectConnection {
                         remote: path.remote(),
-                        path,
                         elapsed: go.map(|t| t.elapsed()),
                         peer,
                     }
@@ -299,33 +321,22 @@ async fn accept_loop(
     }
 }
 
-/// Feeds accepted requests' `Go`s to the engine; records when the control connection ends.
+/// Feeds accepted requests' `Go`s to the engine (and remembers when each arrived).
 async fn dispatch(
-    mut events: mpsc::Receiver<ControlEvent>,
+    mut gos: mpsc::Receiver<AcceptedGo>,
     engine: Engine,
     control: Control,
     go_times: Arc<Mutex<HashMap<PeerId, Instant>>>,
-    lost: watch::Sender<Option<String>>,
 ) {
-    while let Some(event) = events.recv().await {
-        match event {
-            ControlEvent::Go { go, received } => {
-                {
-                    let mut times = lock(&go_times);
-                    if times.len() >= MAX_GO_TIMES {
-                        times.clear();
-                    }
-                    times.insert(go.peer, received);
-                }
-                engine.spawn_attempt(go, received, control.rtt());
+    while let Some(AcceptedGo { go, received }) = gos.recv().await {
+        {
+            let mut times = lock(&go_times);
+            if times.len() >= MAX_GO_TIMES {
+                times.clear();
             }
-            ControlEvent::Lost(e) => {
-                let _ = lost.send(Some(e.to_string()));
-            }
-            ControlEvent::Restored => {
-                let _ = lost.send(None);
-            }
+            times.insert(go.peer, received);
         }
+        engine.spawn_attempt(go, received, control.rtt());
     }
 }
 
@@ -362,19 +373,6 @@ fn probe_candidates(candidates: &[WireCandidate]) -> Vec<Candidate> {
         .iter()
         .filter_map(WireCandidate::to_probe)
         .collect::<Vec<punch::Candidate>>()
-}
-
-/// The punch server's address, of the bind address's family.
-fn resolve(host_port: &str, bind: SocketAddr) -> Result<SocketAddr, StartError> {
-    let err = |detail: String| StartError::Resolve {
-        host: host_port.to_owned(),
-        detail,
-    };
-    host_port
-        .to_socket_addrs()
-        .map_err(|e| err(e.to_string()))?
-        .find(|a| a.is_ipv4() == bind.is_ipv4())
-        .ok_or_else(|| err("no address of the socket's family".into()))
 }
 
 /// The host candidate's IP: the bound one, or the source the kernel picks toward `server`.

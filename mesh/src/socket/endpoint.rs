@@ -1,20 +1,28 @@
 //! [`Endpoint`]: one UDP socket, one quinn endpoint, one identity.
 //!
 //! Flow:
-//! 1. [`Endpoint::bind`] opens the [`MeshSocket`], builds the mutual-TLS server
-//!    configuration of the [`Identity`] and creates the quinn endpoint on the socket with
-//!    `quinn::Endpoint::new_with_abstract_socket`. It hands back the STUN queue.
+//! 1. [`Endpoint::bind`] opens the [`MeshSocket`], builds the transport parameters for paths
+//!    of unknown RTT ([`EndpointOptions::transport`] with `None`) and the mutual-TLS server
+//!    configuration of the [`Identity`], keeps both for every later connection, and creates
+//!    the quinn endpoint on the socket with `quinn::Endpoint::new_with_abstract_socket`. It
+//!    hands back the STUN queue.
 //! 2. [`Endpoint::connect`] registers the peer's path in the path table, dials the peer's
 //!    synthetic address with a client configuration that accepts only the expected
 //!    [`PeerId`] (QUIC-TLS, RFC 9001 / RFC 8446) and returns a [`PeerConnection`]; a key
-//!    mismatch is [`ConnectError::Identity`] with both ids.
+//!    mismatch is [`ConnectError::Identity`] with both ids. [`Endpoint::connect_insecure`]
+//!    accepts any key and pins the path to the key the remote proved. A failed dial removes
+//!    the path it created.
 //! 3. [`Endpoint::accept`] waits for an incoming handshake, reads the peer's verified key and
 //!    pins the learned synthetic address to it.
 //!    The endpoint never greases the QUIC bit ([`endpoint_config`]), so every QUIC packet it
 //!    receives passes the first-byte demultiplexing.
-//! 4. Every connection runs in a tracing span naming the peer; handshakes are bounded by
+//! 4. A dial or handshake given a measured RTT ([`Endpoint::connect_with_rtt`],
+//!    [`Endpoint::handshake_with_rtt`]) gets transport parameters built for that RTT; the
+//!    handshake reuses the server configuration of step 1 with them.
+//! 5. Every connection runs in a tracing span naming the peer; handshakes are bounded by
 //!    [`EndpointOptions::handshake_timeout`].
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +30,9 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
-use super::path::{Path, PathTable, PathTableFull, DEFAULT_CAPACITY, DEFAULT_IDLE_TIMEOUT};
+use super::path::{
+    DialTarget, Path, PathTable, PathTableFull, DEFAULT_CAPACITY, DEFAULT_IDLE_TIMEOUT,
+};
 use super::udp::{MeshSocket, RawSendError, SocketStats, StunReceiver, DEFAULT_STUN_QUEUE};
 use crate::identity::{tls, Identity, IdentityError, PeerId};
 
@@ -43,13 +53,14 @@ pub struct EndpointOptions {
     pub stun_queue: usize,
     /// Longest time a handshake may take.
     pub handshake_timeout: Duration,
-    /// quinn transport parameters for every connection (accepted ones, and dialed ones
-    /// whose path RTT is unknown).
-    pub transport: Arc<quinn::TransportConfig>,
-    /// Builds the transport parameters of a dialed connection whose path RTT was just
-    /// measured (by probing, [`Endpoint::connect_with_rtt`]): loss recovery of the handshake
-    /// then starts from the real RTT instead of a guess, which matters on lossy paths.
-    pub transport_for_rtt: fn(Duration) -> quinn::TransportConfig,
+    /// Builds the quinn transport parameters of a connection from its path's RTT, the one
+    /// place to tune them. `None`: the RTT is unknown ([`Endpoint::connect`],
+    /// [`Endpoint::accept`], ...); built once at [`Endpoint::bind`] and shared.
+    /// `Some(rtt)`: the RTT was just measured (by probing: [`Endpoint::connect_with_rtt`],
+    /// [`Endpoint::handshake_with_rtt`]; at least 2 ms), so loss recovery of the handshake
+    /// starts from the real RTT instead of a guess, which matters on lossy paths. The
+    /// default is [`default_transport`], with [`INITIAL_RTT`] for `None`.
+    pub transport: fn(Option<Duration>) -> quinn::TransportConfig,
 }
 
 /// The default transport parameters, with `initial_rtt` as the RTT estimate before the
@@ -71,8 +82,7 @@ impl Default for EndpointOptions {
             // RFC 9002 starts at 333 ms, tuned for unknown paths; games on lossy links
             // recover a lost handshake packet three times sooner from 100 ms (the estimate
             // takes over after the first sample).
-            transport: Arc::new(default_transport(INITIAL_RTT)),
-            transport_for_rtt: default_transport,
+            transport: |rtt| default_transport(rtt.unwrap_or(INITIAL_RTT)),
         }
     }
 }
@@ -136,6 +146,11 @@ pub struct Endpoint {
     identity: Arc<Identity>,
     socket: Arc<MeshSocket>,
     quinn: quinn::Endpoint,
+    /// `options.transport` for an unknown RTT, built at bind.
+    transport: Arc<quinn::TransportConfig>,
+    /// The server configuration built at bind (with `transport`); a handshake with a known
+    /// RTT clones it with its own transport parameters.
+    server: quinn::ServerConfig,
     options: EndpointOptions,
 }
 
@@ -148,10 +163,11 @@ impl Endpoint {
     ) -> Result<(Self, StunReceiver), BindError> {
         let paths = PathTable::new(options.max_paths, options.path_idle_timeout);
         let (socket, stun) = MeshSocket::bind(addr, paths, options.stun_queue)?;
-        let server = tls::server_config(&identity, Some(options.transport.clone()))?;
+        let transport = Arc::new((options.transport)(None));
+        let server = tls::server_config(&identity, Some(transport.clone()))?;
         let quinn = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config(),
-            Some(server),
+            Some(server.clone()),
             socket.clone(),
             Arc::new(quinn::TokioRuntime),
         )?;
@@ -161,6 +177,8 @@ impl Endpoint {
                 identity,
                 socket,
                 quinn,
+                transport,
+                server,
                 options,
             },
             stun,
@@ -214,105 +232,58 @@ impl Endpoint {
         addr: SocketAddr,
         rtt: Option<Duration>,
     ) -> Result<PeerConnection, ConnectError> {
-        let transport = match rtt {
-            // quinn's timer granularity is 1 ms; a LAN RTT below it would make the first
-            // retransmissions needlessly eager.
-            Some(rtt) => Arc::new((self.options.transport_for_rtt)(rtt.max(MIN_MEASURED_RTT))),
-            None => self.options.transport.clone(),
-        };
-        let (synthetic, created) = {
-            // Only an entry this call adds is removed again on failure; an adopted or moved
-            // one may carry another connection.
-            let mut paths = self.socket.paths();
-            let before = paths.len();
-            let synthetic = paths.upsert_peer(Instant::now(), peer, Path::Direct(addr))?;
-            (synthetic, paths.len() > before)
-        };
+        let target = self
+            .socket
+            .paths()
+            .dial_peer(Instant::now(), peer, Path::Direct(addr))?;
         let span = tracing::info_span!("peer", peer = %peer.short(), dir = "out", %addr);
-        let result = async {
+        let dial = async {
+            let transport = self.transport_for(rtt);
             let (config, check) = tls::client_config(&self.identity, peer, Some(transport))?;
             let connecting =
                 self.quinn
-                    .connect_with(config, synthetic, &tls::server_name(&peer))?;
-            let connection =
-                match tokio::time::timeout(self.options.handshake_timeout, connecting).await {
-                    Err(_) => return Err(ConnectError::Timeout(self.options.handshake_timeout)),
-                    Ok(Err(e)) => {
-                        let err = check
-                            .mismatch()
-                            .map(ConnectError::Identity)
-                            .unwrap_or_else(|| e.into());
-                        tracing::debug!(error = %err, "connect failed");
-                        return Err(err);
-                    }
-                    Ok(Ok(c)) => c,
-                };
-            // The verifier already checked the key; check again on the finished connection.
-            let actual = tls::remote_peer_id(&connection)?;
-            if actual != peer {
-                connection.close(0u32.into(), b"peer id mismatch");
-                return Err(IdentityError::PeerIdMismatch {
-                    expected: peer,
-                    actual,
+                    .connect_with(config, target.synthetic, &tls::server_name(&peer))?;
+            match self
+                .finish_handshake(connecting, target.synthetic, Some(peer))
+                .await
+            {
+                Ok(connection) => {
+                    tracing::debug!("connected");
+                    Ok(connection)
                 }
-                .into());
+                Err(e) => {
+                    let err = match e {
+                        ConnectError::Handshake(_) => {
+                            check.mismatch().map(ConnectError::Identity).unwrap_or(e)
+                        }
+                        e => e,
+                    };
+                    tracing::debug!(error = %err, "connect failed");
+                    Err(err)
+                }
             }
-            tracing::debug!("connected");
-            Ok(PeerConnection {
-                connection,
-                peer_id: actual,
-                synthetic_addr: synthetic,
-            })
-        }
-        .instrument(span)
-        .await;
-        if result.is_err() && created {
-            // Do not keep a path for a peer we never reached.
-            self.socket.paths().remove(&synthetic);
-        }
-        result
+        };
+        self.forget_new_path_on_error(target, dial.instrument(span))
+            .await
     }
 
     /// Connects to whatever key answers at `addr` (development only: a punch server named
     /// without its id, `--insecure`). The returned [`PeerConnection::peer_id`] is the key
     /// the remote proved; pin it if you talk to it again.
     pub async fn connect_insecure(&self, addr: SocketAddr) -> Result<PeerConnection, ConnectError> {
-        let (synthetic, created) = {
-            let mut paths = self.socket.paths();
-            let before = paths.len();
-            let synthetic = paths
-                .on_incoming(Instant::now(), addr)
-                .ok_or(PathTableFull {
-                    capacity: self.options.max_paths,
-                })?;
-            (synthetic, paths.len() > before)
-        };
+        let target = self.socket.paths().dial_remote(Instant::now(), addr)?;
         let span = tracing::info_span!("peer", peer = tracing::field::Empty, dir = "out", %addr);
-        let result = async {
+        let dial = async {
             tracing::warn!("connecting without checking the remote key (insecure)");
-            let config =
-                tls::client_config_insecure(&self.identity, Some(self.options.transport.clone()))?;
+            let config = tls::client_config_insecure(&self.identity, Some(self.transport.clone()))?;
             let connecting =
                 self.quinn
-                    .connect_with(config, synthetic, tls::INSECURE_SERVER_NAME)?;
-            let connection = tokio::time::timeout(self.options.handshake_timeout, connecting)
+                    .connect_with(config, target.synthetic, tls::INSECURE_SERVER_NAME)?;
+            self.finish_handshake(connecting, target.synthetic, None)
                 .await
-                .map_err(|_| ConnectError::Timeout(self.options.handshake_timeout))??;
-            let peer_id = tls::remote_peer_id(&connection)?;
-            tracing::Span::current().record("peer", tracing::field::display(peer_id.short()));
-            self.socket.paths().bind_peer(&synthetic, peer_id);
-            Ok(PeerConnection {
-                connection,
-                peer_id,
-                synthetic_addr: synthetic,
-            })
-        }
-        .instrument(span)
-        .await;
-        if result.is_err() && created {
-            self.socket.paths().remove(&synthetic);
-        }
-        result
+        };
+        self.forget_new_path_on_error(target, dial.instrument(span))
+            .await
     }
 
     /// Waits for the next incoming connection and completes its handshake.
@@ -356,27 +327,75 @@ impl Endpoint {
         async {
             let connecting = match rtt {
                 Some(rtt) => {
-                    let transport = (self.options.transport_for_rtt)(rtt.max(MIN_MEASURED_RTT));
-                    let config = tls::server_config(&self.identity, Some(Arc::new(transport)))?;
+                    let mut config = self.server.clone();
+                    config.transport_config(self.transport_for(Some(rtt)));
                     incoming.accept_with(Arc::new(config))?
                 }
                 None => incoming.accept()?,
             };
-            let connection = tokio::time::timeout(self.options.handshake_timeout, connecting)
-                .await
-                .map_err(|_| ConnectError::Timeout(self.options.handshake_timeout))??;
-            let peer_id = tls::remote_peer_id(&connection)?;
-            tracing::Span::current().record("peer", tracing::field::display(peer_id.short()));
-            self.socket.paths().bind_peer(&synthetic, peer_id);
+            let connection = self.finish_handshake(connecting, synthetic, None).await?;
             tracing::debug!("accepted");
-            Ok(PeerConnection {
-                connection,
-                peer_id,
-                synthetic_addr: synthetic,
-            })
+            Ok(connection)
         }
         .instrument(span)
         .await
+    }
+
+    /// The transport parameters of a connection on a path with RTT `rtt`, if known.
+    fn transport_for(&self, rtt: Option<Duration>) -> Arc<quinn::TransportConfig> {
+        match rtt {
+            // quinn's timer granularity is 1 ms; a LAN RTT below it would make the first
+            // retransmissions needlessly eager.
+            Some(rtt) => Arc::new((self.options.transport)(Some(rtt.max(MIN_MEASURED_RTT)))),
+            None => self.transport.clone(),
+        }
+    }
+
+    /// The end of every handshake, in the connection's span: waits for it (bounded by
+    /// [`EndpointOptions::handshake_timeout`]), reads the key the peer proved, checks it
+    /// against `expected` if the peer was dialed by id, names the peer in the span and pins
+    /// `synthetic` to it.
+    async fn finish_handshake(
+        &self,
+        connecting: quinn::Connecting,
+        synthetic: SocketAddr,
+        expected: Option<PeerId>,
+    ) -> Result<PeerConnection, ConnectError> {
+        let limit = self.options.handshake_timeout;
+        let connection = tokio::time::timeout(limit, connecting)
+            .await
+            .map_err(|_| ConnectError::Timeout(limit))??;
+        let peer_id = tls::remote_peer_id(&connection)?;
+        if let Some(expected) = expected.filter(|&expected| expected != peer_id) {
+            // The verifier already checked the key; this checks the finished connection.
+            connection.close(0u32.into(), b"peer id mismatch");
+            return Err(IdentityError::PeerIdMismatch {
+                expected,
+                actual: peer_id,
+            }
+            .into());
+        }
+        tracing::Span::current().record("peer", tracing::field::display(peer_id.short()));
+        self.socket.paths().bind_peer(&synthetic, peer_id);
+        Ok(PeerConnection {
+            connection,
+            peer_id,
+            synthetic_addr: synthetic,
+        })
+    }
+
+    /// Runs `dial` towards `target`; if it fails and `target`'s path table entry is new,
+    /// removes the entry again: no path is kept for a peer never reached.
+    async fn forget_new_path_on_error(
+        &self,
+        target: DialTarget,
+        dial: impl Future<Output = Result<PeerConnection, ConnectError>>,
+    ) -> Result<PeerConnection, ConnectError> {
+        let result = dial.await;
+        if result.is_err() && target.created {
+            self.socket.paths().remove(&target.synthetic);
+        }
+        result
     }
 
     /// Closes every connection and stops accepting.
@@ -387,5 +406,158 @@ impl Endpoint {
     /// Waits until every connection is closed and its packets are flushed.
     pub async fn wait_idle(&self) {
         self.quinn.wait_idle().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use anyhow::Context;
+    use tokio::time::timeout;
+
+    use super::*;
+
+    const STEP: Duration = Duration::from_secs(10);
+
+    fn bind(options: EndpointOptions) -> anyhow::Result<(Endpoint, SocketAddr)> {
+        let identity = Arc::new(Identity::generate()?);
+        let (endpoint, _stun) = Endpoint::bind("127.0.0.1:0".parse()?, identity, options)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], endpoint.local_addr()?.port()));
+        Ok((endpoint, addr))
+    }
+
+    /// Every RTT the builder of [`every_transport_comes_from_the_one_builder`] was asked for.
+    static BUILT: Mutex<Vec<Option<Duration>>> = Mutex::new(Vec::new());
+
+    #[tokio::test]
+    async fn every_transport_comes_from_the_one_builder() -> anyhow::Result<()> {
+        let options = EndpointOptions {
+            transport: |rtt| {
+                BUILT.lock().unwrap_or_else(|p| p.into_inner()).push(rtt);
+                default_transport(rtt.unwrap_or(INITIAL_RTT))
+            },
+            ..EndpointOptions::default()
+        };
+        let built = || BUILT.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (a, a_addr) = bind(options.clone())?;
+        let (b, _) = bind(options)?;
+        // The unknown-RTT parameters: once per endpoint, at bind.
+        assert_eq!(built(), [None, None]);
+
+        let (accepted, dialed) = tokio::join!(
+            async {
+                let incoming = a.accept_incoming().await.context("closed")?;
+                // Below the 1 ms timer granularity: raised to 2 ms.
+                let rtt = Some(Duration::from_micros(100));
+                anyhow::Ok(timeout(STEP, a.handshake_with_rtt(incoming, rtt)).await??)
+            },
+            timeout(
+                STEP,
+                b.connect_with_rtt(a.peer_id(), a_addr, Some(Duration::from_millis(30)))
+            )
+        );
+        let (accepted, dialed) = (accepted?, dialed??);
+        assert_eq!(accepted.peer_id, b.peer_id());
+        assert_eq!(dialed.peer_id, a.peer_id());
+        let mut seen = built();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                None,
+                None,
+                Some(MIN_MEASURED_RTT),
+                Some(Duration::from_millis(30))
+            ]
+        );
+
+        // Unknown RTT again: nothing is built.
+        let (accepted, dialed) = tokio::join!(
+            async { anyhow::Ok(timeout(STEP, a.accept()).await?.context("closed")??) },
+            timeout(STEP, b.connect(a.peer_id(), a_addr))
+        );
+        assert_eq!(accepted?.peer_id, b.peer_id());
+        assert_eq!(dialed??.synthetic_addr, dialed_synthetic(&b, a.peer_id())?);
+        assert_eq!(built().len(), 4);
+        Ok(())
+    }
+
+    fn dialed_synthetic(endpoint: &Endpoint, peer: PeerId) -> anyhow::Result<SocketAddr> {
+        endpoint
+            .socket()
+            .paths()
+            .synthetic_for_peer(&peer)
+            .context("no path pinned to the peer")
+    }
+
+    #[tokio::test]
+    async fn insecure_dial_pins_the_path_to_the_proved_key() -> anyhow::Result<()> {
+        let (a, a_addr) = bind(EndpointOptions::default())?;
+        let (b, _) = bind(EndpointOptions::default())?;
+        let (accepted, dialed) = tokio::join!(
+            async { anyhow::Ok(timeout(STEP, a.accept()).await?.context("closed")??) },
+            timeout(STEP, b.connect_insecure(a_addr))
+        );
+        let (accepted, dialed) = (accepted?, dialed??);
+        assert_eq!(accepted.peer_id, b.peer_id());
+        assert_eq!(dialed.peer_id, a.peer_id());
+        assert_eq!(dialed_synthetic(&b, a.peer_id())?, dialed.synthetic_addr);
+        // Dialing the proved key later reuses the same synthetic address.
+        let (accepted, again) = tokio::join!(
+            async { anyhow::Ok(timeout(STEP, a.accept()).await?.context("closed")??) },
+            timeout(STEP, b.connect(a.peer_id(), a_addr))
+        );
+        accepted?;
+        assert_eq!(again??.synthetic_addr, dialed.synthetic_addr);
+        assert_eq!(b.socket().paths().len(), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn failed_insecure_dial_removes_only_a_path_it_created() -> anyhow::Result<()> {
+        let options = EndpointOptions {
+            max_paths: 1,
+            handshake_timeout: Duration::from_millis(200),
+            ..EndpointOptions::default()
+        };
+        let (a, _) = bind(options)?;
+        // A bound but silent socket: the handshake cannot finish.
+        let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let target = silent.local_addr()?;
+
+        let err = a
+            .connect_insecure(target)
+            .await
+            .err()
+            .context("connected")?;
+        assert!(matches!(err, ConnectError::Timeout(_)), "{err}");
+        assert!(a.socket().paths().is_empty());
+
+        // An entry that was there before the dial stays.
+        let known = a.socket().paths().dial_remote(Instant::now(), target)?;
+        let err = a
+            .connect_insecure(target)
+            .await
+            .err()
+            .context("connected")?;
+        assert!(matches!(err, ConnectError::Timeout(_)), "{err}");
+        assert_eq!(
+            a.socket().paths().resolve(&known.synthetic),
+            Some(Path::Direct(target))
+        );
+
+        // The one slot is taken and not idle: a full table is an error.
+        let other = SocketAddr::from(([127, 0, 0, 1], target.port().wrapping_add(1).max(1)));
+        let err = a.connect_insecure(other).await.err().context("connected")?;
+        assert!(
+            matches!(
+                err,
+                ConnectError::PathTableFull(PathTableFull { capacity: 1 })
+            ),
+            "{err}"
+        );
+        assert_eq!(a.socket().paths().len(), 1);
+        Ok(())
     }
 }

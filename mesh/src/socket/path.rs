@@ -4,8 +4,10 @@
 //! 1. quinn never sees a real address. Each remote peer gets a synthetic IPv6 address in
 //!    [`SYNTHETIC_NET`] (a ULA /64, RFC 4193, that this crate reserves; never routed, never
 //!    sent to), with a 64-bit interface id that is never reused.
-//! 2. Dialing: [`PathTable::upsert_peer`] gives the peer's synthetic address (creating it, or
-//!    moving the existing one to a new [`Path`]); quinn connects to that address.
+//! 2. Dialing: [`PathTable::dial_peer`] gives the peer's synthetic address (creating it, or
+//!    moving the existing one to a new [`Path`]); [`PathTable::dial_remote`] gives the one of
+//!    a remote whose key is not known yet. quinn connects to that address. Both tell whether
+//!    they created the entry ([`DialTarget::created`]), so a failed dial removes only its own.
 //! 3. Sending (per packet): [`PathTable::resolve`] turns quinn's synthetic destination into
 //!    the live path. An unknown synthetic address resolves to nothing: the caller drops the
 //!    packet and counts it.
@@ -104,6 +106,32 @@ pub struct PathTableFull {
     pub capacity: usize,
 }
 
+/// A synthetic address to dial, from [`PathTable::dial_peer`] or [`PathTable::dial_remote`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DialTarget {
+    /// The synthetic address quinn connects to.
+    pub synthetic: SocketAddr,
+    /// Whether the call added the entry. Only such an entry may be removed again when the
+    /// dial fails: an adopted or moved one may carry another connection.
+    pub created: bool,
+}
+
+impl DialTarget {
+    fn existing(id: u64) -> Self {
+        Self {
+            synthetic: synthetic_addr(id),
+            created: false,
+        }
+    }
+
+    fn added(synthetic: SocketAddr) -> Self {
+        Self {
+            synthetic,
+            created: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     path: Path,
@@ -179,20 +207,49 @@ impl PathTable {
         peer: PeerId,
         path: Path,
     ) -> Result<SocketAddr, PathTableFull> {
+        self.dial_peer(now, peer, path).map(|t| t.synthetic)
+    }
+
+    /// [`PathTable::upsert_peer`] for dialing `peer`: also tells whether the entry is new.
+    pub fn dial_peer(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        path: Path,
+    ) -> Result<DialTarget, PathTableFull> {
         if let Some(&id) = self.by_peer.get(&peer) {
             self.set_path_id(id, path);
-            return Ok(synthetic_addr(id));
+            return Ok(DialTarget::existing(id));
         }
         if let Some(&id) = self.by_remote.get(&path.remote()) {
             if let Some(e) = self.entries.get_mut(&id) {
                 if e.peer.is_none() {
                     e.peer = Some(peer);
                     self.by_peer.insert(peer, id);
-                    return Ok(synthetic_addr(id));
+                    return Ok(DialTarget::existing(id));
                 }
             }
         }
-        self.insert(now, path, Some(peer))
+        self.insert(now, path, Some(peer)).map(DialTarget::added)
+    }
+
+    /// The synthetic address for dialing `remote` before its key is known (insecure mode):
+    /// the entry already holding `remote` (pinned or not), else a new learned one, which
+    /// [`PathTable::bind_peer`] pins once the key is verified. Unlike
+    /// [`PathTable::on_incoming`] this is not a receipt (an existing entry's idle time is
+    /// kept) and a full table is an error.
+    pub fn dial_remote(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+    ) -> Result<DialTarget, PathTableFull> {
+        if let Some(&id) = self.by_remote.get(&remote) {
+            if self.entries.contains_key(&id) {
+                return Ok(DialTarget::existing(id));
+            }
+        }
+        self.insert(now, Path::Direct(remote), None)
+            .map(DialTarget::added)
     }
 
     /// Pins a learned synthetic address to `peer` once its identity is verified, so dialing
@@ -435,6 +492,48 @@ mod tests {
         assert_eq!(t.remove(&pinned), Some(Path::Direct(addr(1))));
         assert_eq!(t.remove(&pinned), None);
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn dialing_tells_whether_the_entry_is_new() {
+        let t0 = Instant::now();
+        let idle = Duration::from_secs(10);
+        let mut t = PathTable::new(2, idle);
+        let learned = t.on_incoming(t0, addr(1000)).unwrap();
+        // A known remote is reused as it is, pinned or not; its idle time is kept.
+        assert_eq!(
+            t.dial_remote(t0 + idle, addr(1000)),
+            Ok(DialTarget {
+                synthetic: learned,
+                created: false
+            })
+        );
+        assert_eq!(t.peer_of(&learned), None);
+        let pinned = t.dial_peer(t0, peer(1), Path::Direct(addr(2000))).unwrap();
+        assert!(pinned.created);
+        assert_eq!(
+            t.dial_remote(t0, addr(2000)),
+            Ok(DialTarget {
+                synthetic: pinned.synthetic,
+                created: false
+            })
+        );
+        // Adopting or moving is not creating.
+        let adopted = t.dial_peer(t0, peer(2), Path::Direct(addr(1000))).unwrap();
+        assert_eq!((adopted.synthetic, adopted.created), (learned, false));
+        let moved = t.dial_peer(t0, peer(1), Path::Direct(addr(2001))).unwrap();
+        assert_eq!((moved.synthetic, moved.created), (pinned.synthetic, false));
+        // Full, nothing idle: an error, not a silent drop.
+        assert_eq!(
+            t.dial_remote(t0, addr(3000)),
+            Err(PathTableFull { capacity: 2 })
+        );
+        // Created over an evicted entry: the length stays, `created` still says so.
+        let fresh = t.dial_remote(t0 + idle, addr(3000)).unwrap();
+        assert!(fresh.created);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.resolve(&fresh.synthetic), Some(Path::Direct(addr(3000))));
+        assert_eq!(t.on_incoming(t0 + idle, addr(3000)), Some(fresh.synthetic));
     }
 
     #[test]

@@ -33,13 +33,8 @@ pub enum CloseReason {
 
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Superseded => "superseded by a newer connection of the same peer",
-            Self::VersionMismatch => "protocol version mismatch",
-            Self::Malformed => "malformed stream",
-            Self::TooManyMalformed => "too many malformed messages",
-            Self::ServerFull => "server full",
-        })
+        // The wire close code carries the text peers see.
+        f.write_str(mesh::coord::CloseCode::from(*self).reason())
     }
 }
 

@@ -7,8 +7,8 @@
 //!    recently, or gets full buckets.
 //! 2. Its connection spends from them (connect requests, punch attempts).
 //! 3. When the connection goes (disconnect, close, or superseded by a newer connection of
-//!    the same peer), its limits go back into [`Departed`], until they would be full again
-//!    anyway; the table holds at most `max_connections` peers, the oldest departures
+//!    the same peer), its limits go back into [`Departed`] (unless they are full), until
+//!    they would be full again anyway; the table holds at most `max_connections` peers, the oldest departures
 //!    dropped first.
 
 use std::collections::hash_map::Entry;
@@ -53,6 +53,15 @@ impl TokenBucket {
         self.tokens >= 1.0
     }
 
+    /// Whether the bucket is full at `now` (a zero rate always is).
+    fn is_full(&mut self, now: Instant) -> bool {
+        if self.rate.per_sec == 0 {
+            return true;
+        }
+        self.refill(now);
+        self.tokens >= f64::from(self.rate.burst)
+    }
+
     /// Takes a token if one is available.
     pub(crate) fn take(&mut self, now: Instant) -> bool {
         if !self.ready(now) {
@@ -87,6 +96,11 @@ impl PeerLimits {
             connects: TokenBucket::new(config.connect_rate, now),
             attempts: TokenBucket::new(config.attempt_rate, now),
         }
+    }
+
+    /// Whether both buckets are full at `now`: nothing to remember.
+    fn is_full(&mut self, now: Instant) -> bool {
+        self.connects.is_full(now) && self.attempts.is_full(now)
     }
 
     /// The last time either bucket was used: they only refill from then on.
@@ -138,10 +152,15 @@ impl Departed {
 
     /// Remembers the limits of `peer`, whose connection went at `now` (or earlier: the
     /// entry is kept from the later of `now` and the buckets' last use).
-    pub(crate) fn insert(&mut self, peer: PeerId, limits: PeerLimits, now: Instant) {
+    pub(crate) fn insert(&mut self, peer: PeerId, mut limits: PeerLimits, now: Instant) {
         let Some(keep) = self.keep else {
             return;
         };
+        if limits.is_full(now) {
+            // A fresh connection would get the same; keeping it could only evict others.
+            self.entries.remove(&peer);
+            return;
+        }
         if self.capacity == 0 {
             return;
         }
@@ -278,6 +297,9 @@ mod tests {
         assert!(limits.connects.ready(t0 + s(2)));
         d.insert(peer(3), limits, t0);
         assert!(d.take(&peer(3), t0 + s(5)).is_some());
+        // Full buckets are not kept either: a new connection gets the same.
+        d.insert(peer(4), PeerLimits::new(&config(), t0), t0);
+        assert!(d.take(&peer(4), t0).is_none());
         // Without any rate nothing is kept.
         let none = rate(0, 0);
         let free = CoordConfig {
@@ -294,7 +316,9 @@ mod tests {
     fn departures_are_bounded_oldest_first() {
         let t0 = Instant::now();
         let mut d = Departed::new(&config());
-        let limits = PeerLimits::new(&config(), t0);
+        let mut limits = PeerLimits::new(&config(), t0);
+        // Only spent limits are worth keeping.
+        assert!(limits.attempts.take(t0));
         for n in 1..=3 {
             d.insert(peer(n), limits.clone(), t0);
         }

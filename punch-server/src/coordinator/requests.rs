@@ -13,7 +13,9 @@
 //!    `Cancelled`.
 //! 4. `Accept` from the target: both sides must be within their attempt rate (this bounds
 //!    how often anyone is made to probe); then fresh credentials are drawn, the start is
-//!    planned ([`super::timing`]) and both sides get their `Go`.
+//!    planned ([`super::timing`]) and both sides get their `Go`. Over the rate, the
+//!    requester gets `Error { RateLimited }` and a target that was asked `Cancelled` (an
+//!    `Error` would carry the server's id, which the target could take for one of its own).
 //!
 //! The connect and attempt rates are per peer and outlast its connection
 //! ([`super::limits`]): reconnecting does not refill them.
@@ -168,7 +170,7 @@ impl Coordinator {
         tracing::debug!(%conn, target = %target.short(), id, "connect request");
         if self.conns.get(&target_conn).is_some_and(|t| t.accept_all) {
             // Accepted in advance (`Policy`): no round trip to ask.
-            return self.on_accept(now, target_conn, id);
+            return self.start_attempt(now, id, Asked::No);
         }
         self.send(
             target_conn,
@@ -231,9 +233,16 @@ impl Coordinator {
                 "no such pending request",
             );
         }
+        self.start_attempt(now, id, Asked::Yes);
+    }
+
+    /// The target of request `id` accepted: send both sides their `Go`, unless a side is
+    /// over its attempt rate.
+    fn start_attempt(&mut self, now: Instant, id: u64, asked: Asked) {
         let Some(p) = self.take_pending(id) else {
             return;
         };
+        let conn = p.target;
         let within_rate = |this: &mut Self, c: ConnId| {
             this.conns
                 .get_mut(&c)
@@ -242,7 +251,12 @@ impl Coordinator {
         if !within_rate(self, p.requester) || !within_rate(self, p.target) {
             let detail = "too many punch attempts, try again later";
             self.stats.rate_limited += 1;
-            self.error(p.target, Some(id), ErrorKind::RateLimited, detail);
+            // A target that was asked learns that the request it accepted is gone. The
+            // id is the server's, so it must not come as an `Error`: the target would
+            // match it against its own requests' ids.
+            if asked == Asked::Yes {
+                self.send(p.target, ServerMsg::Cancelled { request_id: id });
+            }
             self.error(
                 p.requester,
                 Some(p.requester_request),
@@ -291,4 +305,11 @@ impl Coordinator {
         );
         self.send(conn, ServerMsg::Go(target_go));
     }
+}
+
+/// Whether the target was sent `Incoming` for a request (or had accepted in advance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Yes,
+    No,
 }

@@ -236,6 +236,37 @@ fn accept_all_policy_skips_the_incoming_round_trip() {
 }
 
 #[test]
+fn a_rate_limited_pre_accepted_request_only_tells_the_requester() {
+    let mut h = Harness::new(CoordConfig {
+        connect_rate: Rate {
+            per_sec: 0,
+            burst: 0,
+        },
+        attempt_rate: Rate {
+            per_sec: 1,
+            burst: 1,
+        },
+        ..CoordConfig::default()
+    });
+    h.join(1, 1, ms(10));
+    h.join(2, 2, ms(10));
+    h.msg(2, ClientMsg::Policy { accept_all: true });
+    let connect = |request_id| ClientMsg::Connect {
+        request_id,
+        target: peer(2),
+    };
+    h.msg(1, connect(1));
+    gos(h.drain());
+    // Over the attempt rate: the requester gets the error; the target, never asked, gets
+    // nothing (an `Error` carrying a server id could fail one of its own requests).
+    h.msg(1, connect(2));
+    let out = h.drain();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(error_of(&out, 1), (Some(2), ErrorKind::RateLimited));
+    assert_eq!(h.c.pending_requests(), 0);
+}
+
+#[test]
 fn start_time_lets_both_sides_start_together() {
     let mut h = two_peers();
     let id = h.request(1);
@@ -486,7 +517,17 @@ fn connect_and_attempt_rates_are_limited() {
     h.msg(2, ClientMsg::Accept { request_id: second });
     let out = h.drain();
     assert_eq!(error_of(&out, 1), (Some(2), ErrorKind::RateLimited));
-    assert_eq!(error_of(&out, 2), (Some(second), ErrorKind::RateLimited));
+    // The target learns the request it accepted is gone, under the server's id; never as
+    // an `Error`, whose id it would take for one of its own requests.
+    let to_target: Vec<&ServerMsg> = out
+        .iter()
+        .filter(|(c, _)| *c == 2)
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(
+        to_target,
+        vec![&ServerMsg::Cancelled { request_id: second }]
+    );
     // Tokens come back with time.
     h.now += Duration::from_secs(1);
     let third = h.request(4);

@@ -74,12 +74,6 @@ impl RttEstimator {
         }
     }
 
-    /// Upper bound of the RTT with high probability: `srtt + 4 rttvar`.
-    pub fn bound(&self, initial: Duration) -> Duration {
-        let (s, v) = self.or_initial(initial);
-        s.saturating_add(v.saturating_mul(4))
-    }
-
     /// Upper bound of the one-way delay with high probability: `srtt / 2 + 4 rttvar`.
     pub fn one_way_bound(&self, initial: Duration) -> Duration {
         let (s, v) = self.or_initial(initial);
@@ -143,7 +137,7 @@ mod tests {
     #[test]
     fn estimator_follows_rfc6298() {
         let mut e = RttEstimator::default();
-        assert_eq!(e.bound(ms(200)), ms(600));
+        assert_eq!(e.one_way_bound(ms(200)), ms(500));
         e.sample(ms(100), ms(2000));
         assert_eq!((e.srtt(), e.rttvar()), (Some(ms(100)), ms(50)));
         e.sample(ms(180), ms(2000));

@@ -4,7 +4,10 @@
 //! Steps:
 //! 1. [`QuicConfig::default`] holds the documented defaults; `main` overrides some from
 //!    flags, tests and library users set fields directly. [`QuicConfig::validate`] rejects
-//!    zero bounds.
+//!    zero bounds; [`QuicConfig::validate_with`] also checks the coordinator's
+//!    [`CoordConfig`] and that `max_connections` is at least the coordinator's. The start
+//!    functions ([`super::start`], [`super::CoordServer::start`]) call it once; `main`
+//!    calls it too, before it touches the key file.
 //! 2. [`QuicConfig::server_config`] builds the quinn server configuration: the punch
 //!    server's identity (mutual TLS 1.3, ALPN `p2pmesh/1`, [`mesh::identity::tls`]), and a
 //!    transport that allows one bidirectional stream and no unidirectional ones, with small
@@ -19,16 +22,15 @@ use mesh::identity::{tls, Identity};
 use quinn::{IdleTimeout, VarInt};
 
 use super::QuicError;
-use crate::coordinator::CloseReason;
+use crate::coordinator::{CloseReason, CoordConfig};
 pub use mesh::coord::CloseCode;
 
 /// Upper bound of every count setting (queues, limits): far above any real need, and
 /// below what tokio's channels and semaphores accept.
 pub const MAX_COUNT: usize = 1 << 28;
 
-/// Settings of the QUIC driver (the sans-IO part has its own
-/// [`CoordConfig`](crate::coordinator::CoordConfig)). Every queue and table is bounded by
-/// one of them.
+/// Settings of the QUIC driver (the sans-IO part has its own [`CoordConfig`]). Every queue
+/// and table is bounded by one of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuicConfig {
     /// QUIC datagrams queued between the primary STUN worker and quinn (default 4096).
@@ -38,7 +40,8 @@ pub struct QuicConfig {
     /// below 1452 by default). With `ingress_queue` this bounds the queue's memory (8 MiB).
     pub max_datagram_len: usize,
     /// Most QUIC connections at once, handshakes included (default 100 000); more are
-    /// refused. Keep it at least `CoordConfig::max_connections`.
+    /// refused. Must be at least `CoordConfig::max_connections`
+    /// ([`QuicConfig::validate_with`]), so the coordinator's own bound is reachable.
     pub max_connections: usize,
     /// Most handshakes in progress at once (default 1024); more are refused.
     pub max_handshakes: usize,
@@ -145,6 +148,21 @@ impl QuicConfig {
         Ok(())
     }
 
+    /// Checks this config ([`QuicConfig::validate`]), the coordinator's `coord`
+    /// ([`CoordConfig::validate`]), and the limit between them: `max_connections` must be
+    /// at least `coord.max_connections`.
+    pub fn validate_with(&self, coord: &CoordConfig) -> Result<(), QuicError> {
+        self.validate()?;
+        coord.validate().map_err(QuicError::Coord)?;
+        if self.max_connections < coord.max_connections {
+            return Err(QuicError::Config(format!(
+                "max_connections ({}) must be at least the coordinator's max_connections ({})",
+                self.max_connections, coord.max_connections
+            )));
+        }
+        Ok(())
+    }
+
     /// The transport parameters of every connection (see the module docs).
     pub fn transport(&self) -> Result<quinn::TransportConfig, QuicError> {
         let idle = IdleTimeout::try_from(self.idle_timeout)
@@ -221,6 +239,41 @@ mod tests {
             ..QuicConfig::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn quic_connection_limit_must_cover_the_coordinators() {
+        let coord = CoordConfig {
+            max_connections: 1000,
+            ..CoordConfig::default()
+        };
+        let equal = QuicConfig {
+            max_connections: 1000,
+            ..QuicConfig::default()
+        };
+        assert!(equal.validate_with(&coord).is_ok());
+        let below = QuicConfig {
+            max_connections: 999,
+            ..QuicConfig::default()
+        };
+        let err = below
+            .validate_with(&coord)
+            .expect_err("below the coordinator's limit");
+        assert!(matches!(err, QuicError::Config(_)), "{err:?}");
+        assert!(err.to_string().contains("max_connections (999)"), "{err}");
+        // Each config's own checks still run.
+        let bad_quic = QuicConfig {
+            event_queue: 0,
+            ..QuicConfig::default()
+        };
+        assert!(bad_quic.validate_with(&CoordConfig::default()).is_err());
+        let mut bad_coord = CoordConfig::default();
+        bad_coord.attempt_rate.burst = 0;
+        let err = QuicConfig::default()
+            .validate_with(&bad_coord)
+            .expect_err("burst 0 with a rate");
+        assert!(matches!(err, QuicError::Coord(_)), "{err:?}");
+        assert!(err.to_string().contains("--attempt-burst"), "{err}");
     }
 
     #[test]

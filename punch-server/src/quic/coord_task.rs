@@ -224,11 +224,6 @@ impl CoordTask {
         }
     }
 
-    /// Connections the task holds a handle for.
-    pub fn connections(&self) -> usize {
-        self.conns.len()
-    }
-
     fn publish(&self) {
         self.metrics.publish(CoordSnapshot {
             stats: self.coord.stats().clone(),

@@ -4,9 +4,10 @@
 //! Steps:
 //! 1. [`ingress`] makes the queue and a [`HookFactory`] for
 //!    [`Server::start_with_hook`](crate::driver::Server::start_with_hook). The primary
-//!    socket's hook ([`QuicHook`]) checks the first byte (QUIC bit set: 64-127 short header,
-//!    192-255 long header, RFC 9443), the length, and copies the datagram into the queue
-//!    with `try_send`: a full queue drops it and counts, so the STUN worker never waits.
+//!    socket's hook ([`QuicHook`]) classifies the datagram with mesh's [`classify`] (QUIC:
+//!    first byte 64-127 short header, 192-255 long header, RFC 9443), checks the length,
+//!    and copies it into the queue with `try_send`: a full queue drops it and counts, so
+//!    the STUN worker never waits.
 //!    Alternate sockets (RFC 5780) drop QUIC: peers talk to the primary address only.
 //! 2. [`HookSocket`] is the [`quinn::AsyncUdpSocket`]: `poll_recv` drains the queue into
 //!    quinn's buffers (one datagram per entry, with the source, the local IP it was sent to
@@ -23,6 +24,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use mesh::socket::demux::{classify, DatagramKind};
 use mesh::socket::{SharedUdpSocket, WritablePoller};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use quinn_udp::{EcnCodepoint, RecvMeta, Transmit};
@@ -33,12 +35,6 @@ use super::stats::QuicCounters;
 use crate::driver::{DatagramMeta, HookFactory, NonStunHook};
 use crate::send_batch::SocketIo;
 use crate::server::SocketId;
-
-/// Whether `datagram` can be QUIC: its first byte has the QUIC bit (0x40) set, i.e. it is
-/// in 64-127 (short header) or 192-255 (long header).
-pub fn is_quic(datagram: &[u8]) -> bool {
-    datagram.first().is_some_and(|b| b & 0x40 != 0)
-}
 
 /// One queued QUIC datagram.
 #[derive(Debug)]
@@ -83,20 +79,10 @@ pub struct QuicHook {
 }
 
 impl NonStunHook for QuicHook {
-    fn on_datagram(&mut self, local: SocketAddr, from: SocketAddr, datagram: &[u8]) {
-        let meta = DatagramMeta {
-            local,
-            from,
-            dst_ip: None,
-            ecn: None,
-        };
-        self.on_datagram_meta(&meta, datagram);
-    }
-
-    fn on_datagram_meta(&mut self, meta: &DatagramMeta, datagram: &[u8]) {
+    fn on_datagram(&mut self, meta: &DatagramMeta, datagram: &[u8]) {
         let q = &self.metrics.quic;
         let from = meta.from;
-        if !is_quic(datagram) {
+        if classify(datagram) != DatagramKind::Quic {
             QuicCounters::inc(&q.dropped_not_quic);
             tracing::trace!(%from, first = ?datagram.first(), "not QUIC, dropped");
             return;

@@ -28,18 +28,24 @@ fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
     QuicCounters::get(c)
 }
 
+/// The hook queues exactly what mesh's demultiplexer calls QUIC (the byte ranges
+/// themselves are tested in `mesh::socket::demux`).
 #[test]
-fn quic_bit_classification() {
-    for b in 64..=127u8 {
-        assert!(is_quic(&[b, 0]), "{b}");
+fn hook_queues_exactly_the_quic_first_bytes() {
+    let (factory, mut queue, metrics) = setup(4, 1500);
+    let mut hook = factory(SocketId::PRIMARY);
+    for b in 0..=255u8 {
+        hook.on_datagram(&meta("127.0.0.1:1"), &[b, 0]);
+        let queued = queue.rx.try_recv().is_ok();
+        let quic = matches!(b, 64..=127 | 192..=255);
+        assert_eq!(queued, quic, "{b}");
+        assert_eq!(queued, classify(&[b, 0]) == DatagramKind::Quic, "{b}");
     }
-    for b in 192..=255u8 {
-        assert!(is_quic(&[b, 0]), "{b}");
-    }
-    for b in (0..=63u8).chain(128..=191) {
-        assert!(!is_quic(&[b, 0]), "{b}");
-    }
-    assert!(!is_quic(&[]));
+    hook.on_datagram(&meta("127.0.0.1:1"), &[]);
+    assert!(queue.rx.try_recv().is_err(), "empty is not QUIC");
+    let q = &metrics.quic;
+    assert_eq!(get(&q.datagrams_queued), 128);
+    assert_eq!(get(&q.dropped_not_quic), 129);
 }
 
 #[test]
@@ -47,7 +53,7 @@ fn queue_is_bounded_and_drops_are_counted() {
     let (factory, mut queue, metrics) = setup(2, 1500);
     let mut hook = factory(SocketId::PRIMARY);
     for i in 0..5u8 {
-        hook.on_datagram_meta(&meta("127.0.0.1:4000"), &[0xc0, i]);
+        hook.on_datagram(&meta("127.0.0.1:4000"), &[0xc0, i]);
     }
     let q = &metrics.quic;
     assert_eq!(get(&q.datagrams_queued), 2);
@@ -60,7 +66,7 @@ fn queue_is_bounded_and_drops_are_counted() {
     assert_eq!(queue.rx.try_recv().expect("queued").data, vec![0xc0, 1]);
     assert!(queue.rx.try_recv().is_err(), "nothing beyond the bound");
     // Space again: queued again.
-    hook.on_datagram_meta(&meta("127.0.0.1:4000"), &[0x40, 9]);
+    hook.on_datagram(&meta("127.0.0.1:4000"), &[0x40, 9]);
     assert_eq!(get(&q.datagrams_queued), 3);
 }
 
@@ -70,15 +76,11 @@ fn non_quic_oversized_and_alternate_socket_datagrams_are_dropped() {
     let mut primary = factory(SocketId::PRIMARY);
     let mut alternate = factory(SocketId::ALL[3]);
     // DTLS (20-63) and RTP/greased QUIC (128-191) are not QUIC for us.
-    primary.on_datagram_meta(&meta("127.0.0.1:1"), &[23, 1, 2]);
-    primary.on_datagram_meta(&meta("127.0.0.1:1"), &[0x80, 1, 2]);
-    primary.on_datagram(
-        PRIMARY.parse().expect("addr"),
-        "127.0.0.1:1".parse().expect("addr"),
-        &[],
-    );
-    primary.on_datagram_meta(&meta("127.0.0.1:1"), &vec![0xc0; 1301]);
-    alternate.on_datagram_meta(&meta("127.0.0.1:1"), &[0xc0, 1]);
+    primary.on_datagram(&meta("127.0.0.1:1"), &[23, 1, 2]);
+    primary.on_datagram(&meta("127.0.0.1:1"), &[0x80, 1, 2]);
+    primary.on_datagram(&meta("127.0.0.1:1"), &[]);
+    primary.on_datagram(&meta("127.0.0.1:1"), &vec![0xc0; 1301]);
+    alternate.on_datagram(&meta("127.0.0.1:1"), &[0xc0, 1]);
     let q = &metrics.quic;
     assert_eq!(get(&q.dropped_not_quic), 3);
     assert_eq!(get(&q.dropped_too_large), 1);
@@ -86,7 +88,7 @@ fn non_quic_oversized_and_alternate_socket_datagrams_are_dropped() {
     assert_eq!(get(&q.datagrams_queued), 0);
     assert!(queue.rx.try_recv().is_err());
     // At the bound exactly: accepted.
-    primary.on_datagram_meta(&meta("127.0.0.1:1"), &vec![0xc0; 1300]);
+    primary.on_datagram(&meta("127.0.0.1:1"), &vec![0xc0; 1300]);
     assert_eq!(get(&q.datagrams_queued), 1);
 }
 
@@ -95,8 +97,41 @@ fn closed_queue_counts_no_endpoint() {
     let (factory, queue, metrics) = setup(4, 1500);
     let mut hook = factory(SocketId::PRIMARY);
     drop(queue);
-    hook.on_datagram_meta(&meta("127.0.0.1:1"), &[0xc0, 1]);
+    hook.on_datagram(&meta("127.0.0.1:1"), &[0xc0, 1]);
     assert_eq!(get(&metrics.quic.dropped_no_endpoint), 1);
+}
+
+/// `n` receive buffers of `len` bytes each, and their metadata, as quinn offers them.
+struct RecvBufs {
+    storage: Vec<Vec<u8>>,
+    metas: Vec<RecvMeta>,
+}
+
+impl RecvBufs {
+    fn new(n: usize, len: usize) -> Self {
+        Self {
+            storage: vec![vec![0u8; len]; n],
+            metas: vec![RecvMeta::default(); n],
+        }
+    }
+
+    /// One `poll_recv` of `socket` into these buffers.
+    fn poll(&mut self, socket: &HookSocket, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut bufs: Vec<IoSliceMut<'_>> = self
+            .storage
+            .iter_mut()
+            .map(|b| IoSliceMut::new(b))
+            .collect();
+        socket.poll_recv(cx, &mut bufs, &mut self.metas)
+    }
+
+    /// Waits (at most 5 s) for `socket` to fill some buffers; returns how many.
+    async fn recv(&mut self, socket: &HookSocket) -> usize {
+        tokio::time::timeout(Duration::from_secs(5), poll_fn(|cx| self.poll(socket, cx)))
+            .await
+            .expect("ready")
+            .expect("recv")
+    }
 }
 
 async fn socket_pair(
@@ -117,27 +152,19 @@ async fn poll_recv_drains_the_queue_into_quinn_buffers() {
     let (factory, socket, _metrics, local) = socket_pair(8).await;
     assert_eq!(socket.local_addr().expect("addr"), local);
     let mut hook = factory(SocketId::PRIMARY);
-    hook.on_datagram_meta(&meta("127.0.0.1:5000"), &[0xc1, 1, 2, 3]);
-    hook.on_datagram_meta(&meta("127.0.0.1:5001"), &[0x41, 9]);
-    let mut storage = [[0u8; 64]; 4];
-    let mut bufs: Vec<IoSliceMut<'_>> = storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-    let mut metas = [RecvMeta::default(); 4];
-    let n = tokio::time::timeout(
-        Duration::from_secs(5),
-        poll_fn(|cx| socket.poll_recv(cx, &mut bufs, &mut metas)),
-    )
-    .await
-    .expect("ready")
-    .expect("recv");
-    assert_eq!(n, 2);
+    hook.on_datagram(&meta("127.0.0.1:5000"), &[0xc1, 1, 2, 3]);
+    hook.on_datagram(&meta("127.0.0.1:5001"), &[0x41, 9]);
+    let mut r = RecvBufs::new(4, 64);
+    assert_eq!(r.recv(&socket).await, 2);
+    let metas = &r.metas;
     assert_eq!(metas[0].addr, "127.0.0.1:5000".parse().expect("addr"));
     assert_eq!((metas[0].len, metas[0].stride), (4, 4));
     assert_eq!(metas[0].dst_ip, Some("127.0.0.1".parse().expect("ip")));
-    assert_eq!(&bufs[0][..4], &[0xc1, 1, 2, 3]);
+    assert_eq!(&r.storage[0][..4], &[0xc1, 1, 2, 3]);
     assert_eq!(metas[1].addr, "127.0.0.1:5001".parse().expect("addr"));
-    assert_eq!(&bufs[1][..2], &[0x41, 9]);
+    assert_eq!(&r.storage[1][..2], &[0x41, 9]);
     // Empty queue: pending until the next datagram arrives.
-    let pending = poll_fn(|cx| Poll::Ready(socket.poll_recv(cx, &mut bufs, &mut metas))).await;
+    let pending = poll_fn(|cx| Poll::Ready(r.poll(&socket, cx))).await;
     assert!(pending.is_pending());
 }
 
@@ -145,20 +172,12 @@ async fn poll_recv_drains_the_queue_into_quinn_buffers() {
 async fn oversized_for_quinn_buffer_is_skipped() {
     let (factory, socket, metrics, _) = socket_pair(8).await;
     let mut hook = factory(SocketId::PRIMARY);
-    hook.on_datagram_meta(&meta("127.0.0.1:5000"), &[0xc1; 100]);
-    hook.on_datagram_meta(&meta("127.0.0.1:5000"), &[0xc2; 10]);
-    let mut storage = [[0u8; 32]; 2];
-    let mut bufs: Vec<IoSliceMut<'_>> = storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-    let mut metas = [RecvMeta::default(); 2];
-    let n = tokio::time::timeout(
-        Duration::from_secs(5),
-        poll_fn(|cx| socket.poll_recv(cx, &mut bufs, &mut metas)),
-    )
-    .await
-    .expect("ready")
-    .expect("recv");
-    assert_eq!(n, 1);
-    assert_eq!(metas[0].len, 10);
+    hook.on_datagram(&meta("127.0.0.1:5000"), &[0xc1; 100]);
+    hook.on_datagram(&meta("127.0.0.1:5000"), &[0xc2; 10]);
+    let mut r = RecvBufs::new(2, 32);
+    assert_eq!(r.recv(&socket).await, 1);
+    assert_eq!(r.metas[0].len, 10);
+    assert_eq!(&r.storage[0][..10], &[0xc2; 10]);
     assert_eq!(QuicCounters::get(&metrics.quic.dropped_too_large), 1);
 }
 

@@ -2,11 +2,12 @@
 //! [`Coordinator`] served over QUIC on the STUN port.
 //!
 //! Flow:
-//! 1. [`start`] makes the bounded ingress queue and its hook factory ([`ingress()`]), and
-//!    starts the STUN [`Server`] with it: the primary socket's worker hands every QUIC
-//!    datagram (first byte 64-127 or 192-255) to the queue without ever waiting; the RFC
-//!    5780 alternate sockets drop QUIC.
-//! 2. [`CoordServer::start`] wraps the primary socket and the queue in a [`HookSocket`]
+//! 1. [`start`] checks the QUIC and coordinator settings and the limit between them
+//!    ([`QuicConfig::validate_with`], once), makes the bounded ingress queue and its hook
+//!    factory ([`ingress()`]), and starts the STUN [`Server`] with it: the primary socket's
+//!    worker hands every QUIC datagram (first byte 64-127 or 192-255) to the queue without
+//!    ever waiting; the RFC 5780 alternate sockets drop QUIC.
+//! 2. [`CoordServer::start`] (which checks the settings too when called directly) wraps the primary socket and the queue in a [`HookSocket`]
 //!    (quinn's `AsyncUdpSocket`: receives from the queue, sends through the same socket,
 //!    so peers see one address) and creates the quinn endpoint on it, without QUIC-bit
 //!    greasing ([`mesh::socket::endpoint_config`]) and with the server identity's mutual
@@ -46,10 +47,10 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 pub use config::{CloseCode, QuicConfig, MAX_COUNT};
-pub use ingress::{ingress, is_quic, HookSocket, IngressQueue, QuicHook};
+pub use ingress::{ingress, HookSocket, IngressQueue, QuicHook};
 pub use stats::{CoordMetrics, CoordSnapshot, QuicCounters};
 
-use crate::config::ServerConfig;
+use crate::config::{ConfigError, ServerConfig};
 use crate::coordinator::{ConnId, CoordConfig, Coordinator};
 use crate::driver::{DriverError, Server};
 use crate::server::SocketId;
@@ -59,9 +60,12 @@ use coord_task::CoordTask;
 /// Why the QUIC coordinator could not start.
 #[derive(Debug, Error)]
 pub enum QuicError {
-    /// A setting is invalid.
+    /// A setting is invalid (or the QUIC and coordinator limits do not fit together).
     #[error("invalid QUIC settings: {0}")]
     Config(String),
+    /// A setting of the sans-IO coordinator ([`CoordConfig`]) is invalid.
+    #[error(transparent)]
+    Coord(ConfigError),
     /// The TLS configuration could not be built from the identity.
     #[error(transparent)]
     Identity(#[from] IdentityError),
@@ -76,15 +80,16 @@ pub enum QuicError {
     Driver(#[from] DriverError),
 }
 
-/// Starts the STUN server with the QUIC hook and the coordinator on its primary port.
-/// Shut down with [`CoordServer::shutdown`], then [`Server::shutdown`].
+/// Starts the STUN server with the QUIC hook and the coordinator on its primary port,
+/// after checking the settings ([`QuicConfig::validate_with`]; the STUN server checks
+/// `config`). Shut down with [`CoordServer::shutdown`], then [`Server::shutdown`].
 pub async fn start(
     config: ServerConfig,
     quic: QuicConfig,
     coord: CoordConfig,
     identity: &Identity,
 ) -> Result<(Server, CoordServer), QuicError> {
-    quic.validate()?;
+    quic.validate_with(&coord)?;
     let metrics = Arc::new(CoordMetrics::default());
     let (hook, queue) = ingress(
         quic.ingress_queue,
@@ -92,7 +97,7 @@ pub async fn start(
         Arc::clone(&metrics),
     );
     let server = Server::start_with_hook(config, hook).await?;
-    match CoordServer::start(&server, queue, identity, quic, coord, metrics) {
+    match CoordServer::start_validated(&server, queue, identity, quic, coord, metrics) {
         Ok(coord) => Ok((server, coord)),
         Err(e) => {
             server.shutdown().await;
@@ -116,7 +121,8 @@ pub struct CoordServer {
 impl CoordServer {
     /// Starts the endpoint on `server`'s primary socket, fed by `queue` (made by
     /// [`ingress()`] with the same `metrics`, whose hook factory `server` was started with),
-    /// the accept loop and the coordinator task. Adds `metrics` to the server's `/metrics`.
+    /// the accept loop and the coordinator task, after checking the settings
+    /// ([`QuicConfig::validate_with`]). Adds `metrics` to the server's `/metrics`.
     pub fn start(
         server: &Server,
         queue: IngressQueue,
@@ -125,7 +131,19 @@ impl CoordServer {
         coord: CoordConfig,
         metrics: Arc<CoordMetrics>,
     ) -> Result<Self, QuicError> {
-        quic.validate()?;
+        quic.validate_with(&coord)?;
+        Self::start_validated(server, queue, identity, quic, coord, metrics)
+    }
+
+    /// [`CoordServer::start`] with settings the caller has already checked.
+    fn start_validated(
+        server: &Server,
+        queue: IngressQueue,
+        identity: &Identity,
+        quic: QuicConfig,
+        coord: CoordConfig,
+        metrics: Arc<CoordMetrics>,
+    ) -> Result<Self, QuicError> {
         let io = server
             .socket(SocketId::PRIMARY)
             .ok_or(QuicError::NoPrimarySocket)?;
@@ -187,8 +205,7 @@ impl CoordServer {
         let deadline = tokio::time::Instant::now() + self.config.shutdown_timeout;
         let _ = self.shutdown.send(true);
         let code = CloseCode::Shutdown;
-        self.endpoint
-            .close(code.code().into(), code.reason().as_bytes());
+        self.endpoint.close(code.varint(), code.reason().as_bytes());
         // Every connection task holds one slot: all slots free = all tasks done.
         let all = u32::try_from(self.config.max_connections).unwrap_or(u32::MAX);
         if tokio::time::timeout_at(deadline, self.slots.acquire_many(all))

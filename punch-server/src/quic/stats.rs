@@ -6,14 +6,15 @@
 //! 2. The coordinator task publishes a [`CoordSnapshot`] (the sans-IO
 //!    [`CoordStats`] plus its gauges) after every round of work.
 //! 3. [`CoordMetrics`] is a [`MetricsSource`]: the metrics endpoint renders both in the
-//!    Prometheus text format after the STUN counters.
+//!    Prometheus text format after the STUN counters, from one table of (name, counter or
+//!    gauge, help, value) rows plus the labelled drop counter.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::coordinator::CoordStats;
-use crate::metrics_http::MetricsSource;
+use crate::metrics_http::MetricKind::{self, Counter, Gauge};
+use crate::metrics_http::{write_labelled, write_metric, MetricsSource};
 
 /// Monotonic counters (and one gauge) of the QUIC side.
 #[derive(Debug, Default)]
@@ -103,174 +104,193 @@ impl CoordMetrics {
     }
 }
 
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-    );
-}
-
 impl MetricsSource for CoordMetrics {
     fn render_prometheus(&self, out: &mut String) {
         let s = self.snapshot();
         let c = &s.stats;
-        let counters: [(&str, &str, u64); 14] = [
+        let q = &self.quic;
+        let get = QuicCounters::get;
+        let rows: [(&str, MetricKind, &str, u64); 27] = [
             (
-                "registrations",
+                "punch_coord_registrations_total",
+                Counter,
                 "Register messages handled.",
                 c.registrations,
             ),
             (
-                "connects",
+                "punch_coord_connects_total",
+                Counter,
                 "Connect requests forwarded to a target.",
                 c.connects,
             ),
             (
-                "accepted",
+                "punch_coord_accepted_total",
+                Counter,
                 "Requests accepted (both sides got Go).",
                 c.accepted,
             ),
-            ("refused", "Requests refused by the target.", c.refused),
-            ("timeouts", "Requests that timed out.", c.timeouts),
             (
-                "cancelled",
+                "punch_coord_refused_total",
+                Counter,
+                "Requests refused by the target.",
+                c.refused,
+            ),
+            (
+                "punch_coord_timeouts_total",
+                Counter,
+                "Requests that timed out.",
+                c.timeouts,
+            ),
+            (
+                "punch_coord_cancelled_total",
+                Counter,
                 "Requests withdrawn because a side left.",
                 c.cancelled,
             ),
             (
-                "unknown_target",
+                "punch_coord_unknown_target_total",
+                Counter,
                 "Connects to unknown targets.",
                 c.unknown_target,
             ),
             (
-                "rate_limited",
+                "punch_coord_rate_limited_total",
+                Counter,
                 "Messages or requests rate limited.",
                 c.rate_limited,
             ),
             (
-                "limit_reached",
+                "punch_coord_limit_reached_total",
+                Counter,
                 "Requests or connections over a bound.",
                 c.limit_reached,
             ),
-            ("rejected", "Other rejected requests.", c.rejected),
-            ("malformed", "Malformed messages dropped.", c.malformed),
             (
-                "version_mismatch",
+                "punch_coord_rejected_total",
+                Counter,
+                "Other rejected requests.",
+                c.rejected,
+            ),
+            (
+                "punch_coord_malformed_total",
+                Counter,
+                "Malformed messages dropped.",
+                c.malformed,
+            ),
+            (
+                "punch_coord_version_mismatch_total",
+                Counter,
                 "Connections of another protocol version.",
                 c.version_mismatch,
             ),
             (
-                "superseded",
+                "punch_coord_superseded_total",
+                Counter,
                 "Connections replaced by a newer one.",
                 c.superseded,
             ),
-            ("rtt_samples", "RTT samples taken.", c.rtt_samples),
-        ];
-        for (name, help, value) in counters {
-            metric(
-                out,
-                &format!("punch_coord_{name}_total"),
-                "counter",
-                help,
-                value,
-            );
-        }
-        let gauges: [(&str, &str, usize); 3] = [
             (
-                "peers_connected",
-                "Control connections the coordinator knows.",
-                s.connections,
+                "punch_coord_rtt_samples_total",
+                Counter,
+                "RTT samples taken.",
+                c.rtt_samples,
             ),
-            ("peers_registered", "Registered peers.", s.registered),
-            ("requests_pending", "Pending connect requests.", s.pending),
-        ];
-        for (name, help, value) in gauges {
-            metric(
-                out,
-                &format!("punch_coord_{name}"),
-                "gauge",
-                help,
-                value as u64,
-            );
-        }
-        let q = &self.quic;
-        let get = QuicCounters::get;
-        let quic: [(&str, &str, u64); 10] = [
             (
-                "quic_datagrams_queued_total",
+                "punch_coord_peers_connected",
+                Gauge,
+                "Control connections the coordinator knows.",
+                s.connections as u64,
+            ),
+            (
+                "punch_coord_peers_registered",
+                Gauge,
+                "Registered peers.",
+                s.registered as u64,
+            ),
+            (
+                "punch_coord_requests_pending",
+                Gauge,
+                "Pending connect requests.",
+                s.pending as u64,
+            ),
+            (
+                "punch_coord_quic_datagrams_queued_total",
+                Counter,
                 "QUIC datagrams handed to quinn.",
                 get(&q.datagrams_queued),
             ),
             (
-                "connections_accepted_total",
+                "punch_coord_connections_accepted_total",
+                Counter,
                 "Incoming QUIC connections admitted to the handshake.",
                 get(&q.connections_accepted),
             ),
             (
-                "connections_refused_total",
+                "punch_coord_connections_refused_total",
+                Counter,
                 "Incoming QUIC connections refused by a limit.",
                 get(&q.connections_refused),
             ),
             (
-                "retries_sent_total",
+                "punch_coord_retries_sent_total",
+                Counter,
                 "QUIC Retry packets sent to make clients prove their address under load.",
                 get(&q.retries_sent),
             ),
             (
-                "handshakes_failed_total",
+                "punch_coord_handshakes_failed_total",
+                Counter,
                 "QUIC handshakes that failed or timed out.",
                 get(&q.handshakes_failed),
             ),
             (
-                "connections_established_total",
+                "punch_coord_connections_established_total",
+                Counter,
                 "Connections with a control stream.",
                 get(&q.connections_established),
             ),
             (
-                "no_control_stream_total",
+                "punch_coord_no_control_stream_total",
+                Counter,
                 "Connections closed without a control stream.",
                 get(&q.no_control_stream),
             ),
             (
-                "too_slow_total",
+                "punch_coord_too_slow_total",
+                Counter,
                 "Connections closed as too slow.",
                 get(&q.too_slow),
             ),
             (
-                "streams_refused_total",
+                "punch_coord_streams_refused_total",
+                Counter,
                 "Extra streams refused.",
                 get(&q.streams_refused),
             ),
             (
-                "connections_active",
+                "punch_coord_connections_active",
+                Gauge,
                 "QUIC connections alive (handshakes included).",
                 get(&q.connections_active),
             ),
         ];
-        for (name, help, value) in quic {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            metric(out, &format!("punch_coord_{name}"), kind, help, value);
+        for (name, kind, help, value) in rows {
+            write_metric(out, name, kind, help, value);
         }
-        let name = "punch_coord_quic_datagrams_dropped_total";
-        let _ = writeln!(
+        write_labelled(
             out,
-            "# HELP {name} Non-STUN datagrams not handed to quinn, by reason."
+            "punch_coord_quic_datagrams_dropped_total",
+            Counter,
+            "Non-STUN datagrams not handed to quinn, by reason.",
+            "reason",
+            [
+                ("queue_full", get(&q.dropped_queue_full)),
+                ("not_quic", get(&q.dropped_not_quic)),
+                ("too_large", get(&q.dropped_too_large)),
+                ("other_socket", get(&q.dropped_other_socket)),
+                ("no_endpoint", get(&q.dropped_no_endpoint)),
+            ],
         );
-        let _ = writeln!(out, "# TYPE {name} counter");
-        let dropped = [
-            ("queue_full", get(&q.dropped_queue_full)),
-            ("not_quic", get(&q.dropped_not_quic)),
-            ("too_large", get(&q.dropped_too_large)),
-            ("other_socket", get(&q.dropped_other_socket)),
-            ("no_endpoint", get(&q.dropped_no_endpoint)),
-        ];
-        for (reason, value) in dropped {
-            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {value}");
-        }
     }
 }
 

@@ -3,7 +3,8 @@
 //! Subcommands:
 //! - `listen` / `dial` (module `punch`): reach peers through the punch server (`--punch
 //!   ID@HOST:PORT`): `registered`, `connected`, `echo_ok`, `closed`, `error` lines.
-//! - `doctor --punch` (module `punch`): behaviour, registration, RTT and UPnP in one line.
+//! - `doctor --punch` (module `punch`): behaviour, registration, RTT and UPnP in one line
+//!   (behaviour and `register_error`, exit status 1, when registration fails).
 //! - `doctor --stun`: RFC 5780 NAT behaviour discovery against a STUN server with an alternate
 //!   address (our punch-server or any RFC 5780 server such as coturn). Steps: bind a UDP
 //!   socket (`--bind`, default `0.0.0.0:0`), run `mesh::nat::discover` with RFC 8489
@@ -84,8 +85,8 @@ enum Command {
         /// own port.
         #[arg(long)]
         alt: Option<String>,
-        /// Accept a bare `HOST:PORT` punch server (development only).
-        #[arg(long)]
+        /// Accept a bare `HOST:PORT` punch server and any server key (development only).
+        #[arg(long, env = "PEER_INSECURE")]
         insecure: bool,
         /// Local address to bind the UDP socket to.
         #[arg(long, default_value = "0.0.0.0:0")]
@@ -102,30 +103,7 @@ enum Command {
         upnp_wait_ms: u64,
     },
     /// Map a UDP port with UPnP, receive one datagram through the mapping, remove it.
-    Upnp {
-        /// Local address of the UDP socket to map.
-        #[arg(long, default_value = "0.0.0.0:0")]
-        bind: SocketAddr,
-        /// How long to wait for the mapping (gateway search included), in milliseconds.
-        #[arg(long, default_value_t = 10_000)]
-        wait_ms: u64,
-        /// How long to wait for the first datagram, in milliseconds.
-        #[arg(long, default_value_t = 10_000)]
-        recv_ms: u64,
-        /// Keep the mapping this long after the first datagram, in milliseconds.
-        #[arg(long, default_value_t = 0)]
-        hold_ms: u64,
-        /// After removing the mapping, listen this long for datagrams that should no
-        /// longer arrive, in milliseconds (0: exit at once).
-        #[arg(long, default_value_t = 0)]
-        after_ms: u64,
-        /// SSDP search timeout in milliseconds.
-        #[arg(long, default_value_t = 2_000)]
-        search_timeout_ms: u64,
-        /// Lease to ask for, in seconds (0: permanent).
-        #[arg(long, default_value_t = 600)]
-        lease_secs: u64,
-    },
+    Upnp(UpnpArgs),
     /// Send one UDP datagram and print what was sent.
     SendUdp {
         /// Destination address.
@@ -202,8 +180,8 @@ fn main() -> ExitCode {
                 key_file: None,
                 bind,
                 no_upnp,
-                upnp_search_ms: 2_000,
-                budget_ms: 4_000,
+                upnp_search_ms: punch::DEFAULT_UPNP_SEARCH_MS,
+                budget_ms: punch::DEFAULT_BUDGET_MS,
             };
             runtime.block_on(punch::doctor(
                 node,
@@ -219,23 +197,7 @@ fn main() -> ExitCode {
             ..
         } => runtime.block_on(stun_cmds::doctor(&stun, bind, timeout_ms)),
         Command::Doctor { .. } => error_line("usage", "doctor needs --punch or --stun"),
-        Command::Upnp {
-            bind,
-            wait_ms,
-            recv_ms,
-            hold_ms,
-            after_ms,
-            search_timeout_ms,
-            lease_secs,
-        } => runtime.block_on(stun_cmds::upnp(UpnpArgs {
-            bind,
-            wait_ms,
-            recv_ms,
-            hold_ms,
-            after_ms,
-            search_timeout_ms,
-            lease_secs,
-        })),
+        Command::Upnp(args) => runtime.block_on(stun_cmds::upnp(args)),
         Command::SendUdp { to, bind, bytes } => {
             runtime.block_on(stun_cmds::send_udp(to, bind, bytes))
         }

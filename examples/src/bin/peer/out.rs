@@ -7,10 +7,10 @@ use serde::Serialize;
 
 /// Prints one event as a JSON line.
 pub fn emit<T: Serialize + ?Sized>(line: &T) {
-    match serde_json::to_string(line) {
-        Ok(text) => println!("{text}"),
-        Err(e) => println!("{{\"event\":\"error\",\"kind\":\"json\",\"detail\":\"{e}\"}}"),
-    }
+    let text = serde_json::to_string(line).unwrap_or_else(|e| {
+        serde_json::json!({"event": "error", "kind": "json", "detail": e.to_string()}).to_string()
+    });
+    println!("{text}");
 }
 
 /// Prints `{"event":"error","kind":..,"detail":..}` and returns the failure exit code.

@@ -13,7 +13,10 @@
 //!   `--attempts`).
 //! - `doctor --punch`: NAT behaviour (RFC 5780) against the punch server's STUN port (or
 //!   `--alt`), registration and RTT over the QUIC control connection, and the UPnP result,
-//!   as one `doctor` line.
+//!   as one `doctor` line. If registration fails, the line carries the NAT findings and
+//!   `register_error` (`kind`, `detail`) instead, and the exit status is 1.
+//!
+//! `listen` prints `error` with kind `closed` and exits 1 if its endpoint closes.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,11 +28,21 @@ use mesh::coord::PunchAddr;
 use mesh::direct::{DialError, DirectConfig, DirectConnection, DirectNode, IncomingPolicy};
 use mesh::identity::{Identity, PeerId};
 use mesh::nat::{discover, NatConfig};
+use mesh::socket::ConnectError;
 use mesh::upnp::{UpnpConfig, UpnpState};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::out::{emit, error_line, ms};
+
+/// Default of `--upnp-search-ms` (also used by `doctor --punch`).
+pub const DEFAULT_UPNP_SEARCH_MS: u64 = 2_000;
+/// Default of `--budget-ms` (also used by `doctor --punch`).
+pub const DEFAULT_BUDGET_MS: u64 = 4_000;
+
+/// Why a node did not start: a stable `kind` and a detail, for an `error` line (or the
+/// `register_error` of `doctor`).
+type StartFailure = (&'static str, String);
 
 /// Flags shared by `listen`, `dial` and `doctor --punch`.
 #[derive(Debug, Clone, clap::Args)]
@@ -51,19 +64,19 @@ pub struct NodeArgs {
     #[arg(long)]
     pub no_upnp: bool,
     /// SSDP search timeout of the UPnP gateway discovery, in milliseconds.
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = DEFAULT_UPNP_SEARCH_MS)]
     pub upnp_search_ms: u64,
     /// Probing budget in milliseconds: without a direct path by then, `no_direct_path`.
-    #[arg(long, default_value_t = 4_000)]
+    #[arg(long, default_value_t = DEFAULT_BUDGET_MS)]
     pub budget_ms: u64,
 }
 
 impl NodeArgs {
-    fn config(&self) -> Result<DirectConfig, ExitCode> {
+    fn config(&self) -> Result<DirectConfig, StartFailure> {
         let punch: PunchAddr = self
             .punch
             .parse()
-            .map_err(|e: mesh::coord::ParsePunchAddrError| error_line("address", &e.to_string()))?;
+            .map_err(|e: mesh::coord::ParsePunchAddrError| ("address", e.to_string()))?;
         let mut config = DirectConfig::new(punch);
         config.insecure = self.insecure;
         config.bind = self.bind;
@@ -75,23 +88,24 @@ impl NodeArgs {
         Ok(config)
     }
 
-    fn identity(&self) -> Result<Arc<Identity>, ExitCode> {
+    fn identity(&self) -> Result<Arc<Identity>, StartFailure> {
         let identity = match &self.key_file {
             Some(path) => Identity::load_or_generate(path),
             None => Identity::generate(),
         };
         identity
             .map(Arc::new)
-            .map_err(|e| error_line("identity", &e.to_string()))
+            .map_err(|e| ("identity", e.to_string()))
     }
 
-    async fn start(&self, incoming: IncomingPolicy) -> Result<DirectNode, ExitCode> {
+    /// Starts the node and registers it with the punch server.
+    async fn start(&self, incoming: IncomingPolicy) -> Result<DirectNode, StartFailure> {
         let mut config = self.config()?;
         config.incoming = incoming;
         let identity = self.identity()?;
         DirectNode::start(identity, config)
             .await
-            .map_err(|e| error_line(e.kind(), &e.to_string()))
+            .map_err(|e| (e.kind(), e.to_string()))
     }
 }
 
@@ -121,7 +135,7 @@ fn connected_line(c: &DirectConnection) -> Value {
 pub async fn listen(args: NodeArgs, max_connections: usize, policy: IncomingPolicy) -> ExitCode {
     let node = match args.start(policy).await {
         Ok(node) => node,
-        Err(code) => return code,
+        Err((kind, detail)) => return error_line(kind, &detail),
     };
     emit(&registered_line(&node));
     let node = Arc::new(node);
@@ -151,7 +165,11 @@ pub async fn listen(args: NodeArgs, max_connections: usize, policy: IncomingPoli
             drop(permit);
         });
     }
-    ExitCode::SUCCESS
+    // Only a closed endpoint ends `accept`: a listener is meant to run until killed.
+    error_line(
+        "closed",
+        "the endpoint closed: no more incoming connections",
+    )
 }
 
 /// Prints `control_lost` when the control connection to the punch server goes down and
@@ -235,7 +253,7 @@ pub async fn dial(
     };
     let node = match args.start(IncomingPolicy::RefuseAll).await {
         Ok(node) => node,
-        Err(code) => return code,
+        Err((kind, detail)) => return error_line(kind, &detail),
     };
     let attempts = attempts.max(1);
     let mut attempt = 0;
@@ -261,9 +279,11 @@ pub async fn dial(
                     ),
                 }
             }
-            Err(e @ (DialError::Handshake(_) | DialError::Timeout { .. }))
-                if !matches!(e.kind(), "identity_mismatch") =>
-            {
+            // The peer presented another key: a final answer, like the errors below.
+            Err(e @ DialError::Handshake(ConnectError::Identity(_))) => {
+                break error_line(e.kind(), &e.to_string())
+            }
+            Err(e @ (DialError::Handshake(_) | DialError::Timeout { .. })) => {
                 (e.kind(), e.to_string())
             }
             Err(e) => break error_line(e.kind(), &e.to_string()),
@@ -330,7 +350,7 @@ pub async fn doctor(
 ) -> ExitCode {
     let config = match args.config() {
         Ok(c) => c,
-        Err(code) => return code,
+        Err((kind, detail)) => return error_line(kind, &detail),
     };
     let stun = alt.unwrap_or_else(|| config.punch.host_port());
     let mut line = json!({"event": "doctor", "punch": args.punch});
@@ -359,7 +379,13 @@ pub async fn doctor(
     }
     let node = match args.start(IncomingPolicy::RefuseAll).await {
         Ok(node) => node,
-        Err(code) => return code,
+        Err((kind, detail)) => {
+            // The NAT findings stand on their own: report them with why registration
+            // failed.
+            line["register_error"] = json!({"kind": kind, "detail": detail});
+            emit(&line);
+            return ExitCode::FAILURE;
+        }
     };
     let reg = node.registration().borrow().clone();
     line["peer"] = node.peer_id().to_string().into();

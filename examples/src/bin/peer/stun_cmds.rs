@@ -9,7 +9,7 @@ use mesh::nat::{discover, NatBehaviour, NatConfig};
 use mesh::upnp::{PortMapper, UpnpConfig, UpnpState};
 use serde::Serialize;
 
-use crate::out::{emit, error_line};
+use crate::out::{emit, error_line, ms};
 
 /// The first address of `host_port` in the family of `bind`.
 pub fn resolve(host_port: &str, bind: SocketAddr) -> Result<SocketAddr, String> {
@@ -67,9 +67,7 @@ fn nat_line(b: &NatBehaviour) -> Line<'static> {
         reflexive: b.reflexive.to_string(),
         local: b.local.to_string(),
         other_address: b.other_address.to_string(),
-        rtt_ms: b
-            .rtt
-            .map(|d| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
+        rtt_ms: b.rtt.map(ms),
     }
 }
 
@@ -110,13 +108,29 @@ async fn receive_one(socket: &tokio::net::UdpSocket, ms: u64) -> std::io::Result
 }
 
 /// Flags of `peer upnp`.
+#[derive(Debug, clap::Args)]
 pub struct UpnpArgs {
+    /// Local address of the UDP socket to map.
+    #[arg(long, default_value = "0.0.0.0:0")]
     pub bind: SocketAddr,
+    /// How long to wait for the mapping (gateway search included), in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
     pub wait_ms: u64,
+    /// How long to wait for the first datagram, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
     pub recv_ms: u64,
+    /// Keep the mapping this long after the first datagram, in milliseconds.
+    #[arg(long, default_value_t = 0)]
     pub hold_ms: u64,
+    /// After removing the mapping, listen this long for datagrams that should no
+    /// longer arrive, in milliseconds (0: exit at once).
+    #[arg(long, default_value_t = 0)]
     pub after_ms: u64,
+    /// SSDP search timeout in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
     pub search_timeout_ms: u64,
+    /// Lease to ask for, in seconds (0: permanent).
+    #[arg(long, default_value_t = 600)]
     pub lease_secs: u64,
 }
 
