@@ -7,5 +7,6 @@ pub mod direct;
 pub mod identity;
 pub mod nat;
 pub mod punch;
+pub mod session;
 pub mod socket;
 pub mod upnp;

@@ -73,6 +73,12 @@ impl CodecError {
 /// A message that travels in coordinator frames: [`super::ClientMsg`] or
 /// [`super::ServerMsg`].
 pub trait WireMessage: Sized {
+    /// The protocol version every frame of this message family carries (the coordinator's
+    /// [`PROTOCOL_VERSION`] unless a protocol sets its own).
+    const VERSION: u8 = PROTOCOL_VERSION;
+    /// Largest frame (version + type + body) of this message family; at most 65,535 (the
+    /// length prefix is a u16).
+    const MAX_FRAME_LEN: usize = MAX_FRAME_LEN;
     /// The type code of this message.
     fn type_code(&self) -> u8;
     /// Appends the body (after the type code) to `out`.
@@ -84,14 +90,14 @@ pub trait WireMessage: Sized {
 /// Appends `msg` as one frame to `out`. On error `out` is left as it was.
 pub fn encode<M: WireMessage>(msg: &M, out: &mut Vec<u8>) -> Result<(), CodecError> {
     let start = out.len();
-    out.extend_from_slice(&[0, 0, PROTOCOL_VERSION, msg.type_code()]);
+    out.extend_from_slice(&[0, 0, M::VERSION, msg.type_code()]);
     if let Err(e) = msg.encode_body(&mut Writer { out: &mut *out }) {
         out.truncate(start);
         return Err(e);
     }
     let len = out.len() - start - 2;
     match u16::try_from(len) {
-        Ok(len16) if len <= MAX_FRAME_LEN => {
+        Ok(len16) if len <= M::MAX_FRAME_LEN => {
             out[start..start + 2].copy_from_slice(&len16.to_be_bytes());
             Ok(())
         }
@@ -99,7 +105,7 @@ pub fn encode<M: WireMessage>(msg: &M, out: &mut Vec<u8>) -> Result<(), CodecErr
             out.truncate(start);
             Err(CodecError::Oversized {
                 len,
-                max: MAX_FRAME_LEN,
+                max: M::MAX_FRAME_LEN,
             })
         }
     }
@@ -108,9 +114,9 @@ pub fn encode<M: WireMessage>(msg: &M, out: &mut Vec<u8>) -> Result<(), CodecErr
 /// Decodes the frame payload after the length prefix: version, type, body.
 fn decode_payload<M: WireMessage>(payload: &[u8]) -> Result<M, CodecError> {
     let (&version, rest) = payload.split_first().ok_or(CodecError::Empty)?;
-    if version != PROTOCOL_VERSION {
+    if version != M::VERSION {
         return Err(CodecError::VersionMismatch {
-            ours: PROTOCOL_VERSION,
+            ours: M::VERSION,
             theirs: version,
         });
     }
@@ -187,15 +193,15 @@ impl<M: WireMessage> FrameDecoder<M> {
             return Some(Err(CodecError::Empty));
         }
         let version = *avail.get(2)?;
-        let fatal = if version != PROTOCOL_VERSION {
+        let fatal = if version != M::VERSION {
             Some(CodecError::VersionMismatch {
-                ours: PROTOCOL_VERSION,
+                ours: M::VERSION,
                 theirs: version,
             })
-        } else if len > MAX_FRAME_LEN {
+        } else if len > M::MAX_FRAME_LEN {
             Some(CodecError::Oversized {
                 len,
-                max: MAX_FRAME_LEN,
+                max: M::MAX_FRAME_LEN,
             })
         } else {
             None
@@ -282,6 +288,18 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// A byte string with a u16 length prefix (the frame limit bounds it further).
+    pub(crate) fn bytes16(&mut self, what: &'static str, b: &[u8]) -> Result<(), CodecError> {
+        let len = u16::try_from(b.len()).map_err(|_| CodecError::TooLong {
+            what,
+            len: b.len(),
+            max: usize::from(u16::MAX),
+        })?;
+        self.u16(len);
+        self.out.extend_from_slice(b);
+        Ok(())
+    }
+
     /// A string cut (at a character boundary) to [`MAX_STRING_LEN`] bytes.
     pub(crate) fn string_truncated(&mut self, s: &str) {
         let mut end = s.len().min(MAX_STRING_LEN);
@@ -346,6 +364,12 @@ impl<'a> Reader<'a> {
         let len = usize::from(self.u8()?);
         let bytes = self.take(len)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| CodecError::InvalidValue(what))
+    }
+
+    /// A byte string with a u16 length prefix.
+    pub(crate) fn bytes16(&mut self) -> Result<Vec<u8>, CodecError> {
+        let len = usize::from(self.u16()?);
+        Ok(self.take(len)?.to_vec())
     }
 
     /// Fails if bytes are left.

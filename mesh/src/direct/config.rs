@@ -15,6 +15,9 @@ pub enum IncomingPolicy {
     /// handshake). Default.
     #[default]
     AcceptAll,
+    /// Accept the peers on the node's [`super::Allowlist`] (or everyone while it is open);
+    /// hold others briefly, then refuse them. Session members use this.
+    Allowlist,
     /// Refuse every request (a node that only dials).
     RefuseAll,
 }

@@ -92,6 +92,8 @@ impl std::fmt::Debug for Command {
 #[derive(Debug, Clone)]
 pub(crate) struct ControlSettings {
     pub incoming: IncomingPolicy,
+    /// Who may connect, under [`IncomingPolicy::Allowlist`].
+    pub allow: Arc<super::allow::Allowlist>,
     pub register_timeout: Duration,
     pub request_timeout: Duration,
     pub max_pending: usize,
@@ -163,6 +165,8 @@ impl Control {
             connection: connection_tx,
             sent_candidates: candidates,
             pending: HashMap::new(),
+            held: HashMap::new(),
+            allow_changes: settings.allow.watch(),
             next_request: 1,
             settings,
             closed: closed.clone(),

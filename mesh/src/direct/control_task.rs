@@ -61,6 +61,11 @@ pub(super) struct ControlTask {
     /// The candidates of the latest `Register` (sent again on reconnection).
     pub sent_candidates: Vec<Candidate>,
     pub pending: HashMap<u64, PendingRequest>,
+    /// Incoming requests from peers not (yet) on the allowlist: request id to (peer,
+    /// deadline). See [`super::allow`].
+    pub held: HashMap<u64, (PeerId, Instant)>,
+    /// Changes of the allowlist (held requests are checked again).
+    pub allow_changes: watch::Receiver<u64>,
     pub next_request: u64,
     pub settings: ControlSettings,
     /// Set by [`super::control::Control::close`]: never reconnect.
@@ -117,8 +122,20 @@ impl ControlTask {
             if let Err(e) = self.drain().await {
                 return Some(e);
             }
-            let deadline = self.pending.values().map(|p| p.deadline).min();
+            let deadline = self
+                .pending
+                .values()
+                .map(|p| p.deadline)
+                .chain(self.held.values().map(|h| h.1))
+                .min();
             tokio::select! {
+                changed = self.allow_changes.changed(), if !self.held.is_empty() => {
+                    if changed.is_ok() {
+                        if let Err(e) = self.answer_held(Instant::now()).await {
+                            return Some(e);
+                        }
+                    }
+                }
                 read = self.session.recv.read(buf) => match read {
                     Ok(Some(n)) => self.session.decoder.push(buf.get(..n).unwrap_or_default()),
                     Ok(None) => return Some(self.finished().await),
@@ -135,7 +152,13 @@ impl ControlTask {
                     }
                     None => return None,
                 },
-                _ = sleep_until_opt(deadline) => self.expire(Instant::now()),
+                _ = sleep_until_opt(deadline) => {
+                    let now = Instant::now();
+                    self.expire(now);
+                    if let Err(e) = self.answer_held(now).await {
+                        return Some(e);
+                    }
+                }
             }
         }
     }
@@ -257,11 +280,22 @@ impl ControlTask {
                 let answer = match self.settings.incoming {
                     IncomingPolicy::AcceptAll => ClientMsg::Accept { request_id },
                     IncomingPolicy::RefuseAll => ClientMsg::Refuse { request_id },
+                    IncomingPolicy::Allowlist if self.settings.allow.allows(&from) => {
+                        ClientMsg::Accept { request_id }
+                    }
+                    IncomingPolicy::Allowlist if self.held.len() < super::allow::MAX_HELD => {
+                        tracing::debug!(request_id, from = %from.short(), "incoming request held");
+                        let deadline = deadline_after(super::allow::HOLD);
+                        self.held.insert(request_id, (from, deadline));
+                        return Ok(());
+                    }
+                    IncomingPolicy::Allowlist => ClientMsg::Refuse { request_id },
                 };
                 tracing::info!(request_id, from = %from.short(), ?answer, "incoming request");
                 write_msg(send, &answer).await?;
             }
             ServerMsg::Cancelled { request_id } => {
+                self.held.remove(&request_id);
                 tracing::debug!(request_id, "incoming request cancelled");
             }
             // The requester is controlling: a controlling Go answers one of our requests.
@@ -326,6 +360,36 @@ impl ControlTask {
                 Ok(())
             }
         }
+    }
+
+    /// Answers held incoming requests: accepted once allowed, refused when their hold ends.
+    async fn answer_held(&mut self, now: Instant) -> Result<(), ControlError> {
+        let allow = self.settings.allow.clone();
+        let decided: Vec<(u64, bool)> = self
+            .held
+            .iter()
+            .filter_map(|(&id, (from, deadline))| {
+                if allow.allows(from) {
+                    Some((id, true))
+                } else if *deadline <= now {
+                    Some((id, false))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (request_id, accept) in decided {
+            if let Some((from, _)) = self.held.remove(&request_id) {
+                let answer = if accept {
+                    ClientMsg::Accept { request_id }
+                } else {
+                    ClientMsg::Refuse { request_id }
+                };
+                tracing::info!(request_id, from = %from.short(), ?answer, "held request answered");
+                write_msg(&mut self.session.send, &answer).await?;
+            }
+        }
+        Ok(())
     }
 
     fn expire(&mut self, now: Instant) {

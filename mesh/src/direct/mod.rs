@@ -19,6 +19,7 @@
 //!    node instead closes the control connection and stops its tasks (no reconnection),
 //!    while peer connections already handed out stay up.
 
+mod allow;
 mod config;
 mod control;
 mod control_task;
@@ -26,6 +27,7 @@ mod engine;
 mod error;
 mod node;
 
+pub use allow::{Allowlist, HOLD as ALLOWLIST_HOLD};
 pub use config::{DirectConfig, IncomingPolicy};
 pub use control::Registration;
 pub use error::{ControlError, DialError, StartError};

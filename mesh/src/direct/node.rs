@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::allow::Allowlist;
 use super::config::DirectConfig;
 use super::control::{AcceptedGo, Connector, Control, ControlSettings, Registration};
 use super::engine::{AttemptOutcome, Engine, EngineSettings};
@@ -67,6 +68,7 @@ pub struct DirectNode {
     upnp: Option<PortMapper>,
     accepted: tokio::sync::Mutex<mpsc::Receiver<Accepted>>,
     control_lost: watch::Receiver<Option<String>>,
+    allow: Arc<Allowlist>,
     /// The control task, dispatch, accept loop and UPnP registration: each holds the
     /// endpoint or a control handle, so they are aborted on drop.
     tasks: Vec<JoinHandle<()>>,
@@ -110,8 +112,10 @@ impl DirectNode {
             expected,
             server,
         };
+        let allow = Arc::new(Allowlist::default());
         let settings = ControlSettings {
             incoming: config.incoming,
+            allow: allow.clone(),
             register_timeout: config.register_timeout,
             request_timeout: config.request_timeout,
             max_pending: config.max_attempts,
@@ -172,8 +176,15 @@ impl DirectNode {
             upnp,
             accepted: tokio::sync::Mutex::new(accepted),
             control_lost,
+            allow,
             tasks,
         })
+    }
+
+    /// Who may connect under [`super::IncomingPolicy::Allowlist`] (members and announced
+    /// joiners of a session; open while this node hosts).
+    pub fn allowlist(&self) -> &Allowlist {
+        &self.allow
     }
 
     /// This node's peer id.

@@ -1,0 +1,636 @@
+//! The session driver: one tokio task that feeds a [`Membership`] core from the node's
+//! connections and turns its outputs into dials, frames, allowlist changes and game events.
+//!
+//! Steps of the loop:
+//! 1. Drain the core: transmits go to the links' queues; events become dials (each in its
+//!    own task, bounded by the join timeout), allowlist changes, closed links and game
+//!    events; then the shared table of member links, the snapshot and the listing keeper
+//!    are brought up to date (the host keeps the listing alive; any other member does not).
+//! 2. Wait for the next of: a link's input (frames, datagrams, closes), a dial or an
+//!    accepted connection, a command from the game, or the core's timer.
+//! 3. Feed it to the core with the current time, and go to 1. The loop ends with the
+//!    core's `Ended` event; a graceful leave flushes the goodbyes first and, for the last
+//!    member, delists the session.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::api::{Reliability, SendError, Session, SessionConfig, SessionEvent};
+use super::link::{self, Input, LinkHandle, LinkStats};
+use super::{Decision, Event, Membership, SessionEnd, SessionMsg, MAX_RELIABLE_MESSAGE};
+use crate::coord::encode;
+use crate::direct::{sleep_until_opt, DirectNode};
+use crate::identity::PeerId;
+use crate::listing::{Attributes, ConnectInfo, Desired, Keeper, KeeperConfig, KeeperHandle, KeeperTask, ListingClient, ListingId};
+
+/// Bound of the queue of link inputs into the session task.
+const INPUT_QUEUE: usize = 4096;
+/// Bound of the game's command queue.
+const COMMAND_QUEUE: usize = 256;
+/// Longest a link's stream setup may take.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the last member waits for the delisting to be confirmed.
+const DELIST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A game command for the session task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    SetLocked(bool),
+    Decide(PeerId, Decision),
+    UpdateListing {
+        name: Option<String>,
+        attributes: Option<Attributes>,
+    },
+    Leave(oneshot::Sender<()>),
+}
+
+/// What a session needs to keep its listing alive when it hosts.
+#[derive(Debug, Clone)]
+pub(crate) struct ListingContext {
+    pub client: ListingClient,
+    pub game: String,
+    pub config: SessionConfig,
+    /// This node's punch server, for the listing's `connect` object.
+    pub punch: String,
+}
+
+/// Counters of one session.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    /// Game messages dropped because the game did not take events fast enough.
+    pub events_dropped: AtomicU64,
+    /// Protocol violations by peers (their links were closed).
+    pub violations: AtomicU64,
+    /// Frames dropped because a link's queue was full.
+    pub frames_dropped: AtomicU64,
+    /// Per-link counters (datagrams dropped, malformed frames).
+    pub links: Arc<LinkStats>,
+}
+
+/// A view of the membership for the game's handle.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Snapshot {
+    pub epoch: u64,
+    pub members: Vec<PeerId>,
+    pub host: Option<PeerId>,
+    pub listing: Option<String>,
+}
+
+/// State shared between the session task and the game's handle.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    local: PeerId,
+    /// Links to current members (what `send` may use).
+    links: RwLock<HashMap<PeerId, LinkHandle>>,
+    snapshot: Mutex<Snapshot>,
+    closed: std::sync::atomic::AtomicBool,
+    pub stats: SessionStats,
+}
+
+impl Shared {
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn link(&self, peer: &PeerId) -> Option<LinkHandle> {
+        let links = self.links.read().unwrap_or_else(|p| p.into_inner());
+        links.get(peer).cloned()
+    }
+
+    pub fn send(&self, peer: PeerId, bytes: Bytes, reliability: Reliability) -> Result<(), SendError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(SendError::Closed);
+        }
+        let link = self
+            .link(&peer)
+            .ok_or_else(|| SendError::NotMember(peer.to_string()))?;
+        match reliability {
+            Reliability::ReliableOrdered => {
+                let frame = encode_app(&bytes)?;
+                if link.send_frame(frame) {
+                    Ok(())
+                } else {
+                    Err(SendError::QueueFull(peer.to_string()))
+                }
+            }
+            Reliability::Unreliable => send_datagram(&link, bytes),
+        }
+    }
+
+    pub fn broadcast(&self, bytes: Bytes, reliability: Reliability) -> Result<(), SendError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(SendError::Closed);
+        }
+        let links: Vec<(PeerId, LinkHandle)> = {
+            let links = self.links.read().unwrap_or_else(|p| p.into_inner());
+            links.iter().map(|(p, l)| (*p, l.clone())).collect()
+        };
+        // Encode once for every member.
+        let frame = match reliability {
+            Reliability::ReliableOrdered => Some(encode_app(&bytes)?),
+            Reliability::Unreliable => None,
+        };
+        let mut first_error = None;
+        for (peer, link) in links {
+            let result = match &frame {
+                Some(f) if link.send_frame(f.clone()) => Ok(()),
+                Some(_) => Err(SendError::QueueFull(peer.to_string())),
+                None => send_datagram(&link, bytes.clone()),
+            };
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn encode_app(bytes: &[u8]) -> Result<Bytes, SendError> {
+    if bytes.len() > MAX_RELIABLE_MESSAGE {
+        return Err(SendError::TooLarge {
+            len: bytes.len(),
+            max: MAX_RELIABLE_MESSAGE,
+        });
+    }
+    let mut buf = Vec::with_capacity(bytes.len() + 6);
+    encode(&SessionMsg::App { data: bytes.to_vec() }, &mut buf).map_err(|_| SendError::TooLarge {
+        len: bytes.len(),
+        max: MAX_RELIABLE_MESSAGE,
+    })?;
+    Ok(Bytes::from(buf))
+}
+
+fn send_datagram(link: &LinkHandle, bytes: Bytes) -> Result<(), SendError> {
+    let max = link.conn.max_datagram_size().unwrap_or(0);
+    if bytes.len() > max {
+        return Err(SendError::TooLarge {
+            len: bytes.len(),
+            max,
+        });
+    }
+    link.conn
+        .send_datagram(bytes)
+        .map_err(|e| SendError::Datagram(e.to_string()))
+}
+
+/// A dial or an accept finished.
+enum Wake {
+    Connected {
+        peer: PeerId,
+        conn: quinn::Connection,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    },
+    DialFailed { peer: PeerId, reason: String },
+}
+
+struct SessionTask {
+    core: Membership,
+    node: Arc<DirectNode>,
+    listing: ListingContext,
+    links: HashMap<PeerId, LinkHandle>,
+    shared: Arc<Shared>,
+    input_tx: mpsc::Sender<Input>,
+    wake_tx: mpsc::Sender<Wake>,
+    events: mpsc::Sender<SessionEvent>,
+    joined: Option<oneshot::Sender<Result<(), super::JoinFailure>>>,
+    keeper: Option<(ListingId, KeeperHandle)>,
+    players: u32,
+    leaving: Option<oneshot::Sender<()>>,
+}
+
+/// Starts the session task for `core` on `node`.
+pub(crate) fn spawn(core: Membership, node: Arc<DirectNode>, listing: ListingContext, event_queue: usize) -> Session {
+    let local = core.local_id();
+    let shared = Arc::new(Shared {
+        local,
+        links: RwLock::new(HashMap::new()),
+        snapshot: Mutex::new(Snapshot::default()),
+        closed: std::sync::atomic::AtomicBool::new(false),
+        stats: SessionStats::default(),
+    });
+    let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
+    let (wake_tx, wake_rx) = mpsc::channel(INPUT_QUEUE);
+    let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (events_tx, events) = mpsc::channel(event_queue.max(16));
+    let (joined_tx, joined_rx) = oneshot::channel();
+    let joining = !core.is_member();
+    let task = SessionTask {
+        core,
+        node,
+        listing,
+        links: HashMap::new(),
+        shared: shared.clone(),
+        input_tx,
+        wake_tx,
+        events: events_tx,
+        joined: joining.then_some(joined_tx),
+        keeper: None,
+        players: 0,
+        leaving: None,
+    };
+    let span = tracing::info_span!("session", peer = %local.short());
+    let handle = tokio::spawn(tracing::Instrument::instrument(
+        task.run(input_rx, wake_rx, command_rx),
+        span,
+    ));
+    Session {
+        local,
+        shared,
+        commands,
+        events,
+        joined: joining.then_some(joined_rx),
+        task: Some(handle),
+    }
+}
+
+impl SessionTask {
+    async fn run(
+        mut self,
+        mut inputs: mpsc::Receiver<Input>,
+        mut wakes: mpsc::Receiver<Wake>,
+        mut commands: mpsc::Receiver<Command>,
+    ) {
+        let accept = tokio::spawn(accept_loop(self.node.clone(), self.wake_tx.clone()));
+        loop {
+            self.flush();
+            if self.core.is_ended() {
+                break;
+            }
+            let deadline = self.core.poll_timeout();
+            tokio::select! {
+                Some(input) = inputs.recv() => self.on_input(input),
+                Some(wake) = wakes.recv() => self.on_wake(wake),
+                command = commands.recv() => match command {
+                    Some(c) => self.on_command(c),
+                    // The game dropped its handle: leave.
+                    None => self.core.leave(Instant::now()),
+                },
+                _ = sleep_until_opt(deadline) => self.core.handle_timeout(Instant::now()),
+            }
+        }
+        accept.abort();
+        self.finish().await;
+    }
+
+    /// After the core ended: flush links, delist if this was the last member, stop.
+    async fn finish(mut self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
+        let last = self.core.view().members.len() <= 1;
+        if let Some((_, keeper)) = self.keeper.take() {
+            if last && self.leaving.is_some() {
+                if let Err(e) = keeper.delist(DELIST_TIMEOUT).await {
+                    tracing::warn!(error = %e, "listing not delisted");
+                }
+            }
+        }
+        // Give the links' writers a moment to send the goodbyes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(done) = self.leaving.take() {
+            let _ = done.send(());
+        }
+        if let Ok(node) = Arc::try_unwrap(self.node) {
+            node.shutdown().await;
+        }
+    }
+
+    fn on_input(&mut self, input: Input) {
+        let now = Instant::now();
+        match input {
+            Input::Frame { peer, link, msg } => {
+                if !self.is_current(&peer, link) {
+                    return;
+                }
+                if let SessionMsg::App { data } = msg {
+                    self.core.note_heard(now, peer);
+                    if self.core.accepts_messages_from(&peer) {
+                        self.game_message(peer, Bytes::from(data), Reliability::ReliableOrdered);
+                    }
+                } else {
+                    self.core.handle_input(now, peer, msg);
+                }
+            }
+            Input::Datagram { peer, link, bytes } => {
+                if self.is_current(&peer, link) && self.core.accepts_messages_from(&peer) {
+                    self.core.note_heard(now, peer);
+                    self.game_message(peer, bytes, Reliability::Unreliable);
+                }
+            }
+            Input::Closed { peer, link, error } => {
+                if self.is_current(&peer, link) {
+                    tracing::info!(peer = %peer.short(), ?error, "link closed");
+                    self.drop_link(&peer);
+                    self.core.handle_link_down(now, peer);
+                }
+            }
+            Input::Malformed { peer, link, error } => {
+                if self.is_current(&peer, link) {
+                    tracing::warn!(peer = %peer.short(), %error, "malformed session frame");
+                    self.shared.stats.violations.fetch_add(1, Ordering::Relaxed);
+                    if let Some(l) = self.drop_link(&peer) {
+                        l.conn.close(1u32.into(), b"malformed session frame");
+                    }
+                    self.core.handle_link_down(now, peer);
+                }
+            }
+        }
+    }
+
+    fn is_current(&self, peer: &PeerId, link: u64) -> bool {
+        self.links.get(peer).is_some_and(|l| l.id == link)
+    }
+
+    fn game_message(&mut self, from: PeerId, bytes: Bytes, reliability: Reliability) {
+        let event = SessionEvent::Message {
+            from,
+            bytes,
+            reliability,
+        };
+        if self.events.try_send(event).is_err() {
+            self.shared.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn on_wake(&mut self, wake: Wake) {
+        let now = Instant::now();
+        match wake {
+            Wake::Connected {
+                peer,
+                conn,
+                send,
+                recv,
+            } => {
+                if !self.node.allowlist().allows(&peer) || self.core.is_ended() {
+                    conn.close(2u32.into(), b"not a member of this session");
+                    return;
+                }
+                if let Some(old) = self.drop_link(&peer) {
+                    old.close();
+                    self.core.handle_link_down(now, peer);
+                }
+                let handle = link::spawn(
+                    peer,
+                    conn,
+                    send,
+                    recv,
+                    self.input_tx.clone(),
+                    self.shared.stats.links.clone(),
+                );
+                self.links.insert(peer, handle);
+                self.core.handle_link_up(now, peer);
+            }
+            Wake::DialFailed { peer, reason } => {
+                tracing::info!(peer = %peer.short(), %reason, "dial failed");
+                self.core.handle_link_down(now, peer);
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let now = Instant::now();
+        match command {
+            Command::SetLocked(locked) => self.core.set_locked(now, locked),
+            Command::Decide(peer, decision) => self.core.decide(now, peer, decision),
+            Command::UpdateListing { name, attributes } => {
+                if let Some(n) = name {
+                    self.listing.config.name = n;
+                }
+                if let Some(a) = attributes {
+                    self.listing.config.attributes = a;
+                }
+                if let Some((_, k)) = &self.keeper {
+                    k.set_name(self.listing.config.name.clone());
+                    k.set_attributes(self.listing.config.attributes.clone());
+                }
+            }
+            Command::Leave(done) => {
+                self.leaving = Some(done);
+                self.core.leave(now);
+            }
+        }
+    }
+
+    fn drop_link(&mut self, peer: &PeerId) -> Option<LinkHandle> {
+        let link = self.links.remove(peer)?;
+        self.shared
+            .links
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(peer);
+        Some(link)
+    }
+
+    fn dial(&self, peer: PeerId) {
+        let node = self.node.clone();
+        let wakes = self.wake_tx.clone();
+        let budget = self.core_join_timeout();
+        tokio::spawn(async move {
+            let wake = match tokio::time::timeout(budget, node.connect(peer)).await {
+                Ok(Ok(c)) => match link::open(&c.peer.connection, STREAM_TIMEOUT).await {
+                    Ok((send, recv)) => Wake::Connected {
+                        peer,
+                        conn: c.peer.connection,
+                        send,
+                        recv,
+                    },
+                    Err(reason) => Wake::DialFailed { peer, reason },
+                },
+                Ok(Err(e)) => Wake::DialFailed {
+                    peer,
+                    reason: e.to_string(),
+                },
+                Err(_) => Wake::DialFailed {
+                    peer,
+                    reason: "dial timed out".into(),
+                },
+            };
+            let _ = wakes.send(wake).await;
+        });
+    }
+
+    fn core_join_timeout(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+
+    /// Applies the core's outputs (step 1 of the module docs).
+    fn flush(&mut self) {
+        let now = Instant::now();
+        while let Some((to, msg)) = self.core.poll_transmit() {
+            match self.links.get(&to) {
+                Some(l) if l.send(&msg) => self.core.note_sent(now, to),
+                Some(_) => {
+                    self.shared.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                None => {}
+            }
+        }
+        while let Some(event) = self.core.poll_event() {
+            self.on_event(event);
+        }
+        self.sync();
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let game = match event {
+            Event::Dial(peer) => {
+                self.dial(peer);
+                None
+            }
+            Event::Allow(peer) => {
+                self.node.allowlist().allow(peer);
+                None
+            }
+            Event::Disallow(peer) => {
+                self.node.allowlist().disallow(&peer);
+                None
+            }
+            Event::Close(peer) => {
+                if let Some(l) = self.drop_link(&peer) {
+                    l.close();
+                }
+                None
+            }
+            Event::Joined => {
+                if let Some(tx) = self.joined.take() {
+                    let _ = tx.send(Ok(()));
+                }
+                None
+            }
+            Event::JoinRequest { peer, data } => Some(SessionEvent::JoinRequest { peer, data }),
+            Event::MemberJoined(peer) => Some(SessionEvent::MemberJoined(peer)),
+            Event::MemberLeft { peer, reason } => Some(SessionEvent::MemberLeft { peer, reason }),
+            Event::HostChanged { old, new } => Some(SessionEvent::HostChanged { old, new }),
+            Event::Violation { peer, why } => {
+                tracing::warn!(peer = %peer.short(), why, "protocol violation");
+                self.shared.stats.violations.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Event::Ended(why) => {
+                if let SessionEnd::JoinFailed(f) = &why {
+                    if let Some(tx) = self.joined.take() {
+                        let _ = tx.send(Err(f.clone()));
+                    }
+                }
+                Some(SessionEvent::Ended(why))
+            }
+        };
+        if let Some(e) = game {
+            // Membership events are rare; a full queue means the game stopped reading.
+            if self.events.try_send(e).is_err() {
+                self.shared.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("session event dropped: the game does not take events");
+            }
+        }
+    }
+
+    /// Brings the shared link table, the snapshot, the allowlist and the listing up to date.
+    fn sync(&mut self) {
+        let members: Vec<PeerId> = self.core.view().members.clone();
+        {
+            let mut shared = self.shared.links.write().unwrap_or_else(|p| p.into_inner());
+            shared.clear();
+            for m in members.iter().filter(|m| self.core.accepts_messages_from(m)) {
+                if let Some(l) = self.links.get(m) {
+                    shared.insert(*m, l.clone());
+                }
+            }
+        }
+        let is_host = self.core.is_host();
+        self.node.allowlist().set_open(is_host && !self.core.view().locked);
+        *self.shared.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Snapshot {
+            epoch: self.core.view().epoch,
+            members: if self.core.is_member() { members.clone() } else { Vec::new() },
+            host: self.core.host_id(),
+            listing: self.core.grant().map(|g| g.listing.clone()),
+        };
+        let _ = self.shared.local;
+        self.sync_listing(is_host, members.len());
+    }
+
+    fn sync_listing(&mut self, is_host: bool, players: usize) {
+        if !is_host || self.core.is_ended() {
+            if self.leaving.is_none() {
+                // Not the host (any more): someone else keeps the listing.
+                self.keeper = None;
+            }
+            return;
+        }
+        let players = u32::try_from(players).unwrap_or(u32::MAX);
+        if self.keeper.is_none() {
+            let Some(grant) = self.core.grant().cloned() else {
+                return;
+            };
+            let Ok(id) = grant.listing.parse::<ListingId>() else {
+                tracing::warn!(listing = %grant.listing, "listing id does not parse; not kept");
+                return;
+            };
+            let cfg = &self.listing.config;
+            let desired = Desired {
+                game: self.listing.game.clone(),
+                name: cfg.name.clone(),
+                max_players: cfg.max_players,
+                players,
+                attributes: cfg.attributes.clone(),
+                connect: Some(ConnectInfo {
+                    peer: self.core.local_id().to_string(),
+                    punch: self.listing.punch.clone(),
+                }),
+            };
+            let keeper = Keeper::new(
+                Instant::now(),
+                id,
+                grant.token,
+                Duration::from_secs(u64::from(cfg.listing_timeout_secs)),
+                desired.clone(),
+                KeeperConfig::default(),
+            );
+            let handle = KeeperTask::spawn(self.listing.client.clone(), keeper);
+            // A new host says where it is at once (the connect object names it now).
+            if let Some(c) = desired.connect {
+                handle.set_connect(c);
+            }
+            handle.set_players(players);
+            tracing::info!(listing = %id, players, "keeping the listing alive");
+            self.keeper = Some((id, handle));
+            self.players = players;
+        } else if players != self.players {
+            if let Some((_, k)) = &self.keeper {
+                k.set_players(players);
+            }
+            self.players = players;
+        }
+    }
+}
+
+/// Hands every accepted connection (with its session stream) to the session task.
+async fn accept_loop(node: Arc<DirectNode>, wakes: mpsc::Sender<Wake>) {
+    while let Some(result) = node.accept().await {
+        let Ok(c) = result else { continue };
+        let wakes = wakes.clone();
+        tokio::spawn(async move {
+            let peer = c.peer.peer_id;
+            let conn = c.peer.connection;
+            match link::accept(&conn, STREAM_TIMEOUT).await {
+                Ok((send, recv)) => {
+                    let _ = wakes
+                        .send(Wake::Connected {
+                            peer,
+                            conn,
+                            send,
+                            recv,
+                        })
+                        .await;
+                }
+                Err(reason) => {
+                    tracing::info!(peer = %peer.short(), %reason, "accepted connection without a session stream");
+                    conn.close(3u32.into(), b"no session stream");
+                }
+            }
+        });
+    }
+}

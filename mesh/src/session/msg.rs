@@ -1,0 +1,610 @@
+//! The membership protocol's messages and their wire encoding.
+//!
+//! Every message is one frame of the coordinator's framing ([`crate::coord::encode`],
+//! [`crate::coord::FrameDecoder`]): `length: u16 BE | version | type | body`, here with the
+//! session protocol's own version ([`SESSION_VERSION`]) and a larger frame limit
+//! ([`MAX_SESSION_FRAME`]), so a member of another version is told so instead of hanging.
+//! Frames travel on one long-lived bidirectional QUIC stream per pair of members; reliable
+//! game messages ([`SessionMsg::App`]) share it, so they are ordered with membership
+//! changes.
+//!
+//! Body encodings: integers big-endian, a peer id its 32 key bytes, a list `u8 count,
+//! items` (at most [`MAX_MEMBERS`]), a byte string `u16 length, bytes`, a string `u8
+//! length, UTF-8`. Type codes are listed on [`SessionMsg`].
+
+use crate::coord::{CodecError, Reader, WireMessage, Writer};
+use crate::identity::PeerId;
+
+/// The version byte of every session frame.
+pub const SESSION_VERSION: u8 = 1;
+/// Largest session frame (version + type + body), in bytes.
+pub const MAX_SESSION_FRAME: usize = u16::MAX as usize;
+/// Most members of one session (and most ids one message lists).
+pub const MAX_MEMBERS: usize = 255;
+/// Largest reliable game message, in bytes.
+pub const MAX_RELIABLE_MESSAGE: usize = 60 * 1024;
+/// Largest join data a joiner may send with its request, in bytes.
+pub const MAX_JOIN_DATA: usize = 4 * 1024;
+
+/// A membership as the host sequenced it: epoch and members in join order.
+///
+/// The first member is the host (the member that has been in the mesh longest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    /// Rises by one with every membership change the host makes.
+    pub epoch: u64,
+    /// Members in join order; never empty in a valid view.
+    pub members: Vec<PeerId>,
+    /// Whether the host refuses new joiners.
+    pub locked: bool,
+}
+
+impl View {
+    /// The host of this view (its longest-standing member).
+    pub fn host(&self) -> Option<PeerId> {
+        self.members.first().copied()
+    }
+
+    /// Whether `peer` is a member.
+    pub fn contains(&self, peer: &PeerId) -> bool {
+        self.members.contains(peer)
+    }
+
+    /// `peer`'s place in join order.
+    pub fn position(&self, peer: &PeerId) -> Option<usize> {
+        self.members.iter().position(|m| m == peer)
+    }
+}
+
+/// The master-server listing's id and owner token, handed to every member over the
+/// encrypted mesh so that whichever member becomes host can keep the listing alive.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ListingGrant {
+    /// The listing's id (as the master server prints it).
+    pub listing: String,
+    /// The owner token (`Authorization: Bearer`).
+    pub token: String,
+}
+
+impl std::fmt::Debug for ListingGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a secret: never in logs.
+        f.debug_struct("ListingGrant")
+            .field("listing", &self.listing)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a host turned a joiner away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The session is locked. Code 1.
+    Locked,
+    /// The session has `max_players` members. Code 2.
+    Full,
+    /// The host's application said no, with its reason. Code 3.
+    App(String),
+    /// The peer asked is not the host; the host is named. Code 4.
+    NotHost(PeerId),
+    /// The join took longer than the host allows. Code 5.
+    Timeout,
+    /// Too many joins are in progress. Code 6.
+    Busy,
+    /// The joiner could not reach this member, which the host still reaches. Code 7.
+    Unreachable(PeerId),
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Locked => f.write_str("the session is locked"),
+            Self::Full => f.write_str("the session is full"),
+            Self::App(r) => write!(f, "the host said no: {r}"),
+            Self::NotHost(h) => write!(f, "not the host; the host is {}", h.short()),
+            Self::Timeout => f.write_str("the join took too long"),
+            Self::Busy => f.write_str("too many joins in progress"),
+            Self::Unreachable(p) => write!(f, "member {} unreachable", p.short()),
+        }
+    }
+}
+
+/// A message between members (or between a joiner and members).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionMsg {
+    /// Joiner to host: let me in. Type 0x01.
+    JoinRequest {
+        /// The game's own join data (at most [`MAX_JOIN_DATA`] bytes).
+        data: Vec<u8>,
+    },
+    /// Host to joiner: connect to these members (host and joiner left out). Type 0x02.
+    JoinMembers {
+        /// The epoch of the membership listed.
+        epoch: u64,
+        /// The members to connect to.
+        members: Vec<PeerId>,
+    },
+    /// Joiner to host: connected to every member of `epoch`, or not to `failed`. Type 0x03.
+    JoinReport {
+        /// The epoch of the list the joiner worked from.
+        epoch: u64,
+        /// A member the joiner could not reach, if any.
+        failed: Option<PeerId>,
+    },
+    /// Host to joiner: accepted. Type 0x04.
+    Welcome {
+        /// The membership with the joiner in it.
+        view: View,
+        /// The listing, if the session is listed.
+        grant: Option<ListingGrant>,
+        /// Other joiners in progress, whose connections the new member must accept.
+        expected: Vec<PeerId>,
+    },
+    /// Host to joiner: not accepted. Type 0x05.
+    JoinRejected {
+        /// Why.
+        reason: RejectReason,
+    },
+    /// Host to members: accept connections from this joiner. Type 0x06.
+    Expect {
+        /// The joiner.
+        joiner: PeerId,
+    },
+    /// Host to members: the join of this joiner ended without it. Type 0x07.
+    Unexpect {
+        /// The joiner.
+        joiner: PeerId,
+    },
+    /// Host to members: the membership changed. Type 0x08.
+    View {
+        /// The new membership.
+        view: View,
+    },
+    /// Host to members: the listing changed (e.g. it was posted again). Type 0x09.
+    Grant {
+        /// The listing.
+        grant: ListingGrant,
+    },
+    /// Member to host: my connection to `peer` broke. Type 0x0a.
+    LinkDown {
+        /// The member no longer reached.
+        peer: PeerId,
+    },
+    /// Member to members, while the host is lost: which members I no longer reach (the
+    /// host among them). Type 0x0b.
+    Down {
+        /// The host this report is about.
+        host: PeerId,
+        /// Every member the sender lost since the current membership.
+        down: Vec<PeerId>,
+    },
+    /// Liveness, sent when nothing else was sent for a heartbeat interval. Type 0x0c.
+    Heartbeat,
+    /// The sender leaves the session. Type 0x0d.
+    Leave,
+    /// A reliable game message (at most [`MAX_RELIABLE_MESSAGE`] bytes). Type 0x40.
+    App {
+        /// The game's bytes.
+        data: Vec<u8>,
+    },
+}
+
+fn write_ids(w: &mut Writer<'_>, ids: &[PeerId]) -> Result<(), CodecError> {
+    let n = u8::try_from(ids.len()).map_err(|_| CodecError::TooLong {
+        what: "members",
+        len: ids.len(),
+        max: MAX_MEMBERS,
+    })?;
+    w.u8(n);
+    for id in ids {
+        w.peer_id(id);
+    }
+    Ok(())
+}
+
+fn read_ids(r: &mut Reader<'_>) -> Result<Vec<PeerId>, CodecError> {
+    let n = usize::from(r.u8()?);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = r.peer_id()?;
+        if out.contains(&id) {
+            return Err(CodecError::InvalidValue("duplicate member"));
+        }
+        out.push(id);
+    }
+    Ok(out)
+}
+
+fn write_view(w: &mut Writer<'_>, v: &View) -> Result<(), CodecError> {
+    w.u64(v.epoch);
+    w.u8(u8::from(v.locked));
+    write_ids(w, &v.members)
+}
+
+fn read_view(r: &mut Reader<'_>) -> Result<View, CodecError> {
+    let epoch = r.u64()?;
+    let locked = read_bool(r)?;
+    let members = read_ids(r)?;
+    if members.is_empty() {
+        return Err(CodecError::InvalidValue("empty membership"));
+    }
+    Ok(View {
+        epoch,
+        members,
+        locked,
+    })
+}
+
+fn read_bool(r: &mut Reader<'_>) -> Result<bool, CodecError> {
+    match r.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(CodecError::InvalidValue("flag")),
+    }
+}
+
+fn write_grant(w: &mut Writer<'_>, g: &ListingGrant) -> Result<(), CodecError> {
+    w.string("listing id", &g.listing)?;
+    w.string("listing token", &g.token)
+}
+
+fn read_grant(r: &mut Reader<'_>) -> Result<ListingGrant, CodecError> {
+    Ok(ListingGrant {
+        listing: r.string("listing id")?,
+        token: r.string("listing token")?,
+    })
+}
+
+fn write_reason(w: &mut Writer<'_>, reason: &RejectReason) -> Result<(), CodecError> {
+    match reason {
+        RejectReason::Locked => w.u8(1),
+        RejectReason::Full => w.u8(2),
+        RejectReason::App(text) => {
+            w.u8(3);
+            w.string_truncated(text);
+        }
+        RejectReason::NotHost(host) => {
+            w.u8(4);
+            w.peer_id(host);
+        }
+        RejectReason::Timeout => w.u8(5),
+        RejectReason::Busy => w.u8(6),
+        RejectReason::Unreachable(peer) => {
+            w.u8(7);
+            w.peer_id(peer);
+        }
+    }
+    Ok(())
+}
+
+fn read_reason(r: &mut Reader<'_>) -> Result<RejectReason, CodecError> {
+    Ok(match r.u8()? {
+        1 => RejectReason::Locked,
+        2 => RejectReason::Full,
+        3 => RejectReason::App(r.string("reason")?),
+        4 => RejectReason::NotHost(r.peer_id()?),
+        5 => RejectReason::Timeout,
+        6 => RejectReason::Busy,
+        7 => RejectReason::Unreachable(r.peer_id()?),
+        _ => return Err(CodecError::InvalidValue("reject reason")),
+    })
+}
+
+fn bounded_bytes(
+    r: &mut Reader<'_>,
+    what: &'static str,
+    max: usize,
+) -> Result<Vec<u8>, CodecError> {
+    let b = r.bytes16()?;
+    if b.len() > max {
+        return Err(CodecError::TooLong {
+            what,
+            len: b.len(),
+            max,
+        });
+    }
+    Ok(b)
+}
+
+fn check_len(what: &'static str, len: usize, max: usize) -> Result<(), CodecError> {
+    if len > max {
+        return Err(CodecError::TooLong { what, len, max });
+    }
+    Ok(())
+}
+
+impl WireMessage for SessionMsg {
+    const VERSION: u8 = SESSION_VERSION;
+    const MAX_FRAME_LEN: usize = MAX_SESSION_FRAME;
+
+    fn type_code(&self) -> u8 {
+        match self {
+            Self::JoinRequest { .. } => 0x01,
+            Self::JoinMembers { .. } => 0x02,
+            Self::JoinReport { .. } => 0x03,
+            Self::Welcome { .. } => 0x04,
+            Self::JoinRejected { .. } => 0x05,
+            Self::Expect { .. } => 0x06,
+            Self::Unexpect { .. } => 0x07,
+            Self::View { .. } => 0x08,
+            Self::Grant { .. } => 0x09,
+            Self::LinkDown { .. } => 0x0a,
+            Self::Down { .. } => 0x0b,
+            Self::Heartbeat => 0x0c,
+            Self::Leave => 0x0d,
+            Self::App { .. } => 0x40,
+        }
+    }
+
+    fn encode_body(&self, w: &mut Writer<'_>) -> Result<(), CodecError> {
+        match self {
+            Self::JoinRequest { data } => {
+                check_len("join data", data.len(), MAX_JOIN_DATA)?;
+                w.bytes16("join data", data)?;
+            }
+            Self::JoinMembers { epoch, members } => {
+                w.u64(*epoch);
+                write_ids(w, members)?;
+            }
+            Self::JoinReport { epoch, failed } => {
+                w.u64(*epoch);
+                match failed {
+                    None => w.u8(0),
+                    Some(p) => {
+                        w.u8(1);
+                        w.peer_id(p);
+                    }
+                }
+            }
+            Self::Welcome {
+                view,
+                grant,
+                expected,
+            } => {
+                write_view(w, view)?;
+                match grant {
+                    None => w.u8(0),
+                    Some(g) => {
+                        w.u8(1);
+                        write_grant(w, g)?;
+                    }
+                }
+                write_ids(w, expected)?;
+            }
+            Self::JoinRejected { reason } => write_reason(w, reason)?,
+            Self::Expect { joiner } | Self::Unexpect { joiner } => w.peer_id(joiner),
+            Self::View { view } => write_view(w, view)?,
+            Self::Grant { grant } => write_grant(w, grant)?,
+            Self::LinkDown { peer } => w.peer_id(peer),
+            Self::Down { host, down } => {
+                w.peer_id(host);
+                write_ids(w, down)?;
+            }
+            Self::Heartbeat | Self::Leave => {}
+            Self::App { data } => {
+                check_len("message", data.len(), MAX_RELIABLE_MESSAGE)?;
+                w.bytes16("message", data)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn decode_body(code: u8, r: &mut Reader<'_>) -> Result<Self, CodecError> {
+        Ok(match code {
+            0x01 => Self::JoinRequest {
+                data: bounded_bytes(r, "join data", MAX_JOIN_DATA)?,
+            },
+            0x02 => Self::JoinMembers {
+                epoch: r.u64()?,
+                members: read_ids(r)?,
+            },
+            0x03 => {
+                let epoch = r.u64()?;
+                let failed = if read_bool(r)? {
+                    Some(r.peer_id()?)
+                } else {
+                    None
+                };
+                Self::JoinReport { epoch, failed }
+            }
+            0x04 => {
+                let view = read_view(r)?;
+                let grant = if read_bool(r)? {
+                    Some(read_grant(r)?)
+                } else {
+                    None
+                };
+                Self::Welcome {
+                    view,
+                    grant,
+                    expected: read_ids(r)?,
+                }
+            }
+            0x05 => Self::JoinRejected {
+                reason: read_reason(r)?,
+            },
+            0x06 => Self::Expect {
+                joiner: r.peer_id()?,
+            },
+            0x07 => Self::Unexpect {
+                joiner: r.peer_id()?,
+            },
+            0x08 => Self::View {
+                view: read_view(r)?,
+            },
+            0x09 => Self::Grant {
+                grant: read_grant(r)?,
+            },
+            0x0a => Self::LinkDown {
+                peer: r.peer_id()?,
+            },
+            0x0b => Self::Down {
+                host: r.peer_id()?,
+                down: read_ids(r)?,
+            },
+            0x0c => Self::Heartbeat,
+            0x0d => Self::Leave,
+            0x40 => Self::App {
+                data: bounded_bytes(r, "message", MAX_RELIABLE_MESSAGE)?,
+            },
+            other => return Err(CodecError::UnknownType(other)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coord::{decode_frame, encode, FrameDecoder};
+
+    fn id(n: u8) -> PeerId {
+        PeerId::from_bytes([n; 32])
+    }
+
+    fn all() -> Vec<SessionMsg> {
+        let view = View {
+            epoch: 7,
+            members: vec![id(1), id(2), id(3)],
+            locked: true,
+        };
+        let grant = ListingGrant {
+            listing: "6f1c".into(),
+            token: "secret".into(),
+        };
+        vec![
+            SessionMsg::JoinRequest { data: vec![1, 2] },
+            SessionMsg::JoinMembers {
+                epoch: 3,
+                members: vec![id(2), id(3)],
+            },
+            SessionMsg::JoinReport {
+                epoch: 3,
+                failed: None,
+            },
+            SessionMsg::JoinReport {
+                epoch: 3,
+                failed: Some(id(3)),
+            },
+            SessionMsg::Welcome {
+                view: view.clone(),
+                grant: Some(grant.clone()),
+                expected: vec![id(9)],
+            },
+            SessionMsg::Welcome {
+                view: view.clone(),
+                grant: None,
+                expected: vec![],
+            },
+            SessionMsg::JoinRejected {
+                reason: RejectReason::App("no".into()),
+            },
+            SessionMsg::JoinRejected {
+                reason: RejectReason::NotHost(id(1)),
+            },
+            SessionMsg::JoinRejected {
+                reason: RejectReason::Full,
+            },
+            SessionMsg::JoinRejected {
+                reason: RejectReason::Unreachable(id(5)),
+            },
+            SessionMsg::Expect { joiner: id(4) },
+            SessionMsg::Unexpect { joiner: id(4) },
+            SessionMsg::View { view },
+            SessionMsg::Grant { grant },
+            SessionMsg::LinkDown { peer: id(2) },
+            SessionMsg::Down {
+                host: id(1),
+                down: vec![id(1), id(3)],
+            },
+            SessionMsg::Heartbeat,
+            SessionMsg::Leave,
+            SessionMsg::App {
+                data: vec![0; MAX_RELIABLE_MESSAGE],
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_through_one_stream() {
+        let mut stream = Vec::new();
+        for m in all() {
+            encode(&m, &mut stream).expect("encodes");
+        }
+        let mut d = FrameDecoder::<SessionMsg>::new();
+        // Byte by byte: the decoder must cope with any split.
+        let mut out = Vec::new();
+        for b in stream.chunks(7) {
+            d.push(b);
+            while let Some(m) = d.pop() {
+                out.push(m.expect("decodes"));
+            }
+        }
+        assert_eq!(out, all());
+    }
+
+    #[test]
+    fn oversized_messages_are_refused_on_both_sides() {
+        let mut out = Vec::new();
+        let big = SessionMsg::App {
+            data: vec![0; MAX_RELIABLE_MESSAGE + 1],
+        };
+        assert!(matches!(
+            encode(&big, &mut out),
+            Err(CodecError::TooLong { .. })
+        ));
+        assert!(out.is_empty());
+        // A hand-made frame with a too-long join request.
+        let mut frame = vec![0, 0, SESSION_VERSION, 0x01];
+        let n = MAX_JOIN_DATA + 1;
+        frame.extend_from_slice(&(n as u16).to_be_bytes());
+        frame.extend(std::iter::repeat_n(0, n));
+        let len = (frame.len() - 2) as u16;
+        frame[..2].copy_from_slice(&len.to_be_bytes());
+        assert!(matches!(
+            decode_frame::<SessionMsg>(&frame),
+            Err(CodecError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn a_wrong_version_is_fatal_and_named() {
+        let mut frame = Vec::new();
+        encode(&SessionMsg::Heartbeat, &mut frame).expect("encodes");
+        frame[2] = 9;
+        let mut d = FrameDecoder::<SessionMsg>::new();
+        d.push(&frame);
+        let err = d.pop().expect("a frame").expect_err("wrong version");
+        assert_eq!(
+            err,
+            CodecError::VersionMismatch {
+                ours: SESSION_VERSION,
+                theirs: 9
+            }
+        );
+        assert!(err.is_fatal() && d.is_failed());
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors_not_panics() {
+        for m in all() {
+            let mut frame = Vec::new();
+            encode(&m, &mut frame).expect("encodes");
+            for cut in 4..frame.len() {
+                let mut f = frame[..cut].to_vec();
+                let len = (f.len() - 2) as u16;
+                f[..2].copy_from_slice(&len.to_be_bytes());
+                let _ = decode_frame::<SessionMsg>(&f);
+            }
+        }
+        // Duplicate ids and an empty view are refused.
+        let mut f = vec![0, 0, SESSION_VERSION, 0x08];
+        f.extend_from_slice(&1u64.to_be_bytes());
+        f.push(0);
+        f.push(0);
+        let len = (f.len() - 2) as u16;
+        f[..2].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(
+            decode_frame::<SessionMsg>(&f),
+            Err(CodecError::InvalidValue("empty membership"))
+        );
+    }
+}
