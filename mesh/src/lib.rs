@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod coord;
 pub mod direct;
 pub mod identity;
+pub mod listing;
 pub mod nat;
 pub mod punch;
 pub mod socket;
