@@ -1,18 +1,23 @@
-//! Session rows and the JSON shapes of the HTTP API.
+//! Session rows, and the JSON shapes of the HTTP API (re-exported from
+//! `mesh::listing::wire`, where they are shared with the client).
 //!
 //! A row is split in two: the [`SessionBody`] (what a host sets on create or patch, shared
 //! behind an `Arc`) and its liveness (`expires_at`, `version`), which heartbeats change
 //! without copying the body.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
+
+/// The API's JSON types, defined once in `mesh` (shared with its client).
+pub use mesh::listing::wire::{
+    Attributes, CreateSession, Created, ErrorBody, ErrorDetail, HeartbeatAck, PatchSession,
+    SessionList, SessionRow,
+};
 use serde_json::value::RawValue;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::time::Millis;
@@ -42,9 +47,6 @@ impl FromStr for SessionId {
         Uuid::try_parse(s).map(SessionId)
     }
 }
-
-/// A row's free-form string attributes (filterable with `attr.KEY=VALUE`).
-pub type Attributes = BTreeMap<String, String>;
 
 /// What a host sets on a session; replaced as a whole by a patch.
 #[derive(Debug, Clone)]
@@ -158,117 +160,4 @@ pub struct Session {
     pub body: std::sync::Arc<SessionBody>,
     /// Its liveness.
     pub live: Liveness,
-}
-
-/// A listed session, as the API returns it (never with the token).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct SessionRow {
-    /// Session id.
-    pub id: Uuid,
-    /// Game name.
-    pub game: String,
-    /// Display name.
-    pub name: String,
-    /// Capacity.
-    pub max_players: u32,
-    /// Current players.
-    pub players: u32,
-    /// Filterable attributes.
-    pub attributes: Attributes,
-    /// Opaque connection info set by the host.
-    #[schema(value_type = Object)]
-    pub connect: serde_json::Value,
-    /// The host's IP as the master server saw it.
-    pub addr: String,
-    /// RFC 3339 creation time.
-    pub created_at: String,
-    /// RFC 3339 expiry time.
-    pub expires_at: String,
-}
-
-/// `POST /v1/sessions` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateSession {
-    /// Game name (1..=64 bytes).
-    pub game: String,
-    /// Display name (1..=128 bytes).
-    pub name: String,
-    /// Capacity (1..=65535).
-    pub max_players: u32,
-    /// Current players (at most `max_players`).
-    #[serde(default)]
-    pub players: u32,
-    /// Seconds a heartbeat keeps the row alive (default 60).
-    pub timeout_secs: Option<u32>,
-    /// Up to 32 attributes; keys 1..=64 bytes, values up to 256 bytes.
-    #[serde(default)]
-    pub attributes: Attributes,
-    /// Opaque JSON object (at most 2 KiB), e.g. host peer id and punch server.
-    #[schema(value_type = Object)]
-    pub connect: Option<Box<RawValue>>,
-}
-
-/// `POST /v1/sessions` answer: the token is shown only here.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Created {
-    /// Session id.
-    pub id: Uuid,
-    /// Owner token for `Authorization: Bearer`.
-    pub token: String,
-    /// RFC 3339 expiry time.
-    pub expires_at: String,
-    /// The client IP as the server saw it.
-    pub addr: String,
-}
-
-/// `PATCH /v1/sessions/{id}` body: every field optional; `attributes` replaces the map.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PatchSession {
-    /// New display name.
-    pub name: Option<String>,
-    /// New capacity.
-    pub max_players: Option<u32>,
-    /// New player count.
-    pub players: Option<u32>,
-    /// New attributes (replace the old ones).
-    pub attributes: Option<Attributes>,
-    /// New connection info.
-    #[schema(value_type = Object)]
-    pub connect: Option<Box<RawValue>>,
-    /// New heartbeat timeout; the row then lives this long from now.
-    pub timeout_secs: Option<u32>,
-}
-
-/// `POST /v1/sessions/{id}/heartbeat` answer.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct HeartbeatAck {
-    /// RFC 3339 expiry time after this heartbeat.
-    pub expires_at: String,
-}
-
-/// `GET /v1/sessions` answer.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SessionList {
-    /// Live rows in creation order.
-    pub sessions: Vec<SessionRow>,
-    /// Pass as `cursor` for the next page; `null` on the last page.
-    pub next_cursor: Option<String>,
-}
-
-/// The JSON error body of every 4xx/5xx answer.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
-
-/// Machine-readable code and human-readable message.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable code, e.g. `invalid_body`, `not_found`, `unauthorized`, `rate_limited`.
-    pub code: String,
-    /// What went wrong.
-    pub message: String,
 }

@@ -2,9 +2,11 @@
 //! session/mesh protocol. See `DESIGN.md` for the architecture.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod backoff;
 pub mod coord;
 pub mod direct;
 pub mod identity;
+pub mod listing;
 pub mod nat;
 pub mod punch;
 pub mod session;

@@ -6,7 +6,8 @@
 //!    the status watch to its text. Stop if the node closed the connection, dropped its
 //!    handles, or the error is final ([`ControlError::is_final`]).
 //! 3. Otherwise dial again after `reconnect_min` (doubling up to `reconnect_max` per
-//!    failure, with ±25 % jitter so a restarted server is not hit by every peer at once).
+//!    failure, with ±25 % jitter so a restarted server is not hit by every peer at once; see
+//!    [`crate::backoff`]).
 //!    While offline, `Connect` fails at once and `Register` only updates the candidates.
 //! 4. On success, publish the new connection and registration, set the status back to
 //!    `None`, and serve again.
@@ -22,7 +23,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
 use super::control::{
@@ -32,6 +32,7 @@ use super::control::{
 use super::error::{ControlError, DialError, StartError};
 use super::IncomingPolicy;
 use super::{deadline_after, sleep_until_opt};
+use crate::backoff::Backoff;
 use crate::coord::{Candidate, ClientMsg, CloseCode, ErrorKind, Role, ServerMsg};
 use crate::identity::PeerId;
 
@@ -176,8 +177,8 @@ impl ControlTask {
     /// Dials until a session is registered; `None` if the node closed or went away, or
     /// the server's answer makes retrying pointless.
     async fn reconnect(&mut self) -> Option<Session> {
-        let mut backoff = self.settings.reconnect_min;
-        let mut next_try = deadline_after(jitter(backoff));
+        let mut backoff = Backoff::new(self.settings.reconnect_min, self.settings.reconnect_max);
+        let mut next_try = deadline_after(backoff.next(&mut rand::thread_rng()));
         let mut attempt: Option<Establishing> = None;
         loop {
             if self.closed.load(Ordering::Relaxed) {
@@ -205,9 +206,9 @@ impl ControlTask {
                             return None;
                         }
                         Err(e) => {
-                            backoff = backoff.saturating_mul(2).min(self.settings.reconnect_max);
-                            tracing::info!(error = %e, retry_in = ?backoff, "reconnection failed");
-                            next_try = deadline_after(jitter(backoff));
+                            let retry_in = backoff.next(&mut rand::thread_rng());
+                            tracing::info!(error = %e, ?retry_in, "reconnection failed");
+                            next_try = deadline_after(retry_in);
                         }
                     }
                 }
@@ -410,12 +411,6 @@ impl ControlTask {
     }
 }
 
-/// `d` scaled by a random factor in [0.75, 1.25], saturating at `Duration::MAX`.
-fn jitter(d: Duration) -> Duration {
-    let factor = rand::thread_rng().gen_range(0.75..=1.25);
-    Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
-}
-
 /// Awaits the future in `slot` (the caller's `select!` guard makes sure there is one).
 async fn poll_some(slot: &mut Option<Establishing>) -> Result<Session, StartError> {
     match slot {
@@ -429,14 +424,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn jitter_stays_within_a_quarter_and_saturates() {
-        let d = Duration::from_millis(400);
-        for _ in 0..100 {
-            let j = jitter(d);
-            assert!(j >= Duration::from_millis(300) && j <= Duration::from_millis(500));
-        }
-        assert!(jitter(Duration::MAX) >= Duration::MAX.mul_f64(0.74));
-        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
-        let _ = deadline_after(jitter(Duration::MAX.saturating_mul(2)));
+    fn a_huge_backoff_still_gives_a_deadline() {
+        let mut backoff = Backoff::new(Duration::MAX, Duration::MAX);
+        let _ = deadline_after(backoff.next(&mut rand::thread_rng()));
+        let _ = deadline_after(backoff.next(&mut rand::thread_rng()));
     }
 }
