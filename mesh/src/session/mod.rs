@@ -18,10 +18,13 @@
 //! stream per pair of members; the driver ([`crate::session`]'s `Session`) ties the core to
 //! `DirectNode` connections.
 
+mod api;
 mod core;
+mod driver;
 mod election;
 mod host;
 mod joiner;
+mod link;
 mod msg;
 #[cfg(test)]
 mod sim;
@@ -29,6 +32,12 @@ mod sim;
 mod sim_tests;
 
 pub use self::core::{Membership, MembershipConfig};
+pub use api::{
+    HostError, JoinError, JoinTarget, Mesh, MeshConfig, Reliability, SendError, Session,
+    SessionConfig, SessionEvent,
+};
+pub use driver::SessionStats;
+pub use link::LinkStats;
 pub use msg::{
     ListingGrant, RejectReason, SessionMsg, View, MAX_JOIN_DATA, MAX_MEMBERS,
     MAX_RELIABLE_MESSAGE, MAX_SESSION_FRAME, SESSION_VERSION,
