@@ -167,6 +167,7 @@ impl Control {
             pending: HashMap::new(),
             held: HashMap::new(),
             allow_changes: settings.allow.watch(),
+            policy_open: false,
             next_request: 1,
             settings,
             closed: closed.clone(),

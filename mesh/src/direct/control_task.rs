@@ -67,6 +67,8 @@ pub(super) struct ControlTask {
     pub held: HashMap<u64, (PeerId, Instant)>,
     /// Changes of the allowlist (held requests are checked again).
     pub allow_changes: watch::Receiver<u64>,
+    /// Whether this connection's server-side policy is accept-all (allowlist open).
+    pub policy_open: bool,
     pub next_request: u64,
     pub settings: ControlSettings,
     /// Set by [`super::control::Control::close`]: never reconnect.
@@ -100,6 +102,8 @@ impl ControlTask {
             let _ = self.connection.send(session.connection.clone());
             self.publish_registration(session.observed_addr);
             self.session = session;
+            // A new connection starts without our policy: it is sent again.
+            self.policy_open = false;
             self.status.send_replace(None);
         }
     }
@@ -123,6 +127,9 @@ impl ControlTask {
             if let Err(e) = self.drain().await {
                 return Some(e);
             }
+            if let Err(e) = self.sync_policy().await {
+                return Some(e);
+            }
             let deadline = self
                 .pending
                 .values()
@@ -130,7 +137,7 @@ impl ControlTask {
                 .chain(self.held.values().map(|h| h.1))
                 .min();
             tokio::select! {
-                changed = self.allow_changes.changed(), if !self.held.is_empty() => {
+                changed = self.allow_changes.changed() => {
                     if changed.is_ok() {
                         if let Err(e) = self.answer_held(Instant::now()).await {
                             return Some(e);
@@ -361,6 +368,20 @@ impl ControlTask {
                 Ok(())
             }
         }
+    }
+
+    /// Under [`IncomingPolicy::Allowlist`], mirrors whether the list is open to the punch
+    /// server's accept-all policy for this connection.
+    async fn sync_policy(&mut self) -> Result<(), ControlError> {
+        if self.settings.incoming != IncomingPolicy::Allowlist {
+            return Ok(());
+        }
+        let open = self.settings.allow.is_open();
+        if self.policy_open != open {
+            write_msg(&mut self.session.send, &ClientMsg::Policy { accept_all: open }).await?;
+            self.policy_open = open;
+        }
+        Ok(())
     }
 
     /// Answers held incoming requests: accepted once allowed, refused when their hold ends.

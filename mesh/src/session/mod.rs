@@ -26,8 +26,9 @@ mod host;
 mod joiner;
 mod link;
 mod msg;
-#[cfg(test)]
-mod sim;
+#[cfg(any(test, feature = "sim"))]
+#[doc(hidden)]
+pub mod sim;
 #[cfg(test)]
 mod sim_tests;
 

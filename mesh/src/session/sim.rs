@@ -1,4 +1,4 @@
-//! A simulated network for [`Membership`] cores: simulated time, per-link latency with
+//! (Test support, also used by the `join_sim` benchmark.) A simulated network for [`Membership`] cores: simulated time, per-link latency with
 //! jitter, retransmission delays standing in for loss (streams are reliable), partitions,
 //! crashes, and a driver model that dials, allows and closes as the real driver does.
 //!
@@ -38,8 +38,11 @@ pub struct NetConfig {
     pub jitter: Duration,
     /// Probability that a message needs one retransmission (one extra RTT plus a bit).
     pub loss: f64,
-    /// Time a dial takes (punching and the QUIC handshake).
+    /// Time a dial to the host takes (punching and the QUIC handshake).
     pub dial_time: Duration,
+    /// Time a dial to another member takes (more when the member answers the punch
+    /// server's `Incoming` itself).
+    pub member_dial_time: Duration,
 }
 
 impl Default for NetConfig {
@@ -49,6 +52,7 @@ impl Default for NetConfig {
             jitter: Duration::from_millis(2),
             loss: 0.0,
             dial_time: Duration::from_millis(185),
+            member_dial_time: Duration::from_millis(185),
         }
     }
 }
@@ -214,7 +218,9 @@ impl World {
             self.nodes[i].events.push((self.now, event.clone()));
             match event {
                 Event::Dial(p) => {
-                    let at = self.now + self.net.dial_time;
+                    let to_host = self.nodes[ix(&p)].core.as_ref().is_some_and(|c| c.is_host());
+                    let dial = if to_host { self.net.dial_time } else { self.net.member_dial_time };
+                    let at = self.now + dial;
                     self.schedule(at, Action::DialDone { from: i, to: ix(&p), tries: 0 });
                 }
                 Event::Allow(p) => {
