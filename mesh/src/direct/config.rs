@@ -35,7 +35,11 @@ pub struct DirectConfig {
     /// [`UpnpConfig::default`]. It runs in the background and never delays a connect; the
     /// mapped address is registered as a candidate as soon as it exists.
     pub upnp: Option<UpnpConfig>,
-    /// Probing tunables ([`ProbeConfig::budget`] bounds each attempt, 4 s by default).
+    /// Probing tunables. [`ProbeConfig::budget`] bounds each attempt: 4 s by default, or
+    /// 20 path RTTs if that is longer (the path RTT is the larger of the node's RTT to the
+    /// punch server and twice the server's lead time to the common start, which reflects
+    /// the peer's RTT), at most 4 times the configured budget. A busy machine with a
+    /// 250 ms server RTT thus probes for 5 s instead of 4 s.
     pub probe: ProbeConfig,
     /// The endpoint's tunables (path table, STUN queue, QUIC transport, handshake timeout).
     pub endpoint: EndpointOptions,

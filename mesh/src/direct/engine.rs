@@ -207,7 +207,7 @@ impl EngineTask {
         );
         let prober = Prober::new(
             now,
-            probe_config(&self.settings.probe, start.server_rtt),
+            probe_config(&self.settings.probe, start.server_rtt, go.start_in),
             go.role,
             go.credentials.clone(),
             &local,
@@ -263,38 +263,127 @@ impl EngineTask {
     }
 }
 
-/// The probe settings of one attempt: the first retransmission of a check comes after
-/// twice the control connection's RTT (a stand-in for the peer's, which is unknown before
-/// the first answer), between [`MIN_FIRST_RETRANSMIT`] and the configured
-/// `retransmit_initial`. Both sides' first checks cross; the one that reaches the other
-/// NAT before that NAT has sent anything is dropped, and only its retransmission gets
-/// through, so on a short path this wait is most of the connect time.
-fn probe_config(base: &ProbeConfig, server_rtt: Duration) -> ProbeConfig {
+/// The probe settings of one attempt, scaled to the measured RTTs:
+///
+/// - **First retransmission** of a check: twice the control connection's RTT (a stand-in
+///   for the peer's, which is unknown before the first answer), between
+///   [`MIN_FIRST_RETRANSMIT`] and the configured `retransmit_initial`. Both sides' first
+///   checks cross; the one that reaches the other NAT before that NAT has sent anything is
+///   dropped, and only its retransmission gets through, so on a short path this wait is
+///   most of the connect time.
+/// - **Budget**: `clamp(BUDGET_RTTS × path_rtt, budget, MAX_BUDGET_FACTOR × budget)` with
+///   `path_rtt = max(server_rtt, 2 × lead)` and `lead = start_in + server_rtt / 2`, the
+///   server's time from sending the `Go` to the common start. The server picks that lead
+///   from the larger of both sides' one-way delay bounds (about half the slower side's RTT
+///   plus a margin on a stable path), so `2 × lead` is the best estimate of the peer's RTT
+///   this side has before probing, and both sides compute about the same budget. A
+///   fixed budget assumes a fast machine: on a busy one (both cores loaded, a server RTT
+///   of 230 ms in the NAT lab instead of 2 ms) each retransmission and answer comes late,
+///   and a lossy path that needs several retransmissions per pair ran out of its 4 s.
+///   [`BUDGET_RTTS`] RTTs give about as many retransmission rounds there as 4 s give on an
+///   ordinary WAN path, while fast paths keep the configured budget (it is a floor). The
+///   ceiling keeps a bogus `start_in` or a stalled RTT estimate from holding an attempt
+///   that has no path for long.
+fn probe_config(base: &ProbeConfig, server_rtt: Duration, start_in: Duration) -> ProbeConfig {
     let mut config = base.clone();
     config.retransmit_initial = server_rtt
         .saturating_mul(2)
         .max(MIN_FIRST_RETRANSMIT)
         .min(base.retransmit_initial);
+    let lead = start_in.saturating_add(server_rtt / 2);
+    let path_rtt = server_rtt.max(lead.saturating_mul(2));
+    let ceiling = base.budget.saturating_mul(MAX_BUDGET_FACTOR);
+    config.budget = path_rtt
+        .saturating_mul(BUDGET_RTTS)
+        .min(ceiling)
+        .max(base.budget);
     config
 }
 
 /// Shortest first retransmission of a check.
 const MIN_FIRST_RETRANSMIT: Duration = Duration::from_millis(10);
 
+/// The probing budget covers at least this many path RTTs (see [`probe_config`]).
+pub(crate) const BUDGET_RTTS: u32 = 20;
+
+/// The RTT-scaled budget never exceeds this many times the configured one.
+pub(crate) const MAX_BUDGET_FACTOR: u32 = 4;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ZERO: Duration = Duration::ZERO;
 
     #[test]
     fn first_retransmission_follows_the_server_rtt_within_bounds() {
         let base = ProbeConfig::default();
         let ms = Duration::from_millis;
-        assert_eq!(probe_config(&base, ms(1)).retransmit_initial, ms(10));
-        assert_eq!(probe_config(&base, ms(12)).retransmit_initial, ms(24));
+        assert_eq!(probe_config(&base, ms(1), ZERO).retransmit_initial, ms(10));
+        assert_eq!(probe_config(&base, ms(12), ZERO).retransmit_initial, ms(24));
         assert_eq!(
-            probe_config(&base, ms(200)).retransmit_initial,
+            probe_config(&base, ms(200), ZERO).retransmit_initial,
             base.retransmit_initial
         );
-        assert_eq!(probe_config(&base, ms(12)).budget, base.budget);
+    }
+
+    #[test]
+    fn budget_is_the_configured_one_on_fast_paths() {
+        let base = ProbeConfig::default();
+        let ms = Duration::from_millis;
+        // A LAN lab: 2 ms to the server, the server's 20 ms floor as lead.
+        assert_eq!(probe_config(&base, ms(2), ms(19)).budget, base.budget);
+        // An ordinary WAN path: 20 x 100 ms is still below 4 s.
+        assert_eq!(probe_config(&base, ms(80), ms(10)).budget, base.budget);
+    }
+
+    #[test]
+    fn budget_scales_with_the_server_rtt() {
+        let base = ProbeConfig::default();
+        let ms = Duration::from_millis;
+        // The busy machine of the failed CI run: 231 ms to the punch server.
+        let start_in = ms(10);
+        let lead = start_in + ms(231) / 2;
+        assert_eq!(
+            probe_config(&base, ms(231), start_in).budget,
+            (lead * 2) * BUDGET_RTTS
+        );
+        assert!(probe_config(&base, ms(231), start_in).budget > base.budget);
+        // Without any lead, the server RTT alone decides.
+        assert_eq!(probe_config(&base, ms(300), ZERO).budget, ms(300) * 20);
+    }
+
+    #[test]
+    fn budget_scales_with_the_peer_rtt_seen_in_the_lead() {
+        let base = ProbeConfig::default();
+        let ms = Duration::from_millis;
+        // This side is fast (2 ms), the peer slow: the server made this side wait for it
+        // (lead = 250 ms from the server's send), so 2 x 250 ms is the path RTT.
+        let start_in = ms(249);
+        assert_eq!(probe_config(&base, ms(2), start_in).budget, ms(500) * 20);
+        // Both sides get about the same budget: the slow one (its own RTT 480 ms, lead
+        // 250 ms, so start_in 10 ms) computes the same path RTT.
+        assert_eq!(probe_config(&base, ms(480), ms(10)).budget, ms(500) * 20);
+    }
+
+    #[test]
+    fn budget_is_capped() {
+        let base = ProbeConfig::default();
+        let ceiling = base.budget * MAX_BUDGET_FACTOR;
+        assert_eq!(
+            probe_config(&base, Duration::from_secs(5), ZERO).budget,
+            ceiling
+        );
+        // A hostile or broken server's start_in cannot hold an attempt for ever.
+        assert_eq!(probe_config(&base, ZERO, Duration::MAX).budget, ceiling);
+        // A configured budget above the scaled one stays as configured.
+        let long = ProbeConfig {
+            budget: Duration::from_secs(60),
+            ..ProbeConfig::default()
+        };
+        assert_eq!(
+            probe_config(&long, Duration::from_secs(1), ZERO).budget,
+            long.budget
+        );
     }
 }

@@ -130,7 +130,12 @@ pub struct ProbeConfig {
     /// The retransmission delay doubles up to this. Default 400 ms.
     pub retransmit_max: Duration,
     /// Time after `start_at` without a nomination before giving up with
-    /// [`NoDirectPath`]. Default 4 s.
+    /// [`NoDirectPath`]. Default 4 s. The [`Prober`](super::Prober) uses it as given; a
+    /// [`DirectNode`](crate::direct::DirectNode) treats it as a floor and raises it per
+    /// attempt to 20 times the path's RTT (the larger of its RTT to the punch server and
+    /// twice the server's lead time to the common start, which reflects the peer's RTT),
+    /// at most 4 times this value, so that a slow or busy machine gets as many
+    /// retransmission rounds as a fast one.
     pub budget: Duration,
     /// Most announced remote candidates (pairs) checked; the highest-priority ones are kept.
     /// Default 16.
