@@ -22,7 +22,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn joined_at(w: &World, i: usize) -> Option<Duration> {
-    w.nodes[i].events.iter().find_map(|(t, e)| (*e == Event::Joined).then(|| *t - w.start))
+    w.nodes[i]
+        .events
+        .iter()
+        .find_map(|(t, e)| (*e == Event::Joined).then(|| *t - w.start))
 }
 
 fn run(label: &str, member_dial_rtts: f64) {
@@ -51,9 +54,10 @@ fn run(label: &str, member_dial_rtts: f64) {
         w.run_for(Duration::from_secs(10));
         let agreed = (1..8)
             .filter_map(|i| {
-                w.nodes[i].events.iter().find_map(|(t, e)| {
-                    matches!(e, Event::HostChanged { .. }).then(|| *t - w.start)
-                })
+                w.nodes[i]
+                    .events
+                    .iter()
+                    .find_map(|(t, e)| matches!(e, Event::HostChanged { .. }).then(|| *t - w.start))
             })
             .max();
         if let Some(t) = agreed {
@@ -81,5 +85,8 @@ fn run(label: &str, member_dial_rtts: f64) {
 
 fn main() {
     run("as built (members answer Incoming)", 4.7);
-    run("what-if: members pre-authorise joiners at the punch server", 3.7);
+    run(
+        "what-if: members pre-authorise joiners at the punch server",
+        3.7,
+    );
 }

@@ -378,7 +378,11 @@ impl ControlTask {
         }
         let open = self.settings.allow.is_open();
         if self.policy_open != open {
-            write_msg(&mut self.session.send, &ClientMsg::Policy { accept_all: open }).await?;
+            write_msg(
+                &mut self.session.send,
+                &ClientMsg::Policy { accept_all: open },
+            )
+            .await?;
             self.policy_open = open;
         }
         Ok(())

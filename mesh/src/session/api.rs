@@ -21,7 +21,9 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use super::driver::{self, Command, Shared};
-use super::{Decision, JoinFailure, LeaveReason, Membership, MembershipConfig, RejectReason, SessionEnd};
+use super::{
+    Decision, JoinFailure, LeaveReason, Membership, MembershipConfig, RejectReason, SessionEnd,
+};
 use crate::coord::PunchAddr;
 use crate::direct::{DirectConfig, DirectNode, IncomingPolicy, StartError};
 use crate::identity::{Identity, PeerId};
@@ -294,7 +296,9 @@ impl Mesh {
         let mut direct = self.config.direct.clone();
         direct.punch = punch;
         direct.incoming = IncomingPolicy::Allowlist;
-        Ok(Arc::new(DirectNode::start(self.identity.clone(), direct).await?))
+        Ok(Arc::new(
+            DirectNode::start(self.identity.clone(), direct).await?,
+        ))
     }
 
     /// Hosts a session of `game`: starts the node, posts the listing and keeps it alive.
@@ -412,8 +416,7 @@ pub struct Session {
     pub(super) shared: Arc<Shared>,
     pub(super) commands: tokio::sync::mpsc::Sender<Command>,
     pub(super) events: tokio::sync::mpsc::Receiver<SessionEvent>,
-    pub(super) joined:
-        Option<tokio::sync::oneshot::Receiver<Result<(), JoinFailure>>>,
+    pub(super) joined: Option<tokio::sync::oneshot::Receiver<Result<(), JoinFailure>>>,
     pub(super) task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -462,7 +465,12 @@ impl Session {
     }
 
     /// Sends `bytes` to one member.
-    pub fn send(&self, peer: PeerId, bytes: Bytes, reliability: Reliability) -> Result<(), SendError> {
+    pub fn send(
+        &self,
+        peer: PeerId,
+        bytes: Bytes,
+        reliability: Reliability,
+    ) -> Result<(), SendError> {
         self.shared.send(peer, bytes, reliability)
     }
 

@@ -191,9 +191,12 @@ impl Membership {
         self.grant = Some(grant.clone());
         if self.is_host() {
             for m in self.other_members() {
-                self.send(m, SessionMsg::Grant {
-                    grant: grant.clone(),
-                });
+                self.send(
+                    m,
+                    SessionMsg::Grant {
+                        grant: grant.clone(),
+                    },
+                );
             }
         }
     }
@@ -241,9 +244,8 @@ impl Membership {
             self.emit(Event::Close(peer));
             return;
         }
-        let known = self.view.contains(&peer)
-            || self.expected.contains(&peer)
-            || self.joiner_wants(&peer);
+        let known =
+            self.view.contains(&peer) || self.expected.contains(&peer) || self.joiner_wants(&peer);
         if !known && !self.admit_guest(now, peer) {
             self.emit(Event::Close(peer));
             return;
@@ -309,7 +311,12 @@ impl Membership {
         }
     }
 
-    fn dispatch(&mut self, now: Instant, from: PeerId, msg: SessionMsg) -> Result<(), &'static str> {
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        msg: SessionMsg,
+    ) -> Result<(), &'static str> {
         match msg {
             SessionMsg::Heartbeat | SessionMsg::App { .. } => Ok(()),
             SessionMsg::Leave => {
@@ -317,7 +324,9 @@ impl Membership {
                 Ok(())
             }
             SessionMsg::JoinRequest { data } => self.on_join_request(now, from, data),
-            SessionMsg::JoinReport { epoch, failed } => self.on_join_report(now, from, epoch, failed),
+            SessionMsg::JoinReport { epoch, failed } => {
+                self.on_join_report(now, from, epoch, failed)
+            }
             SessionMsg::JoinMembers { epoch, members } => {
                 self.on_join_members(now, from, epoch, members)
             }
@@ -342,7 +351,12 @@ impl Membership {
         }
     }
 
-    fn on_expect(&mut self, from: PeerId, joiner: PeerId, expect: bool) -> Result<(), &'static str> {
+    fn on_expect(
+        &mut self,
+        from: PeerId,
+        joiner: PeerId,
+        expect: bool,
+    ) -> Result<(), &'static str> {
         if self.host_id() != Some(from) {
             return Err("a joiner announcement from a member that is not the host");
         }
@@ -459,7 +473,8 @@ impl Membership {
                 });
             }
         }
-        self.leave_reasons.retain(|p, _| self.view.members.contains(p));
+        self.leave_reasons
+            .retain(|p, _| self.view.members.contains(p));
         let members = &self.view.members;
         self.broken
             .retain(|(a, b), _| members.contains(a) && members.contains(b));
@@ -517,7 +532,9 @@ impl Membership {
         let dead: Vec<PeerId> = self
             .links
             .iter()
-            .filter(|(_, l)| now.saturating_duration_since(l.last_heard) >= self.config.detect_timeout)
+            .filter(|(_, l)| {
+                now.saturating_duration_since(l.last_heard) >= self.config.detect_timeout
+            })
             .map(|(p, _)| *p)
             .collect();
         for peer in dead {

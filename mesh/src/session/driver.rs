@@ -26,7 +26,10 @@ use super::{Decision, Event, Membership, SessionEnd, SessionMsg, MAX_RELIABLE_ME
 use crate::coord::encode;
 use crate::direct::{sleep_until_opt, DirectNode};
 use crate::identity::PeerId;
-use crate::listing::{Attributes, ConnectInfo, Desired, Keeper, KeeperConfig, KeeperHandle, KeeperTask, ListingClient, ListingId};
+use crate::listing::{
+    Attributes, ConnectInfo, Desired, Keeper, KeeperConfig, KeeperHandle, KeeperTask,
+    ListingClient, ListingId,
+};
 
 /// Bound of the queue of link inputs into the session task.
 const INPUT_QUEUE: usize = 4096;
@@ -94,7 +97,10 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn snapshot(&self) -> Snapshot {
-        self.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn link(&self, peer: &PeerId) -> Option<LinkHandle> {
@@ -102,7 +108,12 @@ impl Shared {
         links.get(peer).cloned()
     }
 
-    pub fn send(&self, peer: PeerId, bytes: Bytes, reliability: Reliability) -> Result<(), SendError> {
+    pub fn send(
+        &self,
+        peer: PeerId,
+        bytes: Bytes,
+        reliability: Reliability,
+    ) -> Result<(), SendError> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(SendError::Closed);
         }
@@ -158,7 +169,13 @@ fn encode_app(bytes: &[u8]) -> Result<Bytes, SendError> {
         });
     }
     let mut buf = Vec::with_capacity(bytes.len() + 6);
-    encode(&SessionMsg::App { data: bytes.to_vec() }, &mut buf).map_err(|_| SendError::TooLarge {
+    encode(
+        &SessionMsg::App {
+            data: bytes.to_vec(),
+        },
+        &mut buf,
+    )
+    .map_err(|_| SendError::TooLarge {
         len: bytes.len(),
         max: MAX_RELIABLE_MESSAGE,
     })?;
@@ -186,7 +203,10 @@ enum Wake {
         send: quinn::SendStream,
         recv: quinn::RecvStream,
     },
-    DialFailed { peer: PeerId, reason: String },
+    DialFailed {
+        peer: PeerId,
+        reason: String,
+    },
 }
 
 struct SessionTask {
@@ -205,7 +225,12 @@ struct SessionTask {
 }
 
 /// Starts the session task for `core` on `node`.
-pub(crate) fn spawn(core: Membership, node: Arc<DirectNode>, listing: ListingContext, event_queue: usize) -> Session {
+pub(crate) fn spawn(
+    core: Membership,
+    node: Arc<DirectNode>,
+    listing: ListingContext,
+    event_queue: usize,
+) -> Session {
     let local = core.local_id();
     let shared = Arc::new(Shared {
         local,
@@ -352,7 +377,10 @@ impl SessionTask {
             reliability,
         };
         if self.events.try_send(event).is_err() {
-            self.shared.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .stats
+                .events_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -464,7 +492,10 @@ impl SessionTask {
             match self.links.get(&to) {
                 Some(l) if l.send(&msg) => self.core.note_sent(now, to),
                 Some(_) => {
-                    self.shared.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .stats
+                        .frames_dropped
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 None => {}
             }
@@ -522,7 +553,10 @@ impl SessionTask {
         if let Some(e) = game {
             // Membership events are rare; a full queue means the game stopped reading.
             if self.events.try_send(e).is_err() {
-                self.shared.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .events_dropped
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("session event dropped: the game does not take events");
             }
         }
@@ -534,17 +568,30 @@ impl SessionTask {
         {
             let mut shared = self.shared.links.write().unwrap_or_else(|p| p.into_inner());
             shared.clear();
-            for m in members.iter().filter(|m| self.core.accepts_messages_from(m)) {
+            for m in members
+                .iter()
+                .filter(|m| self.core.accepts_messages_from(m))
+            {
                 if let Some(l) = self.links.get(m) {
                     shared.insert(*m, l.clone());
                 }
             }
         }
         let is_host = self.core.is_host();
-        self.node.allowlist().set_open(is_host && !self.core.view().locked);
-        *self.shared.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Snapshot {
+        self.node
+            .allowlist()
+            .set_open(is_host && !self.core.view().locked);
+        *self
+            .shared
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Snapshot {
             epoch: self.core.view().epoch,
-            members: if self.core.is_member() { members.clone() } else { Vec::new() },
+            members: if self.core.is_member() {
+                members.clone()
+            } else {
+                Vec::new()
+            },
             host: self.core.host_id(),
             listing: self.core.grant().map(|g| g.listing.clone()),
         };

@@ -138,7 +138,11 @@ impl Membership {
                 members.remove(a.max(b));
             }
         }
-        tracing::info!(epoch = self.view.epoch + 1, members = members.len(), "taking over as host");
+        tracing::info!(
+            epoch = self.view.epoch + 1,
+            members = members.len(),
+            "taking over as host"
+        );
         self.commit(now, members, self.view.locked);
     }
 }

@@ -296,7 +296,10 @@ impl Membership {
             }
             match g.stage {
                 Stage::Deciding { deadline, .. } if now >= deadline => self.admit(now, peer),
-                Stage::Failed { peer: member, until } if now >= until => {
+                Stage::Failed {
+                    peer: member,
+                    until,
+                } if now >= until => {
                     self.reject(now, peer, RejectReason::Unreachable(member));
                 }
                 _ => {}

@@ -34,13 +34,29 @@ const CLOSE_CODE: u32 = 0x5e55;
 #[derive(Debug)]
 pub(crate) enum Input {
     /// A decoded frame.
-    Frame { peer: PeerId, link: u64, msg: SessionMsg },
+    Frame {
+        peer: PeerId,
+        link: u64,
+        msg: SessionMsg,
+    },
     /// A datagram (an unreliable game message).
-    Datagram { peer: PeerId, link: u64, bytes: Bytes },
+    Datagram {
+        peer: PeerId,
+        link: u64,
+        bytes: Bytes,
+    },
     /// The stream or connection ended; `error` says why when it was not a clean close.
-    Closed { peer: PeerId, link: u64, error: Option<String> },
+    Closed {
+        peer: PeerId,
+        link: u64,
+        error: Option<String>,
+    },
     /// The peer sent bytes that do not decode as the session protocol.
-    Malformed { peer: PeerId, link: u64, error: String },
+    Malformed {
+        peer: PeerId,
+        link: u64,
+        error: String,
+    },
 }
 
 /// Counters shared by every link of a session.
@@ -136,7 +152,11 @@ pub(crate) fn spawn(
     LinkHandle { id, conn, frames }
 }
 
-async fn write_loop(conn: quinn::Connection, mut send: quinn::SendStream, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_loop(
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut rx: mpsc::Receiver<Bytes>,
+) {
     while let Some(frame) = rx.recv().await {
         if frame.is_empty() {
             break;

@@ -40,8 +40,8 @@ pub use api::{
 pub use driver::SessionStats;
 pub use link::LinkStats;
 pub use msg::{
-    ListingGrant, RejectReason, SessionMsg, View, MAX_JOIN_DATA, MAX_MEMBERS,
-    MAX_RELIABLE_MESSAGE, MAX_SESSION_FRAME, SESSION_VERSION,
+    ListingGrant, RejectReason, SessionMsg, View, MAX_JOIN_DATA, MAX_MEMBERS, MAX_RELIABLE_MESSAGE,
+    MAX_SESSION_FRAME, SESSION_VERSION,
 };
 
 use crate::identity::PeerId;

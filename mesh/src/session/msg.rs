@@ -434,9 +434,7 @@ impl WireMessage for SessionMsg {
             0x09 => Self::Grant {
                 grant: read_grant(r)?,
             },
-            0x0a => Self::LinkDown {
-                peer: r.peer_id()?,
-            },
+            0x0a => Self::LinkDown { peer: r.peer_id()? },
             0x0b => Self::Down {
                 host: r.peer_id()?,
                 down: read_ids(r)?,

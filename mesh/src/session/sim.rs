@@ -140,7 +140,13 @@ impl World {
     }
 
     pub fn join(&mut self, i: Ix, host: Ix) {
-        let core = Membership::join(self.now, id(i), id(host), vec![i as u8], self.config.clone());
+        let core = Membership::join(
+            self.now,
+            id(i),
+            id(host),
+            vec![i as u8],
+            self.config.clone(),
+        );
         self.nodes[i].core = Some(core);
         self.pump(i);
     }
@@ -202,26 +208,48 @@ impl World {
     /// Moves a node's transmits and events into the network and the driver model.
     fn pump(&mut self, i: Ix) {
         loop {
-            let Some(core) = self.nodes[i].core.as_mut() else { return };
+            let Some(core) = self.nodes[i].core.as_mut() else {
+                return;
+            };
             if let Some((to, msg)) = core.poll_transmit() {
                 let to = ix(&to);
                 if self.links.contains(&pair(i, to)) && self.reachable(i, to) {
                     let d = self.delay();
-                    let prev = self.last_delivery.get(&(i, to)).copied().unwrap_or(self.now);
+                    let prev = self
+                        .last_delivery
+                        .get(&(i, to))
+                        .copied()
+                        .unwrap_or(self.now);
                     let at = (self.now + d).max(prev);
                     self.last_delivery.insert((i, to), at);
                     self.schedule(at, Action::Deliver { from: i, to, msg });
                 }
                 continue;
             }
-            let Some(event) = core.poll_event() else { return };
+            let Some(event) = core.poll_event() else {
+                return;
+            };
             self.nodes[i].events.push((self.now, event.clone()));
             match event {
                 Event::Dial(p) => {
-                    let to_host = self.nodes[ix(&p)].core.as_ref().is_some_and(|c| c.is_host());
-                    let dial = if to_host { self.net.dial_time } else { self.net.member_dial_time };
+                    let to_host = self.nodes[ix(&p)]
+                        .core
+                        .as_ref()
+                        .is_some_and(|c| c.is_host());
+                    let dial = if to_host {
+                        self.net.dial_time
+                    } else {
+                        self.net.member_dial_time
+                    };
                     let at = self.now + dial;
-                    self.schedule(at, Action::DialDone { from: i, to: ix(&p), tries: 0 });
+                    self.schedule(
+                        at,
+                        Action::DialDone {
+                            from: i,
+                            to: ix(&p),
+                            tries: 0,
+                        },
+                    );
                 }
                 Event::Allow(p) => {
                     self.nodes[i].allowed.insert(ix(&p));
@@ -242,7 +270,9 @@ impl World {
                     }
                 }
                 Event::JoinRequest { peer, .. } => match self.nodes[i].app {
-                    AppPolicy::Accept => core_of(&mut self.nodes[i]).decide(self.now, peer, Decision::Accept),
+                    AppPolicy::Accept => {
+                        core_of(&mut self.nodes[i]).decide(self.now, peer, Decision::Accept)
+                    }
                     AppPolicy::RejectAll => core_of(&mut self.nodes[i]).decide(
                         self.now,
                         peer,
@@ -279,11 +309,17 @@ impl World {
             }
             self.now = self.now.max(next);
             if next_action == Some(next) {
-                let Some((_, action)) = self.queue.pop_first() else { break };
+                let Some((_, action)) = self.queue.pop_first() else {
+                    break;
+                };
                 self.apply(action);
             } else {
                 for i in 0..self.nodes.len() {
-                    if self.core(i).and_then(Membership::poll_timeout).is_some_and(|t| t <= self.now) {
+                    if self
+                        .core(i)
+                        .and_then(Membership::poll_timeout)
+                        .is_some_and(|t| t <= self.now)
+                    {
                         core_of(&mut self.nodes[i]).handle_timeout(self.now);
                         self.pump(i);
                     }
@@ -327,7 +363,14 @@ impl World {
                 // to a second, since the host's announcement may still be on its way.
                 if self.reachable(from, to) && !self.accepts(to, from) && tries < 10 {
                     let at = self.now + Duration::from_millis(100);
-                    self.schedule(at, Action::DialDone { from, to, tries: tries + 1 });
+                    self.schedule(
+                        at,
+                        Action::DialDone {
+                            from,
+                            to,
+                            tries: tries + 1,
+                        },
+                    );
                     return;
                 }
                 let ok = self.reachable(from, to)
@@ -376,7 +419,10 @@ impl World {
     pub fn check_consistent(&self) -> Result<(), String> {
         let members = self.members();
         for &m in &members {
-            let view = self.core(m).map(|c| c.view().clone()).unwrap_or_else(|| unreachable!());
+            let view = self
+                .core(m)
+                .map(|c| c.view().clone())
+                .unwrap_or_else(|| unreachable!());
             for p in &view.members {
                 let p = ix(p);
                 if p == m {
@@ -384,7 +430,9 @@ impl World {
                 }
                 let other = self.core(p).filter(|c| c.is_member());
                 let Some(other) = other else {
-                    return Err(format!("{m} lists {p}, which is not a live member (view {view:?})"));
+                    return Err(format!(
+                        "{m} lists {p}, which is not a live member (view {view:?})"
+                    ));
                 };
                 if other.view() != &view {
                     return Err(format!(
@@ -394,7 +442,9 @@ impl World {
                     ));
                 }
                 if !self.links.contains(&pair(m, p)) {
-                    return Err(format!("{m} and {p} are members of one view but not linked"));
+                    return Err(format!(
+                        "{m} and {p} are members of one view but not linked"
+                    ));
                 }
             }
             for &q in &members {
@@ -408,5 +458,7 @@ impl World {
 }
 
 fn core_of(n: &mut Node) -> &mut Membership {
-    n.core.as_mut().unwrap_or_else(|| unreachable!("a node with traffic has a core"))
+    n.core
+        .as_mut()
+        .unwrap_or_else(|| unreachable!("a node with traffic has a core"))
 }

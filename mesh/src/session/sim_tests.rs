@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use super::sim::{id, AppPolicy, Ix, NetConfig, World};
-use super::{Event, JoinFailure, LeaveReason, MembershipConfig, RejectReason, SessionEnd, SessionMsg};
+use super::{
+    Event, JoinFailure, LeaveReason, MembershipConfig, RejectReason, SessionEnd, SessionMsg,
+};
 
 const SEEDS: u64 = 200;
 
@@ -39,7 +41,11 @@ fn ended(w: &World, i: Ix) -> Option<SessionEnd> {
 }
 
 fn assert_ok(w: &World, seed: u64) {
-    assert!(w.split_hosts.is_empty(), "seed {seed}: two linked hosts {:?}", w.split_hosts);
+    assert!(
+        w.split_hosts.is_empty(),
+        "seed {seed}: two linked hosts {:?}",
+        w.split_hosts
+    );
     if let Err(e) = w.check_consistent() {
         panic!("seed {seed}: {e}");
     }
@@ -54,7 +60,11 @@ fn sequential_joins_form_a_full_mesh_with_the_first_member_as_host() {
         for i in 0..8 {
             let c = w.core(i).expect("alive");
             assert_eq!(c.host_id(), Some(id(0)), "seed {seed}");
-            assert_eq!(c.view().members, (0..8).map(id).collect::<Vec<_>>(), "join order");
+            assert_eq!(
+                c.view().members,
+                (0..8).map(id).collect::<Vec<_>>(),
+                "join order"
+            );
             assert_eq!(c.view().epoch, 7);
         }
     }
@@ -70,7 +80,11 @@ fn concurrent_joins_serialize_into_one_order() {
         }
         w.run_for(Duration::from_secs(8));
         assert_ok(&w, seed);
-        assert_eq!(w.members().len(), 6, "seed {seed}: all five concurrent joiners got in");
+        assert_eq!(
+            w.members().len(),
+            6,
+            "seed {seed}: all five concurrent joiners got in"
+        );
         let view = w.core(0).expect("host").view().clone();
         assert_eq!(view.epoch, 5, "one epoch per joiner");
         // Every member saw the joins one at a time, in the same order.
@@ -100,7 +114,11 @@ fn a_crashed_host_is_replaced_by_the_longest_standing_member() {
             let (t, old, new) = changed.expect("a host change");
             assert_eq!((old, new), (id(0), id(1)));
             // Detection (3 s) plus a few message delays.
-            assert!(t - t0 < Duration::from_secs(4), "seed {seed}: took {:?}", t - t0);
+            assert!(
+                t - t0 < Duration::from_secs(4),
+                "seed {seed}: took {:?}",
+                t - t0
+            );
             let left = w.nodes[i].events.iter().any(|(_, e)| {
                 *e == Event::MemberLeft {
                     peer: id(0),
@@ -148,7 +166,11 @@ fn the_host_dying_mid_join_fails_the_join_and_the_rest_elect() {
             );
             assert_eq!(w.members(), vec![1, 2, 3], "seed {seed}");
         }
-        assert_eq!(w.core(1).and_then(|c| c.host_id()), Some(id(1)), "seed {seed}");
+        assert_eq!(
+            w.core(1).and_then(|c| c.host_id()),
+            Some(id(1)),
+            "seed {seed}"
+        );
     }
 }
 
@@ -178,7 +200,10 @@ fn a_joiner_that_never_reports_is_dropped_and_no_longer_expected() {
     assert_ok(&w, 3);
     assert_eq!(w.members(), vec![0, 1, 2]);
     for i in 1..3 {
-        assert!(!w.nodes[i].allowed.contains(&3), "member {i} still expects the joiner");
+        assert!(
+            !w.nodes[i].allowed.contains(&3),
+            "member {i} still expects the joiner"
+        );
     }
 }
 
@@ -197,7 +222,9 @@ fn rejections_are_typed() {
     w.run_for(Duration::from_secs(2));
     assert_eq!(
         ended(&w, 2),
-        Some(SessionEnd::JoinFailed(JoinFailure::Rejected(RejectReason::Full)))
+        Some(SessionEnd::JoinFailed(JoinFailure::Rejected(
+            RejectReason::Full
+        )))
     );
     // The application says no.
     cfg.max_players = 8;
@@ -208,7 +235,9 @@ fn rejections_are_typed() {
     w.run_for(Duration::from_secs(3));
     assert_eq!(
         ended(&w, 1),
-        Some(SessionEnd::JoinFailed(JoinFailure::Rejected(RejectReason::App("no".into()))))
+        Some(SessionEnd::JoinFailed(JoinFailure::Rejected(
+            RejectReason::App("no".into())
+        )))
     );
     // Locked.
     let mut w = World::new(7, 2, NetConfig::default(), cfg.clone());
@@ -218,7 +247,9 @@ fn rejections_are_typed() {
     w.run_for(Duration::from_secs(3));
     assert_eq!(
         ended(&w, 1),
-        Some(SessionEnd::JoinFailed(JoinFailure::Rejected(RejectReason::Locked)))
+        Some(SessionEnd::JoinFailed(JoinFailure::Rejected(
+            RejectReason::Locked
+        )))
     );
     // A silent application: the default (accept) applies after the decision timeout.
     let mut w = World::new(8, 2, NetConfig::default(), cfg);
@@ -238,7 +269,9 @@ fn an_unreachable_member_fails_the_join_naming_it() {
     w.run_for(Duration::from_secs(5));
     assert_eq!(
         ended(&w, 3),
-        Some(SessionEnd::JoinFailed(JoinFailure::MemberUnreachable { peer: id(2) }))
+        Some(SessionEnd::JoinFailed(JoinFailure::MemberUnreachable {
+            peer: id(2)
+        }))
     );
     assert_ok(&w, 9);
     assert_eq!(w.members(), vec![0, 1, 2]);
@@ -262,7 +295,9 @@ fn partitions_never_make_two_linked_hosts_and_heal_into_consistent_groups() {
         let n = 6;
         let mut w = mesh_of(seed, n, lossy());
         // A random side, random duration; sometimes the host crashes too.
-        let side: Vec<Ix> = (0..n).filter(|_| rand::Rng::gen_bool(&mut w.rng, 0.5)).collect();
+        let side: Vec<Ix> = (0..n)
+            .filter(|_| rand::Rng::gen_bool(&mut w.rng, 0.5))
+            .collect();
         w.partition(&side);
         if seed % 3 == 0 {
             w.crash(0);
@@ -295,15 +330,20 @@ fn forged_views_and_out_of_order_messages_close_only_that_link() {
     let now = w.now;
     if let Some(c) = w.nodes[1].core.as_mut() {
         c.handle_input(now, id(2), forged);
-        c.handle_input(now, id(3), SessionMsg::Welcome {
-            view: c.view().clone(),
-            grant: None,
-            expected: vec![],
-        });
+        c.handle_input(
+            now,
+            id(3),
+            SessionMsg::Welcome {
+                view: c.view().clone(),
+                grant: None,
+                expected: vec![],
+            },
+        );
     }
-    let violations: Vec<_> = std::iter::from_fn(|| w.nodes[1].core.as_mut().and_then(|c| c.poll_event()))
-        .filter(|e| matches!(e, Event::Violation { .. }))
-        .collect();
+    let violations: Vec<_> =
+        std::iter::from_fn(|| w.nodes[1].core.as_mut().and_then(|c| c.poll_event()))
+            .filter(|e| matches!(e, Event::Violation { .. }))
+            .collect();
     assert_eq!(violations.len(), 2, "{violations:?}");
     let c = w.core(1).expect("alive");
     assert_eq!(c.host_id(), Some(id(0)), "no forged host");
