@@ -1,5 +1,10 @@
-//! Everything a game links: identity, the path layer under QUIC, NAT traversal, UPnP and the
-//! session/mesh protocol. See `DESIGN.md` for the architecture.
+//! Everything a game links: identity, the path layer under QUIC, NAT traversal, UPnP, the
+//! master-server client and the session/mesh protocol.
+//!
+//! Start at [`session::Mesh`]: host a session (listed on the master server), list sessions,
+//! join one; a [`session::Session`] is a verified, fully connected QUIC mesh with one agreed
+//! host that migrates when the host leaves or dies. The README of the repository describes
+//! the architecture, the protocols and the measured figures.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod backoff;
