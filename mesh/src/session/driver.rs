@@ -210,7 +210,9 @@ pub(crate) fn spawn(core: Membership, node: Arc<DirectNode>, listing: ListingCon
     let shared = Arc::new(Shared {
         local,
         links: RwLock::new(HashMap::new()),
-        snapshot: Mutex::new(Snapshot::default()),
+        // Set before the task runs, so the handle answers at once (e.g. `listing_id` of a
+        // freshly hosted session).
+        snapshot: Mutex::new(snapshot_of(&core)),
         closed: std::sync::atomic::AtomicBool::new(false),
         stats: SessionStats::default(),
     });
@@ -496,6 +498,9 @@ impl SessionTask {
                 None
             }
             Event::Joined => {
+                // The joiner's `join` returns on this signal: its snapshot (members, host,
+                // listing) must be current by then, not only after this drain.
+                self.sync();
                 if let Some(tx) = self.joined.take() {
                     let _ = tx.send(Ok(()));
                 }
@@ -542,12 +547,8 @@ impl SessionTask {
         }
         let is_host = self.core.is_host();
         self.node.allowlist().set_open(is_host && !self.core.view().locked);
-        *self.shared.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Snapshot {
-            epoch: self.core.view().epoch,
-            members: if self.core.is_member() { members.clone() } else { Vec::new() },
-            host: self.core.host_id(),
-            listing: self.core.grant().map(|g| g.listing.clone()),
-        };
+        *self.shared.snapshot.lock().unwrap_or_else(|p| p.into_inner()) =
+            snapshot_of(&self.core);
         let _ = self.shared.local;
         self.sync_listing(is_host, members.len());
     }
@@ -604,6 +605,20 @@ impl SessionTask {
             }
             self.players = players;
         }
+    }
+}
+
+/// The game's view of `core`'s membership.
+fn snapshot_of(core: &Membership) -> Snapshot {
+    Snapshot {
+        epoch: core.view().epoch,
+        members: if core.is_member() {
+            core.view().members.clone()
+        } else {
+            Vec::new()
+        },
+        host: core.host_id(),
+        listing: core.grant().map(|g| g.listing.clone()),
     }
 }
 
