@@ -582,20 +582,27 @@ impl SessionTask {
                     punch: self.listing.punch.clone(),
                 }),
             };
-            let keeper = Keeper::new(
+            // `Keeper::new` takes the row to match `desired` already, but a new host's row
+            // still names the old host and count. Start from a desired state that differs
+            // (no connect, 0 players: a host counts itself) and set the real values, so the
+            // keeper's first request patches them: the connect object names this peer now.
+            let mut keeper = Keeper::new(
                 Instant::now(),
                 id,
                 grant.token,
                 Duration::from_secs(u64::from(cfg.listing_timeout_secs)),
-                desired.clone(),
+                Desired {
+                    players: 0,
+                    connect: None,
+                    ..desired.clone()
+                },
                 KeeperConfig::default(),
             );
-            let handle = KeeperTask::spawn(self.listing.client.clone(), keeper);
-            // A new host says where it is at once (the connect object names it now).
+            keeper.set_players(players);
             if let Some(c) = desired.connect {
-                handle.set_connect(c);
+                keeper.set_connect(c);
             }
-            handle.set_players(players);
+            let handle = KeeperTask::spawn(self.listing.client.clone(), keeper);
             tracing::info!(listing = %id, players, "keeping the listing alive");
             self.keeper = Some((id, handle));
             self.players = players;
