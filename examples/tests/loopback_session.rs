@@ -5,7 +5,8 @@
 //! 1. Start both servers and read their listening lines; `peer host` prints `listed`.
 //! 2. Seven `peer join` (the first without `--session`: the first listing with space) each
 //!    print `joined`; the last one's members are all eight, and every earlier member prints
-//!    `member_joined` for every later one. `peer list` shows the session with 8 players.
+//!    `member_joined` for every later one. `peer list` shows the session; joining an
+//!    unknown session id prints `error` (`not_found`) and exits 1.
 //! 3. A line on one peer's stdin arrives as `message` at the seven others.
 //! 4. The host is killed (SIGKILL, by its pid): the seven others print `host_changed` to the
 //!    second peer to join and `member_left` for the host; the master server's row shows 7
@@ -247,6 +248,10 @@ fn eight_peers_full_mesh_host_migration_and_rejoin() -> Result<()> {
         if i > 1 {
             args.extend(["--session", &session]);
         }
+        if i == 2 {
+            // The same punch server, named explicitly: exercises the override.
+            args.extend(["--punch", &punch_addr]);
+        }
         let mut p = Proc::peer(&format!("peer{i}"), &args)?;
         let joined = p.wait("joined", LINE_TIMEOUT, |v| v["event"] == "joined")?;
         ensure!(joined["session"] == session.as_str(), "{joined}");
@@ -288,6 +293,17 @@ fn eight_peers_full_mesh_host_migration_and_rejoin() -> Result<()> {
         rows[0]["id"] == session.as_str() && rows[0]["host"] == ids[0].as_str(),
         "{rows:?}"
     );
+    // A join of an unknown session fails with the join error's kind and status 1.
+    let out = Command::new(env!("CARGO_BIN_EXE_peer"))
+        .args(["join", "--session", "00000000-0000-0000-0000-000000000000"])
+        .args(node)
+        .stdin(Stdio::null())
+        .output()?;
+    let line: Value = serde_json::from_slice(&out.stdout).context("join error line")?;
+    ensure!(
+        !out.status.success() && line["event"] == "error" && line["kind"] == "not_found",
+        "join of an unknown session: {line}"
+    );
     eprintln!("full mesh of 8 after {:?}", started.elapsed());
 
     // 3. One message to all.
@@ -306,17 +322,18 @@ fn eight_peers_full_mesh_host_migration_and_rejoin() -> Result<()> {
     dead.child.wait()?;
     let killed_at = Instant::now();
     let new_host = ids[1].clone();
+    let migrated_by = killed_at + MIGRATION_TIMEOUT;
     for p in &mut peers {
-        let changed = p.wait("host_changed", MIGRATION_TIMEOUT, |v| {
-            v["event"] == "host_changed"
-        })?;
+        let left = migrated_by.saturating_duration_since(Instant::now());
+        let changed = p.wait("host_changed", left, |v| v["event"] == "host_changed")?;
         ensure!(
             changed["host"] == new_host.as_str(),
             "{}: {changed}",
             p.name
         );
         ensure!(changed["old"] == ids[0].as_str(), "{}: {changed}", p.name);
-        p.wait_event("member_left", "peer", &ids[0], MIGRATION_TIMEOUT)?;
+        let left = migrated_by.saturating_duration_since(Instant::now());
+        p.wait_event("member_left", "peer", &ids[0], left)?;
     }
     peers[0].wait("listing", LINE_TIMEOUT, |v| v["event"] == "listing")?;
     eprintln!("migrated {:?} after the kill", killed_at.elapsed());
