@@ -547,8 +547,11 @@ impl SessionTask {
         }
         let is_host = self.core.is_host();
         self.node.allowlist().set_open(is_host && !self.core.view().locked);
-        *self.shared.snapshot.lock().unwrap_or_else(|p| p.into_inner()) =
-            snapshot_of(&self.core);
+        *self
+            .shared
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = snapshot_of(&self.core);
         let _ = self.shared.local;
         self.sync_listing(is_host, members.len());
     }
