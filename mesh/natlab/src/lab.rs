@@ -5,12 +5,14 @@
 //! 1. [`crate::preflight`], then removal of dead runs' leftovers (see `cleanup.rs`).
 //! 2. A unique prefix `nlab-<pid>-<counter>[-<label>]`; the [`Lab`] value exists from here
 //!    on, so a failure in any later step still deletes what was created (Drop).
-//! 3. One namespace per [`Host`] plus the switch `-sw`; sysctls: IPv6 off, `rp_filter` 0,
-//!    `ip_forward` 1 on routers only.
-//! 4. Bridges `inet`, `lana`, `lanb` in the switch; one veth per host, the host end named
-//!    `eth0` (routers: `wan0` and `lan0`) created directly inside the host namespace.
+//! 3. One namespace per [`Host`] plus the switch `-sw` (router C and host C1 only when the
+//!    builder configured router C); sysctls: IPv6 off, `rp_filter` 0, `ip_forward` 1 on
+//!    routers only.
+//! 4. Bridges `inet`, `lana`, `lanb` (and `lanc`) in the switch; one veth per host, the
+//!    host end named `eth0` (routers: `wan0` and `lan0`) created directly inside the host
+//!    namespace.
 //! 5. Addresses and routes (`ip -batch`); LAN hosts default via their router. A router of
-//!    type [`NatType::None`] gets its LAN routed from the server and the other router.
+//!    type [`NatType::None`] gets its LAN routed from the server and the other routers.
 //! 6. Router rulesets with `nft -f -` and a `conntrack -F`.
 //!
 //! A watchdog process (see `cleanup.rs`) removes the namespaces if this process dies
@@ -37,8 +39,10 @@ const SERVER_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(1
 #[derive(Debug, Clone)]
 pub struct LabBuilder {
     label: Option<String>,
-    nat: [NatType; 2],
-    loss: [u8; 2],
+    nat: [NatType; 3],
+    loss: [u8; 3],
+    /// Whether router C and host C1 are created.
+    c: bool,
 }
 
 impl LabBuilder {
@@ -66,6 +70,14 @@ impl LabBuilder {
         self
     }
 
+    /// Behaviour of router C; configuring it (or [`LabBuilder::loss_c`]) is what creates
+    /// router C and host C1 (other labs do without their setup time).
+    pub fn router_c(mut self, nat: NatType) -> Self {
+        self.nat[2] = nat;
+        self.c = true;
+        self
+    }
+
     /// Packet loss in percent on router A's WAN link (each direction).
     pub fn loss_a(mut self, percent: u8) -> Self {
         self.loss[0] = percent.min(100);
@@ -75,6 +87,14 @@ impl LabBuilder {
     /// Packet loss in percent on router B's WAN link (each direction).
     pub fn loss_b(mut self, percent: u8) -> Self {
         self.loss[1] = percent.min(100);
+        self
+    }
+
+    /// Packet loss in percent on router C's WAN link (each direction); creates router C
+    /// (of type [`NatType::None`] unless [`LabBuilder::router_c`] says otherwise).
+    pub fn loss_c(mut self, percent: u8) -> Self {
+        self.loss[2] = percent.min(100);
+        self.c = true;
         self
     }
 
@@ -93,11 +113,12 @@ impl LabBuilder {
             created: Vec::new(),
             nat: self.nat,
             loss: self.loss,
+            c: self.c,
             dir,
             watchdog: None,
         };
         let mut names = vec![format!("{}-sw", lab.prefix)];
-        names.extend(Host::ALL.iter().map(|h| lab.namespace(*h)));
+        names.extend(lab.hosts().map(|h| lab.namespace(h)));
         lab.watchdog = Some(spawn_watchdog(&names)?);
         lab.create()?;
         Ok(lab)
@@ -109,8 +130,9 @@ impl LabBuilder {
 pub struct Lab {
     prefix: String,
     created: Vec<String>,
-    nat: [NatType; 2],
-    loss: [u8; 2],
+    nat: [NatType; 3],
+    loss: [u8; 3],
+    c: bool,
     dir: tempfile::TempDir,
     watchdog: Option<std::process::Child>,
 }
@@ -119,6 +141,7 @@ fn router_index(router: Router) -> usize {
     match router {
         Router::A => 0,
         Router::B => 1,
+        Router::C => 2,
     }
 }
 
@@ -126,17 +149,37 @@ fn router_host(router: Router) -> Host {
     match router {
         Router::A => Host::RouterA,
         Router::B => Host::RouterB,
+        Router::C => Host::RouterC,
     }
 }
 
 impl Lab {
-    /// A builder with both routers [`NatType::None`] and no loss.
+    /// A builder with routers A and B [`NatType::None`], no loss, and no router C.
     pub fn builder() -> LabBuilder {
         LabBuilder {
             label: None,
-            nat: [NatType::None; 2],
-            loss: [0; 2],
+            nat: [NatType::None; 3],
+            loss: [0; 3],
+            c: false,
         }
+    }
+
+    /// Whether this lab has router C and host C1.
+    pub fn has_router_c(&self) -> bool {
+        self.c
+    }
+
+    /// The hosts this lab has, in creation order.
+    pub fn hosts(&self) -> impl Iterator<Item = Host> + '_ {
+        Host::ALL.into_iter().filter(|h| self.c || !h.is_c())
+    }
+
+    /// `Err(LabError::Absent)` for a host of router C in a lab without it.
+    pub(crate) fn check(&self, host: Host) -> Result<(), LabError> {
+        if host.is_c() && !self.c {
+            return Err(LabError::Absent(host));
+        }
+        Ok(())
     }
 
     /// The unique name prefix of this instance's namespaces.
@@ -164,6 +207,7 @@ impl Lab {
         match router {
             Router::A => Ipv4Addr::new(198, 18, 0, 10),
             Router::B => Ipv4Addr::new(198, 18, 0, 20),
+            Router::C => Ipv4Addr::new(198, 18, 0, 30),
         }
     }
 
@@ -177,6 +221,8 @@ impl Lab {
             Host::LanA1 => Ipv4Addr::new(10, 1, 0, 11),
             Host::LanA2 => Ipv4Addr::new(10, 1, 0, 12),
             Host::LanB1 => Ipv4Addr::new(10, 2, 0, 11),
+            Host::RouterC => self.wan_ip(Router::C),
+            Host::LanC1 => Ipv4Addr::new(10, 3, 0, 11),
         }
     }
 
@@ -188,6 +234,7 @@ impl Lab {
     /// Starts `program args` inside `host`; the process is killed when the handle drops
     /// (and at the latest when the lab drops).
     pub fn spawn(&self, host: Host, program: &str, args: &[&str]) -> Result<LabProcess, LabError> {
+        self.check(host)?;
         let ns = self.namespace(host);
         let name = format!("[{}] {program} {}", host.role(), args.join(" "));
         let child = Command::new("ip")
@@ -221,6 +268,7 @@ impl Lab {
         args: &[&str],
         timeout: Duration,
     ) -> Result<Output, LabError> {
+        self.check(host)?;
         let ns = self.namespace(host);
         let mut full = vec!["netns", "exec", &ns, program];
         full.extend_from_slice(args);
@@ -234,6 +282,7 @@ impl Lab {
         nat: NatType,
         loss_percent: u8,
     ) -> Result<(), LabError> {
+        self.check(router_host(router))?;
         let ns = self.namespace(router_host(router));
         let tables = run("ip", &["netns", "exec", &ns, "nft", "list", "tables"], None)?;
         for table in ["ip natlab", "netdev natlab_loss"] {
@@ -250,6 +299,7 @@ impl Lab {
 
     /// Flushes the conntrack table of a router (forgets all NAT mappings).
     pub fn flush_conntrack(&self, router: Router) -> Result<(), LabError> {
+        self.check(router_host(router))?;
         let ns = self.namespace(router_host(router));
         // `conntrack -F` exits 0 even on an empty table; stderr carries its summary.
         run("ip", &["netns", "exec", &ns, "conntrack", "-F"], None).map(drop)
@@ -299,23 +349,38 @@ impl Lab {
     fn create(&mut self) -> Result<(), LabError> {
         let sw = format!("{}-sw", self.prefix);
         self.add_namespace(sw.clone(), false)?;
-        for host in Host::ALL {
-            let router = matches!(host, Host::RouterA | Host::RouterB);
+        let hosts: Vec<Host> = self.hosts().collect();
+        for &host in &hosts {
+            let router = matches!(host, Host::RouterA | Host::RouterB | Host::RouterC);
             self.add_namespace(self.namespace(host), router)?;
         }
-        // (switch port, bridge, host, device in host)
-        let ports = [
-            ("srv", "inet", Host::Server, "eth0"),
-            ("ra_w", "inet", Host::RouterA, "wan0"),
-            ("rb_w", "inet", Host::RouterB, "wan0"),
-            ("ra_l", "lana", Host::RouterA, "lan0"),
-            ("rb_l", "lanb", Host::RouterB, "lan0"),
-            ("a1", "lana", Host::LanA1, "eth0"),
-            ("a2", "lana", Host::LanA2, "eth0"),
-            ("b1", "lanb", Host::LanB1, "eth0"),
+        // (router, its router host, LAN bridge, LAN prefix, gateway) of the routers built.
+        let mut routers = vec![
+            (Router::A, Host::RouterA, "lana", "10.1.0.0/24", "10.1.0.1"),
+            (Router::B, Host::RouterB, "lanb", "10.2.0.0/24", "10.2.0.1"),
         ];
+        if self.c {
+            routers.push((Router::C, Host::RouterC, "lanc", "10.3.0.0/24", "10.3.0.1"));
+        }
+        // (switch port, bridge, host, device in host)
+        let mut ports = vec![("srv".to_string(), "inet", Host::Server, "eth0")];
+        for &(_, host, br, _, _) in &routers {
+            let role = host.role();
+            ports.push((format!("{role}_w"), "inet", host, "wan0"));
+            ports.push((format!("{role}_l"), br, host, "lan0"));
+        }
+        for (host, br) in [
+            (Host::LanA1, "lana"),
+            (Host::LanA2, "lana"),
+            (Host::LanB1, "lanb"),
+            (Host::LanC1, "lanc"),
+        ] {
+            if hosts.contains(&host) {
+                ports.push((host.role().to_string(), br, host, "eth0"));
+            }
+        }
         let mut sw_cmds = vec!["link set dev lo up".to_string()];
-        for br in ["inet", "lana", "lanb"] {
+        for &br in ["inet"].iter().chain(routers.iter().map(|r| &r.2)) {
             sw_cmds.push(format!("link add name {br} type bridge"));
             sw_cmds.push(format!("link set dev {br} up"));
         }
@@ -328,30 +393,29 @@ impl Lab {
         }
         self.batch(&sw, &sw_cmds)?;
 
-        let a_lan = "10.1.0.0/24";
-        let b_lan = "10.2.0.0/24";
-        let wan_a = self.wan_ip(Router::A);
-        let wan_b = self.wan_ip(Router::B);
-        let (none_a, none_b) = (self.nat[0] == NatType::None, self.nat[1] == NatType::None);
-        let mut server = vec![
+        let server = vec![
             format!("addr add {}/15 dev eth0", SERVER_IPS[0]),
             format!("addr add {}/15 dev eth0", SERVER_IPS[1]),
         ];
-        let mut ra = vec![
-            format!("addr add {wan_a}/15 dev wan0"),
-            "addr add 10.1.0.1/24 dev lan0".to_string(),
-        ];
-        let mut rb = vec![
-            format!("addr add {wan_b}/15 dev wan0"),
-            "addr add 10.2.0.1/24 dev lan0".to_string(),
-        ];
-        if none_a {
-            server.push(format!("route add {a_lan} via {wan_a}"));
-            rb.push(format!("route add {a_lan} via {wan_a}"));
+        let mut plan: Vec<(Host, Vec<String>, &[&str])> = vec![(Host::Server, server, &["eth0"])];
+        for &(router, host, _, _, gw) in &routers {
+            let cmds = vec![
+                format!("addr add {}/15 dev wan0", self.wan_ip(router)),
+                format!("addr add {gw}/24 dev lan0"),
+            ];
+            plan.push((host, cmds, &["wan0", "lan0"]));
         }
-        if none_b {
-            server.push(format!("route add {b_lan} via {wan_b}"));
-            ra.push(format!("route add {b_lan} via {wan_b}"));
+        // A router without NAT: its LAN is routed from the server and the other routers.
+        for &(router, host, _, prefix, _) in &routers {
+            if self.nat[router_index(router)] != NatType::None {
+                continue;
+            }
+            let route = format!("route add {prefix} via {}", self.wan_ip(router));
+            for (h, cmds, _) in plan.iter_mut() {
+                if *h != host {
+                    cmds.push(route.clone());
+                }
+            }
         }
         let lan = |ip: Ipv4Addr, gw: &str| {
             vec![
@@ -359,34 +423,25 @@ impl Lab {
                 format!("route add default via {gw}"),
             ]
         };
-        let plan = [
-            (Host::Server, server, &["eth0"][..]),
-            (Host::RouterA, ra, &["wan0", "lan0"][..]),
-            (Host::RouterB, rb, &["wan0", "lan0"][..]),
-            (
-                Host::LanA1,
-                lan(self.ip(Host::LanA1), "10.1.0.1"),
-                &["eth0"][..],
-            ),
-            (
-                Host::LanA2,
-                lan(self.ip(Host::LanA2), "10.1.0.1"),
-                &["eth0"][..],
-            ),
-            (
-                Host::LanB1,
-                lan(self.ip(Host::LanB1), "10.2.0.1"),
-                &["eth0"][..],
-            ),
-        ];
+        for (host, gw) in [
+            (Host::LanA1, "10.1.0.1"),
+            (Host::LanA2, "10.1.0.1"),
+            (Host::LanB1, "10.2.0.1"),
+            (Host::LanC1, "10.3.0.1"),
+        ] {
+            if hosts.contains(&host) {
+                plan.push((host, lan(self.ip(host), gw), &["eth0"]));
+            }
+        }
         for (host, addr_cmds, devs) in plan {
             let mut cmds = vec!["link set dev lo up".to_string()];
             cmds.extend(devs.iter().map(|d| format!("link set dev {d} up")));
             cmds.extend(addr_cmds);
             self.batch(&self.namespace(host), &cmds)?;
         }
-        self.load_router(Router::A)?;
-        self.load_router(Router::B)?;
+        for (router, ..) in routers {
+            self.load_router(router)?;
+        }
         Ok(())
     }
 }

@@ -7,9 +7,11 @@
 //! 2. Remove leftovers of earlier crashed runs: namespaces named with this crate's tag
 //!    (`nlab-<pid>-...`) whose owner pid is dead. Nothing else is ever touched.
 //! 3. Create the namespaces of one instance, all named `nlab-<pid>-<counter>[-<label>]-<role>`:
-//!    a switch (`-sw`, three bridges: internet, LAN A, LAN B), the server (`-srv`, two public
-//!    addresses), routers A and B (`-ra`, `-rb`) and LAN hosts A1, A2 (behind A) and B1
-//!    (behind B). IPv6 off, `rp_filter` off, `ip_forward` only on routers.
+//!    a switch (`-sw`, bridges: internet, LAN A, LAN B, and LAN C when router C is asked
+//!    for), the server (`-srv`, two public addresses), routers A and B (`-ra`, `-rb`) and
+//!    LAN hosts A1, A2 (behind A) and B1 (behind B); router C (`-rc`) and host C1 behind it
+//!    only when the builder configured router C ([`LabBuilder::router_c`] or
+//!    [`LabBuilder::loss_c`]). IPv6 off, `rp_filter` off, `ip_forward` only on routers.
 //! 4. Load each router's nftables ruleset for its [`NatType`] and WAN loss, see `nft.rs`.
 //! 5. [`Lab::spawn`] / [`Lab::run`] run programs inside a host with `ip netns exec`.
 //! 6. Optionally, [`Lab::start_upnp`] runs miniupnpd (UPnP IGD) on a router, see `upnp.rs`.
@@ -18,8 +20,9 @@
 //!    watchdog does the same within a second, and step 2 of the next run is the last resort.
 //!
 //! Addresses: the "internet" is 198.18.0.0/15 (server 198.18.0.1 and 198.18.0.2, router A
-//! WAN 198.18.0.10, router B WAN 198.18.0.20); LAN A is 10.1.0.0/24 (router 10.1.0.1,
-//! hosts .11 and .12), LAN B is 10.2.0.0/24 (router 10.2.0.1, host .11). Nothing is linked
+//! WAN 198.18.0.10, router B WAN 198.18.0.20, router C WAN 198.18.0.30); LAN A is
+//! 10.1.0.0/24 (router 10.1.0.1, hosts .11 and .12), LAN B is 10.2.0.0/24 (router 10.2.0.1,
+//! host .11), LAN C is 10.3.0.0/24 (router 10.3.0.1, host .11). Nothing is linked
 //! to the machine's own namespace. Instances have unique names, so tests may build labs in
 //! parallel threads.
 //!
@@ -91,13 +94,15 @@ impl fmt::Display for NatType {
     }
 }
 
-/// One of the two lab routers.
+/// One of the lab routers (C exists only in labs built with router C configured).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Router {
     /// Router A (LAN 10.1.0.0/24 with hosts A1 and A2).
     A,
     /// Router B (LAN 10.2.0.0/24 with host B1).
     B,
+    /// Router C (LAN 10.3.0.0/24 with host C1); see [`LabBuilder::router_c`].
+    C,
 }
 
 /// A host of the lab (each one is its own network namespace).
@@ -115,18 +120,29 @@ pub enum Host {
     LanA2,
     /// Host behind router B (10.2.0.11).
     LanB1,
+    /// Router C (WAN 198.18.0.30, LAN 10.3.0.1); only in labs with router C.
+    RouterC,
+    /// Host behind router C (10.3.0.11); only in labs with router C.
+    LanC1,
 }
 
 impl Host {
-    /// Every host, in creation order.
-    pub const ALL: [Host; 6] = [
+    /// Every host, in creation order (the last two only exist in labs with router C).
+    pub const ALL: [Host; 8] = [
         Host::Server,
         Host::RouterA,
         Host::RouterB,
         Host::LanA1,
         Host::LanA2,
         Host::LanB1,
+        Host::RouterC,
+        Host::LanC1,
     ];
+
+    /// Whether the host belongs to router C's part of the lab (created only on request).
+    pub fn is_c(self) -> bool {
+        matches!(self, Host::RouterC | Host::LanC1)
+    }
 
     /// Short role suffix used in namespace names.
     pub(crate) fn role(self) -> &'static str {
@@ -137,6 +153,8 @@ impl Host {
             Host::LanA1 => "a1",
             Host::LanA2 => "a2",
             Host::LanB1 => "b1",
+            Host::RouterC => "rc",
+            Host::LanC1 => "c1",
         }
     }
 }
@@ -176,6 +194,9 @@ pub enum LabError {
         /// Its stderr.
         stderr: String,
     },
+    /// The host or router is not part of this lab (router C was not configured).
+    #[error("NAT lab: {0:?} does not exist in this lab (configure it with LabBuilder::router_c)")]
+    Absent(Host),
     /// Local I/O (temporary directory).
     #[error("NAT lab: I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -71,6 +71,7 @@ fn router_host(router: Router) -> Host {
     match router {
         Router::A => Host::RouterA,
         Router::B => Host::RouterB,
+        Router::C => Host::RouterC,
     }
 }
 
@@ -78,6 +79,7 @@ fn lan_prefix(router: Router) -> &'static str {
     match router {
         Router::A => "10.1.0.0/24",
         Router::B => "10.2.0.0/24",
+        Router::C => "10.3.0.0/24",
     }
 }
 
@@ -184,6 +186,7 @@ impl Lab {
             ));
         };
         let host = router_host(router);
+        self.check(host)?;
         let ns = self.namespace(host);
         run(
             "ip",
@@ -204,10 +207,7 @@ impl Lab {
                 stun,
             )),
         )?;
-        let role = match router {
-            Router::A => "ra",
-            Router::B => "rb",
-        };
+        let role = host.role();
         let conf = self.dir().join(format!("miniupnpd-{role}.conf"));
         let pidfile = self.dir().join(format!("miniupnpd-{role}.pid"));
         std::fs::write(&conf, upnp_config(router, stun))?;

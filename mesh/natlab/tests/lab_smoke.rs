@@ -195,3 +195,86 @@ fn killed_process_leaves_no_namespaces() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn router_c_is_built_on_request_and_natted() {
+    if natlab::skip_requested("router_c_is_built_on_request_and_natted") {
+        return;
+    }
+    let without = Lab::builder()
+        .label("noc")
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!without.has_router_c());
+    assert!(
+        !namespaces().contains(&without.namespace(Host::LanC1)),
+        "router C's hosts exist in a lab that did not ask for them"
+    );
+    let err = without
+        .run(Host::LanC1, "true", &[], Duration::from_secs(5))
+        .expect_err("no C1 without router C");
+    assert!(
+        matches!(err, natlab::LabError::Absent(Host::LanC1)),
+        "{err}"
+    );
+    drop(without);
+
+    let lab = Lab::builder()
+        .label("routerc")
+        .router_a(NatType::FullCone)
+        .router_c(NatType::PortRestricted)
+        .loss_c(10)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(lab.has_router_c());
+    assert_eq!(lab.nat(Router::C), NatType::PortRestricted);
+    assert_eq!(lab.ip(Host::LanC1).to_string(), "10.3.0.11");
+    let out = lab
+        .run(
+            Host::LanC1,
+            "ip",
+            &["-4", "addr", "show", "dev", "eth0"],
+            Duration::from_secs(5),
+        )
+        .expect("ip addr in C1");
+    assert!(out.stdout.contains("10.3.0.11/24"), "{}", out.stdout);
+    let rules = lab
+        .run(
+            Host::RouterC,
+            "nft",
+            &["list", "ruleset"],
+            Duration::from_secs(5),
+        )
+        .expect("nft list on router C");
+    assert!(
+        rules.stdout.contains("masquerade") && rules.stdout.contains("numgen random mod 100 < 10"),
+        "{}",
+        rules.stdout
+    );
+    // A UDP datagram from C1 to the server leaves through router C's NAT: conntrack shows
+    // the LAN source and the reply towards router C's WAN address (the entry exists before
+    // the WAN's loss applies).
+    let send = format!("echo natlab >/dev/udp/{}/9", lab.server_ip(0));
+    let out = lab
+        .run(Host::LanC1, "bash", &["-c", &send], Duration::from_secs(5))
+        .expect("udp from C1");
+    assert!(out.success(), "send from C1: {}", out.stderr);
+    let nat = lab
+        .run(
+            Host::RouterC,
+            "conntrack",
+            &["-L", "-p", "udp"],
+            Duration::from_secs(5),
+        )
+        .expect("conntrack on router C");
+    let table = format!("{}{}", nat.stdout, nat.stderr);
+    assert!(
+        table.contains("src=10.3.0.11")
+            && table.contains(&format!("dst={} ", lab.wan_ip(Router::C))),
+        "C1's datagram is not masqueraded to router C's WAN: {table}"
+    );
+    lab.flush_conntrack(Router::C).expect("flush C");
+    let prefix = lab.prefix().to_string();
+    drop(lab);
+    assert!(!namespaces().contains(&prefix), "{prefix} still present");
+}
