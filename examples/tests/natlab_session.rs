@@ -1,0 +1,494 @@
+//! NAT-lab tests of sessions with the real binaries: `master-server` (SQLite in the lab's
+//! temporary directory) and `punch-server` on the lab's server host, `peer host` and
+//! `peer join` on LAN hosts behind three routers (needs root, see `natlab`).
+//!
+//! `full_mesh_across_three_nats` (A full cone, B restricted, C port-restricted):
+//! 1. Build the lab, start both servers, read their `listening` lines.
+//! 2. `peer host` on A1 prints `listed`.
+//! 3. `peer join --session ID` on A2 (the host's NAT), B1 and C1, one at a time: each
+//!    `joined` lists every member so far (the last one all 4), and every earlier member
+//!    prints `member_joined` for it. Each join's latency (spawn to `joined`, wall time) is
+//!    printed.
+//! 4. A line on the last joiner's stdin arrives as `message` at the three others.
+//! 5. EOF on every stdin: each peer leaves and exits 0.
+//!
+//! `join_fails_naming_the_unreachable_member` (A full cone, B symmetric, C
+//! port-restricted):
+//! 1. Host on A1, a member on B1 (full cone x symmetric: punchable).
+//! 2. `peer join` on C1 reaches the host (full cone x port-restricted) but not the member
+//!    on B1 (symmetric x port-restricted has no direct path): it prints
+//!    `error {kind: "member_unreachable", detail}` naming that member and exits 1.
+//! 3. The mesh without it stays intact: no `member_joined`, `member_left` or `ended` on
+//!    the host or the member, a message still goes both ways, and the listing still counts
+//!    2 players.
+//!
+//! Every wait has a timeout; every process is killed on drop, and the lab's namespaces go
+//! with the lab.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use common::{master_server_bin, punchable, start_punch_server, PunchServer};
+use natlab::{Host, Lab, LabProcess, NatType, Router};
+use serde_json::Value;
+
+/// Longest wait for a `joined` (or a join's error): process start, listing, the node's
+/// registration, the host dial and the member dials (each punch has a 4 s+ budget, the
+/// join itself 10 s), with room for a busy 2-core machine.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for any other expected line.
+const LINE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The game of the tests' sessions.
+const GAME: &str = "natlab-session";
+
+/// A `peer` process in the lab: stdin piped (EOF makes it leave), stdout JSON lines kept
+/// in order, stderr inherited; killed on drop.
+struct Peer {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    /// Every JSON line read so far.
+    seen: Vec<Value>,
+    started: Instant,
+}
+
+impl Peer {
+    fn spawn(lab: &Lab, host: Host, name: &str, args: &[&str]) -> Result<Self> {
+        let started = Instant::now();
+        let mut child = lab
+            .command(host, env!("CARGO_BIN_EXE_peer"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("spawning {name} on {host:?}"))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let stdin = child.stdin.take();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+            started,
+        })
+    }
+
+    /// Reads the next JSON line within `left`; `None` when the deadline passed or stdout
+    /// closed.
+    fn next(&mut self, left: Duration) -> Option<Value> {
+        loop {
+            let line = self.lines.recv_timeout(left).ok()?;
+            eprintln!("{}: {line}", self.name);
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                self.seen.push(v.clone());
+                return Some(v);
+            }
+        }
+    }
+
+    /// The first line (seen before or arriving within `timeout`) that `pred` accepts; an
+    /// `error` or `ended` line fails the wait.
+    fn wait(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
+            return Ok(v.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(v) = self.next(left) else {
+                bail!(
+                    "{}: no {what} within {timeout:?}; saw {:?}",
+                    self.name,
+                    self.seen
+                );
+            };
+            ensure!(
+                v["event"] != "error" && v["event"] != "ended",
+                "{}: unexpected {v} while waiting for {what}",
+                self.name
+            );
+            if pred(&v) {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// The first line with `event` == `name` whose `key` is `value`.
+    fn wait_event(
+        &mut self,
+        name: &str,
+        key: &str,
+        value: &str,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let what = format!("{name} with {key}={value}");
+        self.wait(&what, timeout, |v| v["event"] == name && v[key] == value)
+    }
+
+    /// Reads what arrives within `window` (for checks that something did *not* happen).
+    fn drain(&mut self, window: Duration) {
+        let deadline = Instant::now() + window;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if self.next(left).is_none() {
+                return;
+            }
+        }
+    }
+
+    fn send_line(&mut self, text: &str) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("stdin closed")?;
+        writeln!(stdin, "{text}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Waits until the process exits (at most until `deadline`) and returns its code.
+    fn wait_exit(&mut self, deadline: Instant) -> Result<Option<i32>> {
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{} did not exit; saw {:?}",
+                self.name,
+                self.seen
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn str_of(v: &Value, key: &str) -> Result<String> {
+    v[key]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("no string {key} in {v}"))
+}
+
+/// The two servers on the lab's server host.
+struct Servers {
+    _master: LabProcess,
+    /// `http://IP:PORT` of the master server.
+    master_url: String,
+    punch: PunchServer,
+}
+
+/// Starts `master-server` (SQLite in the lab directory, no rate limit: every peer behind
+/// one NAT has the same address) and `punch-server` on the server host.
+fn start_servers(lab: &Lab) -> Result<Servers> {
+    let db = format!("sqlite:{}", lab.dir().join("master.db").display());
+    let listen = format!("{}:0", lab.server_ip(0));
+    let bin = master_server_bin()?;
+    let mut master = lab.spawn(
+        Host::Server,
+        &bin.to_string_lossy(),
+        &["--listen", &listen, "--database", &db, "--rate-limit", "0"],
+    )?;
+    let line = master
+        .wait_for_line("\"listening\"", LINE_TIMEOUT)
+        .with_context(|| format!("master-server stderr: {}", master.stderr()))?;
+    let v: Value = serde_json::from_str(&line).with_context(|| format!("line {line:?}"))?;
+    let master_url = format!("http://{}", str_of(&v, "addr")?);
+    let punch = start_punch_server(lab, false)?;
+    Ok(Servers {
+        _master: master,
+        master_url,
+        punch,
+    })
+}
+
+/// Builds a lab with the three routers' types (label kept short for namespace names).
+fn build_lab(label: &str, a: NatType, b: NatType, c: NatType) -> Result<Lab> {
+    Lab::builder()
+        .label(label)
+        .router_a(a)
+        .router_b(b)
+        .router_c(c)
+        .build()
+        .context("building the lab")
+}
+
+impl Servers {
+    /// `peer host` on `host`; waits for `listed` and returns the peer, its id and the
+    /// session id.
+    fn host(&self, lab: &Lab, host: Host, name: &str) -> Result<(Peer, String, String)> {
+        let punch = self.punch.punch_addr();
+        let args = [
+            "host",
+            "--punch",
+            &punch,
+            "--name",
+            "natlab",
+            "--no-upnp",
+            "--master",
+            &self.master_url,
+            "--game",
+            GAME,
+        ];
+        let mut p = Peer::spawn(lab, host, name, &args)?;
+        let listed = p.wait("listed", JOIN_TIMEOUT, |v| v["event"] == "listed")?;
+        let id = str_of(&listed, "peer")?;
+        ensure!(listed["host"] == id.as_str(), "{listed}");
+        Ok((p, id, str_of(&listed, "session")?))
+    }
+
+    /// `peer join --session ID` on `host` (without waiting for anything).
+    fn join(&self, lab: &Lab, host: Host, name: &str, session: &str) -> Result<Peer> {
+        let args = [
+            "join",
+            "--session",
+            session,
+            "--no-upnp",
+            "--master",
+            &self.master_url,
+            "--game",
+            GAME,
+        ];
+        Peer::spawn(lab, host, name, &args)
+    }
+}
+
+fn sorted(ids: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut v: Vec<String> = ids.into_iter().collect();
+    v.sort_unstable();
+    v
+}
+
+fn members_of(joined: &Value) -> Result<Vec<String>> {
+    let members = joined["members"].as_array().context("members")?;
+    Ok(sorted(
+        members.iter().filter_map(Value::as_str).map(str::to_string),
+    ))
+}
+
+#[test]
+fn full_mesh_across_three_nats() -> Result<()> {
+    if natlab::skip_requested("full_mesh_across_three_nats") {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let (a, b, c) = (
+        NatType::FullCone,
+        NatType::Restricted,
+        NatType::PortRestricted,
+    );
+    for (x, y) in [(a, b), (a, c), (b, c)] {
+        ensure!(punchable(x, y), "{x} x {y} must be punchable for this test");
+    }
+    let lab = build_lab("sess_mesh", a, b, c)?;
+    let servers = start_servers(&lab)?;
+
+    // 2. The host.
+    let (host, host_id, session) = servers.host(&lab, Host::LanA1, "host@a1")?;
+    eprintln!("host listed after {:?}", host.started.elapsed());
+    let mut peers = vec![host];
+    let mut ids = vec![host_id.clone()];
+
+    // 3. Three joiners, one at a time.
+    let mut latencies = Vec::new();
+    for (host, name) in [
+        (Host::LanA2, "join@a2"),
+        (Host::LanB1, "join@b1"),
+        (Host::LanC1, "join@c1"),
+    ] {
+        let mut p = servers.join(&lab, host, name, &session)?;
+        let joined = p.wait("joined", JOIN_TIMEOUT, |v| v["event"] == "joined")?;
+        let latency = p.started.elapsed();
+        let ms = joined["ms"].as_u64();
+        eprintln!(
+            "JOIN LATENCY {name}: {latency:?} wall (spawn to `joined`){}",
+            ms.map(|ms| format!(", {ms} ms reported"))
+                .unwrap_or_default()
+        );
+        latencies.push((name, latency));
+        ensure!(joined["session"] == session.as_str(), "{joined}");
+        ensure!(joined["host"] == host_id.as_str(), "{joined}");
+        let id = str_of(&joined, "peer")?;
+        ids.push(id.clone());
+        let members = members_of(&joined)?;
+        ensure!(
+            members == sorted(ids.clone()),
+            "{name} joined with members {members:?}, want {ids:?}"
+        );
+        for earlier in &mut peers {
+            earlier.wait_event("member_joined", "peer", &id, LINE_TIMEOUT)?;
+        }
+        peers.push(p);
+    }
+    ensure!(peers.len() == 4, "4 peers");
+    eprintln!(
+        "full mesh of 4 across three NATs after {:?}: {latencies:?}",
+        started.elapsed()
+    );
+
+    // 4. A message from the last joiner reaches everyone.
+    peers[3].send_line("hello from c1")?;
+    for p in &mut peers[..3] {
+        let m = p.wait_event("message", "text", "hello from c1", LINE_TIMEOUT)?;
+        ensure!(m["from"] == ids[3].as_str(), "{}: {m}", p.name);
+    }
+
+    // 5. EOF on every stdin: each leaves and exits 0.
+    for p in &mut peers {
+        p.stdin = None;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for p in &mut peers {
+        let code = p.wait_exit(deadline)?;
+        ensure!(code == Some(0), "{} exited with {code:?}", p.name);
+    }
+    eprintln!("test done in {:?}", started.elapsed());
+    Ok(())
+}
+
+#[test]
+fn join_fails_naming_the_unreachable_member() -> Result<()> {
+    if natlab::skip_requested("join_fails_naming_the_unreachable_member") {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let (a, b, c) = (
+        NatType::FullCone,
+        NatType::Symmetric,
+        NatType::PortRestricted,
+    );
+    ensure!(punchable(a, b) && punchable(a, c), "the host reaches both");
+    ensure!(!punchable(b, c), "{b} x {c} must have no direct path");
+    let lab = build_lab("sess_fail", a, b, c)?;
+    ensure!(lab.nat(Router::B) == b && lab.nat(Router::C) == c);
+    let servers = start_servers(&lab)?;
+
+    // 1. Host on A1, a member on B1.
+    let (mut host, host_id, session) = servers.host(&lab, Host::LanA1, "host@a1")?;
+    let mut member = servers.join(&lab, Host::LanB1, "join@b1", &session)?;
+    let joined = member.wait("joined", JOIN_TIMEOUT, |v| v["event"] == "joined")?;
+    eprintln!(
+        "JOIN LATENCY join@b1: {:?} wall (spawn to `joined`)",
+        member.started.elapsed()
+    );
+    let member_id = str_of(&joined, "peer")?;
+    ensure!(
+        members_of(&joined)? == sorted([host_id.clone(), member_id.clone()]),
+        "{joined}"
+    );
+    host.wait_event("member_joined", "peer", &member_id, LINE_TIMEOUT)?;
+
+    // 2. The joiner on C1 cannot reach the member on B1.
+    let mut joiner = servers.join(&lab, Host::LanC1, "join@c1", &session)?;
+    let deadline = Instant::now() + JOIN_TIMEOUT;
+    let code = joiner.wait_exit(deadline)?;
+    let failed_after = joiner.started.elapsed();
+    // The reader thread may still hold the last lines: read until stdout closes.
+    joiner.drain(Duration::from_secs(2));
+    eprintln!("JOIN LATENCY join@c1 (failing): {failed_after:?} wall (spawn to exit)");
+    ensure!(
+        code == Some(1),
+        "join@c1 exited with {code:?}: {:?}",
+        joiner.seen
+    );
+    let error = joiner
+        .seen
+        .iter()
+        .find(|v| v["event"] == "error")
+        .with_context(|| format!("join@c1 printed no error: {:?}", joiner.seen))?
+        .clone();
+    ensure!(
+        !joiner.seen.iter().any(|v| v["event"] == "joined"),
+        "join@c1 joined: {:?}",
+        joiner.seen
+    );
+    ensure!(
+        error["kind"] == "member_unreachable",
+        "join@c1 failed with {error}, want member_unreachable"
+    );
+    let detail = str_of(&error, "detail")?;
+    let short: String = member_id.chars().take(8).collect();
+    ensure!(
+        detail.contains(&member_id) || detail.contains(&short),
+        "the error does not name the member on B1 ({member_id}): {detail}"
+    );
+    ensure!(
+        !detail.contains(&host_id),
+        "the error names the host instead: {detail}"
+    );
+
+    // 3. The mesh without it is intact.
+    host.drain(Duration::from_secs(2));
+    member.drain(Duration::from_millis(200));
+    for p in [&host, &member] {
+        let bad: Vec<&Value> = p
+            .seen
+            .iter()
+            .filter(|v| {
+                let event = v["event"].as_str().unwrap_or_default();
+                let earlier = event == "member_joined" && v["peer"] == member_id.as_str();
+                !earlier
+                    && [
+                        "member_joined",
+                        "member_left",
+                        "ended",
+                        "error",
+                        "host_changed",
+                    ]
+                    .contains(&event)
+            })
+            .collect();
+        ensure!(bad.is_empty(), "{}: after the failed join: {bad:?}", p.name);
+    }
+    host.send_line("still here")?;
+    member.wait_event("message", "text", "still here", LINE_TIMEOUT)?;
+    member.send_line("me too")?;
+    host.wait_event("message", "text", "me too", LINE_TIMEOUT)?;
+    let out = lab.run(
+        Host::Server,
+        env!("CARGO_BIN_EXE_peer"),
+        &["list", "--master", &servers.master_url, "--game", GAME],
+        LINE_TIMEOUT,
+    )?;
+    ensure!(out.success(), "peer list: {}", out.stderr);
+    let rows = common::json_lines(&out.stdout);
+    ensure!(
+        rows.len() == 1 && rows[0]["id"] == session.as_str() && rows[0]["players"] == 2,
+        "listing after the failed join: {rows:?}"
+    );
+
+    for p in [&mut host, &mut member] {
+        p.stdin = None;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for p in [&mut host, &mut member] {
+        let code = p.wait_exit(deadline)?;
+        ensure!(code == Some(0), "{} exited with {code:?}", p.name);
+    }
+    eprintln!("test done in {:?}", started.elapsed());
+    Ok(())
+}
