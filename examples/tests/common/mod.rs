@@ -29,6 +29,20 @@ pub fn punch_server_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The `master-server` binary next to `peer` (same target directory).
+pub fn master_server_bin() -> Result<PathBuf> {
+    let peer = PathBuf::from(env!("CARGO_BIN_EXE_peer"));
+    let bin = peer.with_file_name("master-server");
+    if !bin.is_file() {
+        bail!(
+            "master-server binary not found at {}: build it into the same target directory \
+             first (`cargo build -p master-server`)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
 /// A punch server running on the lab's server host.
 pub struct PunchServer {
     /// The process (killed on drop).

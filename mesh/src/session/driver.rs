@@ -235,7 +235,9 @@ pub(crate) fn spawn(
     let shared = Arc::new(Shared {
         local,
         links: RwLock::new(HashMap::new()),
-        snapshot: Mutex::new(Snapshot::default()),
+        // Set before the task runs, so the handle answers at once (e.g. `listing_id` of a
+        // freshly hosted session).
+        snapshot: Mutex::new(snapshot_of(&core)),
         closed: std::sync::atomic::AtomicBool::new(false),
         stats: SessionStats::default(),
     });
@@ -527,6 +529,9 @@ impl SessionTask {
                 None
             }
             Event::Joined => {
+                // The joiner's `join` returns on this signal: its snapshot (members, host,
+                // listing) must be current by then, not only after this drain.
+                self.sync();
                 if let Some(tx) = self.joined.take() {
                     let _ = tx.send(Ok(()));
                 }
@@ -585,17 +590,7 @@ impl SessionTask {
             .shared
             .snapshot
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Snapshot {
-            epoch: self.core.view().epoch,
-            members: if self.core.is_member() {
-                members.clone()
-            } else {
-                Vec::new()
-            },
-            host: self.core.host_id(),
-            listing: self.core.grant().map(|g| g.listing.clone()),
-        };
-        let _ = self.shared.local;
+            .unwrap_or_else(|p| p.into_inner()) = snapshot_of(&self.core);
         self.sync_listing(is_host, members.len());
     }
 
@@ -628,20 +623,27 @@ impl SessionTask {
                     punch: self.listing.punch.clone(),
                 }),
             };
-            let keeper = Keeper::new(
+            // `Keeper::new` takes the row to match `desired` already, but a new host's row
+            // still names the old host and count. Start from a desired state that differs
+            // (no connect, 0 players: a host counts itself) and set the real values, so the
+            // keeper's first request patches them: the connect object names this peer now.
+            let mut keeper = Keeper::new(
                 Instant::now(),
                 id,
                 grant.token,
                 Duration::from_secs(u64::from(cfg.listing_timeout_secs)),
-                desired.clone(),
+                Desired {
+                    players: 0,
+                    connect: None,
+                    ..desired.clone()
+                },
                 KeeperConfig::default(),
             );
-            let handle = KeeperTask::spawn(self.listing.client.clone(), keeper);
-            // A new host says where it is at once (the connect object names it now).
+            keeper.set_players(players);
             if let Some(c) = desired.connect {
-                handle.set_connect(c);
+                keeper.set_connect(c);
             }
-            handle.set_players(players);
+            let handle = KeeperTask::spawn(self.listing.client.clone(), keeper);
             tracing::info!(listing = %id, players, "keeping the listing alive");
             self.keeper = Some((id, handle));
             self.players = players;
@@ -651,6 +653,20 @@ impl SessionTask {
             }
             self.players = players;
         }
+    }
+}
+
+/// The game's view of `core`'s membership.
+fn snapshot_of(core: &Membership) -> Snapshot {
+    Snapshot {
+        epoch: core.view().epoch,
+        members: if core.is_member() {
+            core.view().members.clone()
+        } else {
+            Vec::new()
+        },
+        host: core.host_id(),
+        listing: core.grant().map(|g| g.listing.clone()),
     }
 }
 

@@ -20,11 +20,16 @@
 //!   open that long and print `{"event":"quiet","ms":..}` when nothing more arrived, or
 //!   `{"event":"received",..}` for a datagram that came in anyway (exit 1).
 //!   `--hold-ms` keeps the mapping that long after the first datagram before removing it.
+//! - `host` / `join` / `list` (module `session_cmds`): host, join and list sessions through
+//!   the master server (`--master`) and talk to every member: `listed`, `joined`,
+//!   `member_joined`, `member_left`, `host_changed`, `message`, `ended` lines; stdin lines
+//!   are broadcast, EOF leaves.
 //! - `send-udp`: send one datagram of `--bytes` bytes to `--to` from `--bind` and print
 //!   `{"event":"sent","to":..,"local":..,"bytes":..}`.
 
 mod out;
 mod punch;
+mod session_cmds;
 mod stun_cmds;
 
 use std::net::SocketAddr;
@@ -104,6 +109,44 @@ enum Command {
     },
     /// Map a UDP port with UPnP, receive one datagram through the mapping, remove it.
     Upnp(UpnpArgs),
+    /// Host a session: post the listing, accept joiners, broadcast stdin lines.
+    Host {
+        #[command(flatten)]
+        session: session_cmds::SessionArgs,
+        /// The punch server, `ID@HOST:PORT` (the id is printed by punch-server on start).
+        #[arg(long, env = "PEER_PUNCH")]
+        punch: String,
+        /// Display name of the listing.
+        #[arg(long, env = "PEER_NAME")]
+        name: String,
+        /// Most members, the host included.
+        #[arg(long, env = "PEER_MAX_PLAYERS", default_value_t = 8)]
+        max_players: u32,
+        /// Seconds the listing lives without a heartbeat.
+        #[arg(long, env = "PEER_LISTING_TIMEOUT_SECS", default_value_t = 30)]
+        listing_timeout_secs: u32,
+    },
+    /// Join a session (by id, or the first listed one with space), broadcast stdin lines.
+    Join {
+        #[command(flatten)]
+        session: session_cmds::SessionArgs,
+        /// The listing id to join; without it, the first listed session with space.
+        #[arg(long = "session", env = "PEER_SESSION")]
+        id: Option<String>,
+        /// Reach the members through this punch server (`ID@HOST:PORT`) instead of the
+        /// one the listing names.
+        #[arg(long, env = "PEER_PUNCH")]
+        punch: Option<String>,
+    },
+    /// Print the live sessions of a game, one `session` line each.
+    List {
+        /// The master server's base URL, e.g. `http://127.0.0.1:8080`.
+        #[arg(long, env = "PEER_MASTER")]
+        master: String,
+        /// The game whose sessions to list.
+        #[arg(long, env = "PEER_GAME")]
+        game: String,
+    },
     /// Send one UDP datagram and print what was sent.
     SendUdp {
         /// Destination address.
@@ -198,6 +241,23 @@ fn main() -> ExitCode {
         } => runtime.block_on(stun_cmds::doctor(&stun, bind, timeout_ms)),
         Command::Doctor { .. } => error_line("usage", "doctor needs --punch or --stun"),
         Command::Upnp(args) => runtime.block_on(stun_cmds::upnp(args)),
+        Command::Host {
+            session,
+            punch,
+            name,
+            max_players,
+            listing_timeout_secs,
+        } => runtime.block_on(session_cmds::host(
+            session,
+            &punch,
+            name,
+            max_players,
+            listing_timeout_secs,
+        )),
+        Command::Join { session, id, punch } => {
+            runtime.block_on(session_cmds::join(session, id, punch))
+        }
+        Command::List { master, game } => runtime.block_on(session_cmds::list(&master, &game)),
         Command::SendUdp { to, bind, bytes } => {
             runtime.block_on(stun_cmds::send_udp(to, bind, bytes))
         }
