@@ -87,7 +87,6 @@ pub(crate) struct Snapshot {
 /// State shared between the session task and the game's handle.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    local: PeerId,
     /// Links to current members (what `send` may use).
     links: RwLock<HashMap<PeerId, LinkHandle>>,
     snapshot: Mutex<Snapshot>,
@@ -233,7 +232,6 @@ pub(crate) fn spawn(
 ) -> Session {
     let local = core.local_id();
     let shared = Arc::new(Shared {
-        local,
         links: RwLock::new(HashMap::new()),
         // Set before the task runs, so the handle answers at once (e.g. `listing_id` of a
         // freshly hosted session).
