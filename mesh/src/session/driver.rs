@@ -629,7 +629,12 @@ impl SessionTask {
                 Instant::now(),
                 id,
                 grant.token,
-                Duration::from_secs(u64::from(cfg.listing_timeout_secs)),
+                // The original host's timeout travels with the grant.
+                Duration::from_secs(u64::from(if grant.timeout_secs > 0 {
+                    grant.timeout_secs
+                } else {
+                    cfg.listing_timeout_secs
+                })),
                 Desired {
                     players: 0,
                     connect: None,
