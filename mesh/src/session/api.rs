@@ -335,6 +335,7 @@ impl Mesh {
         core.set_grant(super::ListingGrant {
             listing: created.id.to_string(),
             token: created.token,
+            timeout_secs: config.listing_timeout_secs,
         });
         let listing = driver::ListingContext {
             client: self.listing.clone(),

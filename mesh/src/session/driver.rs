@@ -87,7 +87,6 @@ pub(crate) struct Snapshot {
 /// State shared between the session task and the game's handle.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    local: PeerId,
     /// Links to current members (what `send` may use).
     links: RwLock<HashMap<PeerId, LinkHandle>>,
     snapshot: Mutex<Snapshot>,
@@ -233,7 +232,6 @@ pub(crate) fn spawn(
 ) -> Session {
     let local = core.local_id();
     let shared = Arc::new(Shared {
-        local,
         links: RwLock::new(HashMap::new()),
         // Set before the task runs, so the handle answers at once (e.g. `listing_id` of a
         // freshly hosted session).
@@ -591,7 +589,6 @@ impl SessionTask {
             .snapshot
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = snapshot_of(&self.core);
-        let _ = self.shared.local;
         self.sync_listing(is_host, members.len());
     }
 
@@ -632,7 +629,12 @@ impl SessionTask {
                 Instant::now(),
                 id,
                 grant.token,
-                Duration::from_secs(u64::from(cfg.listing_timeout_secs)),
+                // The original host's timeout travels with the grant.
+                Duration::from_secs(u64::from(if grant.timeout_secs > 0 {
+                    grant.timeout_secs
+                } else {
+                    cfg.listing_timeout_secs
+                })),
                 Desired {
                     players: 0,
                     connect: None,

@@ -64,6 +64,8 @@ pub struct ListingGrant {
     pub listing: String,
     /// The owner token (`Authorization: Bearer`).
     pub token: String,
+    /// The listing's heartbeat timeout in seconds, so a new host keeps the same cadence.
+    pub timeout_secs: u32,
 }
 
 impl std::fmt::Debug for ListingGrant {
@@ -244,13 +246,16 @@ fn read_bool(r: &mut Reader<'_>) -> Result<bool, CodecError> {
 
 fn write_grant(w: &mut Writer<'_>, g: &ListingGrant) -> Result<(), CodecError> {
     w.string("listing id", &g.listing)?;
-    w.string("listing token", &g.token)
+    w.string("listing token", &g.token)?;
+    w.u32(g.timeout_secs);
+    Ok(())
 }
 
 fn read_grant(r: &mut Reader<'_>) -> Result<ListingGrant, CodecError> {
     Ok(ListingGrant {
         listing: r.string("listing id")?,
         token: r.string("listing token")?,
+        timeout_secs: r.u32()?,
     })
 }
 
@@ -467,6 +472,7 @@ mod tests {
         let grant = ListingGrant {
             listing: "6f1c".into(),
             token: "secret".into(),
+            timeout_secs: 30,
         };
         vec![
             SessionMsg::JoinRequest { data: vec![1, 2] },
