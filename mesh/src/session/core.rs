@@ -36,7 +36,9 @@ pub struct MembershipConfig {
     /// A link from which nothing was heard for this long is down. Default 3 s: a dead host
     /// is noticed within it.
     pub detect_timeout: Duration,
-    /// Longest a join may take, on both sides. Default 10 s.
+    /// Longest a join may take, on both sides. Default 20 s: longer than a punch's probing
+    /// budget on a slow path (which grows with the RTT), so an unreachable member is
+    /// reported as such rather than as a timeout.
     pub join_timeout: Duration,
     /// How long the host's application has to accept or reject a joiner; then the default
     /// applies (accept unless locked or full). Default 2 s.
@@ -54,7 +56,7 @@ impl Default for MembershipConfig {
             max_players: 8,
             heartbeat_interval: Duration::from_millis(500),
             detect_timeout: Duration::from_secs(3),
-            join_timeout: Duration::from_secs(10),
+            join_timeout: Duration::from_secs(20),
             decision_timeout: Duration::from_secs(2),
             election_timeout: Duration::from_secs(6),
             max_pending_joins: 8,
@@ -141,6 +143,11 @@ impl Membership {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// The tunables in force.
+    pub fn config(&self) -> &MembershipConfig {
+        &self.config
     }
 
     /// This peer's id.

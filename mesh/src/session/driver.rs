@@ -482,7 +482,7 @@ impl SessionTask {
     }
 
     fn core_join_timeout(&self) -> Duration {
-        Duration::from_secs(10)
+        self.core.config().join_timeout
     }
 
     /// Applies the core's outputs (step 1 of the module docs).
