@@ -81,6 +81,18 @@ pub(crate) struct Snapshot {
     pub listing: Option<String>,
 }
 
+impl Snapshot {
+    /// The view of `core` now.
+    fn of(core: &Membership) -> Self {
+        Snapshot {
+            epoch: core.view().epoch,
+            members: if core.is_member() { core.view().members.clone() } else { Vec::new() },
+            host: core.host_id(),
+            listing: core.grant().map(|g| g.listing.clone()),
+        }
+    }
+}
+
 /// State shared between the session task and the game's handle.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -210,7 +222,8 @@ pub(crate) fn spawn(core: Membership, node: Arc<DirectNode>, listing: ListingCon
     let shared = Arc::new(Shared {
         local,
         links: RwLock::new(HashMap::new()),
-        snapshot: Mutex::new(Snapshot::default()),
+        // Set before `host` returns, so `listing_id()` and `members()` are right at once.
+        snapshot: Mutex::new(Snapshot::of(&core)),
         closed: std::sync::atomic::AtomicBool::new(false),
         stats: SessionStats::default(),
     });
@@ -469,6 +482,9 @@ impl SessionTask {
                 None => {}
             }
         }
+        // The snapshot before the events: a game that reads `members()`, `host()` or
+        // `listing_id()` on an event (or when `join` returns) sees the state after it.
+        self.update_snapshot();
         while let Some(event) = self.core.poll_event() {
             self.on_event(event);
         }
@@ -528,6 +544,11 @@ impl SessionTask {
         }
     }
 
+    /// Publishes the core's view to the game's handle.
+    fn update_snapshot(&self) {
+        *self.shared.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Snapshot::of(&self.core);
+    }
+
     /// Brings the shared link table, the snapshot, the allowlist and the listing up to date.
     fn sync(&mut self) {
         let members: Vec<PeerId> = self.core.view().members.clone();
@@ -542,12 +563,7 @@ impl SessionTask {
         }
         let is_host = self.core.is_host();
         self.node.allowlist().set_open(is_host && !self.core.view().locked);
-        *self.shared.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Snapshot {
-            epoch: self.core.view().epoch,
-            members: if self.core.is_member() { members.clone() } else { Vec::new() },
-            host: self.core.host_id(),
-            listing: self.core.grant().map(|g| g.listing.clone()),
-        };
+        self.update_snapshot();
         let _ = self.shared.local;
         self.sync_listing(is_host, members.len());
     }
