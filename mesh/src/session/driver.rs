@@ -597,20 +597,26 @@ impl SessionTask {
                     punch: self.listing.punch.clone(),
                 }),
             };
-            let keeper = Keeper::new(
+            // The row may still say what the previous host posted: start the keeper from
+            // an unknown player count and connect object, so that setting the real ones
+            // marks them changed and the keeper patches them at once (a keeper started
+            // with the desired state takes the row as up to date and only heartbeats).
+            let stale = Desired {
+                players: 0,
+                connect: None,
+                ..desired.clone()
+            };
+            let mut keeper = Keeper::new(
                 Instant::now(),
                 id,
                 grant.token,
                 Duration::from_secs(u64::from(cfg.listing_timeout_secs)),
-                desired.clone(),
+                stale,
                 KeeperConfig::default(),
             );
-            let handle = KeeperTask::spawn(self.listing.client.clone(), keeper);
             // A new host says where it is at once (the connect object names it now).
-            if let Some(c) = desired.connect {
-                handle.set_connect(c);
-            }
-            handle.set_players(players);
+            keeper.set_desired(&desired);
+            let handle = KeeperTask::spawn(self.listing.client.clone(), keeper);
             tracing::info!(listing = %id, players, "keeping the listing alive");
             self.keeper = Some((id, handle));
             self.players = players;
