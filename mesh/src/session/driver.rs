@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use super::api::{Reliability, SendError, Session, SessionConfig, SessionEvent};
 use super::link::{self, Input, LinkHandle, LinkStats};
