@@ -10,8 +10,8 @@
 //! 5. Read the listing: players = N.
 //! 6. SIGKILL the host's process; wait until every survivor reports the same new host.
 //! 7. Read the listing again: still live, players = N-1, `connect.peer` = the new host.
-//! 8. Close every survivor's stdin (it leaves gracefully) and wait for it to exit; stop
-//!    the servers.
+//! 8. Close each survivor's stdin in turn (it leaves gracefully) and wait for it to exit;
+//!    the last one delists the session. Stop the servers.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::process::Stdio;
@@ -348,12 +348,11 @@ impl Demo {
             killed.elapsed().as_millis()
         ));
 
-        // Step 8: everybody leaves.
+        // Step 8: the survivors leave one after the other, so the last one sees itself
+        // alone and delists the session.
         let leaving = Instant::now();
-        for p in self.peers.iter_mut().filter(|p| p.alive) {
-            p.stdin = None;
-        }
         for k in 1..n {
+            self.peers[k].stdin = None;
             self.expect(&format!("{} to leave", self.name(k)), |n| {
                 n.peer == k && matches!(n.event, Some(FromPeer::Left))
             })
@@ -366,18 +365,18 @@ impl Demo {
             self.tl.detail(format!("{} left and exited", self.name(k)));
         }
         self.tl.step(format!(
-            "all survivors left gracefully ({} ms)",
+            "all survivors left gracefully, one after the other ({} ms)",
             leaving.elapsed().as_millis()
         ));
         match listings.get(listing_id).await {
             Err(e) if e.status() == Some(404) => {
-                self.tl.detail("the last member delisted the session")
+                self.tl.step("listing: gone (the last member delisted it)")
             }
-            Ok(r) => self.tl.detail(format!(
-                "the listing is still there (players {}), it expires on its own",
+            Ok(r) => self.tl.step(format!(
+                "listing: still there (players {}); it expires on its own",
                 r.players
             )),
-            Err(e) => self.tl.detail(format!("could not read the listing: {e}")),
+            Err(e) => self.tl.step(format!("listing: could not be read: {e}")),
         }
         Ok(())
     }
@@ -490,7 +489,8 @@ impl Demo {
         };
         let k = note.peer;
         match &note.event {
-            None if self.peers[k].alive => {
+            // A peer whose stdin is closed is leaving: its output ends.
+            None if self.peers[k].alive && self.peers[k].stdin.is_some() => {
                 bail!("{} exited while waiting for {what}", self.name(k))
             }
             None => {}
