@@ -90,6 +90,7 @@ struct Peer {
     alive: bool,
 }
 
+/// The demo's state: the timeline, the peer processes and their lines.
 struct Demo {
     tl: Timeline,
     opts: Options,
@@ -525,8 +526,10 @@ impl Demo {
                     .detail(format!("{} sees {who} leave ({reason})", self.name(k)));
             }
             Some(FromPeer::Accepted { peer }) => {
+                // Joins run one at a time: the joiner is the newest peer.
+                let joiner = self.peers.len();
                 self.tl.detail(format!(
-                    "{} accepts the join request of {}",
+                    "{} accepts the join request of peer {joiner} ({})",
                     self.name(k),
                     short(peer)
                 ));
