@@ -214,6 +214,8 @@ struct SessionTask {
     keeper: Option<(ListingId, KeeperHandle)>,
     players: u32,
     leaving: Option<oneshot::Sender<()>>,
+    /// Members whose `MemberJoined` waits for their link (at most `MAX_MEMBERS`).
+    held_joins: Vec<PeerId>,
 }
 
 /// Starts the session task for `core` on `node`.
@@ -246,6 +248,7 @@ pub(crate) fn spawn(core: Membership, node: Arc<DirectNode>, listing: ListingCon
         keeper: None,
         players: 0,
         leaving: None,
+        held_joins: Vec::new(),
     };
     let span = tracing::info_span!("session", peer = %local.short());
     let handle = tokio::spawn(tracing::Instrument::instrument(
@@ -482,13 +485,15 @@ impl SessionTask {
                 None => {}
             }
         }
-        // The snapshot before the events: a game that reads `members()`, `host()` or
-        // `listing_id()` on an event (or when `join` returns) sees the state after it.
-        self.update_snapshot();
+        // Links and snapshot before the events: a game that reads `members()`, `host()` or
+        // `listing_id()`, or sends, on an event (or when `join` returns) sees the state
+        // after it.
+        self.publish();
         while let Some(event) = self.core.poll_event() {
             self.on_event(event);
         }
         self.sync();
+        self.release_held_joins();
     }
 
     fn on_event(&mut self, event: Event) {
@@ -518,7 +523,22 @@ impl SessionTask {
                 None
             }
             Event::JoinRequest { peer, data } => Some(SessionEvent::JoinRequest { peer, data }),
+            // A member's connection to us may still be in its stream setup when the host's
+            // view names it: hold the event until its link is published, so that a game
+            // that sends on `MemberJoined` reaches it (`broadcast` skips members without
+            // a link).
+            Event::MemberJoined(peer) if !self.links.contains_key(&peer) => {
+                if !self.held_joins.contains(&peer) {
+                    self.held_joins.push(peer);
+                }
+                None
+            }
             Event::MemberJoined(peer) => Some(SessionEvent::MemberJoined(peer)),
+            // The game never saw it join: it does not see it leave either.
+            Event::MemberLeft { peer, .. } if self.held_joins.contains(&peer) => {
+                self.held_joins.retain(|p| *p != peer);
+                None
+            }
             Event::MemberLeft { peer, reason } => Some(SessionEvent::MemberLeft { peer, reason }),
             Event::HostChanged { old, new } => Some(SessionEvent::HostChanged { old, new }),
             Event::Violation { peer, why } => {
@@ -536,11 +556,16 @@ impl SessionTask {
             }
         };
         if let Some(e) = game {
-            // Membership events are rare; a full queue means the game stopped reading.
-            if self.events.try_send(e).is_err() {
-                self.shared.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("session event dropped: the game does not take events");
-            }
+            self.deliver(e);
+        }
+    }
+
+    /// Hands a membership event to the game.
+    fn deliver(&self, e: SessionEvent) {
+        // Membership events are rare; a full queue means the game stopped reading.
+        if self.events.try_send(e).is_err() {
+            self.shared.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("session event dropped: the game does not take events");
         }
     }
 
@@ -551,21 +576,38 @@ impl SessionTask {
 
     /// Brings the shared link table, the snapshot, the allowlist and the listing up to date.
     fn sync(&mut self) {
-        let members: Vec<PeerId> = self.core.view().members.clone();
+        self.publish();
+        let is_host = self.core.is_host();
+        self.node.allowlist().set_open(is_host && !self.core.view().locked);
+        let _ = self.shared.local;
+        self.sync_listing(is_host, self.core.view().members.len());
+    }
+
+    /// Publishes the links of current members (what `send` and `broadcast` use) and the
+    /// snapshot to the game's handle.
+    fn publish(&self) {
         {
             let mut shared = self.shared.links.write().unwrap_or_else(|p| p.into_inner());
             shared.clear();
-            for m in members.iter().filter(|m| self.core.accepts_messages_from(m)) {
+            for m in self.core.view().members.iter().filter(|m| self.core.accepts_messages_from(m)) {
                 if let Some(l) = self.links.get(m) {
                     shared.insert(*m, l.clone());
                 }
             }
         }
-        let is_host = self.core.is_host();
-        self.node.allowlist().set_open(is_host && !self.core.view().locked);
         self.update_snapshot();
-        let _ = self.shared.local;
-        self.sync_listing(is_host, members.len());
+    }
+
+    /// Delivers the held `MemberJoined` events of members whose link is now published.
+    fn release_held_joins(&mut self) {
+        let ready: Vec<PeerId> = {
+            let shared = self.shared.links.read().unwrap_or_else(|p| p.into_inner());
+            self.held_joins.iter().filter(|p| shared.contains_key(p)).copied().collect()
+        };
+        for peer in ready {
+            self.held_joins.retain(|p| *p != peer);
+            self.deliver(SessionEvent::MemberJoined(peer));
+        }
     }
 
     fn sync_listing(&mut self, is_host: bool, players: usize) {
