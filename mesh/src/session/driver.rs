@@ -84,6 +84,22 @@ pub(crate) struct Snapshot {
     pub listing: Option<String>,
 }
 
+impl Snapshot {
+    /// The view of `core` now.
+    fn of(core: &Membership) -> Self {
+        Snapshot {
+            epoch: core.view().epoch,
+            members: if core.is_member() {
+                core.view().members.clone()
+            } else {
+                Vec::new()
+            },
+            host: core.host_id(),
+            listing: core.grant().map(|g| g.listing.clone()),
+        }
+    }
+}
+
 /// State shared between the session task and the game's handle.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -221,6 +237,8 @@ struct SessionTask {
     keeper: Option<(ListingId, KeeperHandle)>,
     players: u32,
     leaving: Option<oneshot::Sender<()>>,
+    /// Members whose `MemberJoined` waits for their link (at most `MAX_MEMBERS`).
+    held_joins: Vec<PeerId>,
 }
 
 /// Starts the session task for `core` on `node`.
@@ -233,9 +251,8 @@ pub(crate) fn spawn(
     let local = core.local_id();
     let shared = Arc::new(Shared {
         links: RwLock::new(HashMap::new()),
-        // Set before the task runs, so the handle answers at once (e.g. `listing_id` of a
-        // freshly hosted session).
-        snapshot: Mutex::new(snapshot_of(&core)),
+        // Set before `host` returns, so `listing_id()` and `members()` are right at once.
+        snapshot: Mutex::new(Snapshot::of(&core)),
         closed: std::sync::atomic::AtomicBool::new(false),
         stats: SessionStats::default(),
     });
@@ -258,6 +275,7 @@ pub(crate) fn spawn(
         keeper: None,
         players: 0,
         leaving: None,
+        held_joins: Vec::new(),
     };
     let span = tracing::info_span!("session", peer = %local.short());
     let handle = tokio::spawn(tracing::Instrument::instrument(
@@ -500,10 +518,15 @@ impl SessionTask {
                 None => {}
             }
         }
+        // Links and snapshot before the events: a game that reads `members()`, `host()` or
+        // `listing_id()`, or sends, on an event (or when `join` returns) sees the state
+        // after it.
+        self.publish();
         while let Some(event) = self.core.poll_event() {
             self.on_event(event);
         }
         self.sync();
+        self.release_held_joins();
     }
 
     fn on_event(&mut self, event: Event) {
@@ -527,16 +550,28 @@ impl SessionTask {
                 None
             }
             Event::Joined => {
-                // The joiner's `join` returns on this signal: its snapshot (members, host,
-                // listing) must be current by then, not only after this drain.
-                self.sync();
                 if let Some(tx) = self.joined.take() {
                     let _ = tx.send(Ok(()));
                 }
                 None
             }
             Event::JoinRequest { peer, data } => Some(SessionEvent::JoinRequest { peer, data }),
+            // A member's connection to us may still be in its stream setup when the host's
+            // view names it: hold the event until its link is published, so that a game
+            // that sends on `MemberJoined` reaches it (`broadcast` skips members without
+            // a link).
+            Event::MemberJoined(peer) if !self.links.contains_key(&peer) => {
+                if !self.held_joins.contains(&peer) {
+                    self.held_joins.push(peer);
+                }
+                None
+            }
             Event::MemberJoined(peer) => Some(SessionEvent::MemberJoined(peer)),
+            // The game never saw it join: it does not see it leave either.
+            Event::MemberLeft { peer, .. } if self.held_joins.contains(&peer) => {
+                self.held_joins.retain(|p| *p != peer);
+                None
+            }
             Event::MemberLeft { peer, reason } => Some(SessionEvent::MemberLeft { peer, reason }),
             Event::HostChanged { old, new } => Some(SessionEvent::HostChanged { old, new }),
             Event::Violation { peer, why } => {
@@ -554,24 +589,51 @@ impl SessionTask {
             }
         };
         if let Some(e) = game {
-            // Membership events are rare; a full queue means the game stopped reading.
-            if self.events.try_send(e).is_err() {
-                self.shared
-                    .stats
-                    .events_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("session event dropped: the game does not take events");
-            }
+            self.deliver(e);
         }
+    }
+
+    /// Hands a membership event to the game.
+    fn deliver(&self, e: SessionEvent) {
+        // Membership events are rare; a full queue means the game stopped reading.
+        if self.events.try_send(e).is_err() {
+            self.shared
+                .stats
+                .events_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("session event dropped: the game does not take events");
+        }
+    }
+
+    /// Publishes the core's view to the game's handle.
+    fn update_snapshot(&self) {
+        *self
+            .shared
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Snapshot::of(&self.core);
     }
 
     /// Brings the shared link table, the snapshot, the allowlist and the listing up to date.
     fn sync(&mut self) {
-        let members: Vec<PeerId> = self.core.view().members.clone();
+        self.publish();
+        let is_host = self.core.is_host();
+        self.node
+            .allowlist()
+            .set_open(is_host && !self.core.view().locked);
+        self.sync_listing(is_host, self.core.view().members.len());
+    }
+
+    /// Publishes the links of current members (what `send` and `broadcast` use) and the
+    /// snapshot to the game's handle.
+    fn publish(&self) {
         {
             let mut shared = self.shared.links.write().unwrap_or_else(|p| p.into_inner());
             shared.clear();
-            for m in members
+            for m in self
+                .core
+                .view()
+                .members
                 .iter()
                 .filter(|m| self.core.accepts_messages_from(m))
             {
@@ -580,16 +642,23 @@ impl SessionTask {
                 }
             }
         }
-        let is_host = self.core.is_host();
-        self.node
-            .allowlist()
-            .set_open(is_host && !self.core.view().locked);
-        *self
-            .shared
-            .snapshot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = snapshot_of(&self.core);
-        self.sync_listing(is_host, members.len());
+        self.update_snapshot();
+    }
+
+    /// Delivers the held `MemberJoined` events of members whose link is now published.
+    fn release_held_joins(&mut self) {
+        let ready: Vec<PeerId> = {
+            let shared = self.shared.links.read().unwrap_or_else(|p| p.into_inner());
+            self.held_joins
+                .iter()
+                .filter(|p| shared.contains_key(p))
+                .copied()
+                .collect()
+        };
+        for peer in ready {
+            self.held_joins.retain(|p| *p != peer);
+            self.deliver(SessionEvent::MemberJoined(peer));
+        }
     }
 
     fn sync_listing(&mut self, is_host: bool, players: usize) {
@@ -621,10 +690,15 @@ impl SessionTask {
                     punch: self.listing.punch.clone(),
                 }),
             };
-            // `Keeper::new` takes the row to match `desired` already, but a new host's row
-            // still names the old host and count. Start from a desired state that differs
-            // (no connect, 0 players: a host counts itself) and set the real values, so the
-            // keeper's first request patches them: the connect object names this peer now.
+            // The row may still say what the previous host posted: start the keeper from
+            // an unknown player count and connect object, so that setting the real ones
+            // marks them changed and the keeper patches them at once (a keeper started
+            // with the desired state takes the row as up to date and only heartbeats).
+            let stale = Desired {
+                players: 0,
+                connect: None,
+                ..desired.clone()
+            };
             let mut keeper = Keeper::new(
                 Instant::now(),
                 id,
@@ -635,17 +709,11 @@ impl SessionTask {
                 } else {
                     cfg.listing_timeout_secs
                 })),
-                Desired {
-                    players: 0,
-                    connect: None,
-                    ..desired.clone()
-                },
+                stale,
                 KeeperConfig::default(),
             );
-            keeper.set_players(players);
-            if let Some(c) = desired.connect {
-                keeper.set_connect(c);
-            }
+            // A new host says where it is at once (the connect object names it now).
+            keeper.set_desired(&desired);
             let handle = KeeperTask::spawn(self.listing.client.clone(), keeper);
             tracing::info!(listing = %id, players, "keeping the listing alive");
             self.keeper = Some((id, handle));
@@ -656,20 +724,6 @@ impl SessionTask {
             }
             self.players = players;
         }
-    }
-}
-
-/// The game's view of `core`'s membership.
-fn snapshot_of(core: &Membership) -> Snapshot {
-    Snapshot {
-        epoch: core.view().epoch,
-        members: if core.is_member() {
-            core.view().members.clone()
-        } else {
-            Vec::new()
-        },
-        host: core.host_id(),
-        listing: core.grant().map(|g| g.listing.clone()),
     }
 }
 
