@@ -281,7 +281,13 @@ impl SessionTask {
         mut wakes: mpsc::Receiver<Wake>,
         mut commands: mpsc::Receiver<Command>,
     ) {
-        let accept = tokio::spawn(accept_loop(self.node.clone(), self.wake_tx.clone()));
+        // Aborted on drop: also when this task is aborted (`Session` dropped without
+        // `leave`), where the code after the loop never runs. A detached accept loop would
+        // keep the node (its socket, its punch-server registration) alive for good.
+        let accept = AbortOnDrop(tokio::spawn(accept_loop(
+            self.node.clone(),
+            self.wake_tx.clone(),
+        )));
         loop {
             self.flush();
             if self.core.is_ended() {
@@ -299,7 +305,7 @@ impl SessionTask {
                 _ = sleep_until_opt(deadline) => self.core.handle_timeout(Instant::now()),
             }
         }
-        accept.abort();
+        drop(accept);
         self.finish().await;
     }
 
@@ -670,6 +676,15 @@ fn snapshot_of(core: &Membership) -> Snapshot {
         },
         host: core.host_id(),
         listing: core.grant().map(|g| g.listing.clone()),
+    }
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
