@@ -824,7 +824,7 @@ async fn bench_crash(s: &Servers) -> Result<()> {
         ms(changed),
         ms(listed)
     );
-    println!("   (the members' detect_timeout is the default 3 s)");
+    println!("   (detect_timeout is the default 3 s, counted from the last frame heard: heartbeats go every 500 ms)");
     leave_all(peers).await;
     Ok(())
 }
