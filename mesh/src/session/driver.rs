@@ -494,16 +494,31 @@ impl SessionTask {
     /// Applies the core's outputs (step 1 of the module docs).
     fn flush(&mut self) {
         let now = Instant::now();
-        while let Some((to, msg)) = self.core.poll_transmit() {
-            match self.links.get(&to) {
-                Some(l) if l.send(&msg) => self.core.note_sent(now, to),
-                Some(_) => {
-                    self.shared
-                        .stats
-                        .frames_dropped
-                        .fetch_add(1, Ordering::Relaxed);
+        loop {
+            let mut overloaded = Vec::new();
+            while let Some((to, msg)) = self.core.poll_transmit() {
+                match self.links.get(&to) {
+                    Some(l) if l.send(&msg) => self.core.note_sent(now, to),
+                    Some(_) => overloaded.push(to),
+                    None => {}
                 }
-                None => {}
+            }
+            if overloaded.is_empty() {
+                break;
+            }
+            // A membership message that finds even the reserved slots full would be lost
+            // and leave the two sides disagreeing: the link is closed instead, and the
+            // core handles it as any broken link.
+            for peer in overloaded {
+                self.shared
+                    .stats
+                    .frames_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(l) = self.drop_link(&peer) {
+                    tracing::warn!(peer = %peer.short(), "link queue full: closing the link");
+                    l.conn.close(4u32.into(), b"session link overloaded");
+                    self.core.handle_link_down(now, peer);
+                }
             }
         }
         while let Some(event) = self.core.poll_event() {
