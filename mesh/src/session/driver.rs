@@ -69,7 +69,7 @@ pub struct SessionStats {
     pub events_dropped: AtomicU64,
     /// Protocol violations by peers (their links were closed).
     pub violations: AtomicU64,
-    /// Frames dropped because a link's queue was full.
+    /// Membership frames that found a link's queue full (that link was closed).
     pub frames_dropped: AtomicU64,
     /// Per-link counters (datagrams dropped, malformed frames).
     pub links: Arc<LinkStats>,
