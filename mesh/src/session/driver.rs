@@ -69,7 +69,7 @@ pub struct SessionStats {
     pub events_dropped: AtomicU64,
     /// Protocol violations by peers (their links were closed).
     pub violations: AtomicU64,
-    /// Frames dropped because a link's queue was full.
+    /// Membership frames that found a link's queue full (that link was closed).
     pub frames_dropped: AtomicU64,
     /// Per-link counters (datagrams dropped, malformed frames).
     pub links: Arc<LinkStats>,
@@ -299,7 +299,13 @@ impl SessionTask {
         mut wakes: mpsc::Receiver<Wake>,
         mut commands: mpsc::Receiver<Command>,
     ) {
-        let accept = tokio::spawn(accept_loop(self.node.clone(), self.wake_tx.clone()));
+        // Aborted on drop: also when this task is aborted (`Session` dropped without
+        // `leave`), where the code after the loop never runs. A detached accept loop would
+        // keep the node (its socket, its punch-server registration) alive for good.
+        let accept = AbortOnDrop(tokio::spawn(accept_loop(
+            self.node.clone(),
+            self.wake_tx.clone(),
+        )));
         loop {
             self.flush();
             if self.core.is_ended() {
@@ -317,7 +323,7 @@ impl SessionTask {
                 _ = sleep_until_opt(deadline) => self.core.handle_timeout(Instant::now()),
             }
         }
-        accept.abort();
+        drop(accept);
         self.finish().await;
     }
 
@@ -506,16 +512,31 @@ impl SessionTask {
     /// Applies the core's outputs (step 1 of the module docs).
     fn flush(&mut self) {
         let now = Instant::now();
-        while let Some((to, msg)) = self.core.poll_transmit() {
-            match self.links.get(&to) {
-                Some(l) if l.send(&msg) => self.core.note_sent(now, to),
-                Some(_) => {
-                    self.shared
-                        .stats
-                        .frames_dropped
-                        .fetch_add(1, Ordering::Relaxed);
+        loop {
+            let mut overloaded = Vec::new();
+            while let Some((to, msg)) = self.core.poll_transmit() {
+                match self.links.get(&to) {
+                    Some(l) if l.send(&msg) => self.core.note_sent(now, to),
+                    Some(_) => overloaded.push(to),
+                    None => {}
                 }
-                None => {}
+            }
+            if overloaded.is_empty() {
+                break;
+            }
+            // A membership message that finds even the reserved slots full would be lost
+            // and leave the two sides disagreeing: the link is closed instead, and the
+            // core handles it as any broken link.
+            for peer in overloaded {
+                self.shared
+                    .stats
+                    .frames_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(l) = self.drop_link(&peer) {
+                    tracing::warn!(peer = %peer.short(), "link queue full: closing the link");
+                    l.conn.close(4u32.into(), b"session link overloaded");
+                    self.core.handle_link_down(now, peer);
+                }
             }
         }
         // Links and snapshot before the events: a game that reads `members()`, `host()` or

@@ -25,6 +25,9 @@ use crate::identity::PeerId;
 
 /// Most encoded frames queued for one link's stream.
 pub const LINK_QUEUE: usize = 1024;
+/// Slots of a link's queue that game messages cannot take: membership frames (views,
+/// election reports, heartbeats) always find room behind a burst of game traffic.
+pub const CONTROL_RESERVE: usize = 64;
 /// How long a closing link waits for its last frames to be read.
 const FLUSH_WAIT: Duration = Duration::from_secs(1);
 /// QUIC application error code of a session link closed on purpose.
@@ -77,15 +80,17 @@ pub(crate) struct LinkHandle {
 }
 
 impl LinkHandle {
-    /// Queues `msg` on the stream. False if it does not encode or the queue is full.
+    /// Queues a membership message on the stream (it may use the reserved slots). False if
+    /// it does not encode or the queue is full even so.
     pub fn send(&self, msg: &SessionMsg) -> bool {
         let mut buf = Vec::new();
         encode(msg, &mut buf).is_ok() && self.frames.try_send(Bytes::from(buf)).is_ok()
     }
 
-    /// Queues an already encoded frame. False if the queue is full or the link closed.
+    /// Queues an encoded game frame. False if only the reserved slots are left, or the
+    /// link closed.
     pub fn send_frame(&self, frame: Bytes) -> bool {
-        self.frames.try_send(frame).is_ok()
+        self.frames.capacity() > CONTROL_RESERVE && self.frames.try_send(frame).is_ok()
     }
 
     /// Finishes the stream after the queued frames and closes the connection.
