@@ -748,6 +748,15 @@ impl SessionTask {
     }
 }
 
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Hands every accepted connection (with its session stream) to the session task.
 async fn accept_loop(node: Arc<DirectNode>, wakes: mpsc::Sender<Wake>) {
     while let Some(result) = node.accept().await {
