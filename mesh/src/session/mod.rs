@@ -26,6 +26,7 @@ mod host;
 mod joiner;
 mod link;
 mod msg;
+mod shared;
 #[cfg(any(test, feature = "sim"))]
 #[doc(hidden)]
 pub mod sim;
@@ -37,12 +38,12 @@ pub use api::{
     HostError, JoinError, JoinTarget, Mesh, MeshConfig, Reliability, SendError, Session,
     SessionConfig, SessionEvent,
 };
-pub use driver::SessionStats;
 pub use link::LinkStats;
 pub use msg::{
     ListingGrant, RejectReason, SessionMsg, View, MAX_JOIN_DATA, MAX_MEMBERS, MAX_RELIABLE_MESSAGE,
     MAX_SESSION_FRAME, SESSION_VERSION,
 };
+pub use shared::SessionStats;
 
 use crate::identity::PeerId;
 
