@@ -18,15 +18,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
-use common::{master_server_bin, punch_server_bin};
+use anyhow::{ensure, Context, Result};
+use common::loopback::{get_session, str_of, Proc, Servers};
 use serde_json::Value;
 
 /// Longest wait for one expected line.
@@ -37,190 +33,15 @@ const MIGRATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// The game of the test's sessions.
 const GAME: &str = "loopback-session";
 
-/// A child process: stdin piped, stdout JSON lines kept in order; killed on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    /// Every JSON line read so far.
-    seen: Vec<Value>,
-}
-
-impl Proc {
-    fn spawn(name: &str, program: &Path, args: &[&str]) -> Result<Self> {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("spawning {}", program.display()))?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let stdin = child.stdin.take();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Self {
-            name: name.to_string(),
-            child,
-            stdin,
-            lines,
-            seen: Vec::new(),
-        })
-    }
-
-    fn peer(name: &str, args: &[&str]) -> Result<Self> {
-        Self::spawn(name, Path::new(env!("CARGO_BIN_EXE_peer")), args)
-    }
-
-    /// The first line (seen before or arriving within `timeout`) that `pred` accepts.
-    fn wait(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Result<Value> {
-        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
-            return Ok(v.clone());
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match self.lines.recv_timeout(left) {
-                Ok(l) => l,
-                Err(_) => bail!(
-                    "{}: no {what} within {timeout:?}; saw {:?}",
-                    self.name,
-                    self.seen
-                ),
-            };
-            eprintln!("{}: {line}", self.name);
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            self.seen.push(v.clone());
-            ensure!(
-                v["event"] != "error" && v["event"] != "ended",
-                "{}: unexpected {v} while waiting for {what}",
-                self.name
-            );
-            if pred(&v) {
-                return Ok(v);
-            }
-        }
-    }
-
-    /// The first line with `event` == `name` whose `key` is `value`.
-    fn wait_event(
-        &mut self,
-        name: &str,
-        key: &str,
-        value: &str,
-        timeout: Duration,
-    ) -> Result<Value> {
-        let what = format!("{name} with {key}={value}");
-        self.wait(&what, timeout, |v| v["event"] == name && v[key] == value)
-    }
-
-    fn send_line(&mut self, text: &str) -> Result<()> {
-        let stdin = self.stdin.as_mut().context("stdin closed")?;
-        writeln!(stdin, "{text}")?;
-        stdin.flush()?;
-        Ok(())
-    }
-
-    /// Waits until the process exits (after its stdin was closed) and checks status 0.
-    fn wait_exit_ok(&mut self, deadline: Instant) -> Result<()> {
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                ensure!(status.success(), "{} exited with {status}", self.name);
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "{} did not exit after EOF",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The first JSON line of a server process, which must be `listening`.
-fn listening(proc: &mut Proc) -> Result<Value> {
-    proc.wait("listening", LINE_TIMEOUT, |v| v["event"] == "listening")
-}
-
-fn str_of(v: &Value, key: &str) -> Result<String> {
-    v[key]
-        .as_str()
-        .map(str::to_string)
-        .with_context(|| format!("no string {key} in {v}"))
-}
-
-/// `GET /v1/sessions/{id}` on the master server, over a plain HTTP/1.1 connection.
-fn get_session(master: &str, id: &str) -> Result<Value> {
-    let mut stream = TcpStream::connect(master)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET /v1/sessions/{id} HTTP/1.1\r\nHost: {master}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").context("no HTTP body")?;
-    ensure!(
-        head.starts_with("HTTP/1.1 200"),
-        "GET /v1/sessions/{id}: {head}"
-    );
-    serde_json::from_str(body).with_context(|| format!("body {body:?}"))
-}
-
 #[test]
 fn eight_peers_full_mesh_host_migration_and_rejoin() -> Result<()> {
     let started = Instant::now();
-    let dir = tempfile::tempdir()?;
-    let db = format!("sqlite:{}", dir.path().join("master.db").display());
-    let mut master = Proc::spawn(
-        "master",
-        &master_server_bin()?,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            &db,
-            "--rate-limit",
-            "0",
-        ],
-    )?;
-    let master_addr = str_of(&listening(&mut master)?, "addr")?;
-    let master_url = format!("http://{master_addr}");
-    let key = dir.path().join("punch.key");
-    let mut punch = Proc::spawn(
-        "punch",
-        &punch_server_bin()?,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--key-file",
-            &key.to_string_lossy(),
-        ],
-    )?;
-    let line = listening(&mut punch)?;
-    let punch_addr = format!("{}@{}", str_of(&line, "id")?, str_of(&line, "addr")?);
+    let servers = Servers::start(Stdio::inherit)?;
+    let (master_addr, master_url, punch_addr) = (
+        servers.master_addr.clone(),
+        servers.master_url.clone(),
+        servers.punch_addr.clone(),
+    );
     let node = [
         "--no-upnp",
         "--bind",
@@ -365,7 +186,7 @@ fn eight_peers_full_mesh_host_migration_and_rejoin() -> Result<()> {
 
     // 6. EOF on every stdin: each leaves and exits 0.
     for p in &mut peers {
-        p.stdin = None;
+        p.close_stdin();
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     for p in &mut peers {

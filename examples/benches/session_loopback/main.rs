@@ -33,13 +33,13 @@ mod common;
 mod peer;
 mod servers;
 
+use common::loopback::{str_of, Proc, Servers};
 use peer::*;
 use servers::*;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -52,7 +52,6 @@ use mesh::listing::ListingId;
 use mesh::session::{
     JoinTarget, Mesh, MeshConfig, Reliability, SendError, Session, SessionConfig, SessionEvent,
 };
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -412,7 +411,8 @@ async fn bench_abort(formed: Formed) -> Result<()> {
 async fn bench_crash(s: &Servers) -> Result<()> {
     println!("== failover, crash: a `peer host` child with 7 in-process members is SIGKILLed");
     let peer_bin = Path::new(env!("CARGO_BIN_EXE_peer"));
-    let mut host = Proc::spawn(
+    let mut host = Proc::spawn_with(
+        "host",
         peer_bin,
         &[
             "host",
@@ -428,8 +428,9 @@ async fn bench_crash(s: &Servers) -> Result<()> {
             "--game",
             GAME,
         ],
+        Stdio::null(),
     )?;
-    let listed = host.wait_event("listed")?;
+    let listed = host.wait("listed", STEP_TIMEOUT, |v| v["event"] == "listed")?;
     let listing: ListingId = str_of(&listed, "session")?
         .parse()
         .map_err(|e| anyhow::anyhow!("listing id: {e:?}"))?;

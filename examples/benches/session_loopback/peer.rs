@@ -158,6 +158,12 @@ pub(crate) fn count_error(rec: &Shared, e: &SendError) {
         SendError::QueueFull(_) => "queue full",
         SendError::Datagram(_) => "datagram",
         SendError::Closed => "closed",
+        SendError::Partial { failed, .. } => {
+            for (_, e) in failed {
+                count_error(rec, e);
+            }
+            return;
+        }
     };
     *lock(rec).send_errors.entry(kind).or_default() += 1;
 }

@@ -3,6 +3,8 @@
 //! lines of `peer`. Each test binary uses only some of them (hence `dead_code`).
 #![allow(dead_code)]
 
+pub mod loopback;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

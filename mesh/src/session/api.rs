@@ -104,6 +104,14 @@ pub enum SendError {
     /// gone).
     #[error("datagram not sent: {0}")]
     Datagram(String),
+    /// A broadcast missed some members (the others got it).
+    #[error("sent to {sent} members, not to {}: {}", failed.len(), failed.first().map(|f| f.1.to_string()).unwrap_or_default())]
+    Partial {
+        /// How many members it was queued for.
+        sent: usize,
+        /// The members it missed, each with why.
+        failed: Vec<(PeerId, SendError)>,
+    },
     /// The session is over.
     #[error("the session is over")]
     Closed,
@@ -225,8 +233,9 @@ pub struct MeshConfig {
     pub membership: MembershipConfig,
     /// Timeout of each master-server request. Default 5 s.
     pub request_timeout: Duration,
-    /// Bound of the queue of events not yet taken by the game. Default 4096; game messages
-    /// that find it full are dropped and counted.
+    /// Bound of the queue of game messages not yet taken by the game. Default 4096. A
+    /// reliable message that finds it full waits (the sender's queue then fills and its
+    /// `send` says [`SendError::QueueFull`]); a datagram is dropped and counted.
     pub event_queue: usize,
 }
 
@@ -416,7 +425,12 @@ pub struct Session {
     pub(super) local: PeerId,
     pub(super) shared: Arc<Shared>,
     pub(super) commands: tokio::sync::mpsc::Sender<Command>,
+    /// Membership events (rare; dropped and counted if the game never reads).
     pub(super) events: tokio::sync::mpsc::Receiver<SessionEvent>,
+    /// Game messages (reliable ones wait for room).
+    pub(super) messages: tokio::sync::mpsc::Receiver<SessionEvent>,
+    /// The session ended: `Ended` (once the queued messages are taken), then nothing.
+    pub(super) ending: Option<Option<SessionEvent>>,
     pub(super) joined: Option<tokio::sync::oneshot::Receiver<Result<(), JoinFailure>>>,
     pub(super) task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -461,8 +475,28 @@ impl Session {
     }
 
     /// The next event; `None` once the session is over and every event was taken.
+    ///
+    /// Membership events come before game messages that are waiting at the same time;
+    /// the messages already received when the session ends come before
+    /// [`SessionEvent::Ended`].
     pub async fn next_event(&mut self) -> Option<SessionEvent> {
-        self.events.recv().await
+        if self.ending.is_none() {
+            tokio::select! {
+                biased;
+                event = self.events.recv() => match event {
+                    Some(SessionEvent::Ended(why)) => {
+                        self.ending = Some(Some(SessionEvent::Ended(why)));
+                    }
+                    Some(e) => return Some(e),
+                    None => self.ending = Some(None),
+                },
+                Some(message) = self.messages.recv() => return Some(message),
+            }
+        }
+        if let Ok(message) = self.messages.try_recv() {
+            return Some(message);
+        }
+        self.ending.as_mut().and_then(Option::take)
     }
 
     /// Sends `bytes` to one member.
@@ -475,7 +509,9 @@ impl Session {
         self.shared.send(peer, bytes, reliability)
     }
 
-    /// Sends `bytes` to every other member; the first error is returned after trying all.
+    /// Sends `bytes` to every other member. When some members cannot take it,
+    /// [`SendError::Partial`] names them (the others got it); a message too large or a
+    /// closed session fails for everyone.
     pub fn broadcast(&self, bytes: Bytes, reliability: Reliability) -> Result<(), SendError> {
         self.shared.broadcast(bytes, reliability)
     }

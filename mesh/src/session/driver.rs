@@ -17,10 +17,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::api::{Reliability, Session, SessionConfig, SessionEvent};
+use super::api::{Session, SessionConfig, SessionEvent};
+use super::app_link::AppSink;
 use super::link::{self, Input, LinkHandle};
 pub(crate) use super::shared::{SessionStats, Shared, Snapshot};
 use super::{Decision, Event, Membership, SessionEnd, SessionMsg};
@@ -35,6 +35,8 @@ use crate::listing::{
 const INPUT_QUEUE: usize = 4096;
 /// Bound of the game's command queue.
 const COMMAND_QUEUE: usize = 256;
+/// Bound of the queue of membership events not yet taken by the game.
+const MEMBERSHIP_EVENTS: usize = 1024;
 /// Longest a link's stream setup may take.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the last member waits for the delisting to be confirmed.
@@ -85,6 +87,8 @@ struct SessionTask {
     input_tx: mpsc::Sender<Input>,
     wake_tx: mpsc::Sender<Wake>,
     events: mpsc::Sender<SessionEvent>,
+    /// Where links put game messages.
+    sink: AppSink,
     joined: Option<oneshot::Sender<Result<(), super::JoinFailure>>>,
     keeper: Option<(ListingId, KeeperHandle)>,
     players: u32,
@@ -106,12 +110,14 @@ pub(crate) fn spawn(
         // Set before `host` returns, so `listing_id()` and `members()` are right at once.
         snapshot: Mutex::new(Snapshot::of(&core)),
         closed: std::sync::atomic::AtomicBool::new(false),
+        published: tokio::sync::Notify::new(),
         stats: SessionStats::default(),
     });
     let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
     let (wake_tx, wake_rx) = mpsc::channel(INPUT_QUEUE);
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
-    let (events_tx, events) = mpsc::channel(event_queue.max(16));
+    let (events_tx, events) = mpsc::channel(MEMBERSHIP_EVENTS);
+    let (messages_tx, messages) = mpsc::channel(event_queue.max(16));
     let (joined_tx, joined_rx) = oneshot::channel();
     let joining = !core.is_member();
     let task = SessionTask {
@@ -123,6 +129,10 @@ pub(crate) fn spawn(
         input_tx,
         wake_tx,
         events: events_tx,
+        sink: AppSink {
+            messages: messages_tx,
+            shared: shared.clone(),
+        },
         joined: joining.then_some(joined_tx),
         keeper: None,
         players: 0,
@@ -139,6 +149,8 @@ pub(crate) fn spawn(
         shared,
         commands,
         events,
+        messages,
+        ending: None,
         joined: joining.then_some(joined_rx),
         task: Some(handle),
     }
@@ -182,6 +194,7 @@ impl SessionTask {
     /// After the core ended: flush links, delist if this was the last member, stop.
     async fn finish(mut self) {
         self.shared.closed.store(true, Ordering::Relaxed);
+        self.shared.published.notify_waiters();
         let last = self.core.view().members.len() <= 1;
         if let Some((_, keeper)) = self.keeper.take() {
             if last && self.leaving.is_some() {
@@ -207,19 +220,11 @@ impl SessionTask {
                 if !self.is_current(&peer, link) {
                     return;
                 }
-                if let SessionMsg::App { data } = msg {
-                    self.core.note_heard(now, peer);
-                    if self.core.accepts_messages_from(&peer) {
-                        self.game_message(peer, Bytes::from(data), Reliability::ReliableOrdered);
-                    }
+                if let SessionMsg::App { .. } = msg {
+                    // Game messages travel on the app stream.
+                    self.violation(now, peer, "a game message on the membership stream");
                 } else {
                     self.core.handle_input(now, peer, msg);
-                }
-            }
-            Input::Datagram { peer, link, bytes } => {
-                if self.is_current(&peer, link) && self.core.accepts_messages_from(&peer) {
-                    self.core.note_heard(now, peer);
-                    self.game_message(peer, bytes, Reliability::Unreliable);
                 }
             }
             Input::Closed { peer, link, error } => {
@@ -231,33 +236,24 @@ impl SessionTask {
             }
             Input::Malformed { peer, link, error } => {
                 if self.is_current(&peer, link) {
-                    tracing::warn!(peer = %peer.short(), %error, "malformed session frame");
-                    self.shared.stats.violations.fetch_add(1, Ordering::Relaxed);
-                    if let Some(l) = self.drop_link(&peer) {
-                        l.conn.close(1u32.into(), b"malformed session frame");
-                    }
-                    self.core.handle_link_down(now, peer);
+                    self.violation(now, peer, &error);
                 }
             }
         }
     }
 
-    fn is_current(&self, peer: &PeerId, link: u64) -> bool {
-        self.links.get(peer).is_some_and(|l| l.id == link)
+    /// Closes the link of a peer that broke the link protocol.
+    fn violation(&mut self, now: Instant, peer: PeerId, error: &str) {
+        tracing::warn!(peer = %peer.short(), %error, "malformed session traffic");
+        self.shared.stats.violations.fetch_add(1, Ordering::Relaxed);
+        if let Some(l) = self.drop_link(&peer) {
+            l.conn.close(1u32.into(), b"malformed session frame");
+        }
+        self.core.handle_link_down(now, peer);
     }
 
-    fn game_message(&mut self, from: PeerId, bytes: Bytes, reliability: Reliability) {
-        let event = SessionEvent::Message {
-            from,
-            bytes,
-            reliability,
-        };
-        if self.events.try_send(event).is_err() {
-            self.shared
-                .stats
-                .events_dropped
-                .fetch_add(1, Ordering::Relaxed);
-        }
+    fn is_current(&self, peer: &PeerId, link: u64) -> bool {
+        self.links.get(peer).is_some_and(|l| l.id == link)
     }
 
     fn on_wake(&mut self, wake: Wake) {
@@ -283,7 +279,7 @@ impl SessionTask {
                     send,
                     recv,
                     self.input_tx.clone(),
-                    self.shared.stats.links.clone(),
+                    self.sink.clone(),
                 );
                 self.links.insert(peer, handle);
                 self.core.handle_link_up(now, peer);
@@ -376,7 +372,7 @@ impl SessionTask {
             if overloaded.is_empty() {
                 break;
             }
-            // A membership message that finds even the reserved slots full would be lost
+            // A membership message that finds the link's queue full would be lost
             // and leave the two sides disagreeing: the link is closed instead, and the
             // core handles it as any broken link.
             for peer in overloaded {
@@ -515,6 +511,7 @@ impl SessionTask {
                 }
             }
         }
+        self.shared.published.notify_waiters();
         self.update_snapshot();
     }
 

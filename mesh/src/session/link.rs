@@ -1,33 +1,33 @@
 //! One link: the QUIC connection to another member and its long-lived session stream.
 //!
 //! Steps:
-//! 1. The dialing side opens the bidirectional stream and writes a heartbeat at once, so the
-//!    accepting side sees the stream ([`open`] / [`accept`], each bounded by a timeout).
-//! 2. [`spawn`] starts two tasks. The reader decodes frames ([`SessionMsg`]) and reads
-//!    datagrams (unreliable game messages) and hands both to the session task through its
-//!    bounded input queue (datagrams are dropped and counted when it is full; frames wait,
-//!    which slows the sender through QUIC flow control). The writer drains a bounded queue
-//!    of encoded frames into the stream.
-//! 3. Closing ([`LinkHandle::close`]) finishes the stream after what is queued, waits
-//!    briefly for the peer to read it, then closes the connection; a lost connection ends
-//!    the reader, which reports [`Input::Closed`].
+//! 1. The dialing side opens the bidirectional membership stream and writes a heartbeat at
+//!    once, so the accepting side sees the stream ([`open`] / [`accept`], each bounded by
+//!    a timeout).
+//! 2. [`spawn`] starts the membership reader and writer and the game traffic's tasks
+//!    (`app_link.rs`: one app stream each way, datagrams). The membership reader decodes
+//!    frames ([`SessionMsg`]) and hands them to the session task through its bounded input
+//!    queue (frames wait, which slows the sender through QUIC flow control). The writers
+//!    drain bounded queues of encoded frames into their streams.
+//! 3. Closing ([`LinkHandle::close`]) finishes both streams after what is queued, waits
+//!    briefly for the peer to read them, then closes the connection; a lost connection
+//!    ends the reader, which reports [`Input::Closed`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::app_link::{self, AppSink};
 use super::msg::SessionMsg;
 use crate::coord::{encode, FrameDecoder};
 use crate::identity::PeerId;
 
-/// Most encoded frames queued for one link's stream.
-pub const LINK_QUEUE: usize = 1024;
-/// Slots of a link's queue that game messages cannot take: membership frames (views,
-/// election reports, heartbeats) always find room behind a burst of game traffic.
-pub const CONTROL_RESERVE: usize = 64;
+/// Most encoded frames queued for one link's membership stream.
+pub const LINK_QUEUE: usize = 256;
+/// Most reliable game messages queued for one link's app stream.
+pub const APP_QUEUE: usize = 1024;
 /// How long a closing link waits for its last frames to be read.
 const FLUSH_WAIT: Duration = Duration::from_secs(1);
 /// QUIC application error code of a session link closed on purpose.
@@ -41,12 +41,6 @@ pub(crate) enum Input {
         peer: PeerId,
         link: u64,
         msg: SessionMsg,
-    },
-    /// A datagram (an unreliable game message).
-    Datagram {
-        peer: PeerId,
-        link: u64,
-        bytes: Bytes,
     },
     /// The stream or connection ended; `error` says why when it was not a clean close.
     Closed {
@@ -77,26 +71,28 @@ pub(crate) struct LinkHandle {
     pub id: u64,
     pub conn: quinn::Connection,
     frames: mpsc::Sender<Bytes>,
+    app: mpsc::Sender<Bytes>,
 }
 
 impl LinkHandle {
-    /// Queues a membership message on the stream (it may use the reserved slots). False if
-    /// it does not encode or the queue is full even so.
+    /// Queues a membership message on the membership stream. False if it does not encode
+    /// or the queue is full.
     pub fn send(&self, msg: &SessionMsg) -> bool {
         let mut buf = Vec::new();
         encode(msg, &mut buf).is_ok() && self.frames.try_send(Bytes::from(buf)).is_ok()
     }
 
-    /// Queues an encoded game frame. False if only the reserved slots are left, or the
+    /// Queues an encoded game frame on the app stream. False if the queue is full or the
     /// link closed.
     pub fn send_frame(&self, frame: Bytes) -> bool {
-        self.frames.capacity() > CONTROL_RESERVE && self.frames.try_send(frame).is_ok()
+        self.app.try_send(frame).is_ok()
     }
 
-    /// Finishes the stream after the queued frames and closes the connection.
+    /// Finishes the streams after the queued frames and closes the connection.
     pub fn close(&self) {
-        // Dropping our sender is not enough (clones live in the shared table): an empty
-        // frame tells the writer to finish.
+        // Dropping our senders is not enough (clones live in the shared table): an empty
+        // frame tells each writer to finish. A full app queue is cut short by the close.
+        let _ = self.app.try_send(Bytes::new());
         if self.frames.try_send(Bytes::new()).is_err() {
             self.conn.close(CLOSE_CODE.into(), b"session link closed");
         }
@@ -141,26 +137,41 @@ pub(crate) fn spawn(
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     input: mpsc::Sender<Input>,
-    stats: Arc<LinkStats>,
+    sink: AppSink,
 ) -> LinkHandle {
     let id = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
     let (frames, rx) = mpsc::channel(LINK_QUEUE);
+    let (app, app_rx) = mpsc::channel(APP_QUEUE);
     let span = tracing::info_span!("link", peer = %peer.short(), link = id);
-    tokio::spawn(tracing::Instrument::instrument(
-        write_loop(conn.clone(), send, rx),
+    let app_writer = tokio::spawn(tracing::Instrument::instrument(
+        app_link::write_loop(conn.clone(), app_rx),
         span.clone(),
     ));
     tokio::spawn(tracing::Instrument::instrument(
-        read_loop(peer, id, conn.clone(), recv, input, stats),
+        app_link::read_loop(peer, id, conn.clone(), input.clone(), sink.clone()),
+        span.clone(),
+    ));
+    tokio::spawn(tracing::Instrument::instrument(
+        write_loop(conn.clone(), send, rx, app_writer),
+        span.clone(),
+    ));
+    tokio::spawn(tracing::Instrument::instrument(
+        read_loop(peer, id, conn.clone(), recv, input, sink),
         span,
     ));
-    LinkHandle { id, conn, frames }
+    LinkHandle {
+        id,
+        conn,
+        frames,
+        app,
+    }
 }
 
 async fn write_loop(
     conn: quinn::Connection,
     mut send: quinn::SendStream,
     mut rx: mpsc::Receiver<Bytes>,
+    app_writer: tokio::task::JoinHandle<()>,
 ) {
     while let Some(frame) = rx.recv().await {
         if frame.is_empty() {
@@ -171,9 +182,13 @@ async fn write_loop(
             return;
         }
     }
-    // Finish, give the peer a moment to read the last frames, then close.
+    // Finish, give the peer a moment to read the last frames of both streams, then close.
     let _ = send.finish();
-    let _ = tokio::time::timeout(FLUSH_WAIT, send.stopped()).await;
+    let flushed = async {
+        let _ = send.stopped().await;
+        let _ = app_writer.await;
+    };
+    let _ = tokio::time::timeout(FLUSH_WAIT, flushed).await;
     conn.close(CLOSE_CODE.into(), b"session link closed");
 }
 
@@ -183,8 +198,9 @@ async fn read_loop(
     conn: quinn::Connection,
     mut recv: quinn::RecvStream,
     input: mpsc::Sender<Input>,
-    stats: Arc<LinkStats>,
+    sink: AppSink,
 ) {
+    let stats = sink.shared.stats.links.clone();
     let mut decoder = FrameDecoder::<SessionMsg>::new();
     let mut buf = vec![0u8; 64 * 1024];
     let error = loop {
@@ -212,12 +228,7 @@ async fn read_loop(
                 Err(e) => break Some(e.to_string()),
             },
             datagram = conn.read_datagram() => match datagram {
-                Ok(bytes) => {
-                    let item = Input::Datagram { peer, link, bytes };
-                    if input.try_send(item).is_err() {
-                        stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                Ok(bytes) => sink.datagram(peer, link, bytes),
                 Err(e) => break Some(e.to_string()),
             },
         }

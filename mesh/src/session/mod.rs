@@ -19,6 +19,7 @@
 //! `DirectNode` connections.
 
 mod api;
+mod app_link;
 mod core;
 mod driver;
 mod election;

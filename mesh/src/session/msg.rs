@@ -4,9 +4,10 @@
 //! [`crate::coord::FrameDecoder`]): `length: u16 BE | version | type | body`, here with the
 //! session protocol's own version ([`SESSION_VERSION`]) and a larger frame limit
 //! ([`MAX_SESSION_FRAME`]), so a member of another version is told so instead of hanging.
-//! Frames travel on one long-lived bidirectional QUIC stream per pair of members; reliable
-//! game messages ([`SessionMsg::App`]) share it, so they are ordered with membership
-//! changes.
+//! Membership frames travel on one long-lived bidirectional QUIC stream per pair of
+//! members; reliable game messages ([`SessionMsg::App`]) use the same framing on a
+//! unidirectional *app stream* each way, so a game that reads slowly holds back only its
+//! own traffic.
 //!
 //! Body encodings: integers big-endian, a peer id its 32 key bytes, a list `u8 count,
 //! items` (at most [`MAX_MEMBERS`]), a byte string `u16 length, bytes`, a string `u8

@@ -4,8 +4,13 @@
 //!
 //! Steps of a send: check the session is open, find the member's link (only current
 //! members are in the table), then either encode one `App` frame (once for a broadcast)
-//! and queue it on the link's stream, leaving the reserved slots to membership frames, or
-//! send a datagram checked against the connection's datagram size.
+//! and queue it on the link's app stream, or send a datagram checked against the
+//! connection's datagram size. A broadcast tries every member and names the ones it
+//! missed ([`SendError::Partial`]).
+//!
+//! The receiving links' tasks read the same table to admit game messages
+//! ([`Shared::is_current`]) and wait on [`Shared::published`] for a view that admits a
+//! sender.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,8 +27,11 @@ use crate::identity::PeerId;
 /// Counters of one session.
 #[derive(Debug, Default)]
 pub struct SessionStats {
-    /// Game messages dropped because the game did not take events fast enough.
+    /// Membership events dropped because the game did not take events at all (reliable
+    /// messages are never dropped: they wait; datagrams are counted in `links`).
     pub events_dropped: AtomicU64,
+    /// Game messages from peers that were not (or no longer) members on that link.
+    pub messages_refused: AtomicU64,
     /// Protocol violations by peers (their links were closed).
     pub violations: AtomicU64,
     /// Membership frames that found a link's queue full (that link was closed).
@@ -64,6 +72,8 @@ pub(crate) struct Shared {
     pub(super) links: RwLock<HashMap<PeerId, LinkHandle>>,
     pub(super) snapshot: Mutex<Snapshot>,
     pub(super) closed: AtomicBool,
+    /// Notified each time the link table is published.
+    pub(super) published: tokio::sync::Notify,
     pub stats: SessionStats,
 }
 
@@ -73,6 +83,13 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Whether `peer` is a current member reached over `link` (its messages may go to the
+    /// game).
+    pub fn is_current(&self, peer: &PeerId, link: u64) -> bool {
+        let links = self.links.read().unwrap_or_else(|p| p.into_inner());
+        links.get(peer).is_some_and(|l| l.id == link)
     }
 
     fn link(&self, peer: &PeerId) -> Option<LinkHandle> {
@@ -118,18 +135,24 @@ impl Shared {
             Reliability::ReliableOrdered => Some(encode_app(&bytes)?),
             Reliability::Unreliable => None,
         };
-        let mut first_error = None;
+        let mut sent = 0;
+        let mut failed = Vec::new();
         for (peer, link) in links {
             let result = match &frame {
                 Some(f) if link.send_frame(f.clone()) => Ok(()),
                 Some(_) => Err(SendError::QueueFull(peer.to_string())),
                 None => send_datagram(&link, bytes.clone()),
             };
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
+            match result {
+                Ok(()) => sent += 1,
+                Err(e) => failed.push((peer, e)),
             }
         }
-        first_error.map_or(Ok(()), Err)
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(SendError::Partial { sent, failed })
+        }
     }
 }
 
