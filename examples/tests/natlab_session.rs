@@ -27,12 +27,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Stdio};
-use std::sync::mpsc;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
+use common::loopback::{str_of, Proc};
 use common::{master_server_bin, punchable, start_punch_server, PunchServer};
 use natlab::{Host, Lab, LabProcess, NatType, Router};
 use serde_json::Value;
@@ -46,152 +45,12 @@ const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The game of the tests' sessions.
 const GAME: &str = "natlab-session";
 
-/// A `peer` process in the lab: stdin piped (EOF makes it leave), stdout JSON lines kept
+/// Starts a `peer` process in the lab: stdin piped (EOF makes it leave), stdout JSON lines kept
 /// in order, stderr inherited; killed on drop.
-struct Peer {
-    name: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    /// Every JSON line read so far.
-    seen: Vec<Value>,
-    started: Instant,
-}
-
-impl Peer {
-    fn spawn(lab: &Lab, host: Host, name: &str, args: &[&str]) -> Result<Self> {
-        let started = Instant::now();
-        let mut child = lab
-            .command(host, env!("CARGO_BIN_EXE_peer"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("spawning {name} on {host:?}"))?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let stdin = child.stdin.take();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Self {
-            name: name.to_string(),
-            child,
-            stdin,
-            lines,
-            seen: Vec::new(),
-            started,
-        })
-    }
-
-    /// Reads the next JSON line within `left`; `None` when the deadline passed or stdout
-    /// closed.
-    fn next(&mut self, left: Duration) -> Option<Value> {
-        loop {
-            let line = self.lines.recv_timeout(left).ok()?;
-            eprintln!("{}: {line}", self.name);
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                self.seen.push(v.clone());
-                return Some(v);
-            }
-        }
-    }
-
-    /// The first line (seen before or arriving within `timeout`) that `pred` accepts; an
-    /// `error` or `ended` line fails the wait.
-    fn wait(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Result<Value> {
-        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
-            return Ok(v.clone());
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(v) = self.next(left) else {
-                bail!(
-                    "{}: no {what} within {timeout:?}; saw {:?}",
-                    self.name,
-                    self.seen
-                );
-            };
-            ensure!(
-                v["event"] != "error" && v["event"] != "ended",
-                "{}: unexpected {v} while waiting for {what}",
-                self.name
-            );
-            if pred(&v) {
-                return Ok(v);
-            }
-        }
-    }
-
-    /// The first line with `event` == `name` whose `key` is `value`.
-    fn wait_event(
-        &mut self,
-        name: &str,
-        key: &str,
-        value: &str,
-        timeout: Duration,
-    ) -> Result<Value> {
-        let what = format!("{name} with {key}={value}");
-        self.wait(&what, timeout, |v| v["event"] == name && v[key] == value)
-    }
-
-    /// Reads what arrives within `window` (for checks that something did *not* happen).
-    fn drain(&mut self, window: Duration) {
-        let deadline = Instant::now() + window;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            if self.next(left).is_none() {
-                return;
-            }
-        }
-    }
-
-    fn send_line(&mut self, text: &str) -> Result<()> {
-        let stdin = self.stdin.as_mut().context("stdin closed")?;
-        writeln!(stdin, "{text}")?;
-        stdin.flush()?;
-        Ok(())
-    }
-
-    /// Waits until the process exits (at most until `deadline`) and returns its code.
-    fn wait_exit(&mut self, deadline: Instant) -> Result<Option<i32>> {
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status.code());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "{} did not exit; saw {:?}",
-                self.name,
-                self.seen
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn str_of(v: &Value, key: &str) -> Result<String> {
-    v[key]
-        .as_str()
-        .map(str::to_string)
-        .with_context(|| format!("no string {key} in {v}"))
+fn spawn_peer(lab: &Lab, host: Host, name: &str, args: &[&str]) -> Result<Proc> {
+    let mut command = lab.command(host, env!("CARGO_BIN_EXE_peer"));
+    command.args(args).stderr(Stdio::inherit());
+    Proc::from_command(name, command).with_context(|| format!("{name} on {host:?}"))
 }
 
 /// The two servers on the lab's server host.
@@ -240,7 +99,7 @@ fn build_lab(label: &str, a: NatType, b: NatType, c: NatType) -> Result<Lab> {
 impl Servers {
     /// `peer host` on `host`; waits for `listed` and returns the peer, its id and the
     /// session id.
-    fn host(&self, lab: &Lab, host: Host, name: &str) -> Result<(Peer, String, String)> {
+    fn host(&self, lab: &Lab, host: Host, name: &str) -> Result<(Proc, String, String)> {
         let punch = self.punch.punch_addr();
         let args = [
             "host",
@@ -254,7 +113,7 @@ impl Servers {
             "--game",
             GAME,
         ];
-        let mut p = Peer::spawn(lab, host, name, &args)?;
+        let mut p = spawn_peer(lab, host, name, &args)?;
         let listed = p.wait("listed", JOIN_TIMEOUT, |v| v["event"] == "listed")?;
         let id = str_of(&listed, "peer")?;
         ensure!(listed["host"] == id.as_str(), "{listed}");
@@ -262,7 +121,7 @@ impl Servers {
     }
 
     /// `peer join --session ID` on `host` (without waiting for anything).
-    fn join(&self, lab: &Lab, host: Host, name: &str, session: &str) -> Result<Peer> {
+    fn join(&self, lab: &Lab, host: Host, name: &str, session: &str) -> Result<Proc> {
         let args = [
             "join",
             "--session",
@@ -273,7 +132,7 @@ impl Servers {
             "--game",
             GAME,
         ];
-        Peer::spawn(lab, host, name, &args)
+        spawn_peer(lab, host, name, &args)
     }
 }
 
@@ -359,7 +218,7 @@ fn full_mesh_across_three_nats() -> Result<()> {
 
     // 5. EOF on every stdin: each leaves and exits 0.
     for p in &mut peers {
-        p.stdin = None;
+        p.close_stdin();
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     for p in &mut peers {
@@ -482,7 +341,7 @@ fn join_fails_naming_the_unreachable_member() -> Result<()> {
     );
 
     for p in [&mut host, &mut member] {
-        p.stdin = None;
+        p.close_stdin();
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     for p in [&mut host, &mut member] {

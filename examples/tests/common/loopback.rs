@@ -29,6 +29,8 @@ pub struct Proc {
     lines: mpsc::Receiver<String>,
     /// Every JSON line read so far.
     pub seen: Vec<Value>,
+    /// When it was started.
+    pub started: Instant,
 }
 
 impl Proc {
@@ -38,13 +40,19 @@ impl Proc {
 
     /// [`Proc::spawn`] with the child's stderr going to `stderr`.
     pub fn spawn_with(name: &str, program: &Path, args: &[&str], stderr: Stdio) -> Result<Self> {
-        let mut child = Command::new(program)
-            .args(args)
+        let mut command = Command::new(program);
+        command.args(args).stderr(stderr);
+        Self::from_command(name, command).with_context(|| format!("spawning {}", program.display()))
+    }
+
+    /// Starts `command` (its stderr as the caller set it) with stdin and stdout piped.
+    pub fn from_command(name: &str, mut command: Command) -> Result<Self> {
+        let started = Instant::now();
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(stderr)
             .spawn()
-            .with_context(|| format!("spawning {}", program.display()))?;
+            .with_context(|| format!("spawning {name}"))?;
         let stdout = child.stdout.take().context("stdout")?;
         let stdin = child.stdin.take();
         let (tx, lines) = mpsc::channel();
@@ -61,6 +69,7 @@ impl Proc {
             stdin,
             lines,
             seen: Vec::new(),
+            started,
         })
     }
 
@@ -68,7 +77,21 @@ impl Proc {
         Self::spawn(name, Path::new(env!("CARGO_BIN_EXE_peer")), args)
     }
 
-    /// The first line (seen before or arriving within `timeout`) that `pred` accepts.
+    /// Reads the next JSON line within `left`; `None` when the deadline passed or stdout
+    /// closed.
+    pub fn next(&mut self, left: Duration) -> Option<Value> {
+        loop {
+            let line = self.lines.recv_timeout(left).ok()?;
+            eprintln!("{}: {line}", self.name);
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                self.seen.push(v.clone());
+                return Some(v);
+            }
+        }
+    }
+
+    /// The first line (seen before or arriving within `timeout`) that `pred` accepts; an
+    /// `error` or `ended` line fails the wait.
     pub fn wait(
         &mut self,
         what: &str,
@@ -81,19 +104,13 @@ impl Proc {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = match self.lines.recv_timeout(left) {
-                Ok(l) => l,
-                Err(_) => bail!(
+            let Some(v) = self.next(left) else {
+                bail!(
                     "{}: no {what} within {timeout:?}; saw {:?}",
                     self.name,
                     self.seen
-                ),
+                );
             };
-            eprintln!("{}: {line}", self.name);
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            self.seen.push(v.clone());
             ensure!(
                 v["event"] != "error" && v["event"] != "ended",
                 "{}: unexpected {v} while waiting for {what}",
@@ -101,6 +118,16 @@ impl Proc {
             );
             if pred(&v) {
                 return Ok(v);
+            }
+        }
+    }
+
+    /// Reads what arrives within `window` (for checks that something did *not* happen).
+    pub fn drain(&mut self, window: Duration) {
+        let deadline = Instant::now() + window;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if self.next(left).is_none() {
+                return;
             }
         }
     }
@@ -131,15 +158,23 @@ impl Proc {
 
     /// Waits until the process exits (after its stdin was closed) and checks status 0.
     pub fn wait_exit_ok(&mut self, deadline: Instant) -> Result<()> {
+        match self.wait_exit(deadline)? {
+            Some(0) => Ok(()),
+            code => bail!("{} exited with {code:?}", self.name),
+        }
+    }
+
+    /// Waits until the process exits (at most until `deadline`) and returns its code.
+    pub fn wait_exit(&mut self, deadline: Instant) -> Result<Option<i32>> {
         loop {
             if let Some(status) = self.child.try_wait()? {
-                ensure!(status.success(), "{} exited with {status}", self.name);
-                return Ok(());
+                return Ok(status.code());
             }
             ensure!(
                 Instant::now() < deadline,
-                "{} did not exit after EOF",
-                self.name
+                "{} did not exit; saw {:?}",
+                self.name,
+                self.seen
             );
             std::thread::sleep(Duration::from_millis(20));
         }
