@@ -15,17 +15,12 @@ mod common;
 
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
-use common::loopback::Servers;
-use mesh::coord::PunchAddr;
-use mesh::identity::Identity;
-use mesh::session::{
-    JoinTarget, Mesh, MeshConfig, Reliability, SendError, Session, SessionConfig, SessionEvent,
-};
+use common::loopback::{loopback_mesh, Servers};
+use mesh::session::{JoinTarget, Reliability, SendError, Session, SessionConfig, SessionEvent};
 
 /// Messages sent in all.
 const TOTAL: u64 = 30_000;
@@ -35,14 +30,6 @@ const MSG_LEN: usize = 1024;
 const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the joiner's game does not read (longer than the 3 s failure detection).
 const STALL: Duration = Duration::from_secs(4);
-
-fn new_mesh(s: &Servers) -> Result<Mesh> {
-    let punch: PunchAddr = s.punch_addr.parse().context("punch address")?;
-    let mut config = MeshConfig::new(s.master_url.clone(), punch);
-    config.direct.upnp = None;
-    config.direct.bind = "127.0.0.1:0".parse()?;
-    Ok(Mesh::new(Arc::new(Identity::generate()?), config)?)
-}
 
 fn message(n: u64) -> Bytes {
     let mut m = vec![0u8; MSG_LEN];
@@ -66,8 +53,8 @@ fn try_broadcast(host: &Session, n: u64) -> Result<bool> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_slows_the_sender_and_loses_nothing() -> Result<()> {
     let servers = Servers::start(Stdio::inherit)?;
-    let host_mesh = new_mesh(&servers)?;
-    let joiner_mesh = new_mesh(&servers)?;
+    let host_mesh = loopback_mesh(&servers)?;
+    let joiner_mesh = loopback_mesh(&servers)?;
     let host = host_mesh
         .host("backpressure", SessionConfig::new("slow reader"))
         .await?;

@@ -46,11 +46,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use mesh::coord::PunchAddr;
-use mesh::identity::{Identity, PeerId};
+use mesh::identity::PeerId;
 use mesh::listing::ListingId;
 use mesh::session::{
-    JoinTarget, Mesh, MeshConfig, Reliability, SendError, Session, SessionConfig, SessionEvent,
+    JoinTarget, Mesh, Reliability, SendError, Session, SessionConfig, SessionEvent,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;

@@ -10,9 +10,5 @@ pub(crate) fn start_servers() -> Result<Servers> {
 }
 
 pub(crate) fn new_mesh(s: &Servers) -> Result<Mesh> {
-    let punch: PunchAddr = s.punch_addr.parse().context("punch address")?;
-    let mut config = MeshConfig::new(s.master_url.clone(), punch);
-    config.direct.upnp = None;
-    config.direct.bind = "127.0.0.1:0".parse()?;
-    Ok(Mesh::new(Arc::new(Identity::generate()?), config)?)
+    common::loopback::loopback_mesh(s)
 }

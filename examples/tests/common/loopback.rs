@@ -277,3 +277,17 @@ impl Servers {
         })
     }
 }
+
+/// A [`mesh::session::Mesh`] for an in-process peer of `servers`: a new identity, bound to
+/// 127.0.0.1, no UPnP.
+pub fn loopback_mesh(servers: &Servers) -> Result<mesh::session::Mesh> {
+    let punch: mesh::coord::PunchAddr = servers.punch_addr.parse().context("punch address")?;
+    let mut config = mesh::session::MeshConfig::new(servers.master_url.clone(), punch);
+    config.direct.upnp = None;
+    config.direct.bind = "127.0.0.1:0".parse()?;
+    let identity = mesh::identity::Identity::generate()?;
+    Ok(mesh::session::Mesh::new(
+        std::sync::Arc::new(identity),
+        config,
+    )?)
+}

@@ -24,11 +24,23 @@ use super::keeper::Keeper;
 use super::keeper_io::{Desired, KeeperEvent, KeeperRequest, KeeperResponse, RequestId};
 use super::wire::{Attributes, ConnectInfo, ListingId};
 
+/// A row's owner token. Its `Debug` form hides it: it is a secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OwnerToken(pub String);
+
+impl std::fmt::Debug for OwnerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OwnerToken(..)")
+    }
+}
+
 /// What a [`KeeperTask`] reports about its listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeeperStatus {
     /// The row's id, once listed (it changes if the row is re-created).
     pub id: Option<ListingId>,
+    /// The row's owner token, once listed (it changes with the id).
+    pub token: Option<OwnerToken>,
     /// When a request last succeeded.
     pub last_success: Option<Instant>,
     /// Failures since the last success.
@@ -248,6 +260,7 @@ impl KeeperTask {
 fn status_of(keeper: &Keeper) -> KeeperStatus {
     KeeperStatus {
         id: keeper.id(),
+        token: keeper.token().map(|t| OwnerToken(t.to_string())),
         last_success: keeper.last_success(),
         consecutive_failures: keeper.consecutive_failures(),
         last_error: keeper.last_error().cloned(),

@@ -23,7 +23,7 @@ pub mod wire;
 pub use client::{Filter, ListingClient, ListingError, MAX_RESPONSE_BYTES};
 pub use keeper::Keeper;
 pub use keeper_io::{Desired, KeeperConfig, KeeperEvent, KeeperRequest, KeeperResponse, RequestId};
-pub use keeper_task::{DelistError, KeeperHandle, KeeperStatus, KeeperTask};
+pub use keeper_task::{DelistError, KeeperHandle, KeeperStatus, KeeperTask, OwnerToken};
 pub use wire::{
     Attributes, ConnectInfo, CreateSession, Created, ErrorBody, ErrorDetail, HeartbeatAck,
     ListingId, PatchSession, SessionList, SessionRow,

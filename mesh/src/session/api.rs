@@ -207,6 +207,10 @@ pub struct SessionConfig {
     /// Seconds a listing lives without a heartbeat (the host heartbeats at a third of it).
     /// Default 30.
     pub listing_timeout_secs: u32,
+    /// Delist the session while it is locked ([`Session::set_locked`]) and list it again,
+    /// under a new id, when it is unlocked. Default false: a locked session stays listed
+    /// (with `locked` visible to nobody but joiners, who are turned away).
+    pub delist_when_locked: bool,
 }
 
 impl SessionConfig {
@@ -217,6 +221,7 @@ impl SessionConfig {
             max_players: 8,
             attributes: Attributes::new(),
             listing_timeout_secs: 30,
+            delist_when_locked: false,
         }
     }
 }
@@ -345,6 +350,7 @@ impl Mesh {
             listing: created.id.to_string(),
             token: created.token,
             timeout_secs: config.listing_timeout_secs,
+            delist_when_locked: config.delist_when_locked,
         });
         let listing = driver::ListingContext {
             client: self.listing.clone(),
@@ -404,6 +410,8 @@ impl Mesh {
                 max_players: row.max_players,
                 attributes: row.attributes.clone(),
                 listing_timeout_secs: 30,
+                // The host's choice travels with the listing grant.
+                delist_when_locked: false,
             },
             punch: punch.to_string(),
         };
@@ -440,6 +448,9 @@ impl Drop for Session {
         if let Some(t) = self.task.take() {
             t.abort();
         }
+        // The links' readers hold the shared state: without their handles in it, the
+        // links' writers end and close the connections.
+        self.shared.clear_links();
     }
 }
 

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::api::{Session, SessionConfig, SessionEvent};
 use super::app_link::AppSink;
@@ -27,7 +27,7 @@ use super::{Decision, Event, Membership, SessionEnd, SessionMsg};
 use crate::direct::{sleep_until_opt, DirectNode};
 use crate::identity::PeerId;
 use crate::listing::{
-    Attributes, ConnectInfo, Desired, Keeper, KeeperConfig, KeeperHandle, KeeperTask,
+    Attributes, ConnectInfo, Desired, Keeper, KeeperConfig, KeeperHandle, KeeperStatus, KeeperTask,
     ListingClient, ListingId,
 };
 
@@ -90,7 +90,8 @@ struct SessionTask {
     /// Where links put game messages.
     sink: AppSink,
     joined: Option<oneshot::Sender<Result<(), super::JoinFailure>>>,
-    keeper: Option<(ListingId, KeeperHandle)>,
+    /// The listing's keeper while this member hosts, and its status.
+    keeper: Option<(KeeperHandle, watch::Receiver<KeeperStatus>)>,
     players: u32,
     leaving: Option<oneshot::Sender<()>>,
     /// Members whose `MemberJoined` waits for their link (at most `MAX_MEMBERS`).
@@ -185,6 +186,7 @@ impl SessionTask {
                     None => self.core.leave(Instant::now()),
                 },
                 _ = sleep_until_opt(deadline) => self.core.handle_timeout(Instant::now()),
+                Some(status) = keeper_changed(&mut self.keeper) => self.on_keeper_status(status),
             }
         }
         drop(accept);
@@ -195,8 +197,9 @@ impl SessionTask {
     async fn finish(mut self) {
         self.shared.closed.store(true, Ordering::Relaxed);
         self.shared.published.notify_waiters();
+        self.shared.clear_links();
         let last = self.core.view().members.len() <= 1;
-        if let Some((_, keeper)) = self.keeper.take() {
+        if let Some((keeper, _)) = self.keeper.take() {
             if last && self.leaving.is_some() {
                 if let Err(e) = keeper.delist(DELIST_TIMEOUT).await {
                     tracing::warn!(error = %e, "listing not delisted");
@@ -303,7 +306,7 @@ impl SessionTask {
                 if let Some(a) = attributes {
                     self.listing.config.attributes = a;
                 }
-                if let Some((_, k)) = &self.keeper {
+                if let Some((k, _)) = &self.keeper {
                     k.set_name(self.listing.config.name.clone());
                     k.set_attributes(self.listing.config.attributes.clone());
                 }
@@ -313,6 +316,33 @@ impl SessionTask {
                 self.core.leave(now);
             }
         }
+    }
+
+    /// The listing's row was posted again (it had expired, or was delisted while locked):
+    /// every member gets the new grant, so whoever hosts next keeps the right row.
+    fn on_keeper_status(&mut self, status: KeeperStatus) {
+        if status.stopped {
+            if let Some(e) = &status.last_error {
+                tracing::warn!(error = %e, "the listing's keeper stopped");
+            }
+        }
+        let (Some(id), Some(token)) = (status.id, status.token) else {
+            return;
+        };
+        let Some(old) = self.core.grant() else {
+            return;
+        };
+        let listing = id.to_string();
+        if old.listing == listing && old.token == token.0 {
+            return;
+        }
+        tracing::info!(listing = %listing, "the listing has a new row: members get its grant");
+        let grant = super::ListingGrant {
+            listing,
+            token: token.0,
+            ..old.clone()
+        };
+        self.core.set_grant(grant);
     }
 
     fn drop_link(&mut self, peer: &PeerId) -> Option<LinkHandle> {
@@ -540,10 +570,22 @@ impl SessionTask {
             return;
         }
         let players = u32::try_from(players).unwrap_or(u32::MAX);
+        let Some(grant) = self.core.grant().cloned() else {
+            return;
+        };
+        if grant.delist_when_locked && self.core.view().locked {
+            // Locked: not listed. The row comes back (under a new id) when unlocked.
+            if let Some((keeper, _)) = self.keeper.take() {
+                tokio::spawn(async move {
+                    match keeper.delist(DELIST_TIMEOUT).await {
+                        Ok(()) => tracing::info!("locked: delisted"),
+                        Err(e) => tracing::warn!(error = %e, "locked: not delisted"),
+                    }
+                });
+            }
+            return;
+        }
         if self.keeper.is_none() {
-            let Some(grant) = self.core.grant().cloned() else {
-                return;
-            };
             let Ok(id) = grant.listing.parse::<ListingId>() else {
                 tracing::warn!(listing = %grant.listing, "listing id does not parse; not kept");
                 return;
@@ -582,18 +624,34 @@ impl SessionTask {
                 stale,
                 KeeperConfig::default(),
             );
-            // A new host says where it is at once (the connect object names it now).
+            // A new host says where it is at once (the connect object names it now). A row
+            // that is gone (expired, or delisted while locked) is posted again.
             keeper.set_desired(&desired);
             let handle = KeeperTask::spawn(self.listing.client.clone(), keeper);
             tracing::info!(listing = %id, players, "keeping the listing alive");
-            self.keeper = Some((id, handle));
+            let status = handle.status();
+            self.keeper = Some((handle, status));
             self.players = players;
         } else if players != self.players {
-            if let Some((_, k)) = &self.keeper {
+            if let Some((k, _)) = &self.keeper {
                 k.set_players(players);
             }
             self.players = players;
         }
+    }
+}
+
+/// The keeper's next status, if there is a keeper; never ready otherwise.
+async fn keeper_changed(
+    keeper: &mut Option<(KeeperHandle, watch::Receiver<KeeperStatus>)>,
+) -> Option<KeeperStatus> {
+    match keeper {
+        Some((_, status)) => match status.changed().await {
+            Ok(()) => Some(status.borrow_and_update().clone()),
+            // The task stopped: nothing more will change.
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

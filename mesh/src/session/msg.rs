@@ -67,6 +67,9 @@ pub struct ListingGrant {
     pub token: String,
     /// The listing's heartbeat timeout in seconds, so a new host keeps the same cadence.
     pub timeout_secs: u32,
+    /// The session is delisted while locked and listed again when unlocked (whoever
+    /// hosts then does it).
+    pub delist_when_locked: bool,
 }
 
 impl std::fmt::Debug for ListingGrant {
@@ -249,6 +252,7 @@ fn write_grant(w: &mut Writer<'_>, g: &ListingGrant) -> Result<(), CodecError> {
     w.string("listing id", &g.listing)?;
     w.string("listing token", &g.token)?;
     w.u32(g.timeout_secs);
+    w.u8(u8::from(g.delist_when_locked));
     Ok(())
 }
 
@@ -257,6 +261,7 @@ fn read_grant(r: &mut Reader<'_>) -> Result<ListingGrant, CodecError> {
         listing: r.string("listing id")?,
         token: r.string("listing token")?,
         timeout_secs: r.u32()?,
+        delist_when_locked: read_bool(r)?,
     })
 }
 
@@ -474,6 +479,7 @@ mod tests {
             listing: "6f1c".into(),
             token: "secret".into(),
             timeout_secs: 30,
+            delist_when_locked: true,
         };
         vec![
             SessionMsg::JoinRequest { data: vec![1, 2] },

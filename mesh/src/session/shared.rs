@@ -92,6 +92,14 @@ impl Shared {
         links.get(peer).is_some_and(|l| l.id == link)
     }
 
+    /// Forgets every link (the session is over).
+    pub fn clear_links(&self) {
+        self.links
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     fn link(&self, peer: &PeerId) -> Option<LinkHandle> {
         let links = self.links.read().unwrap_or_else(|p| p.into_inner());
         links.get(peer).cloned()
