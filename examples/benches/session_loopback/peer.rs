@@ -260,7 +260,13 @@ pub(crate) async fn saturate(session: &Session, index: u8, until: Instant) -> (u
         seq += 1;
         match session.broadcast(m, Reliability::ReliableOrdered) {
             Ok(()) => accepted += 1,
-            Err(SendError::QueueFull(_)) => {
+            // Some members' queues are full (the others got it): not retried, so those
+            // members miss this one.
+            Err(SendError::Partial { failed, .. })
+                if failed
+                    .iter()
+                    .all(|(_, e)| matches!(e, SendError::QueueFull(_))) =>
+            {
                 full += 1;
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
