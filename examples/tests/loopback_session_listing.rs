@@ -12,6 +12,8 @@
 //! 4. The host dies (its `Session` dropped without `leave`): the joiner takes over and
 //!    the new row names it, with 1 player.
 //! 5. The new host leaves: as the last member it delists the session.
+//!
+//! And when every member leaves at the same moment, the session is delisted at once.
 
 mod common;
 
@@ -116,5 +118,41 @@ async fn delisted_while_locked_relisted_on_unlock_and_kept_by_the_next_host() ->
             .is_err_and(|e| e.status() == Some(404))
     })
     .await?;
+    Ok(())
+}
+
+/// Every member leaves at the same moment: the host hears the others leave too and
+/// delists, instead of leaving a row behind that names a session nobody hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everyone_leaving_at_once_delists() -> Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let servers = Servers::start(Stdio::inherit)?;
+    let meshes = [
+        loopback_mesh(&servers)?,
+        loopback_mesh(&servers)?,
+        loopback_mesh(&servers)?,
+    ];
+    let host = meshes[0]
+        .host(GAME, SessionConfig::new("all leave"))
+        .await?;
+    let id = id_of(&host)?;
+    let first = meshes[1].join(JoinTarget::Id(id), Vec::new()).await?;
+    let second = meshes[2].join(JoinTarget::Id(id), Vec::new()).await?;
+    let client = meshes[0].listing();
+    eventually("3 players listed", || async {
+        client.get(id).await.is_ok_and(|r| r.players == 3)
+    })
+    .await?;
+    let left = Instant::now();
+    tokio::join!(host.leave(), first.leave(), second.leave());
+    eventually("delisted", || async {
+        client.get(id).await.is_err_and(|e| e.status() == Some(404))
+    })
+    .await?;
+    eprintln!("delisted {:?} after the leaves", left.elapsed());
+    ensure!(listed(&meshes[0]).await.is_empty(), "still listed");
     Ok(())
 }

@@ -41,6 +41,9 @@ const MEMBERSHIP_EVENTS: usize = 1024;
 const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the last member waits for the delisting to be confirmed.
 const DELIST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a host that leaves listens for the other members leaving too (then nobody
+/// would keep the listing: it delists).
+const LEAVE_WAIT: Duration = Duration::from_millis(300);
 
 /// A game command for the session task.
 #[derive(Debug)]
@@ -96,6 +99,8 @@ struct SessionTask {
     leaving: Option<oneshot::Sender<()>>,
     /// Members whose `MemberJoined` waits for their link (at most `MAX_MEMBERS`).
     held_joins: Vec<PeerId>,
+    /// Members that said `Leave` (at most `MAX_MEMBERS`: only current members count).
+    said_leave: Vec<PeerId>,
 }
 
 /// Starts the session task for `core` on `node`.
@@ -139,6 +144,7 @@ pub(crate) fn spawn(
         players: 0,
         leaving: None,
         held_joins: Vec::new(),
+        said_leave: Vec::new(),
     };
     let span = tracing::info_span!("session", peer = %local.short());
     let handle = tokio::spawn(tracing::Instrument::instrument(
@@ -190,22 +196,19 @@ impl SessionTask {
             }
         }
         drop(accept);
-        self.finish().await;
+        self.finish(inputs).await;
     }
 
-    /// After the core ended: flush links, delist if this was the last member, stop.
-    async fn finish(mut self) {
+    /// After the core ended: flush links, delist if this was the last member (or every
+    /// other member is leaving at the same moment), stop.
+    async fn finish(mut self, mut inputs: mpsc::Receiver<Input>) {
         self.shared.closed.store(true, Ordering::Relaxed);
         self.shared.published.notify_waiters();
         self.shared.clear_links();
-        let last = self.core.view().members.len() <= 1;
-        if let Some((keeper, _)) = self.keeper.take() {
-            if last && self.leaving.is_some() {
-                if let Err(e) = keeper.delist(DELIST_TIMEOUT).await {
-                    tracing::warn!(error = %e, "listing not delisted");
-                }
-            }
+        if self.leaving.is_some() {
+            self.delist_if_everyone_leaves(&mut inputs).await;
         }
+        self.keeper = None;
         // Give the links' writers a moment to send the goodbyes.
         tokio::time::sleep(Duration::from_millis(100)).await;
         if let Some(done) = self.leaving.take() {
@@ -213,6 +216,53 @@ impl SessionTask {
         }
         if let Ok(node) = Arc::try_unwrap(self.node) {
             node.shutdown().await;
+        }
+    }
+
+    /// Leaving: whoever keeps the listing (the host, or the member next in line while the
+    /// host is lost) delists it when every other member leaves too, within
+    /// [`LEAVE_WAIT`] (or none is left); otherwise another member keeps it.
+    async fn delist_if_everyone_leaves(&mut self, inputs: &mut mpsc::Receiver<Input>) {
+        let local = self.core.local_id();
+        let next_in_line = self.core.accepts_successor(local);
+        tracing::debug!(
+            keeper = self.keeper.is_some(),
+            next_in_line,
+            members = self.core.view().members.len(),
+            "leaving"
+        );
+        if self.keeper.is_none() && !next_in_line {
+            return;
+        }
+        let others: Vec<PeerId> = (self.core.view().members.iter())
+            .filter(|m| **m != local && !self.said_leave.contains(m) && !self.core.down.contains(m))
+            .copied()
+            .collect();
+        if !all_leave(inputs, others).await {
+            return;
+        }
+        let result = match (self.keeper.take(), self.core.grant()) {
+            (Some((keeper, _)), _) => keeper
+                .delist(DELIST_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string()),
+            (None, Some(grant)) => match grant.listing.parse::<ListingId>() {
+                Ok(id) => {
+                    let delete = self.listing.client.delete(id, &grant.token);
+                    match tokio::time::timeout(DELIST_TIMEOUT, delete).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) if e.status() == Some(404) => Ok(()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("timed out".to_string()),
+                    }
+                }
+                Err(e) => Err(format!("listing id: {e:?}")),
+            },
+            (None, None) => Ok(()),
+        };
+        match result {
+            Ok(()) => tracing::info!("every member left: delisted"),
+            Err(e) => tracing::warn!(error = %e, "listing not delisted"),
         }
     }
 
@@ -227,6 +277,12 @@ impl SessionTask {
                     // Game messages travel on the app stream.
                     self.violation(now, peer, "a game message on the membership stream");
                 } else {
+                    if msg == SessionMsg::Leave
+                        && self.core.view().contains(&peer)
+                        && !self.said_leave.contains(&peer)
+                    {
+                        self.said_leave.push(peer);
+                    }
                     self.core.handle_input(now, peer, msg);
                 }
             }
@@ -639,6 +695,30 @@ impl SessionTask {
             self.players = players;
         }
     }
+}
+
+/// Whether every one of `others` says `Leave` within [`LEAVE_WAIT`] (true at once when
+/// there are none).
+async fn all_leave(inputs: &mut mpsc::Receiver<Input>, mut others: Vec<PeerId>) -> bool {
+    let wait = async {
+        while !others.is_empty() {
+            match inputs.recv().await {
+                Some(Input::Frame {
+                    peer,
+                    msg: SessionMsg::Leave,
+                    ..
+                }) => others.retain(|p| *p != peer),
+                Some(other) => tracing::debug!(?other, "while leaving"),
+                None => return false,
+            }
+        }
+        true
+    };
+    let all = tokio::time::timeout(LEAVE_WAIT, wait)
+        .await
+        .unwrap_or(false);
+    tracing::debug!(all, "other members leaving too");
+    all
 }
 
 /// The keeper's next status, if there is a keeper; never ready otherwise.

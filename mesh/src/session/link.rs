@@ -10,14 +10,15 @@
 //!    queue (frames wait, which slows the sender through QUIC flow control). The writers
 //!    drain bounded queues of encoded frames into their streams.
 //! 3. Closing ([`LinkHandle::close`]) finishes both streams after what is queued, waits
-//!    briefly for the peer to read them, then closes the connection; a lost connection
-//!    ends the reader, which reports [`Input::Closed`].
+//!    (at most [`FLUSH_WAIT`]) for the peer to read them and to finish its own stream, so
+//!    its last frames (a `Leave` sent at the same moment) are read too, then closes the
+//!    connection; a lost connection ends the reader, which reports [`Input::Closed`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::app_link::{self, AppSink};
 use super::msg::SessionMsg;
@@ -151,12 +152,19 @@ pub(crate) fn spawn(
         app_link::read_loop(peer, id, conn.clone(), input.clone(), sink.clone()),
         span.clone(),
     ));
+    // Dropped when the reader ends: the writer closes the connection only after both
+    // directions are done, so the peer's last frames (a `Leave`) are read, not cut off.
+    let (reader_alive, reader_done) = oneshot::channel::<()>();
     tokio::spawn(tracing::Instrument::instrument(
-        write_loop(conn.clone(), send, rx, app_writer),
+        write_loop(conn.clone(), send, rx, app_writer, reader_done),
         span.clone(),
     ));
+    let reader_conn = conn.clone();
     tokio::spawn(tracing::Instrument::instrument(
-        read_loop(peer, id, conn.clone(), recv, input, sink),
+        async move {
+            read_loop(peer, id, reader_conn, recv, input, sink).await;
+            drop(reader_alive);
+        },
         span,
     ));
     LinkHandle {
@@ -172,6 +180,7 @@ async fn write_loop(
     mut send: quinn::SendStream,
     mut rx: mpsc::Receiver<Bytes>,
     app_writer: tokio::task::JoinHandle<()>,
+    reader_done: oneshot::Receiver<()>,
 ) {
     while let Some(frame) = rx.recv().await {
         if frame.is_empty() {
@@ -182,11 +191,13 @@ async fn write_loop(
             return;
         }
     }
-    // Finish, give the peer a moment to read the last frames of both streams, then close.
+    // Finish, give the peer a moment to read the last frames of both streams and to
+    // finish its own, then close.
     let _ = send.finish();
     let flushed = async {
         let _ = send.stopped().await;
         let _ = app_writer.await;
+        let _ = reader_done.await;
     };
     let _ = tokio::time::timeout(FLUSH_WAIT, flushed).await;
     conn.close(CLOSE_CODE.into(), b"session link closed");
