@@ -171,8 +171,9 @@ fn str_of(v: &Value, key: &str) -> Result<String> {
         .with_context(|| format!("no string {key} in {v}"))
 }
 
-/// `GET /v1/sessions/{id}` on the master server, over a plain HTTP/1.1 connection.
-fn get_session(master: &str, id: &str) -> Result<Value> {
+/// `GET /v1/sessions/{id}` on the master server, over a plain HTTP/1.1 connection: the
+/// status line and the body.
+fn get(master: &str, id: &str) -> Result<(String, String)> {
     let mut stream = TcpStream::connect(master)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
@@ -182,18 +183,24 @@ fn get_session(master: &str, id: &str) -> Result<Value> {
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").context("no HTTP body")?;
-    ensure!(
-        head.starts_with("HTTP/1.1 200"),
-        "GET /v1/sessions/{id}: {head}"
-    );
-    serde_json::from_str(body).with_context(|| format!("body {body:?}"))
+    let status = head.lines().next().unwrap_or_default().to_string();
+    Ok((status, body.to_string()))
 }
 
-#[test]
-fn eight_peers_full_mesh_host_migration_and_rejoin() -> Result<()> {
-    let started = Instant::now();
-    let dir = tempfile::tempdir()?;
-    let db = format!("sqlite:{}", dir.path().join("master.db").display());
+/// The session row `id` (which must exist).
+fn get_session(master: &str, id: &str) -> Result<Value> {
+    let (status, body) = get(master, id)?;
+    ensure!(
+        status.starts_with("HTTP/1.1 200"),
+        "GET /v1/sessions/{id}: {status}"
+    );
+    serde_json::from_str(&body).with_context(|| format!("body {body:?}"))
+}
+
+/// Both servers on loopback (the master server on SQLite in `dir`): the processes, the
+/// master server's URL and the punch server's `ID@HOST:PORT`.
+fn start_servers(dir: &Path) -> Result<(Proc, String, Proc, String)> {
+    let db = format!("sqlite:{}", dir.join("master.db").display());
     let mut master = Proc::spawn(
         "master",
         &master_server_bin()?,
@@ -207,8 +214,7 @@ fn eight_peers_full_mesh_host_migration_and_rejoin() -> Result<()> {
         ],
     )?;
     let master_addr = str_of(&listening(&mut master)?, "addr")?;
-    let master_url = format!("http://{master_addr}");
-    let key = dir.path().join("punch.key");
+    let key = dir.join("punch.key");
     let mut punch = Proc::spawn(
         "punch",
         &punch_server_bin()?,
@@ -221,6 +227,15 @@ fn eight_peers_full_mesh_host_migration_and_rejoin() -> Result<()> {
     )?;
     let line = listening(&mut punch)?;
     let punch_addr = format!("{}@{}", str_of(&line, "id")?, str_of(&line, "addr")?);
+    Ok((master, format!("http://{master_addr}"), punch, punch_addr))
+}
+
+#[test]
+fn eight_peers_full_mesh_host_migration_and_rejoin() -> Result<()> {
+    let started = Instant::now();
+    let dir = tempfile::tempdir()?;
+    let (_master, master_url, _punch, punch_addr) = start_servers(dir.path())?;
+    let master_addr = master_url.trim_start_matches("http://").to_string();
     let node = [
         "--no-upnp",
         "--bind",
@@ -372,5 +387,53 @@ fn eight_peers_full_mesh_host_migration_and_rejoin() -> Result<()> {
         p.wait_exit_ok(deadline)?;
     }
     eprintln!("test done in {:?}", started.elapsed());
+    Ok(())
+}
+
+#[test]
+fn sigterm_makes_host_leave_and_exit_0() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_master, master_url, _punch, punch_addr) = start_servers(dir.path())?;
+    let master_addr = master_url.trim_start_matches("http://").to_string();
+    let args = [
+        "host",
+        "--punch",
+        &punch_addr,
+        "--name",
+        "signal",
+        "--no-upnp",
+        "--bind",
+        "127.0.0.1:0",
+        "--master",
+        &master_url,
+        "--game",
+        GAME,
+    ];
+    // stdin stays open: the leave comes from the signal, not from EOF.
+    let mut host = Proc::peer("host", &args)?;
+    let listed = host.wait("listed", LINE_TIMEOUT, |v| v["event"] == "listed")?;
+    let session = str_of(&listed, "session")?;
+    get_session(&master_addr, &session)?;
+    let status = Command::new("kill")
+        .args(["-TERM", &host.child.id().to_string()])
+        .status()?;
+    ensure!(status.success(), "kill -TERM failed");
+    let sent = Instant::now();
+    let left = host.wait("left", LINE_TIMEOUT, |v| v["event"] == "left")?;
+    ensure!(left["signal"] == "SIGTERM", "{left}");
+    ensure!(
+        host.seen.iter().any(|v| v["event"] == "stopping"),
+        "no stopping line: {:?}",
+        host.seen
+    );
+    // Generous bound for a busy machine; `Session::leave` waits at most a few seconds.
+    host.wait_exit_ok(sent + Duration::from_secs(8))?;
+    eprintln!("host exited {:?} after SIGTERM", sent.elapsed());
+    // Left as `Session::leave` does: the last member delisted the session.
+    let (status, _) = get(&master_addr, &session)?;
+    ensure!(
+        status.starts_with("HTTP/1.1 404"),
+        "session still listed after the host left: {status}"
+    );
     Ok(())
 }
