@@ -471,6 +471,40 @@ fn sigint_and_sigterm_stop_listen_gracefully() -> Result<()> {
     Ok(())
 }
 
+/// One `peer` run against a punch server that never answers.
+struct UnreachableRun<'a> {
+    args: Vec<&'a str>,
+    env: Vec<(&'a str, &'a str)>,
+    /// The `timeout_ms` the `connecting` line must show.
+    timeout_ms: u64,
+    /// Bound on the run time (generous for a busy machine).
+    bound: Duration,
+}
+
+impl UnreachableRun<'_> {
+    /// Runs it and checks: `connecting`, then `error {kind: "unreachable"}`, exit 1, in time.
+    fn check(&self) -> Result<()> {
+        let mut args = self.args.clone();
+        args.extend(["--no-upnp", "--bind", "127.0.0.1:0"]);
+        let (lines, status, took) = run_peer_with(&args, &self.env)?;
+        anyhow::ensure!(lines.len() == 2, "{args:?}: {lines:?}");
+        let (connecting, error) = (&lines[0], &lines[1]);
+        anyhow::ensure!(
+            connecting["event"] == "connecting"
+                && connecting["punch"] == args[2]
+                && connecting["timeout_ms"] == self.timeout_ms,
+            "{args:?}: first line {connecting}"
+        );
+        anyhow::ensure!(
+            error["event"] == "error" && error["kind"] == "unreachable",
+            "{args:?}: {error}"
+        );
+        anyhow::ensure!(status.code() == Some(1), "{args:?}: {status}");
+        anyhow::ensure!(took < self.bound, "{args:?}: took {took:?}");
+        Ok(())
+    }
+}
+
 #[test]
 fn an_unreachable_punch_server_is_reported_within_the_connect_timeout() -> Result<()> {
     // A closed port (bound, then released) and a silent one (bound here, never read).
@@ -480,68 +514,38 @@ fn an_unreachable_punch_server_is_reported_within_the_connect_timeout() -> Resul
     let closed = format!("{server_id}@{closed}");
     let silent = format!("{server_id}@{}", silent.local_addr()?);
     let target = mesh::identity::Identity::generate()?.peer_id().to_string();
-    let node = ["--no-upnp", "--bind", "127.0.0.1:0"];
-    // (args, environment, expected timeout_ms, bound on the run time)
-    let runs: Vec<(Vec<&str>, Vec<(&str, &str)>, u64, Duration)> = vec![
+    let default = |args| UnreachableRun {
+        args,
+        env: vec![],
+        timeout_ms: 10_000,
+        bound: Duration::from_secs(13),
+    };
+    let short = |args, env| UnreachableRun {
+        args,
+        env,
+        timeout_ms: 2_000,
+        bound: Duration::from_secs(5),
+    };
+    let runs = [
         // The default: 10 s.
-        (
-            vec!["listen", "--punch", &closed],
-            vec![],
-            10_000,
-            Duration::from_secs(13),
-        ),
-        (
-            vec!["doctor", "--punch", &silent],
-            vec![],
-            10_000,
-            Duration::from_secs(13),
-        ),
+        default(vec!["listen", "--punch", &closed]),
+        default(vec!["doctor", "--punch", &silent]),
         // Configured by flag or environment.
-        (
+        short(
             vec!["listen", "--punch", &silent, "--connect-timeout-ms", "2000"],
             vec![],
-            2_000,
-            Duration::from_secs(5),
         ),
-        (
+        short(
             vec!["dial", "--punch", &silent, &target],
             vec![("PEER_CONNECT_TIMEOUT_MS", "2000")],
-            2_000,
-            Duration::from_secs(5),
         ),
-        (
+        short(
             vec!["doctor", "--punch", &closed, "--connect-timeout-ms", "2000"],
             vec![],
-            2_000,
-            Duration::from_secs(5),
         ),
     ];
     std::thread::scope(|scope| -> Result<()> {
-        let handles: Vec<_> = runs
-            .iter()
-            .map(|(args, env, timeout_ms, bound)| {
-                scope.spawn(move || -> Result<()> {
-                    let mut args = args.clone();
-                    args.extend(node);
-                    let (lines, status, took) = run_peer_with(&args, env)?;
-                    anyhow::ensure!(lines.len() == 2, "{args:?}: {lines:?}");
-                    let (connecting, error) = (&lines[0], &lines[1]);
-                    anyhow::ensure!(
-                        connecting["event"] == "connecting"
-                            && connecting["punch"] == args[2]
-                            && connecting["timeout_ms"] == *timeout_ms,
-                        "{args:?}: first line {connecting}"
-                    );
-                    anyhow::ensure!(
-                        error["event"] == "error" && error["kind"] == "unreachable",
-                        "{args:?}: {error}"
-                    );
-                    anyhow::ensure!(status.code() == Some(1), "{args:?}: {status}");
-                    anyhow::ensure!(took < *bound, "{args:?}: took {took:?}");
-                    Ok(())
-                })
-            })
-            .collect();
+        let handles: Vec<_> = runs.iter().map(|r| scope.spawn(|| r.check())).collect();
         for h in handles {
             h.join().map_err(|_| anyhow::anyhow!("run panicked"))??;
         }

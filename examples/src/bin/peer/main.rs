@@ -2,13 +2,16 @@
 //!
 //! Subcommands:
 //! - `listen` / `dial` (module `punch`): reach peers through the punch server (`--punch
-//!   ID@HOST:PORT`): `registered`, `connected`, `echo_ok`, `closed`, `error` lines.
-//! - `doctor --punch` (module `punch`): behaviour, registration, RTT and UPnP in one line
-//!   (behaviour and `register_error`, exit status 1, when registration fails).
+//!   ID@HOST:PORT`): `connecting`, `registered`, `connected`, `echo_ok`, `closed`, `error`
+//!   lines (`error {kind: "unreachable"}` when the server has not answered within
+//!   `--connect-timeout-ms`, 10 s).
+//! - `doctor --punch` (module `doctor`): `connecting`, then behaviour, registration, RTT and
+//!   UPnP in one line (behaviour and `register_error`, exit status 1, when registration
+//!   fails; `error {kind: "unreachable"}` when the server does not answer).
 //! - `doctor --stun`: RFC 5780 NAT behaviour discovery against a STUN server with an alternate
 //!   address (our punch-server or any RFC 5780 server such as coturn). Steps: bind a UDP
-//!   socket (`--bind`, default `0.0.0.0:0`), run `mesh::nat::discover` with RFC 8489
-//!   retransmissions scaled to `--timeout-ms` per transaction, print one
+//!   socket (`--bind`, default `0.0.0.0:0`), run `mesh::nat::discover` (test I's RFC 8489
+//!   transaction scaled to `--timeout-ms`, the later tests timed from its RTT), print one
 //!   `{"event":"nat",...}` line, or `{"event":"error",...}` and exit with status 1.
 //! - `upnp`: map a UDP socket's port on the UPnP gateway (`mesh::upnp::PortMapper`) and
 //!   prove it with real traffic. Steps: bind `--bind`; start the mapper and wait at most
@@ -26,7 +29,13 @@
 //!   are broadcast, EOF leaves.
 //! - `send-udp`: send one datagram of `--bytes` bytes to `--to` from `--bind` and print
 //!   `{"event":"sent","to":..,"local":..,"bytes":..}`.
+//!
+//! Every subcommand stops gracefully on SIGINT or SIGTERM (module `signals`): `stopping`,
+//! the cleanup its own exit would do, then `stopped` (listen) or `left` (host, join) with
+//! exit status 0, or `error {kind: "interrupted"}` and 1 for the one-shot commands; a
+//! second signal exits at once (130 / 143).
 
+mod doctor;
 mod out;
 mod punch;
 mod session_cmds;
@@ -244,7 +253,7 @@ async fn run(command: Command, stop: Stop) -> ExitCode {
                 connect_timeout_ms,
             };
             let upnp_wait = Duration::from_millis(upnp_wait_ms);
-            punch::doctor(node, alt.or(stun), timeout_ms, upnp_wait, &stop).await
+            doctor::doctor(node, alt.or(stun), timeout_ms, upnp_wait, &stop).await
         }
         Command::Doctor {
             stun: Some(stun),

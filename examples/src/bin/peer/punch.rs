@@ -1,4 +1,5 @@
-//! `listen`, `dial` and `doctor --punch`: the peer side of the punch server.
+//! `listen` and `dial` (and the node flags `doctor --punch` shares, module `doctor`): the
+//! peer side of the punch server.
 //!
 //! - `listen`: start a [`DirectNode`], print `registered` (and `upnp` once a mapping is
 //!   registered), then for every accepted connection print `connected` and echo each
@@ -11,16 +12,13 @@
 //!   `kind` (`no_direct_path`, `refused`, `timeout`, `unknown_target`, ...) and exits 1.
 //!   A stalled echo or failed handshake is retried with a fresh connect (`retry` lines,
 //!   `--attempts`).
-//! - `doctor --punch`: NAT behaviour (RFC 5780) against the punch server's STUN port (or
-//!   `--alt`), registration and RTT over the QUIC control connection, and the UPnP result,
-//!   as one `doctor` line. If registration fails, the line carries the NAT findings and
-//!   `register_error` (`kind`, `detail`) instead, and the exit status is 1.
 //!
-//! All three print `connecting {punch, timeout_ms}` first; a punch server that has not
-//! answered within `--connect-timeout-ms` (10 s) gives `error {kind: "unreachable"}` and
-//! exit status 1. `listen` prints `error` with kind `closed` and exits 1 if its endpoint
-//! closes; SIGINT or SIGTERM stop it gracefully (`stopping`, the node shut down: peer
-//! connections closed with a close code, UPnP mapping removed; then `stopped`, exit 0).
+//! Both (and `doctor --punch`) print `connecting {punch, timeout_ms}` first; a punch
+//! server that has not answered within `--connect-timeout-ms` (10 s) gives
+//! `error {kind: "unreachable"}` and exit status 1. `listen` prints `error` with kind
+//! `closed` and exits 1 if its endpoint closes; SIGINT or SIGTERM stop it gracefully
+//! (`stopping`, the node shut down: peer connections closed with a close code, UPnP
+//! mapping removed; then `stopped`, exit 0).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,9 +29,8 @@ use std::time::{Duration, Instant};
 use mesh::coord::PunchAddr;
 use mesh::direct::{DialError, DirectConfig, DirectConnection, DirectNode, IncomingPolicy};
 use mesh::identity::{Identity, PeerId};
-use mesh::nat::{discover, NatConfig};
 use mesh::socket::ConnectError;
-use mesh::upnp::{UpnpConfig, UpnpState};
+use mesh::upnp::UpnpConfig;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
@@ -49,7 +46,7 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
 
 /// Why a node did not start: a stable `kind` and a detail, for an `error` line (or the
 /// `register_error` of `doctor`).
-type StartFailure = (&'static str, String);
+pub type StartFailure = (&'static str, String);
 
 /// Flags shared by `listen`, `dial` and `doctor --punch`.
 #[derive(Debug, Clone, clap::Args)]
@@ -83,7 +80,7 @@ pub struct NodeArgs {
 }
 
 impl NodeArgs {
-    fn config(&self) -> Result<DirectConfig, StartFailure> {
+    pub fn config(&self) -> Result<DirectConfig, StartFailure> {
         let punch: PunchAddr = self
             .punch
             .parse()
@@ -111,7 +108,7 @@ impl NodeArgs {
     }
 
     /// Starts the node and registers it with the punch server.
-    async fn start(&self, incoming: IncomingPolicy) -> Result<DirectNode, StartFailure> {
+    pub async fn start(&self, incoming: IncomingPolicy) -> Result<DirectNode, StartFailure> {
         let mut config = self.config()?;
         config.incoming = incoming;
         let identity = self.identity()?;
@@ -138,7 +135,7 @@ impl NodeArgs {
 
     /// `{"event":"connecting","punch":..,"timeout_ms":..}`: printed before the punch
     /// server is dialed, so a silent server is never a silent wait.
-    fn connecting_line(&self) -> Value {
+    pub fn connecting_line(&self) -> Value {
         json!({
             "event": "connecting",
             "punch": self.punch,
@@ -417,114 +414,4 @@ async fn echo_check(conn: &DirectConnection, bytes: usize) -> Result<f64, String
     w?;
     r?;
     Ok(started.elapsed().as_secs_f64())
-}
-
-/// `peer doctor --punch`: NAT behaviour, registration, UPnP, RTT; one line.
-///
-/// Prints `connecting`, then runs behaviour discovery and the registration at the same
-/// time. A punch server that does not answer within `--connect-timeout-ms` ends it at once
-/// with `error {kind: "unreachable"}`; other registration failures are reported in the
-/// `doctor` line (`register_error`) next to the NAT findings.
-pub async fn doctor(
-    args: NodeArgs,
-    alt: Option<String>,
-    timeout_ms: u64,
-    upnp_wait: Duration,
-    stop: &Stop,
-) -> ExitCode {
-    let config = match args.config() {
-        Ok(c) => c,
-        Err((kind, detail)) => return error_line(kind, &detail),
-    };
-    let stun = alt.unwrap_or_else(|| config.punch.host_port());
-    let server = match crate::stun_cmds::resolve(&stun, args.bind) {
-        Ok(server) => server,
-        Err(detail) => return error_line("resolve", &detail),
-    };
-    let bind = SocketAddr::new(args.bind.ip(), 0);
-    let socket = match tokio::net::UdpSocket::bind(bind).await {
-        Ok(socket) => socket,
-        Err(e) => return error_line("io", &format!("bind {bind}: {e}")),
-    };
-    emit(&args.connecting_line());
-    let nat_config = NatConfig::with_transaction_timeout(Duration::from_millis(timeout_ms.max(1)));
-    let discovery = discover(&socket, server, nat_config);
-    let registration = args.start(IncomingPolicy::RefuseAll);
-    tokio::pin!(discovery, registration);
-    let (mut nat, mut node) = (None, None);
-    while nat.is_none() || node.is_none() {
-        tokio::select! {
-            found = &mut discovery, if nat.is_none() => nat = Some(found),
-            started = &mut registration, if node.is_none() => match started {
-                Err(("unreachable", detail)) => return error_line("unreachable", &detail),
-                started => node = Some(started),
-            },
-            signal = stop.wait() => {
-                if let Some(Ok(node)) = node {
-                    bounded_cleanup(DirectNode::shutdown(node)).await;
-                }
-                return interrupted(signal);
-            }
-        }
-    }
-    let mut line = json!({"event": "doctor", "punch": args.punch});
-    match nat {
-        Some(Ok(b)) => {
-            line["mapping"] = b.mapping.as_str().into();
-            line["filtering"] = b.filtering.as_str().into();
-            line["nat_type"] = b.nat_type().as_str().into();
-            line["reflexive"] = b.reflexive.to_string().into();
-            line["stun_rtt_ms"] = b.rtt.map(ms).into();
-        }
-        Some(Err(e)) => line["nat_error"] = json!({"kind": e.kind(), "detail": e.to_string()}),
-        None => {}
-    }
-    let node = match node {
-        Some(Ok(node)) => node,
-        Some(Err((kind, detail))) => {
-            // The NAT findings stand on their own: report them with why registration
-            // failed.
-            line["register_error"] = json!({"kind": kind, "detail": detail});
-            emit(&line);
-            return ExitCode::FAILURE;
-        }
-        None => return error_line("internal", "registration did not finish"),
-    };
-    let reg = node.registration().borrow().clone();
-    line["peer"] = node.peer_id().to_string().into();
-    line["registered_as"] = reg.observed_addr.to_string().into();
-    line["punch_rtt_ms"] = ms(node.server_rtt()).into();
-    let upnp = match stop.until(settled_upnp(&node, upnp_wait)).await {
-        Ok(upnp) => upnp,
-        Err(signal) => {
-            bounded_cleanup(node.shutdown()).await;
-            return interrupted(signal);
-        }
-    };
-    line["upnp"] = match upnp {
-        None => json!({"state": "off"}),
-        Some(UpnpState::Mapped { external, .. }) => {
-            json!({"state": "mapped", "external": external.to_string()})
-        }
-        Some(UpnpState::Unavailable { reason }) => {
-            json!({"state": "unavailable", "reason": reason})
-        }
-        Some(UpnpState::Searching) => json!({"state": "searching"}),
-    };
-    emit(&line);
-    bounded_cleanup(node.shutdown()).await;
-    ExitCode::SUCCESS
-}
-
-/// The node's UPnP state once it left `Searching`, or as it is after `wait`.
-async fn settled_upnp(node: &DirectNode, wait: Duration) -> Option<UpnpState> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        match node.upnp_state() {
-            Some(UpnpState::Searching) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => return other,
-        }
-    }
 }
