@@ -48,7 +48,8 @@ pub struct DirectConfig {
     /// Longest time [`super::DirectNode::start`] waits for the punch server to answer at
     /// all: resolving its name and completing a first QUIC handshake with it (across the
     /// registration attempts). Default 10 s; a server that does not answer by then fails
-    /// the start with [`super::StartError::Unreachable`] (kind `unreachable`). It bounds
+    /// the start with [`super::StartError::Unreachable`] (kind `unreachable`), a name not
+    /// resolved by then with [`super::StartError::Resolve`]. It bounds
     /// only the first start: a node that registered once keeps dialing a lost server in
     /// the background (see `reconnect_min`).
     pub connect_timeout: Duration,

@@ -7,9 +7,10 @@
 //! 2. Find the host candidate: the bound IP, or for a wildcard bind the local IP the
 //!    kernel routes toward the punch server (no packet is sent to find it).
 //! 3. Dial the punch server from the socket, check its key, register the candidates
-//!    ([`super::control`]), and start the punch engine ([`super::engine`]). Steps 1 and 3
-//!    end with [`StartError::Unreachable`] if the server has not answered (name resolved
-//!    and one QUIC handshake done) within [`DirectConfig::connect_timeout`].
+//!    ([`super::control`]), and start the punch engine ([`super::engine`]). Both steps 1
+//!    and 3 are bounded by [`DirectConfig::connect_timeout`] from the start: a name not
+//!    resolved by then is [`StartError::Resolve`], a server that completed no QUIC
+//!    handshake by then [`StartError::Unreachable`].
 //! 4. Start UPnP in the background; when a mapping appears, register again with the
 //!    mapped candidate added ([`DirectNode::registration`] shows each confirmation).
 //! 5. If the control connection is lost, the control task dials the server again with
