@@ -10,9 +10,9 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use common::{event, json_lines, punch_server_bin};
@@ -105,12 +105,9 @@ impl Server {
             .args(["-TERM", &self.proc.child.id().to_string()])
             .status()?;
         anyhow::ensure!(status.success(), "kill -TERM failed");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         while self.proc.child.try_wait()?.is_none() {
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "no exit after SIGTERM"
-            );
+            anyhow::ensure!(Instant::now() < deadline, "no exit after SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
@@ -140,6 +137,11 @@ fn listen(punch: &str, extra: &[&str]) -> Result<(Proc, String)> {
     ];
     args.extend_from_slice(extra);
     let mut proc = Proc::spawn(&peer_bin(), &args)?;
+    let connecting = proc.next_json(Duration::from_secs(5))?;
+    anyhow::ensure!(
+        connecting["event"] == "connecting" && connecting["punch"] == punch,
+        "listener's first line: {connecting}"
+    );
     let reg = proc.next_json(Duration::from_secs(15))?;
     anyhow::ensure!(reg["event"] == "registered", "listener: {reg}");
     let peer = reg["peer"].as_str().unwrap_or_default().to_string();
@@ -148,31 +150,44 @@ fn listen(punch: &str, extra: &[&str]) -> Result<(Proc, String)> {
 
 /// Runs `peer` to completion (bounded) and returns its JSON lines and success.
 fn run_peer(args: &[&str]) -> Result<(Vec<Value>, bool)> {
+    let (lines, status, _) = run_peer_with(args, &[])?;
+    Ok((lines, status.success()))
+}
+
+/// Runs `peer` with extra environment variables to completion (bounded); returns its JSON
+/// lines, exit status and run time.
+fn run_peer_with(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<(Vec<Value>, ExitStatus, Duration)> {
+    let started = Instant::now();
     let mut child = Command::new(peer_bin())
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = started + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
         }
-        if std::time::Instant::now() > deadline {
+        if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
             bail!("peer {args:?} did not finish in 30 s");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    let took = started.elapsed();
     let mut out = String::new();
     if let Some(mut stdout) = child.stdout.take() {
         std::io::Read::read_to_string(&mut stdout, &mut out)?;
     }
     let lines = json_lines(&out);
-    eprintln!("peer {args:?}: {lines:?}");
-    Ok((lines, status.success()))
+    eprintln!("peer {args:?} ({took:?}): {lines:?}");
+    Ok((lines, status, took))
 }
 
 fn dial(punch: &str, peer: &str, extra: &[&str]) -> Result<(Vec<Value>, bool)> {
@@ -336,9 +351,9 @@ fn doctor_keeps_its_nat_findings_when_registration_fails() -> Result<()> {
 
 /// Reads `proc`'s lines until one has `event` == `name` (bounded).
 fn wait_event(proc: &mut Proc, name: &str, timeout: Duration) -> Result<Value> {
-    let deadline = std::time::Instant::now() + timeout;
+    let deadline = Instant::now() + timeout;
     loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left = deadline.saturating_duration_since(Instant::now());
         let v = proc
             .next_json(left)
             .with_context(|| format!("waiting for {name}"))?;
@@ -403,4 +418,137 @@ fn a_superseded_listener_stays_offline() -> Result<()> {
     let (lines, ok) = dial(&server.punch(), &peer, &[])?;
     assert!(ok, "{lines:?}");
     Ok(())
+}
+
+/// Sends `signal` (`INT`, `TERM`) to `proc` by its pid.
+fn send_signal(proc: &Proc, signal: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &proc.child.id().to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{signal} failed");
+    Ok(())
+}
+
+/// Waits at most `limit` for `proc` to exit; returns its status and how long it took.
+fn wait_exit(proc: &mut Proc, limit: Duration) -> Result<(ExitStatus, Duration)> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = proc.child.try_wait()? {
+            return Ok((status, started.elapsed()));
+        }
+        anyhow::ensure!(started.elapsed() < limit, "no exit within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigint_and_sigterm_stop_listen_gracefully() -> Result<()> {
+    let server = Server::start()?;
+    for signal in ["INT", "TERM"] {
+        let (mut listener, peer) = listen(&server.punch(), &[])?;
+        send_signal(&listener, signal)?;
+        let (status, took) = wait_exit(&mut listener, Duration::from_secs(10))?;
+        assert_eq!(status.code(), Some(0), "SIG{signal}: {status}");
+        // Generous bound for a busy machine; it takes a few milliseconds.
+        assert!(
+            took < Duration::from_secs(5),
+            "SIG{signal}: exit after {took:?}"
+        );
+        let stopping = listener.next_json(Duration::from_secs(1))?;
+        assert_eq!(stopping["event"], "stopping", "{stopping}");
+        assert_eq!(stopping["signal"], format!("SIG{signal}"));
+        let stopped = listener.next_json(Duration::from_secs(1))?;
+        assert_eq!(stopped["event"], "stopped", "{stopped}");
+        // The control connection was closed with a close code, not abandoned: the punch
+        // server dropped the registration at once.
+        let (lines, ok) = dial(&server.punch(), &peer, &[])?;
+        assert!(!ok, "{lines:?}");
+        assert_eq!(
+            event(&lines, "error").context("no error")?["kind"],
+            "unknown_target"
+        );
+    }
+    Ok(())
+}
+
+/// One `peer` run against a punch server that never answers.
+struct UnreachableRun<'a> {
+    args: Vec<&'a str>,
+    env: Vec<(&'a str, &'a str)>,
+    /// The `timeout_ms` the `connecting` line must show.
+    timeout_ms: u64,
+    /// Bound on the run time (generous for a busy machine).
+    bound: Duration,
+}
+
+impl UnreachableRun<'_> {
+    /// Runs it and checks: `connecting`, then `error {kind: "unreachable"}`, exit 1, in time.
+    fn check(&self) -> Result<()> {
+        let mut args = self.args.clone();
+        args.extend(["--no-upnp", "--bind", "127.0.0.1:0"]);
+        let (lines, status, took) = run_peer_with(&args, &self.env)?;
+        anyhow::ensure!(lines.len() == 2, "{args:?}: {lines:?}");
+        let (connecting, error) = (&lines[0], &lines[1]);
+        anyhow::ensure!(
+            connecting["event"] == "connecting"
+                && connecting["punch"] == args[2]
+                && connecting["timeout_ms"] == self.timeout_ms,
+            "{args:?}: first line {connecting}"
+        );
+        anyhow::ensure!(
+            error["event"] == "error" && error["kind"] == "unreachable",
+            "{args:?}: {error}"
+        );
+        anyhow::ensure!(status.code() == Some(1), "{args:?}: {status}");
+        anyhow::ensure!(took < self.bound, "{args:?}: took {took:?}");
+        Ok(())
+    }
+}
+
+#[test]
+fn an_unreachable_punch_server_is_reported_within_the_connect_timeout() -> Result<()> {
+    // A closed port (bound, then released) and a silent one (bound here, never read).
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let server_id = mesh::identity::Identity::generate()?.peer_id();
+    let closed = format!("{server_id}@{closed}");
+    let silent = format!("{server_id}@{}", silent.local_addr()?);
+    let target = mesh::identity::Identity::generate()?.peer_id().to_string();
+    let default = |args| UnreachableRun {
+        args,
+        env: vec![],
+        timeout_ms: 10_000,
+        bound: Duration::from_secs(13),
+    };
+    let short = |args, env| UnreachableRun {
+        args,
+        env,
+        timeout_ms: 2_000,
+        bound: Duration::from_secs(5),
+    };
+    let runs = [
+        // The default: 10 s.
+        default(vec!["listen", "--punch", &closed]),
+        default(vec!["doctor", "--punch", &silent]),
+        // Configured by flag or environment.
+        short(
+            vec!["listen", "--punch", &silent, "--connect-timeout-ms", "2000"],
+            vec![],
+        ),
+        short(
+            vec!["dial", "--punch", &silent, &target],
+            vec![("PEER_CONNECT_TIMEOUT_MS", "2000")],
+        ),
+        short(
+            vec!["doctor", "--punch", &closed, "--connect-timeout-ms", "2000"],
+            vec![],
+        ),
+    ];
+    std::thread::scope(|scope| -> Result<()> {
+        let handles: Vec<_> = runs.iter().map(|r| scope.spawn(|| r.check())).collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("run panicked"))??;
+        }
+        Ok(())
+    })
 }

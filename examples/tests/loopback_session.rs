@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use common::loopback::{get_session, str_of, Proc, Servers};
+use common::loopback::{get, get_session, str_of, Proc, Servers};
 use serde_json::Value;
 
 /// Longest wait for one expected line.
@@ -193,5 +193,51 @@ fn eight_peers_full_mesh_host_migration_and_rejoin() -> Result<()> {
         p.wait_exit_ok(deadline)?;
     }
     eprintln!("test done in {:?}", started.elapsed());
+    Ok(())
+}
+
+#[test]
+fn sigterm_makes_host_leave_and_exit_0() -> Result<()> {
+    let servers = Servers::start(Stdio::inherit)?;
+    let args = [
+        "host",
+        "--punch",
+        &servers.punch_addr,
+        "--name",
+        "signal",
+        "--no-upnp",
+        "--bind",
+        "127.0.0.1:0",
+        "--master",
+        &servers.master_url,
+        "--game",
+        GAME,
+    ];
+    // stdin stays open: the leave comes from the signal, not from EOF.
+    let mut host = Proc::peer("host", &args)?;
+    let listed = host.wait("listed", LINE_TIMEOUT, |v| v["event"] == "listed")?;
+    let session = str_of(&listed, "session")?;
+    get_session(&servers.master_addr, &session)?;
+    let status = Command::new("kill")
+        .args(["-TERM", &host.child.id().to_string()])
+        .status()?;
+    ensure!(status.success(), "kill -TERM failed");
+    let sent = Instant::now();
+    let left = host.wait("left", LINE_TIMEOUT, |v| v["event"] == "left")?;
+    ensure!(left["signal"] == "SIGTERM", "{left}");
+    ensure!(
+        host.seen.iter().any(|v| v["event"] == "stopping"),
+        "no stopping line: {:?}",
+        host.seen
+    );
+    // Generous bound for a busy machine; `Session::leave` waits at most a few seconds.
+    host.wait_exit_ok(sent + Duration::from_secs(8))?;
+    eprintln!("host exited {:?} after SIGTERM", sent.elapsed());
+    // Left as `Session::leave` does: the last member delisted the session.
+    let (status, _) = get(&servers.master_addr, &session)?;
+    ensure!(
+        status.starts_with("HTTP/1.1 404"),
+        "session still listed after the host left: {status}"
+    );
     Ok(())
 }

@@ -10,12 +10,15 @@
 //!    `punch-server` (found next to the `peer` binary; build it with
 //!    `cargo build -p punch-server` into the same target directory) or coturn's
 //!    `turnserver`.
-//! 3. Run a client on LAN host A1: `peer doctor` or coturn's `turnutils_stunclient`.
-//! 4. Check the classification / reflexive address; the lab is torn down on drop.
+//! 3. Run a client on LAN host A1: `peer doctor` with its default options (`--punch`
+//!    against our server, `--stun` against coturn) or coturn's `turnutils_stunclient`.
+//! 4. Check the classification / reflexive address and that `peer doctor` took less than
+//!    5 s (about 0.5 s behind the NATs whose filtering tests end in silence); the lab is
+//!    torn down on drop.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use common::{all_four, start_punch_server, wait_udp_listeners, ALT_PORT, PRIMARY_PORT};
@@ -61,34 +64,47 @@ fn start_coturn(lab: &Lab) -> Result<LabProcess> {
     Ok(server)
 }
 
-fn doctor(lab: &Lab, host: Host, timeout_ms: u32) -> Result<Value> {
-    let stun = format!("{}:{PRIMARY_PORT}", lab.server_ip(0));
+/// Longest `peer doctor` run with its default options in the lab (sub-millisecond links):
+/// about 0.5 s behind restricted, port-restricted and symmetric NATs (silence is decided
+/// 5 RTOs of 100 ms after test I), far less behind none and full cone. Generous for a busy
+/// 2-core machine.
+const DOCTOR_BOUND: Duration = Duration::from_secs(5);
+
+/// Runs `peer doctor ARGS` (default options otherwise) on `host`; returns its last JSON
+/// line (which must be `event`) and how long the run took.
+fn doctor(lab: &Lab, host: Host, args: &[&str], event: &str) -> Result<(Value, Duration)> {
+    let mut full = vec!["doctor"];
+    full.extend_from_slice(args);
+    let started = Instant::now();
     let out = lab.run(
         host,
         env!("CARGO_BIN_EXE_peer"),
-        &[
-            "doctor",
-            "--stun",
-            &stun,
-            "--timeout-ms",
-            &timeout_ms.to_string(),
-        ],
+        &full,
         Duration::from_secs(60),
     )?;
+    let took = started.elapsed();
     let line = out.stdout.lines().last().unwrap_or_default().to_string();
-    eprintln!("peer doctor on {host:?}: {line}");
+    eprintln!("peer {full:?} on {host:?} ({took:?}): {line}");
     let v: Value = serde_json::from_str(&line)
         .with_context(|| format!("doctor stdout {:?}, stderr {:?}", out.stdout, out.stderr))?;
     anyhow::ensure!(
-        out.success() && v["event"] == "nat",
+        out.success() && v["event"] == event,
         "doctor failed: {line} {}",
         out.stderr
     );
-    Ok(v)
+    Ok((v, took))
 }
 
-fn check_doctor(lab: &Lab, nat: NatType) -> Result<()> {
-    let v = doctor(lab, Host::LanA1, 1500)?;
+/// `peer doctor --stun` against the lab server's primary address.
+fn doctor_stun(lab: &Lab, host: Host, extra: &[&str]) -> Result<(Value, Duration)> {
+    let stun = format!("{}:{PRIMARY_PORT}", lab.server_ip(0));
+    let mut args = vec!["--stun", stun.as_str()];
+    args.extend_from_slice(extra);
+    doctor(lab, host, &args, "nat")
+}
+
+/// Checks the classification and the reflexive address, and the run time.
+fn check_doctor(lab: &Lab, nat: NatType, v: &Value, took: Duration) -> Result<()> {
     anyhow::ensure!(
         v["nat_type"] == nat.name(),
         "router built as {nat}, doctor says {v}"
@@ -102,25 +118,55 @@ fn check_doctor(lab: &Lab, nat: NatType) -> Result<()> {
         reflexive.starts_with(&format!("{expected_ip}:")),
         "reflexive {reflexive}"
     );
+    eprintln!(
+        "FIGURE peer doctor behind {nat}: {:.3} s",
+        took.as_secs_f64()
+    );
+    anyhow::ensure!(
+        took < DOCTOR_BOUND,
+        "peer doctor behind {nat} took {took:?} (bound {DOCTOR_BOUND:?})"
+    );
     Ok(())
 }
 
+/// `peer doctor --punch` (discovery against the punch server's STUN port, registration,
+/// no UPnP) with its default options.
 fn doctor_against_punch_server(test: &str, nat: NatType) -> Result<()> {
     if natlab::skip_requested(test) {
         return Ok(());
     }
     let lab = build_lab(test, nat)?;
-    let _server = start_punch_server(&lab, true)?;
-    check_doctor(&lab, nat)
+    let server = start_punch_server(&lab, true)?;
+    let punch = server.punch_addr();
+    let (v, took) = doctor(
+        &lab,
+        Host::LanA1,
+        &["--punch", &punch, "--no-upnp"],
+        "doctor",
+    )?;
+    // Registration (from the node's own socket) sees the same public IP as test I.
+    let ip = |key: &str| {
+        v[key]
+            .as_str()
+            .and_then(|a| a.rsplit_once(':'))
+            .map(|a| a.0.to_string())
+    };
+    anyhow::ensure!(
+        ip("registered_as").is_some() && ip("registered_as") == ip("reflexive"),
+        "registration and test I disagree: {v}"
+    );
+    check_doctor(&lab, nat, &v, took)
 }
 
+/// `peer doctor --stun` against coturn with its default options.
 fn doctor_against_coturn(test: &str, nat: NatType) -> Result<()> {
     if natlab::skip_requested(test) {
         return Ok(());
     }
     let lab = build_lab(test, nat)?;
     let _server = start_coturn(&lab)?;
-    check_doctor(&lab, nat)
+    let (v, took) = doctor_stun(&lab, Host::LanA1, &[])?;
+    check_doctor(&lab, nat, &v, took)
 }
 
 macro_rules! per_type {
@@ -194,10 +240,17 @@ fn punch_port_restricted_with_20_percent_loss_on_both_directions() -> Result<()>
         .build()
         .with_context(|| format!("test {test} needs the NAT lab (root)"))?;
     let _server = start_punch_server(&lab, true)?;
-    // Rc = 7 requests per transaction: a wrongly missed answer needs 7 losses in a row
-    // (about 0.1 % per transaction at 36 % round-trip loss).
-    let v = doctor(&lab, Host::LanA1, 3000)?;
+    // Default options. Test I and the mapping tests send up to Rc = 7 requests: a missed
+    // answer needs 7 losses in a row (about 0.1 % per transaction at 36 % round-trip
+    // loss); the filtering tests expect silence here. A lost test I answer makes the later
+    // RTO the whole time test I took (500 ms or more), hence the wider bound.
+    let (v, took) = doctor_stun(&lab, Host::LanA1, &[])?;
     anyhow::ensure!(v["nat_type"] == "port_restricted", "doctor says {v}");
+    eprintln!(
+        "FIGURE peer doctor with 20 % loss each way: {:.3} s",
+        took.as_secs_f64()
+    );
+    anyhow::ensure!(took < Duration::from_secs(20), "took {took:?}");
     Ok(())
 }
 
@@ -211,23 +264,9 @@ fn two_hosts_behind_one_nat_get_distinct_reflexive_addresses() -> Result<()> {
     let _server = start_punch_server(&lab, true)?;
     // Both bind the same local port, so the NAT must give the second one another port.
     let run = |host| -> Result<Value> {
-        let stun = format!("{}:{PRIMARY_PORT}", lab.server_ip(0));
-        let out = lab.run(
-            host,
-            env!("CARGO_BIN_EXE_peer"),
-            &[
-                "doctor",
-                "--stun",
-                &stun,
-                "--bind",
-                "0.0.0.0:40000",
-                "--timeout-ms",
-                "1500",
-            ],
-            Duration::from_secs(60),
-        )?;
-        let line = out.stdout.lines().last().unwrap_or_default();
-        serde_json::from_str(line).with_context(|| format!("doctor output {out:?}"))
+        let (v, took) = doctor_stun(&lab, host, &["--bind", "0.0.0.0:40000"])?;
+        anyhow::ensure!(took < DOCTOR_BOUND, "took {took:?}");
+        Ok(v)
     };
     let a1 = run(Host::LanA1)?;
     let a2 = run(Host::LanA2)?;

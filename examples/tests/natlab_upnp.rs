@@ -17,14 +17,27 @@
 //!    A1 receives it (only the mapping lets it through), then removes the mapping.
 //! 5. A second datagram (from a new source port, so no conntrack entry of the first flow
 //!    helps it) is no longer delivered: A1 reports `quiet`.
+//!
+//! Flow of the signal tests (`peer listen` with UPnP behind symmetric router A, a dialer
+//! behind symmetric router B, which only the mapping lets through):
+//! 1. The listener prints its mapping; miniupnpd's NAT table holds the DNAT rule to it; a
+//!    dial from B1 connects through it.
+//! 2. SIGINT (then, with a fresh listener, SIGTERM): the listener prints `stopping` and
+//!    `stopped` and exits 0 within a few seconds, and the DNAT rule is gone from the
+//!    router.
+//! 3. With miniupnpd frozen (SIGSTOP, so the removal hangs until its 3 s request timeout), a
+//!    second SIGTERM right after `stopping` ends the listener at once with status 143.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use common::{next_json, require_miniupnpd, start_punch_server, ALT_PORT, PRIMARY_PORT};
-use natlab::{Host, Lab, NatType, Router, UpnpStun};
+use common::{
+    dial, next_json, require_miniupnpd, start_listener, start_punch_server, Listener, PunchServer,
+    ALT_PORT, PRIMARY_PORT,
+};
+use natlab::{Host, Lab, LabProcess, NatType, Router, UpnpDaemon, UpnpStun};
 use serde_json::Value;
 
 const LOCAL_PORT: u16 = 40000;
@@ -250,5 +263,147 @@ fn upnp_without_gateway_reports_unavailable() -> Result<()> {
         "gave up only after {:?}",
         started.elapsed()
     );
+    Ok(())
+}
+
+/// Symmetric routers A and B, the punch server, miniupnpd on router A.
+fn upnp_pair_lab(label: &str) -> Result<Lab> {
+    Lab::builder()
+        .label(label)
+        .router_a(NatType::Symmetric)
+        .router_b(NatType::Symmetric)
+        .build()
+        .with_context(|| format!("test {label} needs the NAT lab (root)"))
+}
+
+fn start_miniupnpd<'lab>(lab: &'lab Lab) -> Result<UpnpDaemon<'lab>> {
+    let stun = UpnpStun {
+        server: format!("{}:{PRIMARY_PORT}", lab.server_ip(0)).parse()?,
+        alt_port: ALT_PORT,
+    };
+    lab.start_upnp(Router::A, stun)
+        .context("miniupnpd on router A")
+}
+
+/// Reads `process`'s JSON lines until one has `event` == `name` (bounded).
+fn wait_event(process: &mut LabProcess, name: &str, timeout: Duration) -> Result<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let v = next_json(process, left, name)?;
+        if v["event"] == name {
+            return Ok(v);
+        }
+    }
+}
+
+/// `peer listen` with UPnP on A1: waits for its mapping and checks the router's DNAT rule;
+/// returns the listener and the rule's internal address (`10.1.0.11:PORT`).
+fn mapped_listener(
+    lab: &Lab,
+    server: &PunchServer,
+    upnp: &UpnpDaemon,
+) -> Result<(Listener, String)> {
+    let mut listener = start_listener(lab, Host::LanA1, server, true)?;
+    let mapped = wait_event(&mut listener.process, "upnp", Duration::from_secs(20))
+        .with_context(|| format!("miniupnpd log: {}", upnp.log()))?;
+    anyhow::ensure!(mapped["state"] == "mapped", "{mapped}");
+    let rules = upnp.nat_rules()?;
+    let internal = format!("{}:", lab.ip(Host::LanA1));
+    let rule = rules
+        .lines()
+        .find(|l| l.contains("dnat") && l.contains(&internal))
+        .with_context(|| format!("no DNAT rule to {internal}: {rules}"))?;
+    let port = rule
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim().parse::<u16>().ok())
+        .with_context(|| format!("no port in {rule:?}"))?;
+    Ok((listener, format!("{internal}{port}")))
+}
+
+fn kill(pid: u32, signal: &str) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+    Ok(())
+}
+
+#[test]
+fn a_stopped_listener_removes_its_upnp_mapping() -> Result<()> {
+    let test = "a_stopped_listener_removes_its_upnp_mapping";
+    if natlab::skip_requested(test) {
+        return Ok(());
+    }
+    require_miniupnpd()?;
+    let lab = upnp_pair_lab("upnpsig")?;
+    let server = start_punch_server(&lab, true)?;
+    let upnp = start_miniupnpd(&lab)?;
+    for signal in ["INT", "TERM"] {
+        let (mut listener, internal) = mapped_listener(&lab, &server, &upnp)?;
+        // Symmetric x symmetric: only the mapping lets the dial in.
+        let d = dial(&lab, Host::LanB1, &server, &listener.peer, 1000)?;
+        anyhow::ensure!(
+            d.success && d.event("echo_ok").is_some(),
+            "dial through the mapping failed: {:?}",
+            d.lines
+        );
+        kill(listener.process.pid(), signal)?;
+        let sent = Instant::now();
+        let status = listener
+            .process
+            .wait_exit(Duration::from_secs(15))
+            .with_context(|| format!("no exit after SIG{signal}"))?;
+        let took = sent.elapsed();
+        eprintln!("peer listen exited {status} {took:?} after SIG{signal}");
+        anyhow::ensure!(status.code() == Some(0), "SIG{signal}: {status}");
+        // The node's shutdown waits up to 2 s for its connections, then removes the
+        // mapping (one SOAP call); generous bound for a busy machine.
+        anyhow::ensure!(took < Duration::from_secs(8), "exit after {took:?}");
+        let stopping = wait_event(&mut listener.process, "stopping", Duration::from_secs(1))?;
+        anyhow::ensure!(stopping["signal"] == format!("SIG{signal}"), "{stopping}");
+        wait_event(&mut listener.process, "stopped", Duration::from_secs(1))?;
+        let rules = upnp.nat_rules()?;
+        anyhow::ensure!(
+            !rules.contains(&internal),
+            "the mapping to {internal} is still on the router after SIG{signal}: {rules}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_second_signal_ends_a_hanging_cleanup_at_once() -> Result<()> {
+    let test = "a_second_signal_ends_a_hanging_cleanup_at_once";
+    if natlab::skip_requested(test) {
+        return Ok(());
+    }
+    require_miniupnpd()?;
+    let lab = upnp_pair_lab("upnpsig2")?;
+    let server = start_punch_server(&lab, true)?;
+    let upnp = start_miniupnpd(&lab)?;
+    let (mut listener, _) = mapped_listener(&lab, &server, &upnp)?;
+    // Frozen, miniupnpd accepts the removal's TCP connection but never answers.
+    kill(upnp.pid(), "STOP")?;
+    let result = (|| -> Result<Duration> {
+        kill(listener.process.pid(), "TERM")?;
+        wait_event(&mut listener.process, "stopping", Duration::from_secs(5))?;
+        kill(listener.process.pid(), "TERM")?;
+        let sent = Instant::now();
+        let status = listener
+            .process
+            .wait_exit(Duration::from_secs(15))
+            .context("no exit after the second SIGTERM")?;
+        let took = sent.elapsed();
+        anyhow::ensure!(status.code() == Some(143), "{status}");
+        wait_event(&mut listener.process, "killed", Duration::from_secs(1))?;
+        Ok(took)
+    })();
+    kill(upnp.pid(), "CONT")?;
+    let took = result?;
+    eprintln!("peer listen exited {took:?} after the second SIGTERM");
+    // The graceful removal alone would wait for the 3 s SOAP timeout.
+    anyhow::ensure!(took < Duration::from_secs(2), "exit after {took:?}");
     Ok(())
 }

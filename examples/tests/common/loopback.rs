@@ -200,8 +200,9 @@ pub fn str_of(v: &Value, key: &str) -> Result<String> {
         .with_context(|| format!("no string {key} in {v}"))
 }
 
-/// `GET /v1/sessions/{id}` on the master server, over a plain HTTP/1.1 connection.
-pub fn get_session(master: &str, id: &str) -> Result<Value> {
+/// `GET /v1/sessions/{id}` on the master server, over a plain HTTP/1.1 connection: the
+/// status line and the body.
+pub fn get(master: &str, id: &str) -> Result<(String, String)> {
     let mut stream = TcpStream::connect(master)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
@@ -211,11 +212,18 @@ pub fn get_session(master: &str, id: &str) -> Result<Value> {
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").context("no HTTP body")?;
+    let status = head.lines().next().unwrap_or_default().to_string();
+    Ok((status, body.to_string()))
+}
+
+/// The session row `id` (which must exist).
+pub fn get_session(master: &str, id: &str) -> Result<Value> {
+    let (status, body) = get(master, id)?;
     ensure!(
-        head.starts_with("HTTP/1.1 200"),
-        "GET /v1/sessions/{id}: {head}"
+        status.starts_with("HTTP/1.1 200"),
+        "GET /v1/sessions/{id}: {status}"
     );
-    serde_json::from_str(body).with_context(|| format!("body {body:?}"))
+    serde_json::from_str(&body).with_context(|| format!("body {body:?}"))
 }
 
 /// A master server and a punch server on 127.0.0.1 (killed on drop).

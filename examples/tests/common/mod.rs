@@ -163,8 +163,8 @@ pub struct Listener {
     pub peer: String,
 }
 
-/// Starts `peer listen` on `host` (with UPnP if `upnp`) and waits for its `registered`
-/// line.
+/// Starts `peer listen` on `host` (with UPnP if `upnp`) and waits for its `connecting`
+/// and `registered` lines.
 pub fn start_listener(lab: &Lab, host: Host, server: &PunchServer, upnp: bool) -> Result<Listener> {
     let punch = server.punch_addr();
     let mut args = vec!["listen", "--punch", punch.as_str()];
@@ -172,6 +172,11 @@ pub fn start_listener(lab: &Lab, host: Host, server: &PunchServer, upnp: bool) -
         args.push("--no-upnp");
     }
     let mut process = lab.spawn(host, env!("CARGO_BIN_EXE_peer"), &args)?;
+    let connecting = next_json(&mut process, Duration::from_secs(10), "connecting")?;
+    anyhow::ensure!(
+        connecting["event"] == "connecting" && connecting["punch"] == punch.as_str(),
+        "listener's first line: {connecting}"
+    );
     let reg = next_json(&mut process, Duration::from_secs(20), "registered")?;
     anyhow::ensure!(
         reg["event"] == "registered",

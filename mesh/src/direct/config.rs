@@ -45,6 +45,14 @@ pub struct DirectConfig {
     pub endpoint: EndpointOptions,
     /// What to do with incoming connect requests. Default [`IncomingPolicy::AcceptAll`].
     pub incoming: IncomingPolicy,
+    /// Longest time [`super::DirectNode::start`] waits for the punch server to answer at
+    /// all: resolving its name and completing a first QUIC handshake with it (across the
+    /// registration attempts). Default 10 s; a server that does not answer by then fails
+    /// the start with [`super::StartError::Unreachable`] (kind `unreachable`), a name not
+    /// resolved by then with [`super::StartError::Resolve`]. It bounds
+    /// only the first start: a node that registered once keeps dialing a lost server in
+    /// the background (see `reconnect_min`).
+    pub connect_timeout: Duration,
     /// Longest wait for `Registered` once the punch server's handshake is done (the
     /// handshake itself is bounded by the endpoint's handshake timeout). Default 5 s; a
     /// timed-out registration is retried twice on a fresh connection, so that heavy loss
@@ -78,6 +86,7 @@ impl DirectConfig {
             probe: ProbeConfig::default(),
             endpoint: EndpointOptions::default(),
             incoming: IncomingPolicy::default(),
+            connect_timeout: Duration::from_secs(10),
             register_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             max_attempts: 32,

@@ -6,7 +6,8 @@
 //!    stream, sends `Register` with the node's candidates (and `Policy { accept_all }` for
 //!    [`IncomingPolicy::AcceptAll`], so connects to it skip the `Incoming` round trip) and
 //!    waits (bounded) for `Registered`, which carries the reflexive address the server
-//!    observes. A timed-out attempt is retried on a fresh connection (see [`establish`]).
+//!    observes. A timed-out attempt is retried on a fresh connection (see [`establish`]);
+//!    a server that completes no handshake within the connect timeout is unreachable.
 //! 2. A task then owns the stream ([`super::control_task`]). It answers server `Ping`s,
 //!    answers `Incoming` requests by the node's [`IncomingPolicy`], hands the `Go` of an
 //!    accepted request (role controlled) to the node as an [`AcceptedGo`], and resolves the
@@ -95,6 +96,8 @@ pub(crate) struct ControlSettings {
     /// Who may connect, under [`IncomingPolicy::Allowlist`].
     pub allow: Arc<super::allow::Allowlist>,
     pub register_timeout: Duration,
+    /// How long the first start waits for the server's answer (reported in errors).
+    pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub max_pending: usize,
     /// First wait before dialing the server again after a loss (doubles per failure).
@@ -135,13 +138,15 @@ pub(crate) struct Control {
 }
 
 impl Control {
-    /// Connects and registers (see [`establish`]), then starts the control task.
+    /// Connects and registers (see [`establish`]; the server must answer by `deadline`),
+    /// then starts the control task.
     pub(crate) async fn start(
         connector: Connector,
         candidates: Vec<Candidate>,
         settings: ControlSettings,
+        deadline: Instant,
     ) -> Result<(Self, mpsc::Receiver<AcceptedGo>, JoinHandle<()>), StartError> {
-        let session = establish(&connector, &candidates, &settings).await?;
+        let session = establish(&connector, &candidates, &settings, Some(deadline)).await?;
         tracing::info!(observed_addr = %session.observed_addr, server = %session.server.short(), "registered");
         let (registration_tx, registration) = watch::channel(Registration {
             observed_addr: session.observed_addr,
@@ -238,16 +243,19 @@ impl Control {
 /// Dials the punch server and registers `candidates`. A timed-out attempt (a lossy path
 /// can back QUIC's retransmissions off for seconds) is retried with a fresh connection,
 /// whose timers start over, up to [`REGISTER_ATTEMPTS`] times. Other failures (wrong key,
-/// refused) are returned at once.
+/// refused) are returned at once. With `deadline`, a server that has not completed one
+/// QUIC handshake by then is [`StartError::Unreachable`]; once one handshake completed,
+/// the deadline no longer applies (the server answers; registration has its own timeout).
 pub(super) async fn establish(
     connector: &Connector,
     candidates: &[Candidate],
     settings: &ControlSettings,
+    mut deadline: Option<Instant>,
 ) -> Result<Session, StartError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match establish_once(connector, candidates, settings).await {
+        match establish_once(connector, candidates, settings, &mut deadline).await {
             Err(
                 e
                 @ (StartError::RegisterTimeout(_) | StartError::Connect(ConnectError::Timeout(_))),
@@ -263,13 +271,26 @@ async fn establish_once(
     connector: &Connector,
     candidates: &[Candidate],
     settings: &ControlSettings,
+    deadline: &mut Option<Instant>,
 ) -> Result<Session, StartError> {
     let endpoint = &connector.endpoint;
-    let server = match connector.expected {
-        Some(id) => endpoint.connect(id, connector.server).await,
-        None => endpoint.connect_insecure(connector.server).await,
-    }
-    .map_err(StartError::Connect)?;
+    let connect = async {
+        match connector.expected {
+            Some(id) => endpoint.connect(id, connector.server).await,
+            None => endpoint.connect_insecure(connector.server).await,
+        }
+    };
+    let connected = match *deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), connect)
+            .await
+            .map_err(|_| StartError::Unreachable {
+                server: connector.server,
+                waited: settings.connect_timeout,
+            })?,
+        None => connect.await,
+    };
+    let server = connected.map_err(StartError::Connect)?;
+    *deadline = None;
     let registered = tokio::time::timeout(
         settings.register_timeout,
         register(&server, candidates, settings.incoming),

@@ -200,7 +200,7 @@ impl ControlTask {
                     let (connector, settings) = (self.connector.clone(), self.settings.clone());
                     let candidates = self.sent_candidates.clone();
                     attempt = Some(Box::pin(async move {
-                        establish(&connector, &candidates, &settings).await
+                        establish(&connector, &candidates, &settings, None).await
                     }));
                 }
                 result = poll_some(&mut attempt), if attempt.is_some() => {

@@ -33,6 +33,15 @@ pub enum StartError {
     /// No `Registered` in time.
     #[error("punch server did not confirm the registration within {0:?}")]
     RegisterTimeout(Duration),
+    /// The punch server completed no QUIC handshake within the connect timeout
+    /// ([`super::DirectConfig::connect_timeout`]).
+    #[error("punch server {server} did not answer within {waited:?}")]
+    Unreachable {
+        /// The address dialed.
+        server: std::net::SocketAddr,
+        /// The connect timeout.
+        waited: Duration,
+    },
 }
 
 /// A failure of the control connection to the punch server.
@@ -156,7 +165,7 @@ impl StartError {
             Self::Resolve { .. } => "resolve",
             Self::Bind(_) => "bind",
             Self::Connect(ConnectError::Identity(_)) => "identity_mismatch",
-            Self::Connect(_) => "unreachable",
+            Self::Connect(_) | Self::Unreachable { .. } => "unreachable",
             Self::Control(_) => "control",
             Self::RegisterTimeout(_) => "register_timeout",
         }

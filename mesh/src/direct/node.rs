@@ -7,7 +7,10 @@
 //! 2. Find the host candidate: the bound IP, or for a wildcard bind the local IP the
 //!    kernel routes toward the punch server (no packet is sent to find it).
 //! 3. Dial the punch server from the socket, check its key, register the candidates
-//!    ([`super::control`]), and start the punch engine ([`super::engine`]).
+//!    ([`super::control`]), and start the punch engine ([`super::engine`]). Both steps 1
+//!    and 3 are bounded by [`DirectConfig::connect_timeout`] from the start: a name not
+//!    resolved by then is [`StartError::Resolve`], a server that completed no QUIC
+//!    handshake by then [`StartError::Unreachable`].
 //! 4. Start UPnP in the background; when a mapping appears, register again with the
 //!    mapped candidate added ([`DirectNode::registration`] shows each confirmation).
 //! 5. If the control connection is lost, the control task dials the server again with
@@ -91,15 +94,17 @@ type Accepted = Result<DirectConnection, ConnectError>;
 impl DirectNode {
     /// Binds, registers with the punch server and starts the background tasks.
     pub async fn start(identity: Arc<Identity>, config: DirectConfig) -> Result<Self, StartError> {
+        let deadline = super::deadline_after(config.connect_timeout);
         let expected = config.punch.expected_id(config.insecure)?;
-        let server = config
-            .punch
-            .resolve(config.bind)
-            .await
-            .map_err(|e| StartError::Resolve {
-                host: config.punch.host_port(),
-                detail: e.to_string(),
-            })?;
+        let resolve = config.punch.resolve(config.bind);
+        let resolved = match tokio::time::timeout_at(deadline.into(), resolve).await {
+            Ok(resolved) => resolved.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", config.connect_timeout)),
+        };
+        let server = resolved.map_err(|detail| StartError::Resolve {
+            host: config.punch.host_port(),
+            detail,
+        })?;
         let (endpoint, stun) = Endpoint::bind(config.bind, identity, config.endpoint.clone())?;
         let endpoint = Arc::new(endpoint);
         let local = endpoint
@@ -117,13 +122,14 @@ impl DirectNode {
             incoming: config.incoming,
             allow: allow.clone(),
             register_timeout: config.register_timeout,
+            connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
             max_pending: config.max_attempts,
             reconnect_min: config.reconnect_min,
             reconnect_max: config.reconnect_max.max(config.reconnect_min),
         };
         let (control, accepted_gos, control_task) =
-            Control::start(connector, host_candidates.clone(), settings).await?;
+            Control::start(connector, host_candidates.clone(), settings, deadline).await?;
         let (local_tx, local_rx) = watch::channel(probe_candidates(&host_candidates));
         let engine = Engine::start(
             endpoint.socket().clone(),

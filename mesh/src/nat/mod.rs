@@ -1,23 +1,29 @@
 //! NAT behaviour discovery (RFC 5780) over STUN Binding transactions (RFC 8489), with the
 //! result expressed in RFC 4787 terms and as the classic NAT names.
 //!
-//! Flow (see [`NatDiscovery`] for the state machine, [`discover`] for the tokio driver):
-//! 1. Test I: Binding request to the server's primary address; the response gives the
-//!    reflexive address and OTHER-ADDRESS (the server's alternate IP and port). Reflexive
-//!    address equal to the local address means no NAT.
-//! 2. Filtering test II: Binding request with CHANGE-REQUEST (change IP and port); a
-//!    response means endpoint-independent filtering.
-//! 3. Filtering test III: CHANGE-REQUEST (change port); a response means address-dependent
-//!    filtering, none means address-and-port-dependent filtering. Filtering runs before
-//!    the mapping tests because those open the NAT's filter towards the alternate IP.
-//! 4. Mapping test II: Binding request to (alternate IP, primary port); the same reflexive
-//!    address as in test I means endpoint-independent mapping.
-//! 5. Mapping test III: Binding request to (alternate IP, alternate port); the same
-//!    reflexive address as in test II means address-dependent mapping, otherwise
-//!    address-and-port-dependent.
+//! Flow (see [`NatDiscovery`] for the state machine, [`discover`] for the tokio driver); two
+//! lanes, each on its own socket, run in parallel (RFC 5780 section 4.5):
+//! 1. Filtering lane, on the caller's socket. Test I: Binding request to the server's
+//!    primary address; the response gives the reflexive address, OTHER-ADDRESS (the
+//!    server's alternate IP and port) and the RTT. Reflexive address equal to the local
+//!    address means no NAT.
+//! 2. Then filtering tests II (CHANGE-REQUEST change IP and port) and III (change port) at
+//!    once: an answer to II means endpoint-independent filtering, else an answer to III
+//!    address-dependent, else address-and-port-dependent.
+//! 3. Mapping lane, on a second socket (the mapping tests open the NAT's filter towards the
+//!    alternate IP, which must not happen on the filtering lane's binding): its own test I,
+//!    then mapping test II to (alternate IP, primary port): the same reflexive address as
+//!    its test I means endpoint-independent mapping; else mapping test III to (alternate
+//!    IP, alternate port): the same reflexive address as in test II means
+//!    address-dependent mapping, otherwise address-and-port-dependent.
 //!
 //! Every request is one RFC 8489 client transaction: retransmitted after RTO, 2·RTO, 4·RTO
-//! ... until Rc requests were sent, then given up Rm·RTO after the last one.
+//! ... until Rc requests were sent, then given up Rm·RTO after the last one. Each lane's
+//! test I uses the RFC defaults (RTO 500 ms, Rc 7, Rm 16); the later tests use an RTO
+//! derived from the RTT test I measured (twice the RTT, 100 ms to 3 s), and the filtering
+//! tests, whose answer may be silence, only 3 requests and a final wait of 2 RTOs. Behind
+//! a restricted NAT on a fast path discovery thus takes about 0.5 s (5 RTOs at the
+//! 100 ms floor), at 300 ms RTT about 3.3 s.
 
 mod discovery;
 mod driver;
@@ -29,7 +35,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use discovery::{NatDiscovery, NatEvent, Transmit};
+pub use discovery::{Lane, NatDiscovery, NatEvent, Transmit};
 pub use driver::discover;
 
 /// Mapping behaviour (RFC 4787 section 4.1), or no NAT at all.
@@ -144,7 +150,8 @@ pub struct NatBehaviour {
     pub local: SocketAddr,
     /// The server's alternate address (OTHER-ADDRESS).
     pub other_address: SocketAddr,
-    /// Round-trip time of test I, if its first request was answered (Karn's rule).
+    /// Round-trip time of test I (either lane's), if a first request was answered (Karn's
+    /// rule).
     pub rtt: Option<Duration>,
 }
 
@@ -155,15 +162,31 @@ impl NatBehaviour {
     }
 }
 
-/// Transaction timing (RFC 8489 section 6.2.1).
+/// Transaction timing (RFC 8489 section 6.2.1): the first test of each lane uses `rto`,
+/// `rc` and `rm`; later tests an RTO derived from the RTT the first one measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NatConfig {
-    /// Initial retransmission timeout (RFC default 500 ms).
+    /// Initial retransmission timeout of each lane's test I, when nothing is known about
+    /// the path (RFC default 500 ms).
     pub rto: Duration,
-    /// Requests per transaction (RFC default 7).
+    /// Requests per transaction of test I and of the mapping tests (RFC default 7).
     pub rc: u32,
-    /// Final wait after the last request, in multiples of `rto` (RFC default 16).
+    /// Final wait after the last request of test I and of the mapping tests, in multiples
+    /// of their RTO (RFC default 16).
     pub rm: u32,
+    /// Smallest RTO of the tests after test I (twice test I's RTT, or the whole time test
+    /// I took when its first request went unanswered). Default 100 ms: a loaded machine
+    /// still answers well within 5 RTOs.
+    pub rto_floor: Duration,
+    /// Largest RTO of the tests after test I. Default 3 s (the RTO RFC 6298 starts from
+    /// when nothing is known).
+    pub rto_cap: Duration,
+    /// Requests per filtering transaction (tests II and III, whose answer may be silence).
+    /// Default 3: an answer lost twice still arrives.
+    pub filter_rc: u32,
+    /// Final wait after the last filtering request, in RTOs. Default 2: silence is decided
+    /// 5 RTOs after the first request (RTO + 2·RTO + 2·RTO).
+    pub filter_rm: u32,
     /// Seed for transaction ids (tests); `None` draws from the OS.
     pub seed: Option<u64>,
 }
@@ -174,14 +197,19 @@ impl Default for NatConfig {
             rto: Duration::from_millis(500),
             rc: 7,
             rm: 16,
+            rto_floor: Duration::from_millis(100),
+            rto_cap: Duration::from_secs(3),
+            filter_rc: 3,
+            filter_rm: 2,
             seed: None,
         }
     }
 }
 
 impl NatConfig {
-    /// Timing whose transaction timeout (Rc requests plus the final wait) is close to
-    /// `total`, keeping Rc = 7 and Rm = 16 (RTO = total / 79, at least 1 ms).
+    /// Timing whose test I transaction timeout (Rc requests plus the final wait) is close
+    /// to `total`, keeping Rc = 7 and Rm = 16 (RTO = total / 79, at least 1 ms); the later
+    /// tests keep their RTT-derived defaults.
     pub fn with_transaction_timeout(total: Duration) -> Self {
         let rto = (total / 79).max(Duration::from_millis(1));
         NatConfig {
@@ -190,7 +218,7 @@ impl NatConfig {
         }
     }
 
-    /// How long one transaction lasts when nothing answers.
+    /// How long test I lasts when nothing answers.
     pub fn transaction_timeout(&self) -> Duration {
         let rc = self.rc.max(1);
         let mut total = Duration::ZERO;

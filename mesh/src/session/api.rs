@@ -555,14 +555,16 @@ impl Session {
     }
 
     /// Leaves gracefully: members are told, links flushed and closed; the last member
-    /// delists the session. Waits at most a few seconds.
+    /// delists the session; the node shuts down (its UPnP mapping removed). Waits at most
+    /// 10 s.
     pub async fn leave(mut self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.commands.send(Command::Leave(tx)).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
         }
+        // Then the node's shutdown: connections closed, the UPnP mapping removed.
         if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
     }
 }

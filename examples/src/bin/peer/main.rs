@@ -2,13 +2,16 @@
 //!
 //! Subcommands:
 //! - `listen` / `dial` (module `punch`): reach peers through the punch server (`--punch
-//!   ID@HOST:PORT`): `registered`, `connected`, `echo_ok`, `closed`, `error` lines.
-//! - `doctor --punch` (module `punch`): behaviour, registration, RTT and UPnP in one line
-//!   (behaviour and `register_error`, exit status 1, when registration fails).
+//!   ID@HOST:PORT`): `connecting`, `registered`, `connected`, `echo_ok`, `closed`, `error`
+//!   lines (`error {kind: "unreachable"}` when the server has not answered within
+//!   `--connect-timeout-ms`, 10 s).
+//! - `doctor --punch` (module `doctor`): `connecting`, then behaviour, registration, RTT and
+//!   UPnP in one line (behaviour and `register_error`, exit status 1, when registration
+//!   fails; `error {kind: "unreachable"}` when the server does not answer).
 //! - `doctor --stun`: RFC 5780 NAT behaviour discovery against a STUN server with an alternate
 //!   address (our punch-server or any RFC 5780 server such as coturn). Steps: bind a UDP
-//!   socket (`--bind`, default `0.0.0.0:0`), run `mesh::nat::discover` with RFC 8489
-//!   retransmissions scaled to `--timeout-ms` per transaction, print one
+//!   socket (`--bind`, default `0.0.0.0:0`), run `mesh::nat::discover` (test I's RFC 8489
+//!   transaction scaled to `--timeout-ms`, the later tests timed from its RTT), print one
 //!   `{"event":"nat",...}` line, or `{"event":"error",...}` and exit with status 1.
 //! - `upnp`: map a UDP socket's port on the UPnP gateway (`mesh::upnp::PortMapper`) and
 //!   prove it with real traffic. Steps: bind `--bind`; start the mapper and wait at most
@@ -26,10 +29,17 @@
 //!   are broadcast, EOF leaves.
 //! - `send-udp`: send one datagram of `--bytes` bytes to `--to` from `--bind` and print
 //!   `{"event":"sent","to":..,"local":..,"bytes":..}`.
+//!
+//! Every subcommand stops gracefully on SIGINT or SIGTERM (module `signals`): `stopping`,
+//! the cleanup its own exit would do, then `stopped` (listen) or `left` (host, join) with
+//! exit status 0, or `error {kind: "interrupted"}` and 1 for the one-shot commands; a
+//! second signal exits at once (130 / 143).
 
+mod doctor;
 mod out;
 mod punch;
 mod session_cmds;
+mod signals;
 mod stun_cmds;
 
 use std::net::SocketAddr;
@@ -38,6 +48,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use out::error_line;
+use signals::Stop;
 use stun_cmds::UpnpArgs;
 
 /// Scriptable peer CLI (JSON lines on stdout).
@@ -96,10 +107,16 @@ enum Command {
         /// Local address to bind the UDP socket to.
         #[arg(long, default_value = "0.0.0.0:0")]
         bind: SocketAddr,
-        /// Timeout of one STUN transaction in milliseconds (RFC 8489 default: 39500);
-        /// the retransmission timeout is this divided by 79 (Rc = 7, Rm = 16).
-        #[arg(long, default_value_t = 39_500)]
+        /// Timeout of the first STUN transaction (test I) in milliseconds (RFC 8489
+        /// default: 39500; its retransmission timeout is this divided by 79, Rc = 7,
+        /// Rm = 16). The later tests use a retransmission timeout of twice the RTT test I
+        /// measured (100 ms to 3 s).
+        #[arg(long, env = "PEER_STUN_TIMEOUT_MS", default_value_t = 39_500)]
         timeout_ms: u64,
+        /// With `--punch`: longest wait for the punch server to answer (name resolved,
+        /// QUIC handshake done), in milliseconds; then `error {kind: "unreachable"}`.
+        #[arg(long, env = "PEER_CONNECT_TIMEOUT_MS", default_value_t = punch::DEFAULT_CONNECT_TIMEOUT_MS)]
+        connect_timeout_ms: u64,
         /// With `--punch`: do not try UPnP.
         #[arg(long)]
         no_upnp: bool,
@@ -181,7 +198,17 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return error_line("io", &format!("tokio runtime: {e}")),
     };
-    match cli.command {
+    runtime.block_on(async move {
+        match signals::install() {
+            Ok(stop) => run(cli.command, stop).await,
+            Err(e) => error_line("io", &format!("signal handlers: {e}")),
+        }
+    })
+}
+
+/// Runs one subcommand; the first SIGINT or SIGTERM stops it gracefully (see `signals`).
+async fn run(command: Command, stop: Stop) -> ExitCode {
+    match command {
         Command::Listen {
             node,
             max_connections,
@@ -192,7 +219,7 @@ fn main() -> ExitCode {
             } else {
                 mesh::direct::IncomingPolicy::AcceptAll
             };
-            runtime.block_on(punch::listen(node, max_connections, policy))
+            punch::listen(node, max_connections, policy, &stop).await
         }
         Command::Dial {
             node,
@@ -200,13 +227,10 @@ fn main() -> ExitCode {
             bytes,
             echo_timeout_ms,
             attempts,
-        } => runtime.block_on(punch::dial(
-            node,
-            &peer,
-            bytes,
-            Duration::from_millis(echo_timeout_ms),
-            attempts,
-        )),
+        } => {
+            let echo_timeout = Duration::from_millis(echo_timeout_ms);
+            punch::dial(node, &peer, bytes, echo_timeout, attempts, &stop).await
+        }
         Command::Doctor {
             punch: Some(punch),
             stun,
@@ -214,6 +238,7 @@ fn main() -> ExitCode {
             insecure,
             bind,
             timeout_ms,
+            connect_timeout_ms,
             no_upnp,
             upnp_wait_ms,
         } => {
@@ -225,41 +250,40 @@ fn main() -> ExitCode {
                 no_upnp,
                 upnp_search_ms: punch::DEFAULT_UPNP_SEARCH_MS,
                 budget_ms: punch::DEFAULT_BUDGET_MS,
+                connect_timeout_ms,
             };
-            runtime.block_on(punch::doctor(
-                node,
-                alt.or(stun),
-                timeout_ms,
-                Duration::from_millis(upnp_wait_ms),
-            ))
+            let upnp_wait = Duration::from_millis(upnp_wait_ms);
+            doctor::doctor(node, alt.or(stun), timeout_ms, upnp_wait, &stop).await
         }
         Command::Doctor {
             stun: Some(stun),
             bind,
             timeout_ms,
             ..
-        } => runtime.block_on(stun_cmds::doctor(&stun, bind, timeout_ms)),
+        } => {
+            stop.or_interrupted(stun_cmds::doctor(&stun, bind, timeout_ms))
+                .await
+        }
         Command::Doctor { .. } => error_line("usage", "doctor needs --punch or --stun"),
-        Command::Upnp(args) => runtime.block_on(stun_cmds::upnp(args)),
+        Command::Upnp(args) => stun_cmds::upnp(args, &stop).await,
         Command::Host {
             session,
             punch,
             name,
             max_players,
             listing_timeout_secs,
-        } => runtime.block_on(session_cmds::host(
-            session,
-            &punch,
-            name,
-            max_players,
-            listing_timeout_secs,
-        )),
-        Command::Join { session, id, punch } => {
-            runtime.block_on(session_cmds::join(session, id, punch))
+        } => {
+            let timeout = listing_timeout_secs;
+            session_cmds::host(session, &punch, name, max_players, timeout, &stop).await
         }
-        Command::List { master, game } => runtime.block_on(session_cmds::list(&master, &game)),
+        Command::Join { session, id, punch } => session_cmds::join(session, id, punch, &stop).await,
+        Command::List { master, game } => {
+            stop.or_interrupted(session_cmds::list(&master, &game))
+                .await
+        }
         Command::SendUdp { to, bind, bytes } => {
-            runtime.block_on(stun_cmds::send_udp(to, bind, bytes))
+            stop.or_interrupted(stun_cmds::send_udp(to, bind, bytes))
+                .await
         }
     }
 }

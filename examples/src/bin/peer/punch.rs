@@ -1,4 +1,5 @@
-//! `listen`, `dial` and `doctor --punch`: the peer side of the punch server.
+//! `listen` and `dial` (and the node flags `doctor --punch` shares, module `doctor`): the
+//! peer side of the punch server.
 //!
 //! - `listen`: start a [`DirectNode`], print `registered` (and `upnp` once a mapping is
 //!   registered), then for every accepted connection print `connected` and echo each
@@ -11,12 +12,13 @@
 //!   `kind` (`no_direct_path`, `refused`, `timeout`, `unknown_target`, ...) and exits 1.
 //!   A stalled echo or failed handshake is retried with a fresh connect (`retry` lines,
 //!   `--attempts`).
-//! - `doctor --punch`: NAT behaviour (RFC 5780) against the punch server's STUN port (or
-//!   `--alt`), registration and RTT over the QUIC control connection, and the UPnP result,
-//!   as one `doctor` line. If registration fails, the line carries the NAT findings and
-//!   `register_error` (`kind`, `detail`) instead, and the exit status is 1.
 //!
-//! `listen` prints `error` with kind `closed` and exits 1 if its endpoint closes.
+//! Both (and `doctor --punch`) print `connecting {punch, timeout_ms}` first; a punch
+//! server that has not answered within `--connect-timeout-ms` (10 s) gives
+//! `error {kind: "unreachable"}` and exit status 1. `listen` prints `error` with kind
+//! `closed` and exits 1 if its endpoint closes; SIGINT or SIGTERM stop it gracefully
+//! (`stopping`, the node shut down: peer connections closed with a close code, UPnP
+//! mapping removed; then `stopped`, exit 0).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,22 +29,24 @@ use std::time::{Duration, Instant};
 use mesh::coord::PunchAddr;
 use mesh::direct::{DialError, DirectConfig, DirectConnection, DirectNode, IncomingPolicy};
 use mesh::identity::{Identity, PeerId};
-use mesh::nat::{discover, NatConfig};
 use mesh::socket::ConnectError;
-use mesh::upnp::{UpnpConfig, UpnpState};
+use mesh::upnp::UpnpConfig;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::out::{emit, error_line, ms};
+use crate::signals::{bounded_cleanup, interrupted, Stop};
 
 /// Default of `--upnp-search-ms` (also used by `doctor --punch`).
 pub const DEFAULT_UPNP_SEARCH_MS: u64 = 2_000;
 /// Default of `--budget-ms` (also used by `doctor --punch`).
 pub const DEFAULT_BUDGET_MS: u64 = 4_000;
+/// Default of `--connect-timeout-ms` (`DirectConfig::connect_timeout`).
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
 
 /// Why a node did not start: a stable `kind` and a detail, for an `error` line (or the
 /// `register_error` of `doctor`).
-type StartFailure = (&'static str, String);
+pub type StartFailure = (&'static str, String);
 
 /// Flags shared by `listen`, `dial` and `doctor --punch`.
 #[derive(Debug, Clone, clap::Args)]
@@ -69,10 +73,14 @@ pub struct NodeArgs {
     /// Probing budget in milliseconds: without a direct path by then, `no_direct_path`.
     #[arg(long, default_value_t = DEFAULT_BUDGET_MS)]
     pub budget_ms: u64,
+    /// Longest wait for the punch server to answer (name resolved, QUIC handshake done),
+    /// in milliseconds; then `error {kind: "unreachable"}`.
+    #[arg(long, env = "PEER_CONNECT_TIMEOUT_MS", default_value_t = DEFAULT_CONNECT_TIMEOUT_MS)]
+    pub connect_timeout_ms: u64,
 }
 
 impl NodeArgs {
-    fn config(&self) -> Result<DirectConfig, StartFailure> {
+    pub fn config(&self) -> Result<DirectConfig, StartFailure> {
         let punch: PunchAddr = self
             .punch
             .parse()
@@ -85,6 +93,7 @@ impl NodeArgs {
             ..UpnpConfig::default()
         });
         config.probe.budget = Duration::from_millis(self.budget_ms.max(1));
+        config.connect_timeout = Duration::from_millis(self.connect_timeout_ms.max(1));
         Ok(config)
     }
 
@@ -99,13 +108,39 @@ impl NodeArgs {
     }
 
     /// Starts the node and registers it with the punch server.
-    async fn start(&self, incoming: IncomingPolicy) -> Result<DirectNode, StartFailure> {
+    pub async fn start(&self, incoming: IncomingPolicy) -> Result<DirectNode, StartFailure> {
         let mut config = self.config()?;
         config.incoming = incoming;
         let identity = self.identity()?;
         DirectNode::start(identity, config)
             .await
             .map_err(|e| (e.kind(), e.to_string()))
+    }
+
+    /// Prints `connecting`, then starts the node: the error line (`unreachable` if the
+    /// server did not answer within `--connect-timeout-ms`) or `interrupted` on a signal
+    /// come back as the exit code.
+    async fn start_reported(
+        &self,
+        incoming: IncomingPolicy,
+        stop: &Stop,
+    ) -> Result<DirectNode, ExitCode> {
+        emit(&self.connecting_line());
+        match stop.until(self.start(incoming)).await {
+            Ok(Ok(node)) => Ok(node),
+            Ok(Err((kind, detail))) => Err(error_line(kind, &detail)),
+            Err(signal) => Err(interrupted(signal)),
+        }
+    }
+
+    /// `{"event":"connecting","punch":..,"timeout_ms":..}`: printed before the punch
+    /// server is dialed, so a silent server is never a silent wait.
+    pub fn connecting_line(&self) -> Value {
+        json!({
+            "event": "connecting",
+            "punch": self.punch,
+            "timeout_ms": self.connect_timeout_ms.max(1),
+        })
     }
 }
 
@@ -131,18 +166,30 @@ fn connected_line(c: &DirectConnection) -> Value {
     })
 }
 
-/// `peer listen`: accept and echo until killed.
-pub async fn listen(args: NodeArgs, max_connections: usize, policy: IncomingPolicy) -> ExitCode {
-    let node = match args.start(policy).await {
+/// `peer listen`: accept and echo until stopped by a signal.
+pub async fn listen(
+    args: NodeArgs,
+    max_connections: usize,
+    policy: IncomingPolicy,
+    stop: &Stop,
+) -> ExitCode {
+    let node = match args.start_reported(policy, stop).await {
         Ok(node) => node,
-        Err((kind, detail)) => return error_line(kind, &detail),
+        Err(code) => return code,
     };
     emit(&registered_line(&node));
     let node = Arc::new(node);
-    tokio::spawn(report_upnp(node.clone()));
-    tokio::spawn(report_control(node.clone()));
+    let reporters = [
+        tokio::spawn(report_upnp(node.clone())),
+        tokio::spawn(report_control(node.clone())),
+    ];
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
-    while let Some(accepted) = node.accept().await {
+    let signal = loop {
+        let accepted = match stop.until(node.accept()).await {
+            Ok(Some(accepted)) => accepted,
+            Ok(None) => break None,
+            Err(signal) => break Some(signal),
+        };
         let conn = match accepted {
             Ok(conn) => conn,
             Err(e) => {
@@ -164,12 +211,27 @@ pub async fn listen(args: NodeArgs, max_connections: usize, policy: IncomingPoli
             );
             drop(permit);
         });
+    };
+    for reporter in &reporters {
+        reporter.abort();
     }
-    // Only a closed endpoint ends `accept`: a listener is meant to run until killed.
-    error_line(
-        "closed",
-        "the endpoint closed: no more incoming connections",
-    )
+    for reporter in reporters {
+        let _ = reporter.await;
+    }
+    let Some(signal) = signal else {
+        // Only a closed endpoint ends `accept`: a listener is meant to run until stopped.
+        return error_line(
+            "closed",
+            "the endpoint closed: no more incoming connections",
+        );
+    };
+    // The reporters are gone, so the node has one owner again: shut it down (connections
+    // closed with a close code, UPnP mapping removed).
+    if let Ok(node) = Arc::try_unwrap(node) {
+        bounded_cleanup(node.shutdown()).await;
+    }
+    emit(&json!({"event": "stopped", "signal": signal.name()}));
+    ExitCode::SUCCESS
 }
 
 /// Prints `control_lost` when the control connection to the punch server goes down and
@@ -239,25 +301,40 @@ async fn echo(conn: quinn::Connection) -> String {
 /// A connection whose echo fails or stalls past `echo_timeout` (or whose handshake fails)
 /// is dropped and the whole connect is tried again, up to `attempts` times in all; each
 /// retry prints a `retry` line. Final answers (refused, unknown target, no direct path,
-/// wrong key) are not retried.
+/// wrong key) are not retried. A signal stops the attempts; the node is shut down either
+/// way.
 pub async fn dial(
     args: NodeArgs,
     target: &str,
     bytes: usize,
     echo_timeout: Duration,
     attempts: u32,
+    stop: &Stop,
 ) -> ExitCode {
     let target: PeerId = match target.parse() {
         Ok(t) => t,
         Err(e) => return error_line("address", &format!("peer id {target:?}: {e}")),
     };
-    let node = match args.start(IncomingPolicy::RefuseAll).await {
+    let node = match args.start_reported(IncomingPolicy::RefuseAll, stop).await {
         Ok(node) => node,
-        Err((kind, detail)) => return error_line(kind, &detail),
+        Err(code) => return code,
     };
-    let attempts = attempts.max(1);
+    let dialing = dial_attempts(&node, target, bytes, echo_timeout, attempts.max(1));
+    let code = stop.until(dialing).await.unwrap_or_else(interrupted);
+    bounded_cleanup(node.shutdown()).await;
+    code
+}
+
+/// The connect-and-echo attempts of `peer dial`.
+async fn dial_attempts(
+    node: &DirectNode,
+    target: PeerId,
+    bytes: usize,
+    echo_timeout: Duration,
+    attempts: u32,
+) -> ExitCode {
     let mut attempt = 0;
-    let code = loop {
+    loop {
         attempt += 1;
         let (kind, detail) = match node.connect(target).await {
             Ok(conn) => {
@@ -270,7 +347,7 @@ pub async fn dial(
                         emit(
                             &json!({"event": "echo_ok", "bytes": bytes, "mbit_s": (mbit_s * 100.0).round() / 100.0, "attempt": attempt}),
                         );
-                        break ExitCode::SUCCESS;
+                        return ExitCode::SUCCESS;
                     }
                     Ok(Err(detail)) => ("echo_failed", detail),
                     Err(_) => (
@@ -281,20 +358,18 @@ pub async fn dial(
             }
             // The peer presented another key: a final answer, like the errors below.
             Err(e @ DialError::Handshake(ConnectError::Identity(_))) => {
-                break error_line(e.kind(), &e.to_string())
+                return error_line(e.kind(), &e.to_string())
             }
             Err(e @ (DialError::Handshake(_) | DialError::Timeout { .. })) => {
                 (e.kind(), e.to_string())
             }
-            Err(e) => break error_line(e.kind(), &e.to_string()),
+            Err(e) => return error_line(e.kind(), &e.to_string()),
         };
         if attempt >= attempts {
-            break error_line(kind, &detail);
+            return error_line(kind, &detail);
         }
         emit(&json!({"event": "retry", "attempt": attempt, "kind": kind, "detail": detail}));
-    };
-    node.shutdown().await;
-    code
+    }
 }
 
 /// Sends `bytes` bytes on a new stream and checks the echo; returns the seconds it took.
@@ -339,78 +414,4 @@ async fn echo_check(conn: &DirectConnection, bytes: usize) -> Result<f64, String
     w?;
     r?;
     Ok(started.elapsed().as_secs_f64())
-}
-
-/// `peer doctor --punch`: NAT behaviour, registration, UPnP, RTT; one line.
-pub async fn doctor(
-    args: NodeArgs,
-    alt: Option<String>,
-    timeout_ms: u64,
-    upnp_wait: Duration,
-) -> ExitCode {
-    let config = match args.config() {
-        Ok(c) => c,
-        Err((kind, detail)) => return error_line(kind, &detail),
-    };
-    let stun = alt.unwrap_or_else(|| config.punch.host_port());
-    let mut line = json!({"event": "doctor", "punch": args.punch});
-    match crate::stun_cmds::resolve(&stun, args.bind) {
-        Ok(server) => {
-            let nat_config =
-                NatConfig::with_transaction_timeout(Duration::from_millis(timeout_ms.max(1)));
-            let bind = SocketAddr::new(args.bind.ip(), 0);
-            match tokio::net::UdpSocket::bind(bind).await {
-                Ok(socket) => match discover(&socket, server, nat_config).await {
-                    Ok(b) => {
-                        line["mapping"] = b.mapping.as_str().into();
-                        line["filtering"] = b.filtering.as_str().into();
-                        line["nat_type"] = b.nat_type().as_str().into();
-                        line["reflexive"] = b.reflexive.to_string().into();
-                        line["stun_rtt_ms"] = b.rtt.map(ms).into();
-                    }
-                    Err(e) => {
-                        line["nat_error"] = json!({"kind": e.kind(), "detail": e.to_string()});
-                    }
-                },
-                Err(e) => return error_line("io", &format!("bind {bind}: {e}")),
-            }
-        }
-        Err(detail) => return error_line("resolve", &detail),
-    }
-    let node = match args.start(IncomingPolicy::RefuseAll).await {
-        Ok(node) => node,
-        Err((kind, detail)) => {
-            // The NAT findings stand on their own: report them with why registration
-            // failed.
-            line["register_error"] = json!({"kind": kind, "detail": detail});
-            emit(&line);
-            return ExitCode::FAILURE;
-        }
-    };
-    let reg = node.registration().borrow().clone();
-    line["peer"] = node.peer_id().to_string().into();
-    line["registered_as"] = reg.observed_addr.to_string().into();
-    line["punch_rtt_ms"] = ms(node.server_rtt()).into();
-    let deadline = tokio::time::Instant::now() + upnp_wait;
-    let upnp = loop {
-        match node.upnp_state() {
-            Some(UpnpState::Searching) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => break other,
-        }
-    };
-    line["upnp"] = match upnp {
-        None => json!({"state": "off"}),
-        Some(UpnpState::Mapped { external, .. }) => {
-            json!({"state": "mapped", "external": external.to_string()})
-        }
-        Some(UpnpState::Unavailable { reason }) => {
-            json!({"state": "unavailable", "reason": reason})
-        }
-        Some(UpnpState::Searching) => json!({"state": "searching"}),
-    };
-    emit(&line);
-    node.shutdown().await;
-    ExitCode::SUCCESS
 }

@@ -15,8 +15,10 @@
 //! 2. Session events become JSON lines: `member_joined`, `member_left`, `host_changed`
 //!    (plus `listing` when this peer becomes host), `message`, `ended`. Join requests are
 //!    accepted at once (the core still turns joiners away when locked or full).
-//! 3. EOF on stdin leaves gracefully (`Session::leave`), prints `left` and exits 0; the
-//!    session ending by itself prints `ended` and exits 0 if it was a leave, 1 otherwise.
+//! 3. EOF on stdin, SIGINT or SIGTERM leave gracefully (`Session::leave`), print `left`
+//!    (with `signal` after a signal) and exit 0; the session ending by itself prints
+//!    `ended` and exits 0 if it was a leave, 1 otherwise. A signal before the session is
+//!    up prints `error {kind: "interrupted"}` and exits 1.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +36,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::out::{emit, error_line};
+use crate::signals::{bounded_cleanup, interrupted, Signal, Stop};
 
 /// Timeout of each master-server request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,6 +63,10 @@ pub struct SessionArgs {
     /// Do not map a port with UPnP.
     #[arg(long, env = "PEER_NO_UPNP")]
     pub no_upnp: bool,
+    /// Longest wait for the punch server to answer (name resolved, QUIC handshake done),
+    /// in milliseconds; then `error {kind: "unreachable"}`.
+    #[arg(long, env = "PEER_CONNECT_TIMEOUT_MS", default_value_t = crate::punch::DEFAULT_CONNECT_TIMEOUT_MS)]
+    pub connect_timeout_ms: u64,
 }
 
 impl SessionArgs {
@@ -76,6 +83,7 @@ impl SessionArgs {
         if self.no_upnp {
             config.direct.upnp = None;
         }
+        config.direct.connect_timeout = Duration::from_millis(self.connect_timeout_ms.max(1));
         config.request_timeout = REQUEST_TIMEOUT;
         Mesh::new(Arc::new(identity), config).map_err(|e| (e.kind(), e.to_string()))
     }
@@ -94,6 +102,7 @@ pub async fn host(
     name: String,
     max_players: u32,
     listing_timeout_secs: u32,
+    stop: &Stop,
 ) -> ExitCode {
     let mesh = match parse_punch(punch).and_then(|p| args.mesh(p)) {
         Ok(m) => m,
@@ -102,9 +111,10 @@ pub async fn host(
     let mut config = SessionConfig::new(name);
     config.max_players = max_players;
     config.listing_timeout_secs = listing_timeout_secs;
-    let session = match mesh.host(&args.game, config).await {
-        Ok(s) => s,
-        Err(e) => return error_line(host_error_kind(&e), &e.to_string()),
+    let session = match stop.until(mesh.host(&args.game, config)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return error_line(host_error_kind(&e), &e.to_string()),
+        Err(signal) => return interrupted(signal),
     };
     emit(&json!({
         "event": "listed",
@@ -112,7 +122,7 @@ pub async fn host(
         "peer": session.local_id().to_string(),
         "host": session.local_id().to_string(),
     }));
-    run(session).await
+    run(session, stop).await
 }
 
 /// A stable `kind` for a [`mesh::session::HostError`].
@@ -126,10 +136,16 @@ fn host_error_kind(e: &mesh::session::HostError) -> &'static str {
 }
 
 /// `peer join`: find the listing, join its session, print `joined`, run the loop.
-pub async fn join(args: SessionArgs, session: Option<String>, punch: Option<String>) -> ExitCode {
-    let row = match find_listing(&args, session.as_deref()).await {
-        Ok(r) => r,
-        Err((kind, detail)) => return error_line(kind, &detail),
+pub async fn join(
+    args: SessionArgs,
+    session: Option<String>,
+    punch: Option<String>,
+    stop: &Stop,
+) -> ExitCode {
+    let row = match stop.until(find_listing(&args, session.as_deref())).await {
+        Ok(Ok(r)) => r,
+        Ok(Err((kind, detail))) => return error_line(kind, &detail),
+        Err(signal) => return interrupted(signal),
     };
     let override_punch = match punch.as_deref().map(parse_punch).transpose() {
         Ok(p) => p,
@@ -151,16 +167,15 @@ pub async fn join(args: SessionArgs, session: Option<String>, punch: Option<Stri
         Err((kind, detail)) => return error_line(kind, &detail),
     };
     let id = row.id.to_string();
-    let session = match mesh
-        .join_via(
-            JoinTarget::Listing(Box::new(row)),
-            Vec::new(),
-            override_punch,
-        )
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => return error_line(e.kind(), &e.to_string()),
+    let joining = mesh.join_via(
+        JoinTarget::Listing(Box::new(row)),
+        Vec::new(),
+        override_punch,
+    );
+    let session = match stop.until(joining).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return error_line(e.kind(), &e.to_string()),
+        Err(signal) => return interrupted(signal),
     };
     emit(&json!({
         "event": "joined",
@@ -169,7 +184,7 @@ pub async fn join(args: SessionArgs, session: Option<String>, punch: Option<Stri
         "members": session.members().iter().map(|m| m.to_string()).collect::<Vec<_>>(),
         "host": session.host().map(|h| h.to_string()),
     }));
-    run(session).await
+    run(session, stop).await
 }
 
 /// The listing `id`, or the first listed session of the game with a free slot.
@@ -257,18 +272,26 @@ enum Next {
     Eof,
     Event(SessionEvent),
     Closed,
+    Signal(Signal),
 }
 
 /// The session loop (steps in the module docs).
-async fn run(mut session: Session) -> ExitCode {
+async fn run(mut session: Session, stop: &Stop) -> ExitCode {
     let local = session.local_id();
     let mut stdin = stdin_lines();
     loop {
         let next = tokio::select! {
             line = stdin.recv() => line.map_or(Next::Eof, Next::Line),
             event = session.next_event() => event.map_or(Next::Closed, Next::Event),
+            signal = stop.wait() => Next::Signal(signal),
         };
         match next {
+            Next::Signal(signal) => {
+                // As at EOF: members told, links closed, the last member delists.
+                bounded_cleanup(session.leave()).await;
+                emit(&json!({"event": "left", "peer": local.to_string(), "signal": signal.name()}));
+                return ExitCode::SUCCESS;
+            }
             Next::Line(text) => {
                 if let Err(e) =
                     session.broadcast(text.into_bytes().into(), Reliability::ReliableOrdered)

@@ -10,6 +10,7 @@ use mesh::upnp::{PortMapper, UpnpConfig, UpnpState};
 use serde::Serialize;
 
 use crate::out::{emit, error_line, ms};
+use crate::signals::{interrupted, Stop};
 
 /// The first address of `host_port` in the family of `bind`.
 pub fn resolve(host_port: &str, bind: SocketAddr) -> Result<SocketAddr, String> {
@@ -134,8 +135,9 @@ pub struct UpnpArgs {
     pub lease_secs: u64,
 }
 
-/// `peer upnp`: map, receive one datagram through the mapping, remove it.
-pub async fn upnp(args: UpnpArgs) -> ExitCode {
+/// `peer upnp`: map, receive one datagram through the mapping, remove it. A signal
+/// before the removal removes the mapping at once and exits 1 (`interrupted`).
+pub async fn upnp(args: UpnpArgs, stop: &Stop) -> ExitCode {
     let socket = match tokio::net::UdpSocket::bind(args.bind).await {
         Ok(socket) => socket,
         Err(e) => return error_line("io", &format!("bind {}: {e}", args.bind)),
@@ -153,6 +155,45 @@ pub async fn upnp(args: UpnpArgs) -> ExitCode {
         Ok(mapper) => mapper,
         Err(e) => return error_line("upnp", &e.to_string()),
     };
+    let outcome = stop
+        .until(map_and_receive(&socket, &mapper, &args, local))
+        .await;
+    // Bounded by the mapper's own shutdown timeout.
+    let removed = mapper.shutdown().await;
+    let external = match outcome {
+        Ok(Ok(external)) => external,
+        Ok(Err(code)) => return code,
+        Err(signal) => return interrupted(signal),
+    };
+    if let Err(e) = removed {
+        return error_line("upnp_remove", &e.to_string());
+    }
+    emit(&Line::Upnp {
+        state: "removed",
+        external: Some(external.to_string()),
+        local: local.to_string(),
+        lease_secs: None,
+    });
+    if args.after_ms > 0 {
+        match stop.until(receive_one(&socket, args.after_ms)).await {
+            Ok(Ok(false)) => emit(&Line::Quiet { ms: args.after_ms }),
+            Ok(Ok(true)) => return ExitCode::FAILURE,
+            Ok(Err(e)) => return error_line("io", &format!("receive: {e}")),
+            Err(signal) => return interrupted(signal),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// The part of `peer upnp` while the mapping lives: wait for it (`mapped` line), receive
+/// one datagram, hold. Returns the external address, or the exit code of a failure whose
+/// line was printed.
+async fn map_and_receive(
+    socket: &tokio::net::UdpSocket,
+    mapper: &PortMapper,
+    args: &UpnpArgs,
+    local: SocketAddr,
+) -> Result<SocketAddr, ExitCode> {
     let state = mapper
         .wait_settled(Duration::from_millis(args.wait_ms))
         .await;
@@ -161,16 +202,12 @@ pub async fn upnp(args: UpnpArgs) -> ExitCode {
             external,
             lease_until,
         } => (*external, *lease_until),
-        UpnpState::Unavailable { reason } => {
-            let _ = mapper.shutdown().await;
-            return error_line("upnp_unavailable", reason);
-        }
+        UpnpState::Unavailable { reason } => return Err(error_line("upnp_unavailable", reason)),
         UpnpState::Searching => {
-            let _ = mapper.shutdown().await;
-            return error_line(
+            return Err(error_line(
                 "upnp_unavailable",
                 &format!("no mapping within {} ms", args.wait_ms),
-            );
+            ))
         }
     };
     emit(&Line::Upnp {
@@ -182,38 +219,20 @@ pub async fn upnp(args: UpnpArgs) -> ExitCode {
                 .as_secs()
         }),
     });
-    let received = receive_one(&socket, args.recv_ms).await;
+    let received = receive_one(socket, args.recv_ms).await;
     if args.hold_ms > 0 {
         tokio::time::sleep(Duration::from_millis(args.hold_ms)).await;
     }
-    let removed = mapper.shutdown().await;
     match received {
-        Ok(true) => {}
+        Ok(true) => Ok(external),
         Ok(false) => {
             emit(&Line::Timeout {
                 waited_ms: args.recv_ms,
             });
-            return ExitCode::FAILURE;
+            Err(ExitCode::FAILURE)
         }
-        Err(e) => return error_line("io", &format!("receive: {e}")),
+        Err(e) => Err(error_line("io", &format!("receive: {e}"))),
     }
-    if let Err(e) = removed {
-        return error_line("upnp_remove", &e.to_string());
-    }
-    emit(&Line::Upnp {
-        state: "removed",
-        external: Some(external.to_string()),
-        local: local.to_string(),
-        lease_secs: None,
-    });
-    if args.after_ms > 0 {
-        match receive_one(&socket, args.after_ms).await {
-            Ok(false) => emit(&Line::Quiet { ms: args.after_ms }),
-            Ok(true) => return ExitCode::FAILURE,
-            Err(e) => return error_line("io", &format!("receive: {e}")),
-        }
-    }
-    ExitCode::SUCCESS
 }
 
 /// `peer send-udp`: one datagram.
