@@ -40,6 +40,18 @@ pub fn is_closed(mut stream: &TcpStream) -> bool {
     }
 }
 
+/// Polls until the server closed `stream`, for up to `timeout`; whether it did.
+pub async fn closed_within(stream: &TcpStream, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if is_closed(stream) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    is_closed(stream)
+}
+
 /// Sends `bytes` on a non-blocking socket without waiting (errors ignored: the server may
 /// have closed it).
 pub fn nudge(mut stream: &TcpStream, bytes: &[u8]) {
