@@ -208,7 +208,7 @@ pub async fn serve(
     let all = u32::try_from(gate.max_total).unwrap_or(u32::MAX);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, gate.total.acquire_many(all)).await;
     if drained.is_err() {
-        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; stopping without them");
     }
     Ok(())
 }
