@@ -27,6 +27,10 @@ pub struct Config {
     pub trust_forwarded_for: bool,
     /// Most rows held at once; creates beyond get 503 `full`. Default 1,000,000.
     pub max_sessions: usize,
+    /// Most live rows one client IP may hold (the forwarded address with
+    /// `trust_forwarded_for`); creates beyond get 429 `too_many_sessions_for_address`.
+    /// 0 turns the cap off. Default 64.
+    pub max_sessions_per_ip: usize,
     /// Largest request body, in bytes. Default 64 KiB.
     pub max_body_bytes: usize,
     /// How often buffered heartbeats are written (see [`crate::heartbeats`]); zero makes
@@ -34,6 +38,40 @@ pub struct Config {
     pub heartbeat_flush: Duration,
     /// The database writer's tuning.
     pub writer: WriterConfig,
+    /// Connection limits and timeouts of the HTTP listener (see [`crate::serve`]).
+    pub conn: ConnLimits,
+}
+
+/// How the listener treats connections: timeouts against slow clients and caps against
+/// descriptor exhaustion.
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    /// From a connection's first byte (or its opening) until a request's headers are
+    /// complete; a connection that misses it is closed. Default 5 s.
+    pub header_read_timeout: Duration,
+    /// From the end of the headers until the whole body has arrived; a miss is answered
+    /// 408 `body_timeout` and the connection closed. Default 10 s.
+    pub body_read_timeout: Duration,
+    /// How long a keep-alive connection may wait between requests. Default 30 s.
+    pub idle_timeout: Duration,
+    /// Most connections open at once from one TCP peer address; 0 turns the cap off.
+    /// Default 256.
+    pub max_per_ip: usize,
+    /// Most connections open at once; lowered at start to the descriptor limit minus
+    /// [`crate::serve::RESERVED_FDS`]. Default 10,000.
+    pub max_total: usize,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            header_read_timeout: Duration::from_secs(5),
+            body_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            max_per_ip: 256,
+            max_total: 10_000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -46,9 +84,11 @@ impl Default for Config {
             default_timeout_secs: 60,
             trust_forwarded_for: false,
             max_sessions: 1_000_000,
+            max_sessions_per_ip: 64,
             max_body_bytes: 64 * 1024,
             heartbeat_flush: Duration::from_millis(50),
             writer: WriterConfig::default(),
+            conn: ConnLimits::default(),
         }
     }
 }

@@ -32,6 +32,9 @@ pub enum ApiError {
     /// Route exists but not for this method (405).
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    /// The body did not arrive within the body read timeout (408).
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
     /// Body over the size limit (413).
     #[error("request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
@@ -43,6 +46,14 @@ pub enum ApiError {
     RateLimited {
         /// Seconds until a request will be admitted again.
         retry_after_secs: u64,
+    },
+    /// The client's address holds its maximum number of live sessions (429).
+    #[error(
+        "this address holds {limit} live sessions, the most allowed; delete or let one expire"
+    )]
+    TooManySessionsForAddress {
+        /// The per-address cap.
+        limit: usize,
     },
     /// The server cannot take more sessions (503).
     #[error("the server holds its maximum number of sessions")]
@@ -68,9 +79,12 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::TooManySessionsForAddress { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Full | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -82,9 +96,11 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::TooManySessionsForAddress { .. } => "too_many_sessions_for_address",
             ApiError::Full => "full",
             ApiError::Unavailable => "unavailable",
         }

@@ -12,7 +12,8 @@
 //! Rows are grouped per game and ordered by `seq`, which gives stable cursor pagination:
 //! new rows always sort after existing ones.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
 use std::ops::Bound;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -49,6 +50,21 @@ struct Inner {
     ids: HashMap<SessionId, (Arc<str>, i64)>,
     /// game -> seq -> row.
     games: HashMap<Arc<str>, BTreeMap<i64, Session>>,
+    /// creator address -> its rows (for the per-address session cap).
+    by_addr: HashMap<IpAddr, HashSet<SessionId>>,
+}
+
+impl Inner {
+    fn insert(&mut self, row: Session) {
+        let game: Arc<str> = match self.games.get_key_value(row.body.game.as_str()) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(row.body.game.as_str()),
+        };
+        let (id, seq) = (row.body.id, row.body.seq);
+        self.by_addr.entry(row.body.addr).or_default().insert(id);
+        self.ids.insert(id, (game.clone(), seq));
+        self.games.entry(game).or_default().insert(seq, row);
+    }
 }
 
 /// The shared index of live rows.
@@ -125,17 +141,7 @@ impl Index {
                 return;
             }
         }
-        let game: Arc<str> = match inner.games.get_key_value(body.game.as_str()) {
-            Some((key, _)) => key.clone(),
-            None => Arc::from(body.game.as_str()),
-        };
-        let seq = body.seq;
-        inner.ids.insert(id, (game.clone(), seq));
-        inner
-            .games
-            .entry(game)
-            .or_default()
-            .insert(seq, Session { body, live });
+        inner.insert(Session { body, live });
     }
 
     /// Applies a new liveness (heartbeat) unless the index already holds a newer version.
@@ -186,9 +192,17 @@ impl Index {
             return false;
         };
         if let Some(rows) = inner.games.get_mut(&game) {
-            rows.remove(&seq);
+            let removed = rows.remove(&seq);
             if rows.is_empty() {
                 inner.games.remove(&game);
+            }
+            if let Some(row) = removed {
+                if let Some(ids) = inner.by_addr.get_mut(&row.body.addr) {
+                    ids.remove(&id);
+                    if ids.is_empty() {
+                        inner.by_addr.remove(&row.body.addr);
+                    }
+                }
             }
         }
         true
@@ -198,16 +212,7 @@ impl Index {
     pub fn replace_all(&self, rows: Vec<Session>) {
         let mut fresh = Inner::default();
         for row in rows {
-            let game: Arc<str> = match fresh.games.get_key_value(row.body.game.as_str()) {
-                Some((key, _)) => key.clone(),
-                None => Arc::from(row.body.game.as_str()),
-            };
-            fresh.ids.insert(row.body.id, (game.clone(), row.body.seq));
-            fresh
-                .games
-                .entry(game)
-                .or_default()
-                .insert(row.body.seq, row);
+            fresh.insert(row);
         }
         *self.write() = fresh;
     }
@@ -220,6 +225,21 @@ impl Index {
     /// Whether the index holds no rows.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Rows created from `addr` that are live at `now`.
+    pub fn live_count_for(&self, addr: IpAddr, now: Millis) -> usize {
+        let inner = self.read();
+        let Some(ids) = inner.by_addr.get(&addr) else {
+            return 0;
+        };
+        ids.iter()
+            .filter_map(|id| {
+                let (game, seq) = inner.ids.get(id)?;
+                inner.games.get(game)?.get(seq)
+            })
+            .filter(|row| row.live.expires_at > now)
+            .count()
     }
 
     /// Rows live at `now`.
@@ -352,7 +372,15 @@ mod tests {
             Some(live(2500, 5)),
             "later expiry kept"
         );
+        let addr = b.addr;
+        assert_eq!(index.live_count_for(addr, Millis(2000)), 1);
+        assert_eq!(
+            index.live_count_for(addr, Millis(2500)),
+            0,
+            "expired rows stop counting"
+        );
         assert!(index.remove(b.id));
+        assert_eq!(index.live_count_for(addr, Millis(0)), 0);
         assert!(!index.set_liveness(b.id, live(3000, 6)));
         assert!(!index.extend(b.id, Millis(1)));
         assert!(index.is_empty());

@@ -9,11 +9,14 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod config;
+pub mod conn_clock;
 pub mod error;
 pub mod heartbeats;
 pub mod http;
 pub mod index;
 pub mod model;
+pub mod quota;
+pub mod serve;
 pub mod server;
 pub mod store;
 pub mod time;

@@ -4,9 +4,11 @@
 //! accepts connections, then serves until SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use master_server::config::ConnLimits;
 use master_server::{App, Config};
 use tracing_subscriber::EnvFilter;
 
@@ -35,6 +37,28 @@ struct Cli {
     /// Most sessions held at once.
     #[arg(long, env = "MASTER_MAX_SESSIONS", default_value_t = 1_000_000)]
     max_sessions: usize,
+    /// Most live sessions one client IP may hold (the forwarded address with
+    /// --trust-forwarded-for); creates beyond get 429. 0 turns the cap off.
+    #[arg(long, env = "MASTER_MAX_SESSIONS_PER_IP", default_value_t = 64)]
+    max_sessions_per_ip: usize,
+    /// Milliseconds a client has to send a request's headers (from the connection's
+    /// opening or the request's first byte); slower connections are closed.
+    #[arg(long, env = "MASTER_HEADER_READ_TIMEOUT_MS", default_value_t = 5000)]
+    header_read_timeout_ms: u64,
+    /// Milliseconds a client has to send a request's body after its headers; slower
+    /// requests get 408 and the connection is closed.
+    #[arg(long, env = "MASTER_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    body_read_timeout_ms: u64,
+    /// Milliseconds a keep-alive connection may stay idle between requests.
+    #[arg(long, env = "MASTER_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    idle_timeout_ms: u64,
+    /// Most connections open at once from one TCP peer address (behind a proxy: the
+    /// proxy's); more are closed at accept. 0 turns the cap off.
+    #[arg(long, env = "MASTER_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    max_connections_per_ip: usize,
+    /// Most connections open at once; lowered to the descriptor limit minus 128.
+    #[arg(long, env = "MASTER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
     /// Write buffered heartbeats every N ms; 0 commits each heartbeat before answering.
     #[arg(long, env = "MASTER_HEARTBEAT_FLUSH_MS", default_value_t = 50)]
     heartbeat_flush_ms: u64,
@@ -53,7 +77,15 @@ impl Cli {
             default_timeout_secs: 60,
             trust_forwarded_for: self.trust_forwarded_for,
             max_sessions: self.max_sessions,
-            heartbeat_flush: std::time::Duration::from_millis(self.heartbeat_flush_ms),
+            max_sessions_per_ip: self.max_sessions_per_ip,
+            conn: ConnLimits {
+                header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+                body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
+                idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+                max_per_ip: self.max_connections_per_ip,
+                max_total: self.max_connections,
+            },
+            heartbeat_flush: Duration::from_millis(self.heartbeat_flush_ms),
             ..Config::default()
         }
     }
@@ -72,6 +104,11 @@ async fn main() -> anyhow::Result<()> {
         logs.init();
     }
 
+    #[cfg(unix)]
+    match master_server::serve::raise_fd_limit() {
+        Ok((soft, hard)) => tracing::info!(?soft, ?hard, "descriptor limit (soft raised to hard)"),
+        Err(err) => tracing::warn!(%err, "cannot raise the descriptor limit"),
+    }
     let app = App::start(cli.config())
         .await
         .context("starting the master server")?;

@@ -10,7 +10,6 @@
 //!    flush buffered heartbeats, let the writer drain its queue, and close the database.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -75,6 +74,15 @@ fn describe_metrics() {
         "buffered heartbeats written"
     );
     metrics::describe_counter!("master_write_errors_total", "write batches that failed");
+    metrics::describe_gauge!("master_connections_open", "HTTP connections open now");
+    metrics::describe_counter!(
+        "master_connections_refused_total",
+        "connections closed at accept by reason (per_ip or total cap)"
+    );
+    metrics::describe_counter!(
+        "master_connections_timed_out_total",
+        "connections closed at a deadline by phase (header, idle, linger)"
+    );
     for name in [
         "master_sessions_expired_total",
         "master_heartbeats_flushed_total",
@@ -139,6 +147,7 @@ impl App {
             limiter,
             metrics,
             heartbeats,
+            quota: Default::default(),
         };
         Ok(App {
             state,
@@ -160,12 +169,8 @@ impl App {
         listener: TcpListener,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let service = self
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, service)
-            .with_graceful_shutdown(signal)
-            .await;
+        let limits = self.state.config.conn.clone();
+        let served = crate::serve::serve(listener, self.router(), &limits, signal).await;
         self.shutdown().await;
         served
     }

@@ -1,28 +1,42 @@
 //! Input limits and checks for session rows.
 //!
 //! Every create and patch is checked against the same limits before it reaches the
-//! database; a failure is a 400 naming the field. The limits keep a row small (well under
-//! 16 KiB) so the in-memory index stays bounded.
+//! database; a failure is a 400 naming the field. Lengths count characters (Unicode scalar
+//! values), as JSON Schema's `maxLength` does, so the OpenAPI document
+//! ([`crate::http::openapi`], built from these constants) states them exactly. The limits
+//! keep a row bounded (at most about 44 KiB, typically a few hundred bytes) so the
+//! in-memory index stays bounded.
 
 use serde_json::value::RawValue;
 
 use crate::error::ApiError;
 use crate::model::Attributes;
 
-/// Longest game name, in bytes.
+/// Longest game name, in characters.
 pub const MAX_GAME_LEN: usize = 64;
-/// Longest session name, in bytes.
+/// Longest session name, in characters.
 pub const MAX_NAME_LEN: usize = 128;
 /// Largest `max_players`.
 pub const MAX_PLAYERS: u32 = 65_535;
 /// Most attributes per row.
 pub const MAX_ATTRIBUTES: usize = 32;
-/// Longest attribute key, in bytes.
+/// Longest attribute key, in characters.
 pub const MAX_ATTR_KEY_LEN: usize = 64;
-/// Longest attribute value, in bytes.
+/// Longest attribute value, in characters.
 pub const MAX_ATTR_VALUE_LEN: usize = 256;
 /// Largest `connect` object, in bytes of JSON.
 pub const MAX_CONNECT_LEN: usize = 2048;
+
+/// `game` and `name` as a JSON Schema pattern: no control character (Unicode `Cc`) and at
+/// least one character that is neither white space (Unicode `White_Space`) nor control.
+pub const TEXT_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*\
+    [^\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]\
+    [^\\u0000-\\u001f\\u007f-\\u009f]*$";
+
+/// The number of characters in `s` (what JSON Schema's `maxLength` counts).
+pub fn chars(s: &str) -> usize {
+    s.chars().count()
+}
 
 /// Checks a game name (also used for the `game` list filter).
 pub fn game(game: &str) -> Result<(), ApiError> {
@@ -41,10 +55,10 @@ fn text(field: &'static str, value: &str, max: usize) -> Result<(), ApiError> {
             format!("`{field}` must not be empty"),
         ));
     }
-    if value.len() > max {
+    if chars(value) > max {
         return Err(ApiError::bad(
             "invalid_field",
-            format!("`{field}` is longer than {max} bytes"),
+            format!("`{field}` is longer than {max} characters"),
         ));
     }
     if value.chars().any(char::is_control) {
@@ -93,16 +107,16 @@ pub fn attributes(attrs: &Attributes) -> Result<(), ApiError> {
         ));
     }
     for (key, value) in attrs {
-        if key.is_empty() || key.len() > MAX_ATTR_KEY_LEN {
+        if key.is_empty() || chars(key) > MAX_ATTR_KEY_LEN {
             return Err(ApiError::bad(
                 "invalid_attribute",
-                format!("attribute keys must be 1 to {MAX_ATTR_KEY_LEN} bytes"),
+                format!("attribute keys must be 1 to {MAX_ATTR_KEY_LEN} characters"),
             ));
         }
-        if value.len() > MAX_ATTR_VALUE_LEN {
+        if chars(value) > MAX_ATTR_VALUE_LEN {
             return Err(ApiError::bad(
                 "invalid_attribute",
-                format!("attribute `{key}` is longer than {MAX_ATTR_VALUE_LEN} bytes"),
+                format!("attribute `{key}` is longer than {MAX_ATTR_VALUE_LEN} characters"),
             ));
         }
     }
@@ -142,7 +156,9 @@ mod tests {
         assert!(game("").is_err());
         assert!(game("   ").is_err());
         assert!(game(&"g".repeat(65)).is_err());
+        assert!(game(&"é".repeat(64)).is_ok(), "characters, not bytes");
         assert!(game("ok").is_ok());
+        assert!(name("\u{3000}\u{a0}").is_err(), "white space only");
         assert!(name("a\u{7}").is_err());
         assert!(counts(0, 0).is_err());
         assert!(counts(4, 5).is_err());

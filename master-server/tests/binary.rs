@@ -3,10 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
+use common::server::{http, Server};
 use common::{session, Backend, TestDb};
 use serde_json::{json, Value};
 
@@ -14,79 +11,6 @@ both_backends!(
     serves_over_tcp_and_survives_a_restart,
     rejects_bad_requests_over_tcp
 );
-
-/// A running server process, killed on drop if still alive.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(db: &TestDb, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_master-server"))
-            .args(["--listen", "127.0.0.1:0", "--database", &db.url])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn master-server");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("listening line within 30 s");
-        let event: Value = serde_json::from_str(&line).expect("first stdout line is JSON");
-        assert_eq!(event["event"], "listening");
-        let addr = event["addr"].as_str().expect("addr").to_owned();
-        Server {
-            child,
-            base: format!("http://{addr}"),
-        }
-    }
-
-    /// Sends SIGTERM and waits for a clean exit.
-    fn terminate(mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "SIGTERM delivered");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                assert!(status.success(), "graceful shutdown exits 0, got {status}");
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not stop within 20 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client")
-}
 
 async fn serves_over_tcp_and_survives_a_restart(backend: Backend) {
     let db = TestDb::new(backend).await;

@@ -7,11 +7,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::{Extensions, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
+use super::early::BodyRead;
 use super::AppState;
 use crate::error::ApiError;
 use crate::model::SessionId;
@@ -58,7 +59,8 @@ impl FromRequestParts<AppState> for ClientIp {
     }
 }
 
-/// A JSON body parsed into `T`; 400/413/415 as JSON errors.
+/// A JSON body parsed into `T`; 400/408/413/415 as JSON errors. An announced length over
+/// the limit is refused before reading; the body must arrive within the body read timeout.
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
@@ -78,13 +80,29 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             }
         }
         let limit = state.config.max_body_bytes;
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(limit)
-            } else {
-                ApiError::bad("invalid_body", rejection.body_text())
-            }
-        })?;
+        let announced = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|len| len > limit as u64) {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        let read = req.extensions().get::<BodyRead>().cloned();
+        let timeout = state.config.conn.body_read_timeout;
+        let bytes = tokio::time::timeout(timeout, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| ApiError::BodyTimeout(timeout))?
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge(limit)
+                } else {
+                    ApiError::bad("invalid_body", rejection.body_text())
+                }
+            })?;
+        if let Some(read) = read {
+            read.set();
+        }
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|err| {
             let code = match err.classify() {
                 serde_json::error::Category::Data => "invalid_body",
@@ -95,7 +113,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-/// The `{id}` path segment as a session id; 400 `invalid_id` when it is not a UUID.
+/// The `{id}` path segment as a session id; 400 `invalid_id` when it is not a hyphenated
+/// UUID.
 pub struct IdParam(pub SessionId);
 
 impl<S: Send + Sync> FromRequestParts<S> for IdParam {
@@ -105,6 +124,10 @@ impl<S: Send + Sync> FromRequestParts<S> for IdParam {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|_| ApiError::bad("invalid_id", "session id must be a UUID"))?;
+        // Only the hyphenated form (RFC 9562 section 4), the one the API hands out.
+        if raw.len() != 36 {
+            return Err(ApiError::bad("invalid_id", "session id must be a UUID"));
+        }
         raw.parse()
             .map(IdParam)
             .map_err(|_| ApiError::bad("invalid_id", "session id must be a UUID"))

@@ -34,8 +34,8 @@ impl From<WriteError> for ApiError {
 
 /// `POST /v1/sessions`: posts a session and returns its id and owner token.
 #[utoipa::path(post, path = "/v1/sessions", request_body = CreateSession,
-    responses((status = 201, body = Created), (status = 400, body = crate::model::ErrorBody),
-              (status = 413), (status = 429), (status = 503)))]
+    responses((status = 201, description = "Listed; the owner token is shown only here.",
+               body = Created)))]
 pub async fn create(
     State(state): State<AppState>,
     ClientIp(addr): ClientIp,
@@ -57,8 +57,11 @@ pub async fn create(
     if state.index.len() >= config.max_sessions {
         return Err(ApiError::Full);
     }
-    let token = Token::generate();
     let now = Millis::now();
+    let _slot = state
+        .quota
+        .reserve(&state.index, addr, config.max_sessions_per_ip, now)?;
+    let token = Token::generate();
     let body = SessionBody {
         id: SessionId::random(),
         seq: 0,
@@ -90,13 +93,8 @@ pub async fn create(
 
 /// `GET /v1/sessions`: one page of a game's live sessions.
 #[utoipa::path(get, path = "/v1/sessions",
-    params(("game" = String, Query, description = "game to list (required)"),
-           ("attr.KEY" = Option<String>, Query, description = "attribute filter, repeatable"),
-           ("has_space" = Option<bool>, Query, description = "only sessions with a free slot"),
-           ("limit" = Option<u32>, Query, description = "page size 1..=200 (default 50)"),
-           ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
-    responses((status = 200, body = crate::model::SessionList),
-              (status = 400, body = crate::model::ErrorBody)))]
+    responses((status = 200, description = "One page, in creation order.",
+               body = crate::model::SessionList)))]
 pub async fn list(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -120,8 +118,9 @@ pub async fn list(
 }
 
 /// `GET /v1/sessions/{id}`: one live session.
-#[utoipa::path(get, path = "/v1/sessions/{id}", params(("id" = uuid::Uuid, Path)),
-    responses((status = 200, body = SessionRow), (status = 404, body = crate::model::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/sessions/{id}",
+    params(("id" = uuid::Uuid, Path, description = "Session id.")),
+    responses((status = 200, description = "The live session.", body = SessionRow)))]
 pub async fn get_one(
     State(state): State<AppState>,
     IdParam(id): IdParam,
@@ -131,10 +130,11 @@ pub async fn get_one(
 }
 
 /// `PATCH /v1/sessions/{id}`: partial update; also a heartbeat.
-#[utoipa::path(patch, path = "/v1/sessions/{id}", params(("id" = uuid::Uuid, Path)),
+#[utoipa::path(patch, path = "/v1/sessions/{id}",
+    params(("id" = uuid::Uuid, Path, description = "Session id.")),
     request_body = PatchSession, security(("bearer" = [])),
-    responses((status = 200, body = SessionRow), (status = 400, body = crate::model::ErrorBody),
-              (status = 401), (status = 404)))]
+    responses((status = 200, description = "The updated session, its expiry restarted.",
+               body = SessionRow)))]
 pub async fn patch(
     State(state): State<AppState>,
     IdParam(id): IdParam,
@@ -181,9 +181,10 @@ pub async fn patch(
 
 /// `POST /v1/sessions/{id}/heartbeat`: the row lives `timeout_secs` from now (written
 /// behind, see [`crate::heartbeats`]).
-#[utoipa::path(post, path = "/v1/sessions/{id}/heartbeat", params(("id" = uuid::Uuid, Path)),
+#[utoipa::path(post, path = "/v1/sessions/{id}/heartbeat",
+    params(("id" = uuid::Uuid, Path, description = "Session id.")),
     security(("bearer" = [])),
-    responses((status = 200, body = HeartbeatAck), (status = 401), (status = 404)))]
+    responses((status = 200, description = "The new expiry.", body = HeartbeatAck)))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     IdParam(id): IdParam,
@@ -207,9 +208,10 @@ pub async fn heartbeat(
 }
 
 /// `DELETE /v1/sessions/{id}`: delists the session.
-#[utoipa::path(delete, path = "/v1/sessions/{id}", params(("id" = uuid::Uuid, Path)),
+#[utoipa::path(delete, path = "/v1/sessions/{id}",
+    params(("id" = uuid::Uuid, Path, description = "Session id.")),
     security(("bearer" = [])),
-    responses((status = 204), (status = 401), (status = 404)))]
+    responses((status = 204, description = "Delisted.")))]
 pub async fn delete(
     State(state): State<AppState>,
     IdParam(id): IdParam,

@@ -1,9 +1,11 @@
 //! The HTTP API: routes, shared state and middleware order.
 //!
-//! Layers, outermost first: request counting, body size limit, admission (client IP and
+//! Layers, outermost first: `Connection: close` after an unread body ([`early`]), request
+//! counting, body size limit, admission (client IP and
 //! rate limit), then the handler. Unknown routes and wrong methods answer JSON errors too.
 
 pub mod admit;
+pub mod early;
 pub mod extract;
 mod handlers;
 pub mod list_query;
@@ -20,6 +22,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::heartbeats::HeartbeatBuffer;
 use crate::index::Index;
+use crate::quota::SessionQuota;
 use crate::store::Store;
 use crate::writer::WriterHandle;
 
@@ -40,6 +43,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Buffered heartbeats (`None` when every heartbeat commits synchronously).
     pub heartbeats: Option<Arc<HeartbeatBuffer>>,
+    /// Creates in flight per address, for the per-address session cap.
+    pub quota: Arc<SessionQuota>,
 }
 
 /// Builds the router.
@@ -62,5 +67,6 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), admit::admit))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(admit::count))
+        .layer(middleware::from_fn(early::close_if_unread))
         .with_state(state)
 }

@@ -2,7 +2,12 @@
 //! and a JSON client that drives the router in-process.
 #![allow(dead_code)]
 
+pub mod openapi;
+pub mod server;
+pub mod slow;
+
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -93,10 +98,12 @@ impl TestDb {
     }
 }
 
-/// An app driven in-process through `tower::ServiceExt::oneshot`.
+/// An app driven in-process through `tower::ServiceExt::oneshot`; every answer is checked
+/// against the server's own OpenAPI document ([`openapi::Spec`]).
 pub struct Client {
     pub router: Router,
     pub peer: SocketAddr,
+    spec: Arc<OnceLock<openapi::Spec>>,
 }
 
 /// A response: status, headers and the JSON body (`Value::Null` when empty).
@@ -120,10 +127,48 @@ impl Client {
         Client {
             router: app.router(),
             peer: "192.0.2.10:40000".parse().expect("addr"),
+            spec: Arc::default(),
         }
     }
 
+    /// A client of the same app from another address.
+    pub fn with_peer(&self, peer: &str) -> Client {
+        Client {
+            router: self.router.clone(),
+            peer: peer.parse().expect("addr"),
+            spec: self.spec.clone(),
+        }
+    }
+
+    async fn spec(&self) -> &openapi::Spec {
+        if self.spec.get().is_none() {
+            // From another address, so the fetch does not draw from this client's rate limit.
+            let other = Client {
+                peer: "198.51.100.250:1".parse().expect("addr"),
+                spec: Arc::default(),
+                router: self.router.clone(),
+            };
+            let req = Request::get("/v1/openapi.json")
+                .body(Body::empty())
+                .expect("request");
+            let reply = other.send(req).await;
+            assert_eq!(reply.status, StatusCode::OK, "openapi document");
+            let _ = self.spec.set(openapi::Spec::new(reply.body));
+        }
+        self.spec.get().expect("spec set")
+    }
+
+    /// Sends a request and checks the answer against the OpenAPI document.
     pub async fn raw(&self, req: Request<Body>) -> Reply {
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let reply = self.send(req).await;
+        self.spec()
+            .await
+            .check(&method, &path, reply.status, &reply.headers, &reply.body);
+        reply
+    }
+
+    async fn send(&self, req: Request<Body>) -> Reply {
         let mut req = req;
         req.extensions_mut().insert(ConnectInfo(self.peer));
         let response = self.router.clone().oneshot(req).await.expect("infallible");

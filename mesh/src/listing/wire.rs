@@ -95,9 +95,9 @@ impl SessionRow {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
-    /// Game name (1..=64 bytes).
+    /// Game name (1..=64 characters).
     pub game: String,
-    /// Display name (1..=128 bytes).
+    /// Display name (1..=128 characters).
     pub name: String,
     /// Capacity (1..=65535).
     pub max_players: u32,
@@ -106,7 +106,7 @@ pub struct CreateSession {
     pub players: u32,
     /// Seconds a heartbeat keeps the row alive (default 60).
     pub timeout_secs: Option<u32>,
-    /// Up to 32 attributes; keys 1..=64 bytes, values up to 256 bytes.
+    /// Up to 32 attributes; keys 1..=64 characters, values up to 256 characters.
     #[serde(default)]
     pub attributes: Attributes,
     /// Opaque JSON object (at most 2 KiB), e.g. host peer id and punch server.
