@@ -74,7 +74,8 @@ impl Cli {
             rate_limit_per_sec: self.rate_limit,
             min_timeout_secs: self.min_timeout_secs,
             max_timeout_secs: self.max_timeout_secs,
-            default_timeout_secs: 60,
+            // 60 s, within the accepted range.
+            default_timeout_secs: 60u32.min(self.max_timeout_secs).max(self.min_timeout_secs),
             trust_forwarded_for: self.trust_forwarded_for,
             max_sessions: self.max_sessions,
             max_sessions_per_ip: self.max_sessions_per_ip,
