@@ -84,9 +84,10 @@ struct Cli {
     /// public key is the server id that peers verify (`ID@HOST:PORT`).
     #[arg(long, env = "PUNCH_KEY_FILE", default_value = DEFAULT_KEY_FILE)]
     key_file: PathBuf,
-    /// Most coordinator connections (peers) at once; more are refused. Each idle
-    /// registered peer holds about 30 KiB of server memory (QUIC connection state), so the
-    /// default allows about 3 GiB; size it to the machine.
+    /// Most coordinator connections (peers) at once; more are refused. An idle registered
+    /// peer holds about 32 KiB of server memory (mostly quinn's and rustls' connection
+    /// state; `cargo bench -p punch-server --bench idle_peers`), so the default allows
+    /// about 3.1 GiB: size it to the machine.
     #[arg(long, env = "PUNCH_MAX_PEERS", default_value_t = CoordConfig::default().max_connections,
           value_parser = count_parser())]
     max_peers: usize,
