@@ -24,7 +24,7 @@ use clap::{Parser, ValueEnum};
 use mesh::identity::Identity;
 use punch_server::config::{ServerConfig, StunConfig, DEFAULT_KEY_FILE};
 use punch_server::coordinator::{CoordConfig, Rate};
-use punch_server::quic::{QuicConfig, MAX_COUNT};
+use punch_server::quic::{QuicConfig, RetryPolicy, MAX_COUNT};
 use tracing_subscriber::EnvFilter;
 
 /// Log output format.
@@ -34,6 +34,26 @@ enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// When a new client must prove its address with a QUIC Retry first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum QuicRetry {
+    /// Every new source (one more round trip on registration; within RFC 9000's 3x
+    /// anti-amplification limit).
+    Always,
+    /// Only while half of `--max-handshakes` are in progress (quinn 0.11 then sends up to
+    /// 3.1 times an unanswered Initial).
+    UnderLoad,
+}
+
+impl From<QuicRetry> for RetryPolicy {
+    fn from(r: QuicRetry) -> Self {
+        match r {
+            QuicRetry::Always => Self::Always,
+            QuicRetry::UnderLoad => Self::UnderLoad,
+        }
+    }
 }
 
 /// Punch server: STUN (RFC 8489 Binding, RFC 5780 behaviour discovery) and the QUIC
@@ -64,7 +84,10 @@ struct Cli {
     /// public key is the server id that peers verify (`ID@HOST:PORT`).
     #[arg(long, env = "PUNCH_KEY_FILE", default_value = DEFAULT_KEY_FILE)]
     key_file: PathBuf,
-    /// Most coordinator connections (peers) at once; more are refused.
+    /// Most coordinator connections (peers) at once; more are refused. An idle registered
+    /// peer holds about 32 KiB of server memory (mostly quinn's and rustls' connection
+    /// state; `cargo bench -p punch-server --bench idle_peers`), so the default allows
+    /// about 3.1 GiB: size it to the machine.
     #[arg(long, env = "PUNCH_MAX_PEERS", default_value_t = CoordConfig::default().max_connections,
           value_parser = count_parser())]
     max_peers: usize,
@@ -72,6 +95,10 @@ struct Cli {
     #[arg(long, env = "PUNCH_MAX_HANDSHAKES", default_value_t = QuicConfig::default().max_handshakes,
           value_parser = count_parser())]
     max_handshakes: usize,
+    /// When a new client must first prove its address with a QUIC Retry: `always` (one
+    /// more round trip on registration) or `under-load`.
+    #[arg(long, env = "PUNCH_QUIC_RETRY", value_enum, default_value = "always")]
+    quic_retry: QuicRetry,
     /// Most pending connect requests in the whole server.
     #[arg(long, env = "PUNCH_MAX_PENDING", default_value_t = CoordConfig::default().max_pending_total,
           value_parser = count_parser())]
@@ -147,6 +174,7 @@ impl Cli {
         let quic = QuicConfig {
             max_connections: self.max_peers,
             max_handshakes: self.max_handshakes,
+            retry: self.quic_retry.into(),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             ..QuicConfig::default()
         };
@@ -276,10 +304,23 @@ async fn main() -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn coord(args: &[&str]) -> CoordConfig {
+    fn configs(args: &[&str]) -> Configs {
         let cli = Cli::try_parse_from(std::iter::once("punch-server").chain(args.iter().copied()))
             .expect("flags parse");
-        cli.into_configs().coord
+        cli.into_configs()
+    }
+
+    fn coord(args: &[&str]) -> CoordConfig {
+        configs(args).coord
+    }
+
+    #[test]
+    fn retry_flag_reaches_the_quic_config() {
+        assert_eq!(configs(&[]).quic.retry, RetryPolicy::Always);
+        let under_load = configs(&["--quic-retry", "under-load"]).quic;
+        assert_eq!(under_load.retry, RetryPolicy::UnderLoad);
+        let bad = ["punch-server", "--quic-retry", "never"];
+        assert!(Cli::try_parse_from(bad).is_err());
     }
 
     #[test]

@@ -12,15 +12,19 @@
 //!
 //! The Retry test puts a [`Relay`] (two UDP sockets on 127.0.0.1) between each peer and
 //! the server to see the server's Retry packets on the wire, and checks the server's
-//! `retries_sent` counter against them. Every wait has a timeout, every loop a bound;
-//! traffic goes to 127.0.0.1 only.
+//! `retries_sent` counter against them. The migration test moves a relay to a new
+//! server-side socket (a NAT rebinding) and waits for the coordinator to hand out the new
+//! reflexive address. Every wait has a timeout, every loop a bound; traffic goes to
+//! 127.0.0.1 only.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mesh::coord::{encode, ClientMsg, CloseCode, ErrorKind, FrameDecoder, ServerMsg};
+use mesh::coord::{
+    encode, Candidate, CandidateKind, ClientMsg, CloseCode, ErrorKind, FrameDecoder, ServerMsg,
+};
 use mesh::identity::{Identity, PeerId};
 use mesh::socket::{default_transport, ConnectError, Endpoint, EndpointOptions, INITIAL_RTT};
 use punch_server::coordinator::{CoordConfig, Rate};
@@ -28,6 +32,7 @@ use punch_server::driver::Server;
 use punch_server::quic::{CoordMetrics, CoordServer, QuicConfig, QuicCounters};
 use punch_server::ServerConfig;
 use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep, timeout};
 
@@ -233,9 +238,11 @@ async fn peer_without_control_stream_is_closed_with_no_control_stream() {
     coord.stop().await;
 }
 
-/// A UDP relay between one peer and the server that counts the server's Retry packets.
+/// A UDP relay between one peer and the server that counts the server's Retry packets,
+/// and can move to a new server-side socket as a NAT rebinding would ([`Relay::rebind`]).
 struct Relay {
     addr: SocketAddr,
+    rebind: mpsc::Sender<oneshot::Sender<SocketAddr>>,
     task: JoinHandle<()>,
 }
 
@@ -250,12 +257,19 @@ fn is_retry(datagram: &[u8]) -> bool {
     datagram.len() > 5 && datagram[0] & 0xf0 == 0xf0 && datagram[1..5] == [0, 0, 0, 1]
 }
 
+/// A socket on 127.0.0.1 sending to `server` only.
+async fn back_socket(server: SocketAddr) -> UdpSocket {
+    let back = UdpSocket::bind("127.0.0.1:0").await.expect("bind back");
+    back.connect(server).await.expect("connect back");
+    back
+}
+
 impl Relay {
     async fn start(server: SocketAddr, retries: Arc<AtomicU64>) -> Relay {
         let front = UdpSocket::bind("127.0.0.1:0").await.expect("bind front");
-        let back = UdpSocket::bind("127.0.0.1:0").await.expect("bind back");
-        back.connect(server).await.expect("connect back");
+        let mut back = back_socket(server).await;
         let addr = front.local_addr().expect("front addr");
+        let (rebind, mut rebinds) = mpsc::channel::<oneshot::Sender<SocketAddr>>(1);
         let forward = async move {
             let (mut up, mut down) = ([0u8; 2048], [0u8; 2048]);
             let mut peer = None;
@@ -276,13 +290,27 @@ impl Relay {
                             let _ = front.send_to(&down[..n], peer).await;
                         }
                     }
+                    Some(reply) = rebinds.recv() => {
+                        back = back_socket(server).await;
+                        let _ = reply.send(back.local_addr().expect("back addr"));
+                    }
                 }
             }
         };
         let task = tokio::spawn(async move {
             let _ = timeout(Duration::from_secs(60), forward).await;
         });
-        Relay { addr, task }
+        Relay { addr, rebind, task }
+    }
+
+    /// Forwards from a new server-side socket from now on; its address.
+    async fn rebind(&self) -> SocketAddr {
+        let (reply, new_addr) = oneshot::channel();
+        self.rebind.send(reply).await.expect("relay running");
+        timeout(WAIT, new_addr)
+            .await
+            .expect("rebound in time")
+            .expect("relay running")
     }
 }
 
@@ -427,4 +455,54 @@ async fn peer_that_does_not_read_is_closed_as_too_slow() {
     .await;
     assert_eq!(get(&q.too_slow), 1, "only the slow peer");
     coord.stop().await;
+}
+
+#[tokio::test]
+async fn rtt_and_address_changes_reach_the_coordinator() {
+    let quic = QuicConfig {
+        report_interval: Duration::from_millis(50),
+        ..QuicConfig::default()
+    };
+    let coord = Coord::start(quic, unlimited()).await;
+    // The target sits behind a relay that will rebind; the requester dials directly.
+    let relay = Relay::start(coord.addr(), Arc::new(AtomicU64::new(0))).await;
+    let (mut target, relay, _) = dial_until_admitted(coord.id, relay).await;
+    let mut requester = Peer::dial(&coord, EndpointOptions::default()).await;
+    requester.register().await;
+    // One sample on connect, then one per connection every report interval.
+    let at_start = coord.metrics.snapshot().stats.rtt_samples;
+    eventually("RTT samples every report interval", || {
+        coord.metrics.snapshot().stats.rtt_samples >= at_start + 6
+    })
+    .await;
+    // The target's NAT mapping changes: the server sees it migrate, and connects to it
+    // get the new reflexive address once the coordinator has read it.
+    let moved = relay.rebind().await;
+    target.ping(1).await;
+    let srflx = Candidate::new(CandidateKind::ServerReflexive, moved);
+    let target_id = target.endpoint.peer_id();
+    for request_id in 1..=100u64 {
+        requester
+            .send_all(&[ClientMsg::Connect {
+                request_id,
+                target: target_id,
+            }])
+            .await;
+        let ServerMsg::Incoming { request_id: id, .. } = target.next().await else {
+            panic!("expected Incoming");
+        };
+        target
+            .send_all(&[ClientMsg::Accept { request_id: id }])
+            .await;
+        let ServerMsg::Go(go) = requester.next().await else {
+            panic!("expected Go");
+        };
+        assert!(matches!(target.next().await, ServerMsg::Go(_)));
+        if go.peer_candidates.contains(&srflx) {
+            coord.stop().await;
+            return;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the new address {moved} never reached the coordinator");
 }

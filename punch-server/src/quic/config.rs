@@ -10,24 +10,65 @@
 //!    calls it too, before it touches the key file.
 //! 2. [`QuicConfig::server_config`] builds the quinn server configuration: the punch
 //!    server's identity (mutual TLS 1.3, ALPN `p2pmesh/1`, [`mesh::identity::tls`]), and a
-//!    transport that allows one bidirectional stream and no unidirectional ones, with small
-//!    flow-control windows and the idle timeout. Keep-alives come from the peers.
-//! 3. Connections the server closes carry a [`CloseCode`] (defined in [`mesh::coord`], so
+//!    transport for small, mostly idle control connections: one bidirectional stream and
+//!    no unidirectional ones, no QUIC datagrams, small flow-control windows, the minimum
+//!    MTU of 1200 bytes without path MTU discovery, no GSO batches (quinn keeps each
+//!    connection's transmit buffer at the size of its largest batch), and the idle
+//!    timeout. Keep-alives come from the peers.
+//! 3. [`RetryPolicy`] says when the accept loop makes a client prove its address with a
+//!    QUIC Retry (RFC 9000 §8.1.2) before any handshake work. The default, every new
+//!    source, keeps the server within RFC 9000 §8.1's limit of 3 times the bytes received
+//!    from an unvalidated address: quinn 0.11 lets a server start one more full datagram
+//!    whenever any of that budget is left (`quinn-proto` `Connection::poll_transmit`, the
+//!    `anti_amplification_blocked(segment_size * num_datagrams + 1)` check, quinn PR
+//!    #1148), so an unanswered Initial draws 1200 + 138 bytes of first flight (the 1-RTT
+//!    `NEW_CONNECTION_ID`s do not fit in the padded first datagram) and two 1200-byte PTO
+//!    probes: 3738 bytes for 1200 (3.1 x).
+//! 4. [`QuicConfig::endpoint_config`] is mesh's endpoint configuration (no QUIC-bit
+//!    greasing) with connection ids of 8 random bytes. quinn's default generator puts only
+//!    24 random bits into each id, and quinn-proto 0.11 neither checks the id it puts into
+//!    a Retry against the live ones (`Endpoint::retry`) nor prefers Initial routing for
+//!    Initial packets (`ConnectionIndex::get` looks at `connection_ids` first): with tens
+//!    of thousands of ids live, a client now and then got a Retry id that an established
+//!    connection already used, and its Initials were discarded by that connection until
+//!    its handshake timed out (about 1 in 1000 registrations with 5000 to 10 000 peers
+//!    connected, in the `idle_peers` benchmark).
+//! 5. Connections the server closes carry a [`CloseCode`] (defined in [`mesh::coord`], so
 //!    peers can read it) as the QUIC application error code and its text as the reason.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use mesh::identity::{tls, Identity};
-use quinn::{IdleTimeout, VarInt};
+use quinn::{ConnectionIdGenerator, IdleTimeout, VarInt};
+use quinn_proto::RandomConnectionIdGenerator;
 
 use super::QuicError;
 use crate::coordinator::{CloseReason, CoordConfig};
 pub use mesh::coord::CloseCode;
 
+/// Length of the server's connection ids: 8 random bytes, as many as quinn's default ids
+/// but all of them random (see the module docs, step 4).
+const CID_LEN: usize = 8;
+
 /// Upper bound of every count setting (queues, limits): far above any real need, and
 /// below what tokio's channels and semaphores accept.
 pub const MAX_COUNT: usize = 1 << 28;
+
+/// When a new client must prove its address with a QUIC Retry (one more round trip)
+/// before the server does any handshake work for it (see the module docs, step 3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RetryPolicy {
+    /// Every Initial without a valid address-validation token (default). The server then
+    /// answers an unvalidated source with one Retry packet (about a tenth of the Initial),
+    /// within RFC 9000 §8.1's 3x; registration takes one more round trip.
+    #[default]
+    Always,
+    /// Only while at least half of `max_handshakes` are in progress. Saves new peers a
+    /// round trip, but quinn 0.11 then sends up to 3.1 times an unanswered Initial (more
+    /// than RFC 9000 §8.1 allows) to an address nobody validated.
+    UnderLoad,
+}
 
 /// Settings of the QUIC driver (the sans-IO part has its own [`CoordConfig`]). Every queue
 /// and table is bounded by one of them.
@@ -41,10 +82,13 @@ pub struct QuicConfig {
     pub max_datagram_len: usize,
     /// Most QUIC connections at once, handshakes included (default 100 000); more are
     /// refused. Must be at least `CoordConfig::max_connections`
-    /// ([`QuicConfig::validate_with`]), so the coordinator's own bound is reachable.
+    /// ([`QuicConfig::validate_with`]), so the coordinator's own bound is reachable. An
+    /// idle connection holds about 32 KiB, so the default allows about 3.1 GiB.
     pub max_connections: usize,
     /// Most handshakes in progress at once (default 1024); more are refused.
     pub max_handshakes: usize,
+    /// When new clients get a Retry first (default [`RetryPolicy::Always`]).
+    pub retry: RetryPolicy,
     /// Longest time a handshake may take (default 20 s: at 20 % loss each way a handshake
     /// can need several backed-off retransmissions).
     pub handshake_timeout: Duration,
@@ -53,7 +97,8 @@ pub struct QuicConfig {
     pub control_stream_timeout: Duration,
     /// QUIC idle timeout (default 30 s; peers send keep-alives more often).
     pub idle_timeout: Duration,
-    /// How often each connection reports its RTT and checks for migration (default 1 s).
+    /// How often the coordinator task reads every connection's RTT estimate and checks it
+    /// for migration (default 1 s).
     pub report_interval: Duration,
     /// Encoded messages queued for one connection's writer (default 64). A connection
     /// whose queue is full is closed as too slow.
@@ -69,11 +114,16 @@ pub struct QuicConfig {
     pub close_linger: Duration,
     /// Largest read from a control stream at once, in bytes (default 4096).
     pub read_chunk: usize,
-    /// Flow-control window of the control stream, in bytes (default 64 KiB).
+    /// Flow-control window of the control stream, in bytes (default 16 KiB, one largest
+    /// frame, [`mesh::coord::MAX_FRAME_LEN`]). Bounds what a peer can make the server
+    /// buffer; the reader takes it at once, so it only limits a burst.
     pub stream_receive_window: u32,
-    /// Flow-control window of a whole connection, in bytes (default 128 KiB).
+    /// Flow-control window of a whole connection, in bytes (default 16 KiB: there is only
+    /// the control stream).
     pub receive_window: u32,
-    /// Most unacknowledged bytes the server sends on one connection (default 256 KiB).
+    /// Most unacknowledged bytes the server sends on one connection (default 32 KiB, far
+    /// above a burst of coordinator messages): with `outgoing_queue`, bounds what a peer
+    /// that stops reading costs until `write_timeout`.
     pub send_window: u64,
     /// Longest time shutdown waits for connections to close and drain (default 3 s).
     pub shutdown_timeout: Duration,
@@ -86,6 +136,7 @@ impl Default for QuicConfig {
             max_datagram_len: 2048,
             max_connections: 100_000,
             max_handshakes: 1024,
+            retry: RetryPolicy::Always,
             handshake_timeout: Duration::from_secs(20),
             control_stream_timeout: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(30),
@@ -95,9 +146,9 @@ impl Default for QuicConfig {
             write_timeout: Duration::from_secs(5),
             close_linger: Duration::from_secs(2),
             read_chunk: 4096,
-            stream_receive_window: 64 * 1024,
-            receive_window: 128 * 1024,
-            send_window: 256 * 1024,
+            stream_receive_window: 16 * 1024,
+            receive_window: 16 * 1024,
+            send_window: 32 * 1024,
             shutdown_timeout: Duration::from_secs(3),
         }
     }
@@ -176,8 +227,18 @@ impl QuicConfig {
             .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
             .receive_window(VarInt::from_u32(self.receive_window))
             .send_window(self.send_window)
-            .datagram_receive_buffer_size(None);
+            .datagram_receive_buffer_size(None)
+            .datagram_send_buffer_size(0)
+            .mtu_discovery_config(None)
+            .enable_segmentation_offload(false);
         Ok(t)
+    }
+
+    /// The quinn endpoint configuration (see the module docs, step 4).
+    pub fn endpoint_config() -> quinn::EndpointConfig {
+        let mut config = mesh::socket::endpoint_config();
+        config.cid_generator(cid_generator);
+        config
     }
 
     /// The quinn server configuration presenting `identity` (mutual TLS, see
@@ -196,6 +257,11 @@ impl QuicConfig {
             .migration(true);
         Ok(config)
     }
+}
+
+/// The server's connection id generator: [`CID_LEN`] random bytes.
+fn cid_generator() -> Box<dyn ConnectionIdGenerator> {
+    Box::new(RandomConnectionIdGenerator::new(CID_LEN))
 }
 
 impl From<CloseReason> for CloseCode {
@@ -274,6 +340,19 @@ mod tests {
             .expect_err("burst 0 with a rate");
         assert!(matches!(err, QuicError::Coord(_)), "{err:?}");
         assert!(err.to_string().contains("--attempt-burst"), "{err}");
+    }
+
+    #[test]
+    fn connection_ids_are_fully_random() {
+        // 100 000 ids of quinn's default generator (24 random bits each) hold about 300
+        // pairs of equal ids; 64 random bits make a repeat practically impossible.
+        let mut generator = cid_generator();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..100_000 {
+            let cid = generator.generate_cid();
+            assert_eq!(cid.len(), CID_LEN);
+            assert!(seen.insert(cid.to_vec()), "connection id repeated: {cid}");
+        }
     }
 
     #[test]

@@ -7,26 +7,29 @@
 //!    certificate proved ([`tls::remote_peer_id`]).
 //! 2. Wait up to `control_stream_timeout` for the peer's bidirectional control stream;
 //!    without one the connection is closed ([`CloseCode::NoControlStream`]).
-//! 3. Send `Connected` to the coordinator task with the writer's bounded queue, then run
-//!    until one of these ends:
+//! 3. Send `Connected` to the coordinator task with the writer's bounded queue and the
+//!    connection (the coordinator task reads its RTT estimate and remote address from
+//!    it), then run until one of these ends:
 //!    - the reader: chunks of at most `read_chunk` bytes become `Bytes` events (a full
 //!      event queue makes it wait, which stops the peer through QUIC flow control);
 //!    - the writer: frames from the queue are written, each within `write_timeout`; a
 //!      `Close` finishes the stream, waits up to `close_linger` for the peer to take it,
 //!      then closes the connection with the close code;
-//!    - the reporter: every `report_interval` (and at once) the RTT estimate, and the
-//!      remote address when it changed (migration);
-//!    - the refuser: any further stream the peer opens is stopped and reset;
 //!    - the connection closing (idle timeout, peer close, server shutdown).
+//!
+//!    The transport allows one bidirectional stream at a time, so the peer cannot open
+//!    another while the control stream is open. An idle connection is this one task
+//!    waiting on three futures (kept small: it is most of what an idle peer costs us, next
+//!    to quinn's own per-connection state).
 //! 4. Close the connection if still open, and send `Disconnected`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mesh::identity::tls;
-use quinn::VarInt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
-use tokio::time::{timeout, MissedTickBehavior};
+use tokio::time::timeout;
 use tracing::Instrument;
 
 use super::config::{CloseCode, QuicConfig};
@@ -34,8 +37,6 @@ use super::coord_task::{Event, Outgoing};
 use super::stats::{CoordMetrics, QuicCounters};
 use crate::coordinator::ConnId;
 
-/// Stream error code sent when refusing a stream beyond the control stream.
-pub const STREAM_REFUSED: u32 = 1;
 /// Longest wait for the coordinator task to take the final `Disconnected` event.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -87,19 +88,23 @@ impl Drop for ActiveGuard {
 }
 
 /// Serves one incoming connection (see the module docs). `handshake` is released once the
-/// handshake is over; `_slot` (a `max_connections` slot) when the task ends.
-pub async fn run(
+/// handshake is over; `slot` (a `max_connections` slot) when the task ends.
+///
+/// A plain function returning the task's future (rather than an `async fn` around an
+/// instrumented block), so the arguments are stored once in the task, not twice.
+pub fn run(
     incoming: quinn::Incoming,
     id: ConnId,
     ctx: Arc<ConnCtx>,
     handshake: OwnedSemaphorePermit,
-    _slot: OwnedSemaphorePermit,
-) {
+    slot: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send + 'static {
     QuicCounters::inc(&ctx.metrics.quic.connections_active);
-    let _active = ActiveGuard(Arc::clone(&ctx.metrics));
+    let active = ActiveGuard(Arc::clone(&ctx.metrics));
     let addr = incoming.remote_address();
     let span = tracing::info_span!("coord_conn", conn = %id, %addr, peer = tracing::field::Empty);
     async move {
+        let _guards = (active, slot);
         let Some(connection) = complete_handshake(incoming, &ctx).await else {
             return;
         };
@@ -114,19 +119,8 @@ pub async fn run(
             }
         };
         tracing::Span::current().record("peer", tracing::field::display(peer.short()));
-        let accepted = timeout(ctx.config.control_stream_timeout, connection.accept_bi()).await;
-        let (send, recv) = match accepted {
-            Ok(Ok(streams)) => streams,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "connection lost before the control stream");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("no control stream in time");
-                QuicCounters::inc(&ctx.metrics.quic.no_control_stream);
-                CloseCode::NoControlStream.close(&connection);
-                return;
-            }
+        let Some((send, recv)) = control_stream(&ctx, &connection).await else {
+            return;
         };
         QuicCounters::inc(&ctx.metrics.quic.connections_established);
         let (out, out_rx) = mpsc::channel(ctx.config.outgoing_queue);
@@ -142,7 +136,12 @@ pub async fn run(
             return;
         }
         tracing::debug!("control stream open");
-        let end = serve(&ctx, id, &connection, send, recv, out_rx).await;
+        // Step 3: the pumps, until the first one ends.
+        let end = tokio::select! {
+            end = read_loop(&ctx, id, recv) => end,
+            end = write_loop(&ctx, &connection, send, out_rx) => end,
+            e = connection.closed() => End::ConnectionLost(e),
+        };
         if connection.close_reason().is_none() {
             match &end {
                 End::StreamClosed(_) => CloseCode::ControlStreamClosed.close(&connection),
@@ -158,7 +157,6 @@ pub async fn run(
         .await;
     }
     .instrument(span)
-    .await;
 }
 
 /// Step 1: the handshake, bounded; failures are counted.
@@ -188,21 +186,23 @@ async fn complete_handshake(incoming: quinn::Incoming, ctx: &ConnCtx) -> Option<
     }
 }
 
-/// Step 3: runs the pumps until the first one ends.
-async fn serve(
+/// Step 2: the peer's control stream, within `control_stream_timeout`.
+async fn control_stream(
     ctx: &ConnCtx,
-    id: ConnId,
     connection: &quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    out: mpsc::Receiver<Outgoing>,
-) -> End {
-    tokio::select! {
-        end = read_loop(ctx, id, recv) => end,
-        end = write_loop(ctx, connection, send, out) => end,
-        end = report_loop(ctx, id, connection) => end,
-        end = refuse_streams(ctx, connection) => end,
-        e = connection.closed() => End::ConnectionLost(e),
+) -> Option<(quinn::SendStream, quinn::RecvStream)> {
+    match timeout(ctx.config.control_stream_timeout, connection.accept_bi()).await {
+        Ok(Ok(streams)) => Some(streams),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "connection lost before the control stream");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("no control stream in time");
+            QuicCounters::inc(&ctx.metrics.quic.no_control_stream);
+            CloseCode::NoControlStream.close(connection);
+            None
+        }
     }
 }
 
@@ -211,13 +211,14 @@ async fn read_loop(ctx: &ConnCtx, id: ConnId, mut recv: quinn::RecvStream) -> En
         match recv.read_chunk(ctx.config.read_chunk, true).await {
             Ok(Some(chunk)) => {
                 tracing::trace!(len = chunk.bytes.len(), "control bytes");
-                let event = Event::Bytes {
+                // Wait for room first, so the waiting future does not hold the event.
+                let Ok(permit) = ctx.events.reserve().await else {
+                    return End::CoordinatorGone;
+                };
+                permit.send(Event::Bytes {
                     conn: id,
                     bytes: chunk.bytes,
-                };
-                if ctx.events.send(event).await.is_err() {
-                    return End::CoordinatorGone;
-                }
+                });
             }
             Ok(None) => return End::StreamClosed("finished by the peer".into()),
             Err(quinn::ReadError::ConnectionLost(e)) => return End::ConnectionLost(e),
@@ -259,47 +260,6 @@ async fn write_loop(
                 code.close(connection);
                 return End::Closed(code);
             }
-        }
-    }
-}
-
-async fn report_loop(ctx: &ConnCtx, id: ConnId, connection: &quinn::Connection) -> End {
-    let mut tick = tokio::time::interval(ctx.config.report_interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_addr = connection.remote_address();
-    loop {
-        tick.tick().await;
-        // A lost sample is harmless: the next one comes within a second.
-        let _ = ctx.events.try_send(Event::Rtt {
-            conn: id,
-            rtt: connection.rtt(),
-        });
-        let addr = connection.remote_address();
-        if addr != last_addr {
-            tracing::debug!(from = %last_addr, to = %addr, "peer address changed");
-            last_addr = addr;
-            if ctx
-                .events
-                .send(Event::Addr { conn: id, addr })
-                .await
-                .is_err()
-            {
-                return End::CoordinatorGone;
-            }
-        }
-    }
-}
-
-async fn refuse_streams(ctx: &ConnCtx, connection: &quinn::Connection) -> End {
-    loop {
-        match connection.accept_bi().await {
-            Ok((mut send, mut recv)) => {
-                tracing::debug!("extra stream refused");
-                QuicCounters::inc(&ctx.metrics.quic.streams_refused);
-                let _ = send.reset(VarInt::from_u32(STREAM_REFUSED));
-                let _ = recv.stop(VarInt::from_u32(STREAM_REFUSED));
-            }
-            Err(e) => return End::ConnectionLost(e),
         }
     }
 }

@@ -3,19 +3,24 @@
 //!
 //! Steps:
 //! 1. Wait for the next [`Event`] from a connection task (bounded queue), the
-//!    coordinator's next deadline ([`Coordinator::poll_timeout`]), or shutdown.
+//!    coordinator's next deadline ([`Coordinator::poll_timeout`]), the next report tick
+//!    (every `report_interval`), or shutdown.
 //! 2. Feed it: `Connected` stores the connection's handle (outgoing queue and quinn
 //!    connection) *before* [`Coordinator::handle_connected`], so even the `ServerFull`
-//!    answer finds its way; `Bytes`, `Rtt`, `Addr`, `Disconnected` map 1:1; a passed
-//!    deadline runs [`Coordinator::handle_timeout`]. Up to [`EVENTS_PER_ROUND`] queued
-//!    events are taken per wake-up.
-//! 3. After every call, [`CoordTask::flush`]: every [`Coordinator::poll_send`] message is
+//!    answer finds its way, and gives it the connection's RTT estimate at once; `Bytes`
+//!    and `Disconnected` map 1:1; a passed deadline runs [`Coordinator::handle_timeout`].
+//!    Up to [`EVENTS_PER_ROUND`] queued events are taken per wake-up.
+//! 3. On a report tick, [`CoordTask::report`] reads every connection's RTT estimate
+//!    ([`Coordinator::handle_rtt`]) and remote address, which changes on migration or NAT
+//!    rebinding ([`Coordinator::handle_observed_addr`]). One sweep here instead of a
+//!    timer in every connection task keeps idle connections small and quiet.
+//! 4. After every call, [`CoordTask::flush`]: every [`Coordinator::poll_send`] message is
 //!    encoded ([`mesh::coord::encode`]) into the connection's bounded outgoing queue; a full
 //!    queue closes that connection as too slow (and tells the coordinator it is gone).
 //!    Then every [`Coordinator::poll_close`] queues a close behind the messages already
 //!    queued, so the connection task delivers them first; if even that does not fit, the
 //!    connection is closed at once.
-//! 4. After each round the counters are published to [`CoordMetrics`].
+//! 5. After each round the counters are published to [`CoordMetrics`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,6 +31,7 @@ use bytes::Bytes;
 use mesh::coord::encode;
 use mesh::identity::PeerId;
 use tokio::sync::{mpsc, watch};
+use tokio::time::MissedTickBehavior;
 
 use super::config::CloseCode;
 use super::stats::{CoordMetrics, CoordSnapshot, QuicCounters};
@@ -47,7 +53,8 @@ pub enum Event {
         addr: SocketAddr,
         /// Its writer's queue.
         out: mpsc::Sender<Outgoing>,
-        /// The connection, to close it when its queue is full.
+        /// The connection: its RTT estimate and address are read from it, and it is
+        /// closed when its queue is full.
         connection: quinn::Connection,
     },
     /// Bytes read from the control stream.
@@ -56,20 +63,6 @@ pub enum Event {
         conn: ConnId,
         /// The bytes.
         bytes: Bytes,
-    },
-    /// The connection's RTT estimate.
-    Rtt {
-        /// The connection.
-        conn: ConnId,
-        /// quinn's smoothed RTT.
-        rtt: Duration,
-    },
-    /// The peer's address changed (migration or NAT rebinding).
-    Addr {
-        /// The connection.
-        conn: ConnId,
-        /// The new address.
-        addr: SocketAddr,
     },
     /// The connection ended.
     Disconnected {
@@ -92,6 +85,8 @@ pub enum Outgoing {
 struct Handle {
     out: mpsc::Sender<Outgoing>,
     connection: quinn::Connection,
+    /// The remote address last given to the coordinator.
+    addr: SocketAddr,
 }
 
 /// The coordinator task (see the module docs).
@@ -101,25 +96,31 @@ pub struct CoordTask {
     events: mpsc::Receiver<Event>,
     conns: HashMap<ConnId, Handle>,
     metrics: Arc<CoordMetrics>,
+    report_interval: Duration,
 }
 
 impl CoordTask {
-    /// A task driving `coord` from `events`.
+    /// A task driving `coord` from `events`, reading the connections' RTT estimates and
+    /// addresses every `report_interval`.
     pub fn new(
         coord: Coordinator,
         events: mpsc::Receiver<Event>,
         metrics: Arc<CoordMetrics>,
+        report_interval: Duration,
     ) -> Self {
         Self {
             coord,
             events,
             conns: HashMap::new(),
             metrics,
+            report_interval,
         }
     }
 
     /// Runs until `shutdown` flips (or its sender is gone) or every event sender is gone.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.report_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let deadline = self.coord.poll_timeout();
             tokio::select! {
@@ -143,6 +144,7 @@ impl CoordTask {
                     self.coord.handle_timeout(Instant::now());
                     self.flush();
                 }
+                _ = tick.tick() => self.report(),
             }
             self.publish();
         }
@@ -161,18 +163,37 @@ impl CoordTask {
                 out,
                 connection,
             } => {
-                self.conns.insert(conn, Handle { out, connection });
+                let rtt = connection.rtt();
+                let handle = Handle {
+                    out,
+                    connection,
+                    addr,
+                };
+                self.conns.insert(conn, handle);
                 self.coord.handle_connected(now, conn, peer, addr);
+                self.coord.handle_rtt(conn, rtt);
             }
             Event::Bytes { conn, bytes } => self.coord.handle_bytes(now, conn, &bytes),
-            Event::Rtt { conn, rtt } => self.coord.handle_rtt(conn, rtt),
-            Event::Addr { conn, addr } => self.coord.handle_observed_addr(conn, addr),
             Event::Disconnected { conn } => {
                 self.conns.remove(&conn);
                 self.coord.handle_disconnected(conn);
             }
         }
         self.flush();
+    }
+
+    /// Gives the coordinator every connection's RTT estimate, and its address where it
+    /// changed (see the module docs, step 3).
+    pub fn report(&mut self) {
+        for (&conn, handle) in &mut self.conns {
+            self.coord.handle_rtt(conn, handle.connection.rtt());
+            let addr = handle.connection.remote_address();
+            if addr != handle.addr {
+                tracing::debug!(%conn, from = %handle.addr, to = %addr, "peer address changed");
+                handle.addr = addr;
+                self.coord.handle_observed_addr(conn, addr);
+            }
+        }
     }
 
     /// Drains the coordinator's messages and closes (see the module docs, step 3).

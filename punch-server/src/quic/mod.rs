@@ -10,11 +10,14 @@
 //! 2. [`CoordServer::start`] (which checks the settings too when called directly) wraps the primary socket and the queue in a [`HookSocket`]
 //!    (quinn's `AsyncUdpSocket`: receives from the queue, sends through the same socket,
 //!    so peers see one address) and creates the quinn endpoint on it, without QUIC-bit
-//!    greasing ([`mesh::socket::endpoint_config`]) and with the server identity's mutual
-//!    TLS ([`QuicConfig::server_config`]).
-//! 3. The accept loop admits an incoming connection if a handshake slot
-//!    (`max_handshakes`) and a connection slot (`max_connections`) are free, else refuses
-//!    it; under load it asks unvalidated addresses for a Retry first. Each admitted
+//!    greasing and with random connection ids ([`QuicConfig::endpoint_config`]), and with
+//!    the server identity's mutual TLS ([`QuicConfig::server_config`]).
+//! 3. The accept loop first asks a client whose address is not validated yet for a QUIC
+//!    Retry (RFC 9000 §8.1.2): always by default, so the server never sends more than
+//!    3 times what an unvalidated source sent (RFC 9000 §8.1), or with
+//!    [`RetryPolicy::UnderLoad`] only while half of `max_handshakes` are in progress. It
+//!    admits a connection if a handshake slot (`max_handshakes`) and a connection slot
+//!    (`max_connections`) are free, else refuses it. Each admitted
 //!    connection gets a task ([`conn_task`]): handshake, peer id from the client
 //!    certificate, the one control stream, the stream pumps and RTT/address reports.
 //! 4. The coordinator task ([`coord_task`]) owns the `Coordinator` (seeded from the OS),
@@ -46,7 +49,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
-pub use config::{CloseCode, QuicConfig, MAX_COUNT};
+pub use config::{CloseCode, QuicConfig, RetryPolicy, MAX_COUNT};
 pub use ingress::{ingress, HookSocket, IngressQueue, QuicHook};
 pub use stats::{CoordMetrics, CoordSnapshot, QuicCounters};
 
@@ -150,7 +153,7 @@ impl CoordServer {
         let local_addr = server.local_addr();
         let socket = HookSocket::new(io, local_addr, queue, Arc::clone(&metrics));
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            mesh::socket::endpoint_config(),
+            QuicConfig::endpoint_config(),
             Some(quic.server_config(identity)?),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -160,7 +163,12 @@ impl CoordServer {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (events, events_rx) = mpsc::channel(quic.event_queue);
         let coordinator = Coordinator::new(coord, Instant::now(), os_seed());
-        let coord_task = CoordTask::new(coordinator, events_rx, Arc::clone(&metrics));
+        let coord_task = CoordTask::new(
+            coordinator,
+            events_rx,
+            Arc::clone(&metrics),
+            quic.report_interval,
+        );
         let slots = Arc::new(Semaphore::new(quic.max_connections));
         let accept = AcceptLoop {
             endpoint: endpoint.clone(),
@@ -258,8 +266,12 @@ impl AcceptLoop {
                 },
             };
             let in_progress = max.saturating_sub(self.handshakes.available_permits());
-            if in_progress >= busy_at && !incoming.remote_address_validated() {
-                // Under load, make the client prove its address before any handshake work.
+            let retry = match self.ctx.config.retry {
+                RetryPolicy::Always => true,
+                RetryPolicy::UnderLoad => in_progress >= busy_at,
+            };
+            if retry && !incoming.remote_address_validated() {
+                // Make the client prove its address before any handshake work.
                 match incoming.retry() {
                     Ok(()) => {
                         QuicCounters::inc(&q.retries_sent);

@@ -46,8 +46,6 @@ pub struct QuicCounters {
     pub no_control_stream: AtomicU64,
     /// Connections closed for not taking their messages fast enough.
     pub too_slow: AtomicU64,
-    /// Further streams the peers opened, refused.
-    pub streams_refused: AtomicU64,
     /// Connection tasks alive (gauge).
     pub connections_active: AtomicU64,
 }
@@ -110,7 +108,7 @@ impl MetricsSource for CoordMetrics {
         let c = &s.stats;
         let q = &self.quic;
         let get = QuicCounters::get;
-        let rows: [(&str, MetricKind, &str, u64); 27] = [
+        let rows: [(&str, MetricKind, &str, u64); 26] = [
             (
                 "punch_coord_registrations_total",
                 Counter,
@@ -260,12 +258,6 @@ impl MetricsSource for CoordMetrics {
                 Counter,
                 "Connections closed as too slow.",
                 get(&q.too_slow),
-            ),
-            (
-                "punch_coord_streams_refused_total",
-                Counter,
-                "Extra streams refused.",
-                get(&q.streams_refused),
             ),
             (
                 "punch_coord_connections_active",
