@@ -116,10 +116,7 @@ pub fn binding_request(txn: TransactionId) -> Vec<u8> {
 
 /// A Send indication carrying `data` to `peer`.
 pub fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
-    let attrs = vec![
-        XorPeerAddress::from(peer).into(),
-        Data::new(data).into(),
-    ];
+    let attrs = vec![XorPeerAddress::from(peer).into(), Data::new(data).into()];
     encode(SEND, MessageClass::Indication, new_txn(), attrs, None)
 }
 

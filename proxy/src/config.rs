@@ -156,6 +156,10 @@ pub struct ServerConfig {
     pub policy: PeerPolicy,
     /// How long a nonce stays valid (default 600 s); an older one gets 438 (Stale Nonce).
     pub nonce_lifetime: Duration,
+    /// Accept the channel numbers of RFC 5766, 0x4000-0x7FFF, instead of RFC 8656's
+    /// 0x4000-0x4FFF (default false). coturn's clients (`turnutils_uclient`) still pick
+    /// from the old range.
+    pub rfc5766_channels: bool,
     /// Seed of the nonce key, port choice and reservation tokens (the driver draws a
     /// random one; tests fix it).
     pub seed: u64,
@@ -172,6 +176,7 @@ impl fmt::Debug for ServerConfig {
             .field("limits", &self.limits)
             .field("policy", &self.policy)
             .field("nonce_lifetime", &self.nonce_lifetime)
+            .field("rfc5766_channels", &self.rfc5766_channels)
             .finish_non_exhaustive()
     }
 }
@@ -188,7 +193,17 @@ impl ServerConfig {
             limits: Limits::default(),
             policy: PeerPolicy::default(),
             nonce_lifetime: Duration::from_secs(600),
+            rfc5766_channels: false,
             seed: 0,
+        }
+    }
+
+    /// The highest channel number accepted.
+    pub fn channel_max(&self) -> u16 {
+        if self.rfc5766_channels {
+            crate::wire::CHANNEL_MAX_RFC5766
+        } else {
+            crate::wire::CHANNEL_MAX
         }
     }
 

@@ -16,7 +16,7 @@
 pub mod client;
 pub mod config;
 pub mod credentials;
-// pub mod driver;
-// pub mod metrics;
+pub mod driver;
+pub mod metrics;
 pub mod server;
 pub mod wire;

@@ -2,8 +2,8 @@
 //!
 //! Steps, for a datagram arriving on the listening port (RFC 8656 section 12, RFC 7983):
 //!
-//! 1. [`classify`] looks at the first byte: 0-3 is STUN, 64-79 is ChannelData, anything
-//!    else is not for a TURN server.
+//! 1. [`classify`] looks at the first byte: 0-3 is STUN, 64-79 is ChannelData (64-127
+//!    with RFC 5766's channel range), anything else is not for a TURN server.
 //! 2. STUN goes through [`decode_stun`]: stun-rs decodes it, the message must fill the
 //!    datagram exactly, and a FINGERPRINT, if present, must match (stun-rs computes it).
 //!    MESSAGE-INTEGRITY is checked later, once the key is known ([`integrity_ok`]).
@@ -25,8 +25,11 @@ use stun_rs::{
 
 /// Lowest TURN channel number (RFC 8656 section 12).
 pub const CHANNEL_MIN: u16 = 0x4000;
-/// Highest TURN channel number.
+/// Highest TURN channel number of RFC 8656.
 pub const CHANNEL_MAX: u16 = 0x4FFF;
+/// Highest TURN channel number of RFC 5766 (0x4000-0x7FFF), which coturn's clients still
+/// pick from; accepted only with `ServerConfig::rfc5766_channels`.
+pub const CHANNEL_MAX_RFC5766: u16 = 0x7FFF;
 /// ChannelData header length.
 pub const CHANNEL_HEADER_LEN: usize = 4;
 /// Largest UDP payload over IPv4 (65535 - 8 - 20).
@@ -43,11 +46,13 @@ pub enum Kind {
     Other,
 }
 
-/// Classifies a datagram by its first byte.
-pub fn classify(datagram: &[u8]) -> Kind {
+/// Classifies a datagram by its first byte; channel numbers go up to `channel_max`
+/// ([`CHANNEL_MAX`], or [`CHANNEL_MAX_RFC5766`] for first bytes up to 127).
+pub fn classify(datagram: &[u8], channel_max: u16) -> Kind {
+    let last = channel_max.to_be_bytes()[0];
     match datagram.first() {
         Some(0..=3) => Kind::Stun,
-        Some(64..=79) => Kind::ChannelData,
+        Some(b) if (0x40..=last).contains(b) => Kind::ChannelData,
         _ => Kind::Other,
     }
 }
@@ -63,13 +68,18 @@ pub struct ChannelData<'a> {
 
 impl<'a> ChannelData<'a> {
     /// Parses one ChannelData message filling a UDP datagram; `None` if it is malformed:
-    /// shorter than its header, a channel number out of range, a length field longer than
-    /// the datagram, or more than 3 bytes after the data (more than padding).
+    /// shorter than its header, a channel number outside 0x4000-0x4FFF, a length field
+    /// longer than the datagram, or more than 3 bytes after the data (more than padding).
     pub fn parse(datagram: &'a [u8]) -> Option<Self> {
+        Self::parse_up_to(datagram, CHANNEL_MAX)
+    }
+
+    /// [`ChannelData::parse`] with channel numbers up to `channel_max`.
+    pub fn parse_up_to(datagram: &'a [u8], channel_max: u16) -> Option<Self> {
         let header = datagram.get(..CHANNEL_HEADER_LEN)?;
         let number = u16::from_be_bytes([header[0], header[1]]);
         let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
-        if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&number) {
+        if !(CHANNEL_MIN..=channel_max).contains(&number) {
             return None;
         }
         let rest = &datagram[CHANNEL_HEADER_LEN..];
@@ -177,13 +187,16 @@ mod tests {
 
     #[test]
     fn classify_by_first_byte() {
-        assert_eq!(classify(&[]), Kind::Other);
-        assert_eq!(classify(&[0x00, 1]), Kind::Stun);
-        assert_eq!(classify(&[0x03]), Kind::Stun);
-        assert_eq!(classify(&[0x40]), Kind::ChannelData);
-        assert_eq!(classify(&[0x4F]), Kind::ChannelData);
-        assert_eq!(classify(&[0x50]), Kind::Other);
-        assert_eq!(classify(&[0x16]), Kind::Other, "DTLS");
+        let c = |b: &[u8]| classify(b, CHANNEL_MAX);
+        assert_eq!(c(&[]), Kind::Other);
+        assert_eq!(c(&[0x00, 1]), Kind::Stun);
+        assert_eq!(c(&[0x03]), Kind::Stun);
+        assert_eq!(c(&[0x40]), Kind::ChannelData);
+        assert_eq!(c(&[0x4F]), Kind::ChannelData);
+        assert_eq!(c(&[0x50]), Kind::Other);
+        assert_eq!(c(&[0x16]), Kind::Other, "DTLS");
+        assert_eq!(classify(&[0x7F], CHANNEL_MAX_RFC5766), Kind::ChannelData);
+        assert_eq!(classify(&[0x80], CHANNEL_MAX_RFC5766), Kind::Other);
     }
 
     #[test]
@@ -205,6 +218,8 @@ mod tests {
         assert_eq!(ChannelData::parse(&msg[..msg.len() - 1]), None);
         assert_eq!(ChannelData::parse(&msg[..3]), None);
         assert_eq!(ChannelData::parse(&[0x50, 0, 0, 0]), None);
+        let legacy = ChannelData::parse_up_to(&[0x7F, 0xFF, 0, 0], CHANNEL_MAX_RFC5766);
+        assert_eq!(legacy.map(|c| c.number), Some(0x7FFF));
         assert_eq!(ChannelData::parse(&[0x3F, 0xFF, 0, 0]), None);
         assert_eq!(
             ChannelData::parse(&[0x4F, 0xFF, 0, 0]).map(|c| c.payload.len()),

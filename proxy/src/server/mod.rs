@@ -235,7 +235,7 @@ impl Server {
         from: SocketAddr,
         bytes: &'a [u8],
     ) -> ClientInput<'a> {
-        let out = match wire::classify(bytes) {
+        let out = match wire::classify(bytes, self.config.channel_max()) {
             Kind::ChannelData => self.channel_data(now, from, bytes),
             Kind::Stun => self.stun(now, from, bytes),
             Kind::Other => ClientInput::Dropped(DropReason::Malformed),
@@ -455,6 +455,7 @@ impl Server {
         key: Option<&HMACKey>,
     ) {
         self.stats.error_responses += 1;
+        tracing::debug!(from = %req.from, method = req.method.as_u16(), code, "error response");
         let Ok(code) = stun_rs::ErrorCode::new(code, reason_phrase(code)) else {
             self.stats.drop(DropReason::Encode);
             return;

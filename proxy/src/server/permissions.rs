@@ -9,7 +9,8 @@
 //!
 //! ChannelBind:
 //!
-//! 1. CHANNEL-NUMBER missing or outside 0x4000-0x4FFF, or XOR-PEER-ADDRESS missing: 400.
+//! 1. CHANNEL-NUMBER missing or outside 0x4000-0x4FFF (0x7FFF with the RFC 5766 option),
+//!    or XOR-PEER-ADDRESS missing: 400.
 //!    Other family: 443. Refused peer: 403.
 //! 2. The number bound to another peer, or the peer to another number (also during the
 //!    5-minute cooldown after a binding expires): 400. A full table: 508.
@@ -25,7 +26,7 @@ use stun_rs::{MessageClass, StunMessage};
 use super::allocation::BindError;
 use super::policy::peer_allowed;
 use super::{Authed, Quota, Req, Server};
-use crate::wire::{CHANNEL_MAX, CHANNEL_MIN};
+use crate::wire::CHANNEL_MIN;
 
 impl Server {
     /// Checks a peer address for this relay: 443 for the other family, 403 for policy.
@@ -119,7 +120,7 @@ impl Server {
         let (Some(number), Some(peer)) = (number, peer) else {
             return self.error(req, 400, Some(&authed.key));
         };
-        if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&number) {
+        if !(CHANNEL_MIN..=self.config.channel_max()).contains(&number) {
             return self.error(req, 400, Some(&authed.key));
         }
         if let Err(code) = self.check_peer(peer) {

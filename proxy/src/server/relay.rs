@@ -41,7 +41,7 @@ impl Server {
         from: SocketAddr,
         bytes: &'a [u8],
     ) -> ClientInput<'a> {
-        let Some(cd) = ChannelData::parse(bytes) else {
+        let Some(cd) = ChannelData::parse_up_to(bytes, self.config.channel_max()) else {
             return ClientInput::Dropped(DropReason::Malformed);
         };
         let Some(port) = self.by_client.get(&from).copied() else {
@@ -151,10 +151,7 @@ impl Server {
             self.stats.to_client.add(bytes.len());
             return PeerInput::Forward { client, header };
         }
-        let attrs = vec![
-            XorPeerAddress::from(from).into(),
-            Data::new(bytes).into(),
-        ];
+        let attrs = vec![XorPeerAddress::from(from).into(), Data::new(bytes).into()];
         let txn = TransactionId::from(self.rng.gen::<[u8; 12]>());
         match wire::encode_stun(
             DATA,

@@ -40,7 +40,7 @@ fn seeds(auth: &ClientAuth) -> Vec<Vec<u8>> {
 
 /// Whether the core may answer `bytes`: only a STUN request that decodes.
 fn answerable(bytes: &[u8]) -> bool {
-    wire::classify(bytes) == wire::Kind::Stun
+    wire::classify(bytes, wire::CHANNEL_MAX) == wire::Kind::Stun
         && wire::decode_stun(bytes).is_some_and(|d| d.msg.class() == stun_rs::MessageClass::Request)
 }
 

@@ -228,3 +228,43 @@ fn channel_table_is_bounded() {
     assert_eq!(r.error, Some(508));
     assert_eq!(h.server.stats().quota_of(Quota::Channels), 1);
 }
+
+#[test]
+fn rfc5766_channel_numbers_only_with_the_option() {
+    let mut h = Harness::new();
+    let (auth, _) = h.allocate(client_addr(), "alice");
+    let r = h.signed(
+        client_addr(),
+        &auth,
+        CHANNEL_BIND,
+        channel_bind_attrs(0x7000, peer_addr()),
+    );
+    assert_eq!(r.error, Some(400));
+    let mut config = test_config();
+    config.rfc5766_channels = true;
+    let mut h = Harness::with(config);
+    let (auth, port) = h.allocate(client_addr(), "alice");
+    let r = h.signed(
+        client_addr(),
+        &auth,
+        CHANNEL_BIND,
+        channel_bind_attrs(0x7000, peer_addr()),
+    );
+    assert!(r.is_success());
+    let data = crate::wire::ChannelData::encode(0x7000, b"x").expect("encode");
+    assert_eq!(
+        h.input(client_addr(), &data),
+        Out::Forward {
+            port,
+            peer: peer_addr(),
+            payload: b"x".to_vec()
+        }
+    );
+    let r = h.signed(
+        client_addr(),
+        &auth,
+        CHANNEL_BIND,
+        channel_bind_attrs(0x8000, addr("198.51.100.8:1")),
+    );
+    assert_eq!(r.error, Some(400), "0x8000 is never a channel");
+}
