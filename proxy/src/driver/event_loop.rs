@@ -198,8 +198,11 @@ impl EventLoop {
             for (i, m) in meta.iter().take(n).enumerate() {
                 let start = i * RECV_BUF;
                 let data = bufs.get(start..start + m.len).unwrap_or_default();
-                // With GRO one buffer holds several datagrams of `stride` bytes each.
-                for datagram in data.chunks(m.stride.max(1)) {
+                // With GRO one buffer holds several datagrams of `stride` bytes each; an
+                // empty datagram is one too.
+                let mut datagrams = data.chunks(m.stride.max(1));
+                let empty = data.is_empty().then_some(&[][..]);
+                for datagram in empty.into_iter().chain(&mut datagrams) {
                     match port {
                         None => self.client_datagram(now, m, datagram),
                         Some(p) => self.peer_datagram(now, p, m.addr, datagram),
