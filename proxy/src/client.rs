@@ -413,6 +413,12 @@ impl Session {
         self.request(CHANNEL_BIND, attrs).map(|_| ())
     }
 
+    /// Frees the allocation (Refresh with lifetime 0), so the client's address can
+    /// allocate again; waits at most the session's timeout.
+    pub fn close(mut self) -> Result<(), ClientError> {
+        self.refresh(0).map(|_| ())
+    }
+
     /// Refresh with `lifetime` (0 frees the allocation); returns the granted lifetime.
     pub fn refresh(&mut self, lifetime: u32) -> Result<u32, ClientError> {
         let r = self.request(REFRESH, vec![LifeTime::new(lifetime).into()])?;
