@@ -1,7 +1,7 @@
 //! The load: a UDP echo peer and TURN clients keeping a window of ChannelData in flight.
 //!
-//! 1. [`EchoPeer`] echoes every datagram back to its sender (mio + quinn-udp batched
-//!    receive), on its own thread, until dropped.
+//! 1. The echo peer is the integration tests' (`tests/common`): mio + quinn-udp
+//!    batched receive, on its own thread.
 //! 2. [`run`] starts one thread per client: each allocates on the relay with REST API
 //!    credentials, binds channel 0x4000 to the echo peer, and keeps `window` packets of
 //!    `size` bytes in flight (sequence number and send time in the first 16 bytes). An
@@ -12,18 +12,15 @@
 //!
 //! Everything runs on loopback and stops at its deadline.
 
-use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use proxy::client::Session;
 use proxy::credentials::Credentials;
 use proxy::wire::ChannelData;
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 
 use crate::servers::{cpu_ticks, SECRET};
 
@@ -31,79 +28,6 @@ use crate::servers::{cpu_ticks, SECRET};
 const CHANNEL: u16 = 0x4000;
 /// Silence after which the in-flight window counts as lost.
 const STALL: Duration = Duration::from_millis(50);
-
-/// A UDP echo peer on loopback.
-pub struct EchoPeer {
-    pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EchoPeer {
-    pub fn start() -> EchoPeer {
-        let std_sock = UdpSocket::bind("127.0.0.1:0").expect("bind echo");
-        let addr = std_sock.local_addr().expect("addr");
-        let state = UdpSocketState::new((&std_sock).into()).expect("quinn-udp state");
-        let _ = state.set_recv_buffer_size((&std_sock).into(), 4 << 20);
-        let _ = state.set_send_buffer_size((&std_sock).into(), 4 << 20);
-        let mut sock = mio::net::UdpSocket::from_std(std_sock);
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let mut poll = mio::Poll::new().expect("poll");
-            poll.registry()
-                .register(&mut sock, mio::Token(0), mio::Interest::READABLE)
-                .expect("register");
-            let mut events = mio::Events::with_capacity(8);
-            let mut bufs = vec![0u8; BATCH_SIZE * 65_536];
-            let mut meta = vec![RecvMeta::default(); BATCH_SIZE];
-            while !flag.load(Ordering::Relaxed) {
-                let _ = poll.poll(&mut events, Some(Duration::from_millis(50)));
-                loop {
-                    let mut iov: Vec<IoSliceMut<'_>> =
-                        bufs.chunks_mut(65_536).map(IoSliceMut::new).collect();
-                    let Ok(n) = state.recv((&sock).into(), &mut iov, &mut meta) else {
-                        break;
-                    };
-                    drop(iov);
-                    for (i, m) in meta.iter().take(n).enumerate() {
-                        let data = &bufs[i * 65_536..i * 65_536 + m.len];
-                        // Echo GRO batches as GSO sends of the same stride.
-                        let t = Transmit {
-                            destination: m.addr,
-                            ecn: None,
-                            contents: data,
-                            segment_size: (m.len > m.stride).then_some(m.stride),
-                            src_ip: None,
-                        };
-                        for _ in 0..100 {
-                            match state.try_send((&sock).into(), &t) {
-                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                                    std::thread::yield_now()
-                                }
-                                _ => break,
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        EchoPeer {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for EchoPeer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// Allocates on `relay` and binds [`CHANNEL`] to `peer`.
 pub fn session(relay: SocketAddr, peer: SocketAddr, user: &str) -> Session {

@@ -17,12 +17,15 @@
 //! `RELAY_BENCH_ALLOCS` (500), `RELAY_BENCH_COTURN` (1; 0 skips coturn). The whole run is
 //! bounded: two loads of `SECS + 1` s plus setup.
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
 mod load;
 mod servers;
 
 use std::time::Duration;
 
-use load::{EchoPeer, Load, Measured};
+use common::EchoPeer;
+use load::{Load, Measured};
 use servers::{rss_kib, Relay, TICKS_PER_SEC};
 
 fn env_or(name: &str, default: u64) -> u64 {

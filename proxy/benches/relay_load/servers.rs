@@ -2,81 +2,69 @@
 //! about them.
 //!
 //! 1. [`Relay::ours`] starts the `proxy` binary (release build, no bandwidth limit,
-//!    loopback peers allowed); [`Relay::coturn`] starts `turnserver --use-auth-secret`
+//!    loopback peers allowed) through the integration tests' `ProxyProc`; [`Relay::coturn`] starts `turnserver --use-auth-secret`
 //!    with its default threads and a database in a temporary directory. Both use the same
 //!    secret and the REST API credentials, so one load client serves both.
 //! 2. [`cpu_ticks`] reads a process's user + system time (all threads) from
 //!    `/proc/PID/stat`, [`rss_kib`] its resident memory from `/proc/PID/status`.
 //! 3. Each child is killed by its pid on drop.
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The shared secret of the bench.
-pub const SECRET: &str = "bench-secret";
+use crate::common::ProxyProc;
+pub use crate::common::SECRET;
 
 /// A relay process.
 pub struct Relay {
     pub name: &'static str,
-    pub child: Child,
     pub addr: SocketAddr,
-    _dir: Option<tempfile::TempDir>,
+    pid: u32,
+    _process: Process,
 }
 
-impl Drop for Relay {
+/// Keeps the process alive (and kills it on drop).
+enum Process {
+    Ours {
+        _proc: ProxyProc,
+    },
+    Coturn {
+        child: Child,
+        _dir: tempfile::TempDir,
+    },
+}
+
+impl Drop for Process {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Process::Coturn { child, .. } = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
 impl Relay {
-    /// Our proxy on 127.0.0.1 with relay ports `ports`.
+    /// Our proxy on 127.0.0.1 with relay ports `ports` (the tests' [`ProxyProc`]).
     pub fn ours(ports: &str) -> Relay {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--relay-ip",
-                "127.0.0.1",
-                "--ports",
-                ports,
-                "--allow-loopback-peers",
-                "--bandwidth-per-allocation",
-                "0",
-                "--max-allocations-per-user",
-                "100000",
-                "--max-allocations-per-ip",
-                "100000",
-                "--max-allocations",
-                "100000",
-            ])
-            .env("PROXY_AUTH_SECRET", SECRET)
-            .env("PROXY_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn proxy");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("listening line");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
-        let addr = v["addr"].as_str().expect("addr").parse().expect("address");
+        let p = ProxyProc::start(&[
+            "--ports",
+            ports,
+            "--allow-loopback-peers",
+            "--bandwidth-per-allocation",
+            "0",
+            "--max-allocations-per-user",
+            "100000",
+            "--max-allocations-per-ip",
+            "100000",
+            "--max-allocations",
+            "100000",
+        ]);
         Relay {
             name: "proxy",
-            child,
-            addr,
-            _dir: None,
+            addr: p.addr(),
+            pid: p.child.id(),
+            _process: Process::Ours { _proc: p },
         }
     }
 
@@ -117,9 +105,9 @@ impl Relay {
             .ok()?;
         let relay = Relay {
             name: "coturn",
-            child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            _dir: Some(dir),
+            pid: child.id(),
+            _process: Process::Coturn { child, _dir: dir },
         };
         // Wait until it answers a Binding request.
         let sock = UdpSocket::bind("127.0.0.1:0").ok()?;
@@ -144,7 +132,7 @@ impl Relay {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 }
 

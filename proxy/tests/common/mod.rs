@@ -5,13 +5,14 @@
 //!    stdout line within [`WAIT`]. It is killed by its pid on drop; [`ProxyProc::sigterm`]
 //!    and [`ProxyProc::wait_for_exit`] test the graceful shutdown.
 //! 2. [`EchoPeer`] is a UDP echo peer on loopback (a thread with a bounded lifetime).
+//!    The relay benchmark includes this module too, for the proxy and the echo peer.
 //! 3. [`http_get`] and [`ProxyProc::metric`] read `/metrics` and `/healthz`.
 //!
 //! Traffic goes to 127.0.0.0/8 only, and every wait has a timeout.
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, IoSliceMut, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use proxy::client::Session;
 use proxy::credentials::Credentials;
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 
 /// Longest wait for any one thing.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -173,7 +175,8 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// A UDP echo peer on loopback, stopped on drop.
+/// A UDP echo peer on loopback (batched receive with quinn-udp, GRO runs echoed as GSO
+/// sends), stopped on drop and after ten minutes at most. The relay benchmark uses it too.
 pub struct EchoPeer {
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -182,19 +185,51 @@ pub struct EchoPeer {
 
 impl EchoPeer {
     pub fn start() -> EchoPeer {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind peer");
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
-        let addr = sock.local_addr().expect("addr");
+        const SLOT: usize = 65_536;
+        let std_sock = UdpSocket::bind("127.0.0.1:0").expect("bind echo peer");
+        let addr = std_sock.local_addr().expect("addr");
+        let state = UdpSocketState::new((&std_sock).into()).expect("quinn-udp state");
+        let _ = state.set_recv_buffer_size((&std_sock).into(), 4 << 20);
+        let _ = state.set_send_buffer_size((&std_sock).into(), 4 << 20);
+        let mut sock = mio::net::UdpSocket::from_std(std_sock);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            // Bounded: stops on drop, and after a minute at most.
-            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut poll = mio::Poll::new().expect("poll");
+            poll.registry()
+                .register(&mut sock, mio::Token(0), mio::Interest::READABLE)
+                .expect("register");
+            let mut events = mio::Events::with_capacity(8);
+            let mut bufs = vec![0u8; BATCH_SIZE * SLOT];
+            let mut meta = vec![RecvMeta::default(); BATCH_SIZE];
+            let deadline = Instant::now() + Duration::from_secs(600);
             while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
-                if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(&buf[..n], from);
+                let _ = poll.poll(&mut events, Some(Duration::from_millis(50)));
+                loop {
+                    let mut iov: Vec<IoSliceMut<'_>> =
+                        bufs.chunks_mut(SLOT).map(IoSliceMut::new).collect();
+                    let Ok(n) = state.recv((&sock).into(), &mut iov, &mut meta) else {
+                        break;
+                    };
+                    drop(iov);
+                    for (i, m) in meta.iter().take(n).enumerate() {
+                        let t = Transmit {
+                            destination: m.addr,
+                            ecn: None,
+                            contents: &bufs[i * SLOT..i * SLOT + m.len],
+                            segment_size: (m.len > m.stride).then_some(m.stride),
+                            src_ip: None,
+                        };
+                        // A full send buffer is retried briefly, then the echo is lost.
+                        for _ in 0..100 {
+                            match state.try_send((&sock).into(), &t) {
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                    std::thread::yield_now()
+                                }
+                                _ => break,
+                            }
+                        }
+                    }
                 }
             }
         });

@@ -199,6 +199,23 @@ impl Harness {
         }
     }
 
+    /// ChannelBind `number` to `peer` from the default client.
+    pub fn bind(&mut self, auth: &ClientAuth, number: u16, peer: SocketAddr) -> Response {
+        let attrs = channel_bind_attrs(number, peer);
+        self.signed(client_addr(), auth, stun_rs::methods::CHANNEL_BIND, attrs)
+    }
+
+    /// CreatePermission for `peers` from the default client.
+    pub fn permit(&mut self, auth: &ClientAuth, peers: &[SocketAddr]) -> Response {
+        let attrs = peer_attrs(peers);
+        self.signed(
+            client_addr(),
+            auth,
+            stun_rs::methods::CREATE_PERMMISSION,
+            attrs,
+        )
+    }
+
     /// A signed request, without retrying a 438.
     pub fn signed_once(
         &mut self,

@@ -11,17 +11,12 @@ fn create_permission_installs_all_peers() {
     let mut h = Harness::new();
     let (auth, _) = h.allocate(client_addr(), "alice");
     let peers = [peer_addr(), addr("198.51.100.8:1")];
-    let r = h.signed(client_addr(), &auth, CREATE_PERMMISSION, peer_attrs(&peers));
+    let r = h.permit(&auth, &peers);
     assert!(r.is_success() && r.integrity_ok);
     assert_eq!(h.server.live_counts(h.now).1, 2);
     assert_eq!(h.server.stats().permissions_created, 2);
     // A refresh is not a new permission.
-    h.signed(
-        client_addr(),
-        &auth,
-        CREATE_PERMMISSION,
-        peer_attrs(&peers[..1]),
-    );
+    h.permit(&auth, &peers[..1]);
     assert_eq!(h.server.stats().permissions_created, 2);
 }
 
@@ -29,30 +24,15 @@ fn create_permission_installs_all_peers() {
 fn create_permission_refusals() {
     let mut h = Harness::new();
     let auth = h.challenge(client_addr(), "alice");
-    let r = h.signed(
-        client_addr(),
-        &auth,
-        CREATE_PERMMISSION,
-        peer_attrs(&[peer_addr()]),
-    );
+    let r = h.permit(&auth, &[peer_addr()]);
     assert_eq!(r.error, Some(437), "no allocation");
     let (auth, _) = h.allocate(client_addr(), "alice");
     let r = h.signed(client_addr(), &auth, CREATE_PERMMISSION, Vec::new());
     assert_eq!(r.error, Some(400), "no XOR-PEER-ADDRESS");
-    let r = h.signed(
-        client_addr(),
-        &auth,
-        CREATE_PERMMISSION,
-        peer_attrs(&[addr("[2001:db8::1]:1")]),
-    );
+    let r = h.permit(&auth, &[addr("[2001:db8::1]:1")]);
     assert_eq!(r.error, Some(443), "IPv6 peer on an IPv4 relay");
     // One refused peer fails the whole request.
-    let r = h.signed(
-        client_addr(),
-        &auth,
-        CREATE_PERMMISSION,
-        peer_attrs(&[peer_addr(), addr("10.0.0.1:1")]),
-    );
+    let r = h.permit(&auth, &[peer_addr(), addr("10.0.0.1:1")]);
     assert_eq!(r.error, Some(403));
     assert_eq!(h.server.live_counts(h.now).1, 0, "all or nothing");
 }
@@ -75,20 +55,10 @@ fn policy_refuses_each_special_range_with_403() {
         "203.0.113.1:1", // the relay IP
     ];
     for (i, peer) in refused.iter().enumerate() {
-        let r = h.signed(
-            client_addr(),
-            &auth,
-            CREATE_PERMMISSION,
-            peer_attrs(&[addr(peer)]),
-        );
+        let r = h.permit(&auth, &[addr(peer)]);
         assert_eq!(r.error, Some(403), "{peer}");
         let n = 0x4000 + i as u16;
-        let r = h.signed(
-            client_addr(),
-            &auth,
-            CHANNEL_BIND,
-            channel_bind_attrs(n, addr(peer)),
-        );
+        let r = h.bind(&auth, n, addr(peer));
         assert_eq!(r.error, Some(403), "channel to {peer}");
     }
     assert_eq!(h.server.stats().policy_refusals, 2 * refused.len() as u64);
@@ -114,20 +84,10 @@ fn policy_flags_open_private_and_loopback() {
     let mut h = Harness::with(config);
     let (auth, _) = h.allocate(client_addr(), "alice");
     for peer in ["10.1.1.1:1", "127.0.0.1:1"] {
-        let r = h.signed(
-            client_addr(),
-            &auth,
-            CREATE_PERMMISSION,
-            peer_attrs(&[addr(peer)]),
-        );
+        let r = h.permit(&auth, &[addr(peer)]);
         assert!(r.is_success(), "{peer}");
     }
-    let r = h.signed(
-        client_addr(),
-        &auth,
-        CREATE_PERMMISSION,
-        peer_attrs(&[addr("224.0.0.1:1")]),
-    );
+    let r = h.permit(&auth, &[addr("224.0.0.1:1")]);
     assert_eq!(r.error, Some(403), "multicast never");
 }
 
@@ -142,21 +102,11 @@ fn permission_table_is_bounded() {
         addr("198.51.100.2:1"),
         addr("198.51.100.3:1"),
     ];
-    let r = h.signed(client_addr(), &auth, CREATE_PERMMISSION, peer_attrs(&three));
+    let r = h.permit(&auth, &three);
     assert_eq!(r.error, Some(508));
-    let r = h.signed(
-        client_addr(),
-        &auth,
-        CREATE_PERMMISSION,
-        peer_attrs(&three[..2]),
-    );
+    let r = h.permit(&auth, &three[..2]);
     assert!(r.is_success());
-    let r = h.signed(
-        client_addr(),
-        &auth,
-        CREATE_PERMMISSION,
-        peer_attrs(&three[2..]),
-    );
+    let r = h.permit(&auth, &three[2..]);
     assert_eq!(r.error, Some(508));
     assert_eq!(h.server.stats().quota_of(Quota::Permissions), 2);
 }
@@ -170,46 +120,21 @@ fn channel_bind_success_rebind_and_conflicts() {
         (1, 1, 1),
         "the bind installed a permission"
     );
-    let r = h.signed(
-        client_addr(),
-        &auth,
-        CHANNEL_BIND,
-        channel_bind_attrs(0x4000, peer_addr()),
-    );
+    let r = h.bind(&auth, 0x4000, peer_addr());
     assert!(r.is_success(), "re-bind refreshes");
     assert_eq!(h.server.stats().channels_bound, 1);
     let other = addr("198.51.100.8:9000");
-    let r = h.signed(
-        client_addr(),
-        &auth,
-        CHANNEL_BIND,
-        channel_bind_attrs(0x4000, other),
-    );
+    let r = h.bind(&auth, 0x4000, other);
     assert_eq!(r.error, Some(400), "number bound to another peer");
-    let r = h.signed(
-        client_addr(),
-        &auth,
-        CHANNEL_BIND,
-        channel_bind_attrs(0x4001, peer_addr()),
-    );
+    let r = h.bind(&auth, 0x4001, peer_addr());
     assert_eq!(r.error, Some(400), "peer bound to another number");
     for bad in [0x0000, 0x3FFF, 0x5000, 0xFFFF] {
-        let r = h.signed(
-            client_addr(),
-            &auth,
-            CHANNEL_BIND,
-            channel_bind_attrs(bad, other),
-        );
+        let r = h.bind(&auth, bad, other);
         assert_eq!(r.error, Some(400), "channel number {bad:#x}");
     }
     let r = h.signed(client_addr(), &auth, CHANNEL_BIND, peer_attrs(&[other]));
     assert_eq!(r.error, Some(400), "no CHANNEL-NUMBER");
-    let r = h.signed(
-        client_addr(),
-        &auth,
-        CHANNEL_BIND,
-        channel_bind_attrs(0x4FFF, other),
-    );
+    let r = h.bind(&auth, 0x4FFF, other);
     assert!(r.is_success(), "the highest number is valid");
 }
 
@@ -219,12 +144,7 @@ fn channel_table_is_bounded() {
     config.limits.max_channels_per_allocation = 1;
     let mut h = Harness::with(config);
     let (auth, _) = h.bound_channel();
-    let r = h.signed(
-        client_addr(),
-        &auth,
-        CHANNEL_BIND,
-        channel_bind_attrs(0x4001, addr("198.51.100.8:1")),
-    );
+    let r = h.bind(&auth, 0x4001, addr("198.51.100.8:1"));
     assert_eq!(r.error, Some(508));
     assert_eq!(h.server.stats().quota_of(Quota::Channels), 1);
 }
@@ -233,23 +153,13 @@ fn channel_table_is_bounded() {
 fn rfc5766_channel_numbers_only_with_the_option() {
     let mut h = Harness::new();
     let (auth, _) = h.allocate(client_addr(), "alice");
-    let r = h.signed(
-        client_addr(),
-        &auth,
-        CHANNEL_BIND,
-        channel_bind_attrs(0x7000, peer_addr()),
-    );
+    let r = h.bind(&auth, 0x7000, peer_addr());
     assert_eq!(r.error, Some(400));
     let mut config = test_config();
     config.rfc5766_channels = true;
     let mut h = Harness::with(config);
     let (auth, port) = h.allocate(client_addr(), "alice");
-    let r = h.signed(
-        client_addr(),
-        &auth,
-        CHANNEL_BIND,
-        channel_bind_attrs(0x7000, peer_addr()),
-    );
+    let r = h.bind(&auth, 0x7000, peer_addr());
     assert!(r.is_success());
     let data = crate::wire::ChannelData::encode(0x7000, b"x").expect("encode");
     assert_eq!(
@@ -260,11 +170,6 @@ fn rfc5766_channel_numbers_only_with_the_option() {
             payload: b"x".to_vec()
         }
     );
-    let r = h.signed(
-        client_addr(),
-        &auth,
-        CHANNEL_BIND,
-        channel_bind_attrs(0x8000, addr("198.51.100.8:1")),
-    );
+    let r = h.bind(&auth, 0x8000, addr("198.51.100.8:1"));
     assert_eq!(r.error, Some(400), "0x8000 is never a channel");
 }

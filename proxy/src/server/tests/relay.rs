@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use stun_rs::methods::{CHANNEL_BIND, CREATE_PERMMISSION};
-
 use super::*;
 use crate::server::{CHANNEL_COOLDOWN, CHANNEL_LIFETIME, PERMISSION_LIFETIME};
 use crate::wire::ChannelData;
@@ -60,12 +58,7 @@ fn send_and_data_indications() {
         h.input(client_addr(), &send),
         Out::Dropped(DropReason::NoPermission)
     );
-    h.signed(
-        client_addr(),
-        &auth,
-        CREATE_PERMMISSION,
-        peer_attrs(&[peer_addr()]),
-    );
+    h.permit(&auth, &[peer_addr()]);
     assert_eq!(h.input(client_addr(), &send), Out::Handled);
     assert!(h.out.contains(&Command::SendFromRelay {
         port,
@@ -96,20 +89,10 @@ fn send_and_data_indications() {
 fn permissions_expire_after_300_seconds_unless_refreshed() {
     let mut h = Harness::new();
     let (auth, port) = h.allocate(client_addr(), "alice");
-    h.signed(
-        client_addr(),
-        &auth,
-        CREATE_PERMMISSION,
-        peer_attrs(&[peer_addr()]),
-    );
+    h.permit(&auth, &[peer_addr()]);
     h.advance(PERMISSION_LIFETIME - Duration::from_secs(1));
     assert_eq!(h.peer(port, peer_addr(), b"x"), PeerInput::Handled);
-    h.signed(
-        client_addr(),
-        &auth,
-        CREATE_PERMMISSION,
-        peer_attrs(&[peer_addr()]),
-    );
+    h.permit(&auth, &[peer_addr()]);
     h.signed(client_addr(), &auth, stun_rs::methods::REFRESH, Vec::new());
     h.advance(PERMISSION_LIFETIME - Duration::from_secs(1));
     assert_eq!(
@@ -137,12 +120,7 @@ fn channels_expire_after_600_seconds_and_cool_down() {
     // Keep the allocation and the permission alive, not the channel.
     for _ in 0..2 {
         h.advance(Duration::from_secs(299));
-        h.signed(
-            client_addr(),
-            &auth,
-            CREATE_PERMMISSION,
-            peer_attrs(&[peer_addr()]),
-        );
+        h.permit(&auth, &[peer_addr()]);
         h.signed(client_addr(), &auth, stun_rs::methods::REFRESH, Vec::new());
     }
     assert!(matches!(
@@ -158,19 +136,9 @@ fn channels_expire_after_600_seconds_and_cool_down() {
     // During the cooldown the number cannot go to another peer, but may be re-bound to
     // the same one.
     let other = addr("198.51.100.8:9000");
-    let r = h.signed(
-        client_addr(),
-        &auth,
-        CHANNEL_BIND,
-        channel_bind_attrs(0x4000, other),
-    );
+    let r = h.bind(&auth, 0x4000, other);
     assert_eq!(r.error, Some(400));
-    let r = h.signed(
-        client_addr(),
-        &auth,
-        CHANNEL_BIND,
-        channel_bind_attrs(0x4000, peer_addr()),
-    );
+    let r = h.bind(&auth, 0x4000, peer_addr());
     assert!(r.is_success());
     assert!(matches!(
         h.input(client_addr(), &channel_data(0x4000, b"x")),
@@ -264,12 +232,7 @@ fn own_ports_are_never_reached_even_with_loopback_allowed() {
     let own_listen = addr("127.0.0.1:3478");
     let own_relay = addr(&format!("127.0.0.1:{port}"));
     let elsewhere = addr("127.0.0.1:7");
-    h.signed(
-        client_addr(),
-        &auth,
-        CREATE_PERMMISSION,
-        peer_attrs(&[elsewhere]),
-    );
+    h.permit(&auth, &[elsewhere]);
     for to in [own_listen, own_relay] {
         let out = h.input(client_addr(), &client::send_indication(to, b"loop"));
         assert_eq!(out, Out::Dropped(DropReason::OwnAddress), "{to}");
