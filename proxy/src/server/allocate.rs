@@ -217,14 +217,22 @@ impl Server {
             self.stats.allocations_created += 1;
             let token = p
                 .reserve
-                .then(|| self.reservations.add(&mut self.rng, port + 1, now));
+                .then(|| port.checked_add(1))
+                .flatten()
+                .map(|next| self.reservations.add(&mut self.rng, next, now));
             tracing::debug!(client = %p.req.from, port, "allocation created");
             self.answer_allocate(&p.req, port, Some((token, p.ipv6_refused)));
             return;
         }
-        tracing::warn!(port, "cannot bind a relay port");
+        tracing::debug!(
+            port,
+            attempt = p.attempts,
+            "relay port not bound; trying another"
+        );
         if p.reserve {
-            self.pool.release(port + 1);
+            if let Some(next) = port.checked_add(1) {
+                self.pool.release(next);
+            }
         }
         let next = (!p.from_token && p.attempts < BIND_ATTEMPTS)
             .then(|| self.pool.pick(&mut self.rng, p.even, p.reserve))

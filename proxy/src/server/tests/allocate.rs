@@ -314,3 +314,44 @@ fn unbindable_ports_are_skipped_then_508() {
     assert_eq!(r.error, Some(508));
     assert_eq!(h.server.live_counts(h.now).0, 0, "nothing left pending");
 }
+
+#[test]
+fn ipv6_relay_serves_ipv6_requests_only() {
+    let mut config = test_config();
+    config.relay_ip = "2001:db8::1".parse().expect("ip");
+    config.listen = addr("[2001:db8::1]:3478");
+    let mut h = Harness::with(config);
+    let from = addr("[2001:db8::10]:40000");
+    let auth = h.challenge(from, "alice");
+    let r = h.signed(from, &auth, ALLOCATE, client::allocate_attrs(None));
+    assert_eq!(r.error, Some(440), "IPv4 is the default family");
+    let mut attrs = client::allocate_attrs(None);
+    attrs.push(RequestedAddressFamily::new(AddressFamily::IPv6).into());
+    let r = h.signed(from, &auth, ALLOCATE, attrs);
+    let relayed = r.relayed.expect("relayed");
+    assert_eq!(relayed.ip().to_string(), "2001:db8::1");
+    let r = h.signed(
+        from,
+        &auth,
+        stun_rs::methods::CREATE_PERMMISSION,
+        peer_attrs(&[addr("198.51.100.7:1")]),
+    );
+    assert_eq!(r.error, Some(443), "IPv4 peer on an IPv6 relay");
+    let peer = addr("[2001:db8::2]:9000");
+    let r = h.signed(
+        from,
+        &auth,
+        stun_rs::methods::CHANNEL_BIND,
+        channel_bind_attrs(0x4000, peer),
+    );
+    assert!(r.is_success());
+    let data = crate::wire::ChannelData::encode(0x4000, b"v6").expect("encode");
+    assert_eq!(
+        h.input(from, &data),
+        Out::Forward {
+            port: relayed.port(),
+            peer,
+            payload: b"v6".to_vec()
+        }
+    );
+}
