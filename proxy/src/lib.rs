@@ -1,4 +1,22 @@
-//! TURN relay (RFC 8656 subset) for peers that have no direct path to each other.
+//! TURN relay server (RFC 8656 over UDP) for peers that have no direct path to each other.
 //!
-//! Not built yet: the relay arrives with the issue that adds relayed paths. This crate is
-//! an empty library so the workspace layout is fixed from the start; it ships no binary.
+//! Flow:
+//!
+//! 1. [`config`]: the runtime settings (addresses, realm, shared secret, limits, peer
+//!    policy), filled in by the `proxy` binary's flags or by a library user.
+//! 2. [`server`]: the sans-IO core (Binding, Allocate, Refresh, CreatePermission,
+//!    ChannelBind, Send/Data indications, ChannelData), with long-term credentials in the
+//!    TURN REST API form ([`credentials`]) and stun-rs as the STUN codec ([`wire`]).
+//! 3. [`driver`]: one thread owning the core, the listening socket and one socket per
+//!    allocation, with batched receives and GSO sends (quinn-udp).
+//! 4. [`metrics`]: the core's counters as Prometheus metrics (the `metrics` crate) on
+//!    `/metrics`, plus `/healthz`.
+//! 5. [`client`]: the client side of the same messages, for tests, benchmarks and tools.
+
+pub mod client;
+pub mod config;
+pub mod credentials;
+pub mod driver;
+pub mod metrics;
+pub mod server;
+pub mod wire;
