@@ -127,14 +127,15 @@ impl Server {
 }
 
 fn listen(punch: &str, extra: &[&str]) -> Result<(Proc, String)> {
-    let mut args = vec![
-        "listen",
-        "--punch",
-        punch,
-        "--no-upnp",
-        "--bind",
-        "127.0.0.1:0",
-    ];
+    listen_bound(punch, Some("127.0.0.1:0"), extra)
+}
+
+/// `peer listen` bound at `bind` (`None`: the default socket).
+fn listen_bound(punch: &str, bind: Option<&str>, extra: &[&str]) -> Result<(Proc, String)> {
+    let mut args = vec!["listen", "--punch", punch, "--no-upnp"];
+    if let Some(bind) = bind {
+        args.extend(["--bind", bind]);
+    }
     args.extend_from_slice(extra);
     let mut proc = Proc::spawn(&peer_bin(), &args)?;
     let connecting = proc.next_json(Duration::from_secs(5))?;
@@ -191,17 +192,66 @@ fn run_peer_with(
 }
 
 fn dial(punch: &str, peer: &str, extra: &[&str]) -> Result<(Vec<Value>, bool)> {
-    let mut args = vec![
-        "dial",
-        "--punch",
-        punch,
-        "--no-upnp",
-        "--bind",
-        "127.0.0.1:0",
-        peer,
-    ];
+    dial_bound(punch, Some("127.0.0.1:0"), peer, extra)
+}
+
+/// `peer dial` bound at `bind` (`None`: the default socket).
+fn dial_bound(
+    punch: &str,
+    bind: Option<&str>,
+    peer: &str,
+    extra: &[&str],
+) -> Result<(Vec<Value>, bool)> {
+    let mut args = vec!["dial", "--punch", punch, "--no-upnp"];
+    if let Some(bind) = bind {
+        args.extend(["--bind", bind]);
+    }
+    args.push(peer);
     args.extend_from_slice(extra);
     run_peer(&args)
+}
+
+/// With its default socket (dual-stack `[::]:0`), `peer` works against a punch server named
+/// by an IPv4 and by an IPv6 address, and the direct path is of the server's family (on
+/// loopback both peers are on this machine, so no other address is offered).
+#[test]
+fn default_socket_works_with_punch_servers_of_both_families() -> Result<()> {
+    for (listen_at, prefix) in [("127.0.0.1:0", "127.0.0.1:"), ("[::1]:0", "[::1]:")] {
+        let dir = tempfile::tempdir()?;
+        let (_server, id, addr) = Server::spawn(&dir, listen_at)?;
+        let punch = format!("{id}@{addr}");
+        let (mut listener, peer) = listen_bound(&punch, None, &[])?;
+        let (lines, ok) = dial_bound(&punch, None, &peer, &["--bytes", "65536"])?;
+        let connected = event(&lines, "connected").context("no connected line")?;
+        assert_eq!(connected["path"], "direct", "{listen_at}: {connected}");
+        let remote = connected["remote"].as_str().unwrap_or_default();
+        assert!(remote.starts_with(prefix), "{listen_at}: remote {remote}");
+        assert_eq!(event(&lines, "echo_ok").context("no echo")?["bytes"], 65536);
+        assert!(ok, "{listen_at}: dial exited non-zero: {lines:?}");
+        let seen = listener.next_json(Duration::from_secs(5))?;
+        assert_eq!(seen["event"], "connected", "{listen_at}: {seen}");
+    }
+    Ok(())
+}
+
+/// A punch server given the IPv6 wildcard listens on both families: a listener registered
+/// over IPv4 and a dialer registered over IPv6 meet through it and connect.
+#[test]
+fn a_punch_server_on_the_ipv6_wildcard_serves_both_families() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_server, id, addr) = Server::spawn(&dir, "[::]:0")?;
+    let port = addr.rsplit(':').next().unwrap_or_default();
+    let over_v4 = format!("{id}@127.0.0.1:{port}");
+    let over_v6 = format!("{id}@[::1]:{port}");
+    let (mut listener, peer) = listen_bound(&over_v4, None, &[])?;
+    let (lines, ok) = dial_bound(&over_v6, None, &peer, &["--bytes", "65536"])?;
+    let connected = event(&lines, "connected").context("no connected line")?;
+    assert_eq!(connected["path"], "direct", "{connected}");
+    assert_eq!(event(&lines, "echo_ok").context("no echo")?["bytes"], 65536);
+    assert!(ok, "dial exited non-zero: {lines:?}");
+    let seen = listener.next_json(Duration::from_secs(5))?;
+    assert_eq!(seen["event"], "connected", "{seen}");
+    Ok(())
 }
 
 #[test]

@@ -246,6 +246,40 @@ fn same_nat_connects_over_the_lan() -> Result<()> {
     Ok(())
 }
 
+/// Symmetric x symmetric fails over IPv4 (see the matrix); with IPv6 in the lab (global
+/// addresses, no NAT, a stateful firewall on each router) the peers' default dual-stack
+/// sockets offer their IPv6 addresses, which rank first, and the pair connects directly over
+/// IPv6 while registered with the punch server over IPv4.
+#[test]
+fn ipv6_connects_directly_when_both_ipv4_nats_are_symmetric() -> Result<()> {
+    let test = "ipv6_connects_directly_when_both_ipv4_nats_are_symmetric";
+    if natlab::skip_requested(test) {
+        return Ok(());
+    }
+    let lab = Lab::builder()
+        .label("ipv6sym")
+        .router_a(NatType::Symmetric)
+        .router_b(NatType::Symmetric)
+        .ipv6()
+        .build()
+        .with_context(|| format!("test {test} needs the NAT lab (root)"))?;
+    let server = start_punch_server(&lab, false)?;
+    let listener = start_listener(&lab, Host::LanB1, &server, false)?;
+    let d = dial(&lab, Host::LanA1, &server, &listener.peer, ECHO_BYTES)?;
+    let connected = check_direct(&d, ECHO_BYTES)?;
+    let b1 = lab.ip6(Host::LanB1).context("lab has IPv6")?;
+    let remote: std::net::SocketAddr = connected["remote"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .with_context(|| format!("remote of {connected}"))?;
+    anyhow::ensure!(
+        remote.ip() == std::net::IpAddr::V6(b1),
+        "expected the direct path over IPv6 to {b1}, got {connected}"
+    );
+    Ok(())
+}
+
 /// Symmetric x symmetric fails by punching alone (see the matrix); with miniupnpd on
 /// router A the listener registers its UPnP-mapped address and the same pair connects.
 #[test]

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use master_server::config::ConnLimits;
 use master_server::{App, Config};
-use tracing_subscriber::EnvFilter;
+use server_ops::process::{init_tracing, shutdown_signal, LogFormat};
 
 /// Game session listing service with timeouts and heartbeats.
 #[derive(Debug, Parser)]
@@ -95,15 +95,13 @@ impl Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_json {
-        logs.json().init();
+    let format = if cli.log_json {
+        LogFormat::Json
     } else {
-        logs.init();
-    }
+        LogFormat::Text
+    };
+    init_tracing(None, format);
+    let signal = shutdown_signal().context("installing the SIGINT/SIGTERM handlers")?;
 
     #[cfg(unix)]
     match master_server::serve::raise_fd_limit() {
@@ -122,36 +120,10 @@ async fn main() -> anyhow::Result<()> {
         serde_json::json!({"event": "listening", "addr": addr.to_string()})
     );
     tracing::info!(%addr, "listening");
-    app.serve(listener, shutdown_signal())
-        .await
-        .context("serving")?;
+    let shutdown = async {
+        let signal = signal.await;
+        tracing::info!(signal, "shutting down");
+    };
+    app.serve(listener, shutdown).await.context("serving")?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(%err, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(%err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down");
 }

@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod backoff;
+pub mod conn;
 pub mod coord;
 pub mod direct;
 pub mod identity;
@@ -16,4 +17,6 @@ pub mod nat;
 pub mod punch;
 pub mod session;
 pub mod socket;
+pub mod stun;
+pub mod turn;
 pub mod upnp;

@@ -301,3 +301,60 @@ async fn a_live_connection_moves_to_a_new_path() -> anyhow::Result<()> {
     timeout(STEP, server).await???;
     Ok(())
 }
+
+/// A Binding success response (no attributes) to transaction `[tag; 12]`.
+fn stun_binding_success(tag: u8) -> Vec<u8> {
+    let mut m = vec![0x01, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    m.extend_from_slice(&[tag; 12]);
+    m
+}
+
+#[tokio::test]
+async fn stun_answers_reach_the_owner_of_their_request_and_strays_are_counted() -> anyhow::Result<()>
+{
+    use mesh::stun::StunOwner;
+    let (a, mut a_default) = endpoint()?;
+    let (control_tx, mut a_control) = tokio::sync::mpsc::channel(8);
+    a.socket().route_stun(StunOwner::Control, control_tx);
+    let a_addr = loopback_addr(&a)?;
+    let server = tokio::net::UdpSocket::bind(LOOPBACK).await?;
+    let server_addr = server.local_addr()?;
+    let mut buf = [0u8; 64];
+
+    // A's control asks; the answer comes back to control, not to the default queue.
+    a.send_stun_as(StunOwner::Control, server_addr, &stun_binding_request(7))
+        .await?;
+    let (n, _) = timeout(STEP, server.recv_from(&mut buf)).await??;
+    assert_eq!(&buf[..n], &stun_binding_request(7)[..]);
+    server.send_to(&stun_binding_success(7), a_addr).await?;
+    let got = timeout(STEP, a_control.recv())
+        .await?
+        .context("control queue closed")?;
+    assert_eq!(&got.data[..], &stun_binding_success(7)[..]);
+    assert_eq!(got.from, server_addr);
+
+    // The default owner's request gets its answer on the default queue; a request from
+    // outside goes there too.
+    a.send_stun(server_addr, &stun_binding_request(8)).await?;
+    server.send_to(&stun_binding_success(8), a_addr).await?;
+    server.send_to(&stun_binding_request(9), a_addr).await?;
+    for expected in [stun_binding_success(8), stun_binding_request(9)] {
+        let got = timeout(STEP, a_default.recv())
+            .await?
+            .context("default queue closed")?;
+        assert_eq!(&got.data[..], &expected[..]);
+    }
+
+    // An answer to nothing A asked is dropped and counted, reaching neither queue.
+    server.send_to(&stun_binding_success(42), a_addr).await?;
+    let deadline = tokio::time::Instant::now() + STEP;
+    while a.stats().stun_unclaimed == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never counted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(a_default.try_recv().is_none());
+    assert!(a_control.try_recv().is_err());
+    let stats = a.stats();
+    assert_eq!((stats.stun_rx, stats.stun_unclaimed), (3, 1), "{stats:?}");
+    Ok(())
+}

@@ -14,19 +14,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use proxy::config::{Limits, PeerPolicy, PortRange, ProxyConfig, DEFAULT_PORTS, DEFAULT_REALM};
 use proxy::driver::Proxy;
-use tracing_subscriber::EnvFilter;
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+use server_ops::process::{init_tracing, shutdown_signal, LogFormat};
 
 /// TURN relay server (RFC 8656 over UDP) with TURN REST API credentials
 /// (`EXPIRY:USER`, password base64(HMAC-SHA1(secret, username))).
@@ -141,35 +132,6 @@ impl Cli {
     }
 }
 
-fn init_tracing(log: Option<&str>, format: LogFormat) {
-    let filter = match log {
-        Some(f) => EnvFilter::new(f),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    // Logs go to stderr: stdout carries the machine-readable events.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-/// Installs the SIGINT/SIGTERM handlers (before the listening line, so that a signal sent
-/// right after it is never lost) and returns a future resolving to the signal's name.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        }
-    })
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -178,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
     let mut checked = config.server.clone();
     checked.listen = config.listen;
     checked.validate()?;
-    let signal = shutdown_signal()?;
+    let signal = shutdown_signal().context("installing the SIGINT/SIGTERM handlers")?;
     let proxy = Proxy::start(config.clone())
         .await
         .context("starting the proxy")?;

@@ -2,14 +2,14 @@
 //!
 //! Steps:
 //!
-//! 1. [`Metrics::new`] builds a Prometheus recorder of its own (no global recorder, so
-//!    several proxies in one process keep apart), and registers and describes every
-//!    metric once, keeping the handles.
+//! 1. [`Metrics::new`] makes a `server_ops::metrics::Registry` (a Prometheus recorder of
+//!    its own, no global recorder, so several proxies in one process keep apart), and
+//!    registers and describes every metric once, keeping the handles.
 //! 2. The relay thread calls [`Metrics::publish`] once a second with the core's
 //!    [`Stats`] (plain integers, bumped without atomics on the packet path) and the live
 //!    table sizes; counters are set to their absolute values, gauges to the sizes.
-//! 3. [`serve`] answers `GET /metrics` with [`Metrics::render`] (Prometheus text) and
-//!    `GET /healthz` with `ok`, on the `--metrics-listen` TCP address, until shutdown.
+//! 3. The driver serves [`Metrics::render`] with `server_ops::metrics::serve` (`GET
+//!    /metrics`, `GET /healthz`) on the `--metrics-listen` TCP address, until shutdown.
 //!
 //! Metrics (all prefixed `proxy_`): `allocations_live`, `permissions_live`,
 //! `channels_live` (gauges); `allocations_created_total`, `allocations_expired_total`,
@@ -20,25 +20,15 @@
 //! `policy_refusals_total`, `dropped_total{reason}` (incl. `malformed` and `bandwidth`),
 //! `send_failures_total`.
 
-use std::sync::Arc;
-
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use metrics::{Counter, Gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use server_ops::metrics::Registry;
+pub use server_ops::metrics::PROMETHEUS_CONTENT_TYPE;
 
 use crate::server::{AuthFailure, DropReason, Quota, Stats};
 
-/// Content type of the Prometheus text format.
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
 /// The registered metrics of one proxy.
 pub struct Metrics {
-    handle: PrometheusHandle,
+    registry: Registry,
     allocations_live: Gauge,
     permissions_live: Gauge,
     channels_live: Gauge,
@@ -74,10 +64,8 @@ impl Default for Metrics {
 impl Metrics {
     /// A recorder with every metric registered (at zero).
     pub fn new() -> Self {
-        // The handles keep the recorder's storage alive; the recorder itself may go.
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        metrics::with_local_recorder(&recorder, || {
+        let registry = Registry::new();
+        registry.clone().register(|| {
             describe();
             let dir = |name: &'static str| {
                 ["client_to_peer", "peer_to_client"]
@@ -111,7 +99,7 @@ impl Metrics {
                     .map(|r| metrics::counter!("proxy_dropped_total", "reason" => r.as_str()))
                     .collect(),
                 send_failures: metrics::counter!("proxy_send_failures_total"),
-                handle,
+                registry,
             }
         })
     }
@@ -149,7 +137,7 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        self.handle.render()
+        self.registry.render()
     }
 }
 
@@ -209,46 +197,6 @@ fn describe() {
         "proxy_send_failures_total",
         "datagrams the kernel refused to send"
     );
-}
-
-/// The router, for embedding or testing.
-pub fn router(metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = Arc::clone(&metrics);
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
-                        metrics.render(),
-                    )
-                        .into_response()
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }))
-}
-
-/// Serves the router on `listener` until `shutdown` becomes true.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let signal = async move {
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                break;
-            }
-        }
-    };
-    if let Err(e) = axum::serve(listener, router(metrics))
-        .with_graceful_shutdown(signal)
-        .await
-    {
-        tracing::error!(error = %e, "metrics endpoint failed");
-    }
 }
 
 #[cfg(test)]

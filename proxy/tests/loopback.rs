@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use common::{http_get, receive, EchoPeer, ProxyProc};
@@ -258,4 +258,27 @@ fn wildcard_listen_address_answers_from_the_address_asked() {
         ChannelData::parse(&buf[..n]).map(|c| c.payload),
         Some(&b"hello"[..])
     );
+}
+
+/// Given the IPv6 wildcard, the proxy serves clients of both families on one socket, and
+/// answers each from the address it asked (IPv4 clients see plain IPv4, not a mapped
+/// address).
+#[test]
+fn an_ipv6_wildcard_listen_address_serves_both_families() {
+    let p = ProxyProc::start_on(
+        "[::]:0",
+        &["--ports", "22000-22099", "--allow-loopback-peers"],
+    );
+    let port = p.addr().port();
+    let creds =
+        proxy::credentials::Credentials::rest(common::SECRET, "dual", common::unix_now() + 3600);
+    for (bind, server) in [("127.0.0.1:0", "127.0.0.1"), ("[::1]:0", "::1")] {
+        let sock = UdpSocket::bind(bind).expect("bind client");
+        let server = SocketAddr::new(server.parse().expect("ip"), port);
+        let s = proxy::client::Session::allocate(sock, server, &creds, Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("allocate over {server}: {e}"));
+        assert_eq!(s.relayed.ip().to_string(), "127.0.0.1", "over {server}");
+        assert_eq!(s.server(), server);
+        s.close().expect("free");
+    }
 }

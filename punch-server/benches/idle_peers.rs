@@ -1,7 +1,7 @@
 //! What an idle registered peer costs the punch server, and how fast peers register.
 //!
 //! Run: `cargo bench -p punch-server --bench idle_peers` (release profile), optionally with
-//! `-- --peers 10000 --concurrency 16 --sockets 8 --secs 120 --retry always`
+//! `-- --peers 10000 --concurrency 16 --sockets 8 --secs 120 --retry always --park-after 30`
 //! (`--retry under-load` starts the server with `--quic-retry under-load`, to measure what
 //! the Retry round trip of every new source costs).
 //!
@@ -19,7 +19,14 @@
 //! 3. Let the server settle for 3 s, check on `/metrics` that it holds every peer, read
 //!    `VmRSS` again and print (after - before) / peers, registrations/s and the
 //!    registration latency (handshake start to `Registered`) percentiles.
-//! 4. Close every connection and kill the server by its pid (`Child::kill`).
+//! 4. Parking (`--park-after N`, default 30 s; 0 = off): the peers offer it
+//!    (`Capabilities { park: true }`) and the server runs with `--park-after-secs N`, so
+//!    step 3 measures them still connected as long as registering took less than N s.
+//!    Then wait (bounded) until the server has parked every peer and closed their
+//!    connections, let it settle, read `VmRSS` again and print (parked - before) / peers.
+//!    The parked entries outlive the run without keep-alives (`--park-keepalive-secs
+//!    600`), so the bench sends none.
+//! 5. Close every connection and kill the server by its pid (`Child::kill`).
 //!
 //! Only loopback addresses are used.
 
@@ -47,6 +54,8 @@ struct Args {
     sockets: usize,
     secs: u64,
     retry: Option<String>,
+    /// `--park-after-secs` of the server (0: peers never offer parking).
+    park_after: u64,
 }
 
 fn parse_args() -> Result<Args> {
@@ -56,6 +65,7 @@ fn parse_args() -> Result<Args> {
         sockets: 8,
         secs: 120,
         retry: None,
+        park_after: 30,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -66,6 +76,7 @@ fn parse_args() -> Result<Args> {
             "--sockets" => a.sockets = val()?.parse()?,
             "--secs" => a.secs = val()?.parse()?,
             "--retry" => a.retry = Some(val()?),
+            "--park-after" => a.park_after = val()?.parse()?,
             _ => {} // `cargo bench` passes `--bench`; ignore what we do not know.
         }
     }
@@ -73,6 +84,7 @@ fn parse_args() -> Result<Args> {
     a.concurrency = a.concurrency.clamp(1, 512);
     a.sockets = a.sockets.clamp(1, 64);
     a.secs = a.secs.clamp(1, 600);
+    a.park_after = a.park_after.min(600);
     Ok(a)
 }
 
@@ -93,13 +105,16 @@ impl Drop for ServerProc {
 }
 
 impl ServerProc {
-    fn start(retry: Option<&str>) -> Result<ServerProc> {
+    fn start(retry: Option<&str>, park_after: u64) -> Result<ServerProc> {
         let dir = tempfile::tempdir()?;
         let key = dir.path().join("punch.key");
         let mut child = Command::new(env!("CARGO_BIN_EXE_punch-server"))
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(["--log", "warn"])
             .args(retry.map(|r| ["--quic-retry", r]).into_iter().flatten())
+            .args(["--park-after-secs", &park_after.to_string()])
+            // Parked entries outlive the measurement without keep-alives from the bench.
+            .args(["--park-keepalive-secs", "600"])
             .arg("--key-file")
             .arg(&key)
             .stdout(Stdio::piped())
@@ -181,6 +196,7 @@ async fn register(
     endpoint: quinn::Endpoint,
     server: (PeerId, SocketAddr),
     transport: Arc<quinn::TransportConfig>,
+    park: bool,
 ) -> Result<(Registered, Duration)> {
     let identity = Identity::generate()?;
     let (config, _) = tls::client_config(&identity, server.0, Some(transport))?;
@@ -192,6 +208,9 @@ async fn register(
     let (mut send, mut recv) = conn.open_bi().await?;
     let mut frame = Vec::new();
     encode(&ClientMsg::Register { candidates: vec![] }, &mut frame)?;
+    if park {
+        encode(&ClientMsg::Capabilities { park: true }, &mut frame)?;
+    }
     send.write_all(&frame).await?;
     let mut decoder = FrameDecoder::<ServerMsg>::new();
     loop {
@@ -245,6 +264,27 @@ async fn keep(
     }
 }
 
+/// Waits (bounded: a minute past the last park due at `due`) until the server has parked
+/// `n` peers and their connections are gone, lets it settle, and returns `/metrics`.
+async fn wait_parked(server: &ServerProc, n: usize, due: Instant) -> Result<String> {
+    let deadline = due + Duration::from_secs(60);
+    loop {
+        let page = server.metrics()?;
+        let parked = metric(&page, "punch_coord_peers_parked")?;
+        let active = metric(&page, "punch_coord_connections_active")?;
+        // The warm-up peer stays connected.
+        if parked >= n as u64 && active <= 1 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {parked} of {n} peers parked ({active} connections left)");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.metrics()
+}
+
 fn client_endpoint() -> Result<quinn::Endpoint> {
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     Ok(quinn::Endpoint::new(
@@ -258,7 +298,8 @@ fn client_endpoint() -> Result<quinn::Endpoint> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = parse_args()?;
-    let server = ServerProc::start(args.retry.as_deref())?;
+    let park = args.park_after > 0;
+    let server = ServerProc::start(args.retry.as_deref(), args.park_after)?;
     let target = (server.id, server.addr);
     let transport = Arc::new(default_transport(INITIAL_RTT));
     let endpoints = (0..args.sockets)
@@ -266,7 +307,7 @@ async fn main() -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let warmup = timeout(
         REGISTER_TIMEOUT,
-        register(endpoints[0].clone(), target, Arc::clone(&transport)),
+        register(endpoints[0].clone(), target, Arc::clone(&transport), false),
     )
     .await
     .context("warm-up registration in time")??;
@@ -293,7 +334,11 @@ async fn main() -> Result<()> {
             let endpoint = endpoints[launched % endpoints.len()].clone();
             let transport = Arc::clone(&transport);
             tasks.spawn(async move {
-                let r = timeout(REGISTER_TIMEOUT, register(endpoint, target, transport)).await;
+                let r = timeout(
+                    REGISTER_TIMEOUT,
+                    register(endpoint, target, transport, park),
+                )
+                .await;
                 drop(slot);
                 r.map_err(anyhow::Error::from).and_then(|r| r)
             });
@@ -341,12 +386,40 @@ async fn main() -> Result<()> {
         latency.max(),
     );
     println!(
-        "idle_peers: server VmRSS {:.1} MiB -> {:.1} MiB: {:.0} bytes ({:.1} KiB) per idle peer",
+        "idle_peers: server VmRSS {:.1} MiB -> {:.1} MiB: {:.0} bytes ({:.1} KiB) per connected \
+         (unparked) idle peer",
         before as f64 / 1024.0,
         after as f64 / 1024.0,
         per_peer,
         per_peer / 1024.0,
     );
+    let mut page = page;
+    if metric(&page, "punch_coord_peers_parked")? > 0 {
+        println!(
+            "idle_peers: WARNING: peers were parked before the connected figure was taken \
+             (registering took longer than --park-after {} s less 3 s): it is too low",
+            args.park_after
+        );
+    }
+    if park {
+        page = wait_parked(
+            &server,
+            registered,
+            started + Duration::from_secs(args.park_after),
+        )
+        .await?;
+        let parked_rss = server.rss_kib()?;
+        let per_parked =
+            (parked_rss.saturating_sub(before)) as f64 * 1024.0 / registered.max(1) as f64;
+        println!(
+            "idle_peers: parked {} peers: server VmRSS {:.1} MiB: {:.0} bytes ({:.2} KiB) per \
+             parked peer",
+            metric(&page, "punch_coord_peers_parked")?,
+            parked_rss as f64 / 1024.0,
+            per_parked,
+            per_parked / 1024.0,
+        );
+    }
     let trouble = trouble(&page);
     if !trouble.is_empty() {
         println!("idle_peers: server counters: {}", trouble.join(", "));

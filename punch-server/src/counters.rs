@@ -5,12 +5,12 @@
 //! 1. Each sans-IO [`crate::server::StunServer`] owns one [`Counters`] and bumps it for
 //!    every datagram (received, answered, or dropped with a [`DropReason`]).
 //! 2. The driver copies each worker's counters into a shared snapshot after every batch.
-//! 3. The metrics endpoint sums the snapshots ([`Counters::merge`]) and renders them in the
-//!    Prometheus text exposition format ([`Counters::render_prometheus`], with the
-//!    crate's shared metric helpers).
+//! 3. The metrics endpoint sums the snapshots ([`Counters::merge`]) and sets the
+//!    `punch_stun_*` metrics from the sum ([`Counters::publish`], with the crate's shared
+//!    metric helpers) before rendering them.
 
 use crate::metrics_http::MetricKind::Counter;
-use crate::metrics_http::{write_labelled, write_metric};
+use crate::metrics_http::{set_labelled, set_metric};
 
 /// Why a datagram got no response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,6 +101,8 @@ pub struct Counters {
     pub received: u64,
     /// Datagrams classified as not STUN and passed to the non-STUN hook.
     pub not_stun: u64,
+    /// Parked peers' keep-alives passed to the coordinator.
+    pub keepalives: u64,
     /// Binding success responses produced.
     pub success_responses: u64,
     /// Error responses produced (420 Unknown Attribute).
@@ -135,6 +137,7 @@ impl Counters {
     pub fn merge(&mut self, other: &Counters) {
         self.received += other.received;
         self.not_stun += other.not_stun;
+        self.keepalives += other.keepalives;
         self.success_responses += other.success_responses;
         self.error_responses += other.error_responses;
         self.changed_source += other.changed_source;
@@ -144,9 +147,10 @@ impl Counters {
         }
     }
 
-    /// Appends the counters in the Prometheus text exposition format (version 0.0.4).
-    pub fn render_prometheus(&self, out: &mut String) {
-        let simple: [(&str, &str, u64); 4] = [
+    /// Sets the `punch_stun_*` metrics to these counters, in the recorder the caller runs
+    /// it in (see [`crate::metrics_http::Stats::render`]).
+    pub fn publish(&self) {
+        let simple: [(&'static str, &'static str, u64); 5] = [
             (
                 "punch_stun_datagrams_received_total",
                 "Datagrams received on the STUN port(s).",
@@ -156,6 +160,11 @@ impl Counters {
                 "punch_stun_not_stun_total",
                 "Datagrams passed to the non-STUN (coordinator) hook.",
                 self.not_stun,
+            ),
+            (
+                "punch_stun_keepalives_total",
+                "Parked peers' keep-alives passed to the coordinator.",
+                self.keepalives,
             ),
             (
                 "punch_stun_changed_source_total",
@@ -169,25 +178,23 @@ impl Counters {
             ),
         ];
         for (name, help, value) in simple {
-            write_metric(out, name, Counter, help, value);
+            set_metric(name, Counter, help, value);
         }
-        write_labelled(
-            out,
+        set_labelled(
             "punch_stun_responses_total",
             Counter,
             "STUN responses produced, by kind.",
-            "kind",
+            Some("kind"),
             [
                 ("success", self.success_responses),
                 ("error", self.error_responses),
             ],
         );
-        write_labelled(
-            out,
+        set_labelled(
             "punch_stun_dropped_total",
             Counter,
             "Datagrams dropped without a response, by reason.",
-            "reason",
+            Some("reason"),
             DropReason::ALL.map(|r| (r.as_str(), self.dropped_for(r))),
         );
     }
@@ -218,8 +225,9 @@ mod tests {
         assert_eq!(total.received, 6);
         assert_eq!(total.dropped_for(DropReason::RateLimited), 2);
         assert_eq!(total.dropped_total(), 2);
-        let mut text = String::new();
-        total.render_prometheus(&mut text);
+        let registry = server_ops::metrics::Registry::new();
+        registry.register(|| total.publish());
+        let text = registry.render();
         assert!(text.contains("punch_stun_datagrams_received_total 6\n"));
         assert!(text.contains("punch_stun_responses_total{kind=\"success\"} 4\n"));
         assert!(text.contains("punch_stun_dropped_total{reason=\"rate_limited\"} 2\n"));

@@ -16,7 +16,8 @@
 //! 3. Datagrams that are not STUN (RFC 7983) go to the worker's [`NonStunHook`] with their
 //!    [`DatagramMeta`]; the default one, [`DropNonStun`], logs at trace level and drops
 //!    them (the core counts them). The QUIC punchthrough coordinator ([`crate::quic`])
-//!    plugs in here, and sends its own datagrams through [`Server::socket`].
+//!    plugs in here, and sends its own datagrams through [`Server::socket`]. Parked peers'
+//!    keep-alives (STUN, [`Outcome::Keepalive`]) go to the same hook's `on_keepalive`.
 //! 4. After every batch the worker copies its counters into a shared [`Stats`] slot,
 //!    which the metrics endpoint sums; other parts add their own metrics to it with
 //!    [`Stats::add_source`].
@@ -66,6 +67,12 @@ pub struct DatagramMeta {
 pub trait NonStunHook: Send + 'static {
     /// One datagram (the whole UDP payload), with where it came from and arrived.
     fn on_datagram(&mut self, meta: &DatagramMeta, datagram: &[u8]);
+
+    /// A parked peer's keep-alive ([`Outcome::Keepalive`]), which the coordinator checks
+    /// and answers. The default drops it (no coordinator: nobody is parked).
+    fn on_keepalive(&mut self, meta: &DatagramMeta, datagram: &[u8]) {
+        tracing::trace!(from = %meta.from, len = datagram.len(), "keep-alive dropped");
+    }
 }
 
 /// The default hook: drops non-STUN datagrams (already counted by the core) with a trace.
@@ -339,7 +346,7 @@ impl Worker {
                 let lost = batcher.push(&self.sockets, i, to, src_ip, t.contents);
                 self.core.record_send_failures(lost);
             }
-            Outcome::NotStun => {
+            outcome @ (Outcome::NotStun | Outcome::Keepalive) => {
                 if let Some(local) = local {
                     let meta = DatagramMeta {
                         local,
@@ -347,7 +354,11 @@ impl Worker {
                         dst_ip,
                         ecn: meta.ecn,
                     };
-                    self.hook.on_datagram(&meta, datagram);
+                    if outcome == Outcome::NotStun {
+                        self.hook.on_datagram(&meta, datagram);
+                    } else {
+                        self.hook.on_keepalive(&meta, datagram);
+                    }
                 }
             }
             Outcome::Dropped(_) => {}

@@ -3,11 +3,13 @@
 //! Layout:
 //!
 //! - [`server`]: the sans-IO STUN core (`handle_input(now, local, from, bytes) -> Outcome`),
-//!   with [`wire`] (structural checks, FINGERPRINT), [`demux`] (RFC 7983 classification),
+//!   with [`wire`] (structural checks, FINGERPRINT; RFC 7983 classification is
+//!   `mesh::socket::demux`, the workspace's one demux),
 //!   [`response`] (encoding with `stun-rs`), [`rate_limit`] and [`counters`].
 //! - [`config`]: the runtime configuration, apart from the CLI.
 //! - [`driver`]: the thin tokio driver (sockets, workers, the non-STUN hook, shutdown),
 //!   with [`send_batch`] (GSO coalescing of responses).
+//! - [`memory`]: returning the heap memory of parked connections to the OS.
 //! - [`metrics_http`]: the `/metrics` and `/healthz` HTTP endpoint.
 //! - [`coordinator`]: the sans-IO punch coordinator (registrations, connect requests, the
 //!   common start time); its wire protocol is `mesh::coord`.
@@ -20,8 +22,8 @@
 pub mod config;
 pub mod coordinator;
 pub mod counters;
-pub mod demux;
 pub mod driver;
+pub mod memory;
 pub mod metrics_http;
 pub mod quic;
 pub mod rate_limit;

@@ -4,7 +4,7 @@
 //! 1. Parse flags/env into a [`ServerConfig`], a [`QuicConfig`] and a [`CoordConfig`]; set
 //!    up tracing; check the configs ([`ServerConfig::validate`],
 //!    [`QuicConfig::validate_with`]: e.g. a non-zero rate limit needs a burst of at least
-//!    1).
+//!    1; TURN relay URIs need the relays' secret, see [`RelayConfig::from_parts`]).
 //! 2. Load (or create) the server's key file: its key is the server id and the QUIC
 //!    coordinator's TLS identity.
 //! 3. Bind and start STUN and the QUIC coordinator on the same UDP port
@@ -22,19 +22,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use mesh::identity::Identity;
+use mesh::turn::TurnUri;
+use punch_server::config::ConfigError;
 use punch_server::config::{ServerConfig, StunConfig, DEFAULT_KEY_FILE};
-use punch_server::coordinator::{CoordConfig, Rate};
+use punch_server::coordinator::{CoordConfig, Rate, RelayConfig, DEFAULT_TURN_TTL};
 use punch_server::quic::{QuicConfig, RetryPolicy, MAX_COUNT};
-use tracing_subscriber::EnvFilter;
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+use server_ops::process::{init_tracing, shutdown_signal, LogFormat};
 
 /// When a new client must prove its address with a QUIC Retry first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -84,10 +77,11 @@ struct Cli {
     /// public key is the server id that peers verify (`ID@HOST:PORT`).
     #[arg(long, env = "PUNCH_KEY_FILE", default_value = DEFAULT_KEY_FILE)]
     key_file: PathBuf,
-    /// Most coordinator connections (peers) at once; more are refused. An idle registered
-    /// peer holds about 32 KiB of server memory (mostly quinn's and rustls' connection
-    /// state; `cargo bench -p punch-server --bench idle_peers`), so the default allows
-    /// about 3.1 GiB: size it to the machine.
+    /// Most registered peers (connected and parked) at once; more are refused. A parked
+    /// peer holds about 3 KiB of server memory, a connected one about 32 KiB (quinn's and
+    /// rustls' connection state; `cargo bench -p punch-server --bench idle_peers`): with
+    /// parking on, the default needs about 0.3 GiB for idle peers plus 32 KiB per active
+    /// one; without parking about 3.1 GiB. Size it to the machine.
     #[arg(long, env = "PUNCH_MAX_PEERS", default_value_t = CoordConfig::default().max_connections,
           value_parser = count_parser())]
     max_peers: usize,
@@ -127,6 +121,32 @@ struct Cli {
     #[arg(long, env = "PUNCH_IDLE_TIMEOUT_MS", default_value_t = duration_ms(QuicConfig::default().idle_timeout),
           value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_MS))]
     idle_timeout_ms: u64,
+    /// A TURN relay to offer registered peers, `turn:HOST:PORT` (optionally
+    /// `?transport=udp`); repeat the flag for several (env: comma-separated). Needs
+    /// `--turn-secret`.
+    #[arg(long = "turn-uri", env = "PUNCH_TURN_URI", value_delimiter = ',')]
+    turn_uri: Vec<TurnUri>,
+    /// The relays' shared TURN REST API secret (the proxy's `--auth-secret`, coturn's
+    /// `static-auth-secret`): peers get username `EXPIRY:PEER_ID` and password
+    /// base64(HMAC-SHA1(secret, username)).
+    #[arg(long, env = "PUNCH_TURN_SECRET", hide_env_values = true)]
+    turn_secret: Option<String>,
+    /// Lifetime of the relay credentials in seconds (60 to 604800); peers get fresh ones
+    /// at half of it.
+    #[arg(long, env = "PUNCH_TURN_TTL_SECS", default_value_t = DEFAULT_TURN_TTL.as_secs())]
+    turn_ttl_secs: u64,
+    /// Park the control connection of a peer that supports it after this many seconds
+    /// without a message (pongs do not count) and no pending request: the connection is
+    /// closed and the peer stays registered with small keep-alives; a connect request
+    /// wakes it. 0 = never park.
+    #[arg(long, env = "PUNCH_PARK_AFTER_SECS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    park_after_secs: u64,
+    /// Keep-alive interval of parked peers, in seconds; a parked peer is dropped after
+    /// three intervals without one.
+    #[arg(long, env = "PUNCH_PARK_KEEPALIVE_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    park_keepalive_secs: u64,
     /// Log filter (`RUST_LOG` syntax, e.g. `info` or `punch_server=debug`); overrides
     /// `RUST_LOG`.
     #[arg(long, env = "PUNCH_LOG")]
@@ -156,8 +176,14 @@ struct Configs {
 }
 
 impl Cli {
-    fn into_configs(self) -> Configs {
+    fn into_configs(mut self) -> Result<Configs, ConfigError> {
+        let relays = RelayConfig::from_parts(
+            std::mem::take(&mut self.turn_uri),
+            self.turn_secret.take(),
+            Duration::from_secs(self.turn_ttl_secs),
+        )?;
         let coord = CoordConfig {
+            relays,
             max_connections: self.max_peers,
             max_pending_total: self.max_pending,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
@@ -169,6 +195,9 @@ impl Cli {
                 per_sec: self.attempt_rate,
                 burst: self.attempt_burst,
             },
+            park_after: (self.park_after_secs > 0)
+                .then(|| Duration::from_secs(self.park_after_secs)),
+            park_keepalive: Duration::from_secs(self.park_keepalive_secs),
             ..CoordConfig::default()
         };
         let quic = QuicConfig {
@@ -178,11 +207,11 @@ impl Cli {
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             ..QuicConfig::default()
         };
-        Configs {
+        Ok(Configs {
             server: self.into_config(),
             quic,
             coord,
-        }
+        })
     }
 
     fn into_config(self) -> ServerConfig {
@@ -211,51 +240,22 @@ fn rand_seed() -> u64 {
     RandomState::new().hash_one(std::process::id())
 }
 
-fn init_tracing(cli: &Cli) {
-    let filter = match &cli.log {
-        Some(f) => EnvFilter::new(f),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    // Logs go to stderr: stdout carries the machine-readable events.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-/// Installs the SIGINT/SIGTERM handlers (before the listening line, so that a signal sent
-/// right after it is never lost) and returns a future resolving to the signal's name.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        }
-    })
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(&cli);
+    init_tracing(cli.log.as_deref(), cli.log_format);
     let key_file = cli.key_file.clone();
     let Configs {
         server: config,
         quic,
         coord,
-    } = cli.into_configs();
+    } = cli.into_configs()?;
     // Check the flags before touching the key file, so a bad command line creates nothing.
     config.validate()?;
     quic.validate_with(&coord)?;
     let identity = Identity::load_or_generate(&key_file)
         .with_context(|| format!("loading the server key from {}", key_file.display()))?;
-    let signal = shutdown_signal()?;
+    let signal = shutdown_signal().context("installing the SIGINT/SIGTERM handlers")?;
     let (server, coordinator) =
         punch_server::quic::start(config.clone(), quic.clone(), coord.clone(), &identity)
             .await
@@ -280,6 +280,8 @@ async fn main() -> anyhow::Result<()> {
         metrics = ?server.metrics_addr(),
         rate_limit = config.stun.rate_limit_per_sec,
         max_peers = coord.max_connections,
+        relays = coord.relays.as_ref().map_or(0, |r| r.uris.len()),
+        park_after = ?coord.park_after,
         "listening"
     );
     let signal = signal.await;
@@ -295,6 +297,7 @@ async fn main() -> anyhow::Result<()> {
         dropped = totals.dropped_total(),
         registrations = coord.registrations,
         punches = coord.accepted,
+        parked = coord.parked,
         "stopped"
     );
     Ok(())
@@ -307,7 +310,7 @@ mod tests {
     fn configs(args: &[&str]) -> Configs {
         let cli = Cli::try_parse_from(std::iter::once("punch-server").chain(args.iter().copied()))
             .expect("flags parse");
-        cli.into_configs()
+        cli.into_configs().expect("valid flags")
     }
 
     fn coord(args: &[&str]) -> CoordConfig {
@@ -321,6 +324,40 @@ mod tests {
         assert_eq!(under_load.retry, RetryPolicy::UnderLoad);
         let bad = ["punch-server", "--quic-retry", "never"];
         assert!(Cli::try_parse_from(bad).is_err());
+    }
+
+    #[test]
+    fn turn_flags_reach_the_coordinator_or_fail_clearly() {
+        assert_eq!(coord(&[]).relays, None);
+        let c = coord(&[
+            "--turn-uri",
+            "turn:127.0.0.1:3478",
+            "--turn-uri",
+            "turn:relay.example:3479?transport=udp",
+            "--turn-secret",
+            "s",
+            "--turn-ttl-secs",
+            "600",
+        ]);
+        let relays = c.relays.expect("relays");
+        let uris: Vec<String> = relays.uris.iter().map(ToString::to_string).collect();
+        assert_eq!(uris, ["turn:127.0.0.1:3478", "turn:relay.example:3479"]);
+        assert_eq!(relays.ttl, Duration::from_secs(600));
+        let fails = |args: &[&str]| -> String {
+            match Cli::try_parse_from(std::iter::once("punch-server").chain(args.iter().copied())) {
+                Err(e) => e.to_string(),
+                Ok(cli) => cli.into_configs().err().expect("an error").to_string(),
+            }
+        };
+        let bad_uri = fails(&["--turn-uri", "turns:relay:5349", "--turn-secret", "s"]);
+        assert!(bad_uri.contains("must start with `turn:`"), "{bad_uri}");
+        let no_secret = fails(&["--turn-uri", "turn:relay:3478"]);
+        assert!(
+            no_secret.contains("--turn-uri needs --turn-secret"),
+            "{no_secret}"
+        );
+        let no_uri = fails(&["--turn-secret", "s"]);
+        assert!(no_uri.contains("no --turn-uri"), "{no_uri}");
     }
 
     #[test]

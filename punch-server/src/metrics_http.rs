@@ -4,22 +4,21 @@
 //!
 //! 1. The driver binds the listener and spawns [`serve`] with the shared [`Stats`]: the
 //!    slots its workers publish their counters to, and the extra [`MetricsSource`]s.
-//! 2. `GET /metrics` sums the workers' counters and renders them in the Prometheus text
-//!    exposition format 0.0.4, followed by every [`MetricsSource`] added to the [`Stats`]
-//!    (the QUIC coordinator's `punch_coord_*`); `GET /healthz` answers `ok`.
+//! 2. `GET /metrics` sums the workers' counters and sets the `punch_stun_*` metrics from
+//!    them, lets every [`MetricsSource`] (the QUIC coordinator's `punch_coord_*`) set its
+//!    own, and renders the server's registry in the Prometheus text exposition format
+//!    0.0.4; `GET /healthz` answers `ok`. The metrics live in a `metrics` crate recorder
+//!    of this server (`server_ops::metrics::Registry`, the Prometheus exporter), as in the
+//!    other servers of the workspace; the workers' counters stay plain integers.
 //! 3. The server stops gracefully when the driver's shutdown signal flips.
 //!
-//! The crate's renderers write their lines with `write_metric` (one sample) and
-//! `write_labelled` (one sample per label value), so every metric has the same `# HELP` /
-//! `# TYPE` form.
+//! Every metric is set with [`set_metric`] (one sample) or [`set_labelled`] (one sample
+//! per label value), which also describe it (`# HELP`).
 
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use axum::Router;
+use server_ops::metrics::{Registry, Render};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -27,50 +26,48 @@ use crate::counters::Counters;
 
 /// Further metrics shown on `/metrics` (see [`Stats::add_source`]).
 pub trait MetricsSource: Send + Sync + std::fmt::Debug + 'static {
-    /// Appends this source's metrics, with `# HELP` and `# TYPE` lines, in the Prometheus
-    /// text exposition format.
-    fn render_prometheus(&self, out: &mut String);
+    /// Sets this source's metrics to their current values with [`set_metric`] and
+    /// [`set_labelled`]; called inside the server's registry before each render.
+    fn publish(&self);
 }
 
 /// The Prometheus type of a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MetricKind {
+pub enum MetricKind {
     /// Only ever goes up.
     Counter,
     /// Goes up and down.
     Gauge,
 }
 
-impl MetricKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Counter => "counter",
-            Self::Gauge => "gauge",
-        }
-    }
+/// Describes the metric `name` and sets its value (a counter's absolute value, a gauge's
+/// level), in the registry a [`MetricsSource::publish`] runs in.
+pub fn set_metric(name: &'static str, kind: MetricKind, help: &'static str, value: u64) {
+    set_labelled(name, kind, help, None, [("", value)]);
 }
 
-/// Appends one unlabelled metric: its `# HELP` and `# TYPE` lines and its sample.
-pub(crate) fn write_metric(out: &mut String, name: &str, kind: MetricKind, help: &str, value: u64) {
-    let kind = kind.as_str();
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-    );
-}
-
-/// Appends one metric with a sample per value of `label`: `name{label="value"} sample`.
-pub(crate) fn write_labelled<'a>(
-    out: &mut String,
-    name: &str,
+/// [`set_metric`] with one sample per value of `label` (`name{label="value"}`); without a
+/// label, one unlabelled sample.
+pub fn set_labelled(
+    name: &'static str,
     kind: MetricKind,
-    help: &str,
-    label: &str,
-    samples: impl IntoIterator<Item = (&'a str, u64)>,
+    help: &'static str,
+    label: Option<&'static str>,
+    samples: impl IntoIterator<Item = (&'static str, u64)>,
 ) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {}", kind.as_str());
+    match kind {
+        MetricKind::Counter => metrics::describe_counter!(name, help),
+        MetricKind::Gauge => metrics::describe_gauge!(name, help),
+    }
     for (value, sample) in samples {
-        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {sample}");
+        let labels: Vec<metrics::Label> = label
+            .map(|l| metrics::Label::new(l, value))
+            .into_iter()
+            .collect();
+        match kind {
+            MetricKind::Counter => metrics::counter!(name, labels).absolute(sample),
+            MetricKind::Gauge => metrics::gauge!(name, labels).set(sample as f64),
+        }
     }
 }
 
@@ -84,6 +81,7 @@ const MAX_METRICS_SOURCES: usize = 16;
 pub struct Stats {
     slots: Arc<Vec<Mutex<Counters>>>,
     sources: Arc<Mutex<Vec<Arc<dyn MetricsSource>>>>,
+    registry: Registry,
 }
 
 impl Stats {
@@ -91,6 +89,7 @@ impl Stats {
         Self {
             slots: Arc::new((0..n).map(|_| Mutex::new(Counters::default())).collect()),
             sources: Arc::default(),
+            registry: Registry::new(),
         }
     }
 
@@ -105,18 +104,22 @@ impl Stats {
         }
     }
 
-    /// Renders the summed STUN counters, then every added source, in the Prometheus text
-    /// format.
-    pub fn render_prometheus(&self, out: &mut String) {
-        self.total().render_prometheus(out);
+    /// Sets the metrics from the summed STUN counters and every added source, and renders
+    /// them in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let total = self.total();
         let sources: Vec<_> = self
             .sources
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        for source in sources {
-            source.render_prometheus(out);
-        }
+        self.registry.register(|| {
+            total.publish();
+            for source in sources {
+                source.publish();
+            }
+        });
+        self.registry.render()
     }
 
     pub(crate) fn publish(&self, worker: usize, counters: &Counters) {
@@ -138,38 +141,18 @@ impl Stats {
 }
 
 /// Content type of the Prometheus text format.
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub use server_ops::metrics::PROMETHEUS_CONTENT_TYPE;
+
+fn render_fn(stats: Stats) -> Render {
+    Arc::new(move || stats.render())
+}
 
 /// The router, for embedding or testing.
 pub fn router(stats: Stats) -> Router {
-    Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let stats = stats.clone();
-                async move {
-                    let mut body = String::with_capacity(4096);
-                    stats.render_prometheus(&mut body);
-                    ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], body).into_response()
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }))
+    server_ops::metrics::router(render_fn(stats))
 }
 
 /// Serves the router on `listener` until `shutdown` becomes true.
-pub async fn serve(listener: TcpListener, stats: Stats, mut shutdown: watch::Receiver<bool>) {
-    let signal = async move {
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                break;
-            }
-        }
-    };
-    if let Err(e) = axum::serve(listener, router(stats))
-        .with_graceful_shutdown(signal)
-        .await
-    {
-        tracing::error!(error = %e, "metrics endpoint failed");
-    }
+pub async fn serve(listener: TcpListener, stats: Stats, shutdown: watch::Receiver<bool>) {
+    server_ops::metrics::serve(listener, render_fn(stats), shutdown).await;
 }

@@ -11,7 +11,9 @@
 //! 4. Only Binding requests are answered; indications and responses are dropped (RFC 8489
 //!    §6.3), as are requests for other methods.
 //! 5. Per-source rate limit (token bucket in a bounded table).
-//! 6. Decode with `stun-rs`. Unknown comprehension-required attributes (and RFC 5780
+//! 6. Decode with `stun-rs`. A USERNAME starting with `park:` marks a parked peer's
+//!    keep-alive (`mesh::coord::park`): [`Outcome::Keepalive`], for the coordinator, which
+//!    holds the keys (on the primary socket; dropped on the others). Unknown comprehension-required attributes (and RFC 5780
 //!    attributes this server does not serve: PADDING always; CHANGE-REQUEST and
 //!    RESPONSE-PORT when there is no alternate address, RFC 5780 §6.1) -> 420 with
 //!    UNKNOWN-ATTRIBUTES.
@@ -29,17 +31,36 @@ use stun_rs::attributes::discovery::{ChangeRequest, ChangeRequestFlags};
 use stun_rs::{MessageDecoder, MessageDecoderBuilder, MessageEncoder, MessageEncoderBuilder};
 use stun_rs::{StunAttribute, TransactionId};
 
+use mesh::coord::park::is_park_username;
+
 use crate::config::StunConfig;
 use crate::counters::{Counters, DropReason};
-use crate::demux::{classify, DatagramKind};
 use crate::rate_limit::RateLimiter;
 use crate::response::{Response, MAX_UNKNOWN_LISTED};
 use crate::wire::{self, Class, WireError, METHOD_BINDING};
+use mesh::socket::demux::{classify, DatagramKind};
 
 /// CHANGE-REQUEST attribute type (RFC 5780 §7.2).
 const ATTR_CHANGE_REQUEST: u16 = 0x0003;
 /// PADDING (RFC 5780 §7.6): not served, it exists to make responses bigger.
 const ATTR_PADDING: u16 = 0x0026;
+/// Comprehension-required attributes (RFC 8489 §14, range 0x0000-0x7FFF) a Binding
+/// request may carry that this server understands: the base STUN set. Anything else in
+/// that range (ICE's PRIORITY and USE-CANDIDATE, TURN's, or ones nobody registered) gets
+/// a 420, whatever features the shared STUN codec was built with.
+const BASE_STUN_ATTRIBUTES: [u16; 11] = [
+    0x0001, // MAPPED-ADDRESS
+    0x0006, // USERNAME
+    0x0008, // MESSAGE-INTEGRITY
+    0x0009, // ERROR-CODE
+    0x000A, // UNKNOWN-ATTRIBUTES
+    0x0014, // REALM
+    0x0015, // NONCE
+    0x001C, // MESSAGE-INTEGRITY-SHA256
+    0x001D, // PASSWORD-ALGORITHM
+    0x001E, // USERHASH
+    0x0020, // XOR-MAPPED-ADDRESS
+];
 /// Size of the reused response buffer; every response this core builds is far smaller.
 const RESPONSE_BUF: usize = 256;
 
@@ -156,6 +177,10 @@ pub enum Outcome<'a> {
     Transmit(Transmit<'a>),
     /// Not STUN (RFC 7983): hand it to the non-STUN (coordinator) hook.
     NotStun,
+    /// A parked peer's keep-alive or leave (a Binding request whose USERNAME starts with
+    /// `park:` or `park-leave:`, [`mesh::coord::park`]): the coordinator checks and answers it
+    /// (hand it to the hook's [`crate::driver::NonStunHook::on_keepalive`]).
+    Keepalive,
     /// Nothing to send; the reason was counted.
     Dropped(DropReason),
 }
@@ -217,11 +242,15 @@ impl StunServer {
     ) -> Outcome<'_> {
         self.counters.received += 1;
         match self.decide(now, local, from, datagram) {
-            Ok(None) => {
+            Ok(Decided::NotStun) => {
                 self.counters.not_stun += 1;
                 Outcome::NotStun
             }
-            Ok(Some((to_socket, destination, len))) => match self.buf.get(..len) {
+            Ok(Decided::Keepalive) => {
+                self.counters.keepalives += 1;
+                Outcome::Keepalive
+            }
+            Ok(Decided::Respond(to_socket, destination, len)) => match self.buf.get(..len) {
                 Some(contents) => Outcome::Transmit(Transmit {
                     local: to_socket,
                     destination,
@@ -240,14 +269,14 @@ impl StunServer {
         }
     }
 
-    /// Steps 1-8; `Ok(None)` = not STUN, `Ok(Some((socket, to, len)))` = response in `buf`.
+    /// Steps 1-8.
     fn decide(
         &mut self,
         now: Instant,
         local: SocketId,
         from: SocketAddr,
         datagram: &[u8],
-    ) -> Result<Option<(SocketId, SocketAddr, usize)>, DropReason> {
+    ) -> Result<Decided, DropReason> {
         // 1. Source validation.
         let from = canonical(from);
         if !source_is_valid(from) {
@@ -257,11 +286,13 @@ impl StunServer {
             return Err(DropReason::UnknownSocket);
         }
         // 2. Demultiplex.
-        match classify(datagram) {
-            DatagramKind::Empty => return Err(DropReason::Empty),
-            DatagramKind::StunRangeWithoutCookie => return Err(DropReason::NoMagicCookie),
-            DatagramKind::NotStun => return Ok(None),
-            DatagramKind::Stun => {}
+        // The workspace's one RFC 7983 demux; whatever is not STUN goes to the coordinator
+        // hook (QUIC), which drops what quinn cannot use.
+        match (classify(datagram), datagram.first()) {
+            (DatagramKind::Stun, _) => {}
+            (_, None) => return Err(DropReason::Empty),
+            (_, Some(0..=3)) => return Err(DropReason::NoMagicCookie),
+            (DatagramKind::Quic | DatagramKind::Unknown, Some(_)) => return Ok(Decided::NotStun),
         }
         // 3. Structure.
         let pre = wire::precheck(datagram, self.config.max_request_len).map_err(wire_reason)?;
@@ -292,6 +323,14 @@ impl StunServer {
         for attr in msg.attributes() {
             let t = attr.attribute_type();
             let not_served = match attr {
+                StunAttribute::UserName(u) if is_park_username(u.as_str()) => {
+                    // A parked peer's keep-alive: the coordinator's (primary socket only).
+                    return if local == SocketId::PRIMARY {
+                        Ok(Decided::Keepalive)
+                    } else {
+                        Err(DropReason::UnsupportedMethod)
+                    };
+                }
                 StunAttribute::Unknown(_) => t.is_comprehension_required(),
                 StunAttribute::ChangeRequest(cr) => {
                     change = change_flags_of(cr);
@@ -304,7 +343,11 @@ impl StunServer {
                     response_port = Some(rp.as_u16());
                     !has_alt
                 }
-                _ => t.as_u16() == ATTR_PADDING,
+                _ => {
+                    t.as_u16() == ATTR_PADDING
+                        || (t.is_comprehension_required()
+                            && !BASE_STUN_ATTRIBUTES.contains(&t.as_u16()))
+                }
             };
             if not_served && !unknown[..unknown_count].contains(&t.as_u16()) {
                 if let Some(slot) = unknown.get_mut(unknown_count) {
@@ -373,8 +416,18 @@ impl StunServer {
         if send_from != local {
             self.counters.changed_source += 1;
         }
-        Ok(Some((send_from, destination, len)))
+        Ok(Decided::Respond(send_from, destination, len))
     }
+}
+
+/// What [`StunServer::decide`] found.
+enum Decided {
+    /// Not STUN.
+    NotStun,
+    /// A parked peer's keep-alive, for the coordinator.
+    Keepalive,
+    /// Send the response in `buf` (this long) from this socket to this address.
+    Respond(SocketId, SocketAddr, usize),
 }
 
 /// (change IP, change port) of a CHANGE-REQUEST.

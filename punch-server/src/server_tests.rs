@@ -7,7 +7,8 @@ use stun_rs::attributes::stun::{ErrorCode, UnknownAttributes, XorMappedAddress};
 use stun_rs::{MessageClass, MessageDecoderBuilder, StunMessage};
 
 use super::*;
-use crate::wire::{append_fingerprint, MAGIC_COOKIE};
+use crate::wire::append_fingerprint;
+use mesh::stun::MAGIC_COOKIE;
 
 const TXID: [u8; 12] = [
     0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae,
@@ -46,7 +47,7 @@ fn client() -> SocketAddr {
 fn message(msg_type: u16, attrs: &[(u16, &[u8])], fingerprint: bool) -> Vec<u8> {
     let mut m = msg_type.to_be_bytes().to_vec();
     m.extend_from_slice(&[0, 0]);
-    m.extend_from_slice(&MAGIC_COOKIE);
+    m.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
     m.extend_from_slice(&TXID);
     for (t, v) in attrs {
         m.extend_from_slice(&t.to_be_bytes());
@@ -103,7 +104,7 @@ fn run(
     match s.handle_input(Instant::now(), local, from, d) {
         Outcome::Transmit(t) => Ok((t.local, t.destination, t.contents.to_vec())),
         Outcome::Dropped(r) => Err(r),
-        Outcome::NotStun => Err(DropReason::EncodeFailed),
+        Outcome::NotStun | Outcome::Keepalive => Err(DropReason::EncodeFailed),
     }
 }
 
@@ -369,6 +370,26 @@ fn not_stun_goes_to_the_hook() {
     );
     assert_eq!(s.counters().not_stun, 1);
     assert_eq!(s.counters().dropped_total(), 0);
+}
+
+#[test]
+fn park_keepalives_go_to_the_coordinator_from_the_primary_socket_only() {
+    use mesh::coord::park::{keepalive_request, ParkKey};
+    let peer = mesh::identity::PeerId::from_bytes([3; 32]);
+    let ka = keepalive_request(&peer, &ParkKey([1; 32]), TXID).unwrap();
+    let mut s = plain_server();
+    assert_eq!(
+        s.handle_input(Instant::now(), SocketId::PRIMARY, client(), &ka),
+        Outcome::Keepalive
+    );
+    assert_eq!(s.counters().keepalives, 1);
+    let mut d = alt_server();
+    assert!(matches!(
+        d.handle_input(Instant::now(), SocketId::ALL[3], client(), &ka),
+        Outcome::Dropped(_)
+    ));
+    // An ordinary request with another USERNAME is answered as before.
+    assert!(run(&mut s, SocketId::PRIMARY, client(), &RFC5769_REQUEST).is_ok());
 }
 
 #[test]

@@ -8,22 +8,17 @@
 //!    a multiple of 4 and equals the datagram length minus the header (RFC 8489 §6.3).
 //! 3. Attributes: walk the TLVs; every attribute (with its padding to 4 bytes) must fit.
 //! 4. FINGERPRINT (RFC 8489 §14.7), if present, must be the last attribute, be 4 bytes long,
-//!    and equal CRC-32 of the message before it XOR `0x5354554e`.
+//!    and equal CRC-32 of the message before it XOR `0x5354554e`
+//!    ([`mesh::stun::fingerprint_value`], the workspace's one STUN stack).
 //!
 //! Nothing here allocates; the result is the message class and method.
 
+use mesh::stun::{fingerprint_value, MAGIC_COOKIE};
+pub use mesh::stun::{ATTR_FINGERPRINT, HEADER_LEN};
 use thiserror::Error;
 
-/// Length of the STUN message header (RFC 8489 §5).
-pub const HEADER_LEN: usize = 20;
-/// The RFC 8489 magic cookie, in network byte order.
-pub const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
 /// The Binding method (RFC 8489 §18.2).
 pub const METHOD_BINDING: u16 = 0x001;
-/// FINGERPRINT attribute type (RFC 8489 §14.7).
-pub const ATTR_FINGERPRINT: u16 = 0x8028;
-/// Value XORed into the CRC-32 to form FINGERPRINT.
-pub const FINGERPRINT_XOR: u32 = 0x5354_554e;
 
 /// The class of a STUN message (RFC 8489 §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +91,7 @@ pub fn precheck(msg: &[u8], max_len: usize) -> Result<Precheck, WireError> {
     if msg_type & 0xc000 != 0 {
         return Err(WireError::HeaderBits);
     }
-    if msg[4..8] != MAGIC_COOKIE {
+    if msg[4..8] != MAGIC_COOKIE.to_be_bytes() {
         return Err(WireError::BadCookie);
     }
     let body_len = usize::from(read_u16(msg, 2));
@@ -150,7 +145,7 @@ fn walk_attributes(msg: &[u8]) -> Result<bool, WireError> {
             if next != end {
                 return Err(WireError::FingerprintNotLast);
             }
-            let expected = crc32(&msg[..pos]) ^ FINGERPRINT_XOR;
+            let expected = fingerprint_value(&msg[..pos]);
             let found =
                 u32::from_be_bytes([msg[pos + 4], msg[pos + 5], msg[pos + 6], msg[pos + 7]]);
             return if expected == found {
@@ -168,36 +163,6 @@ fn read_u16(buf: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([buf[at], buf[at + 1]])
 }
 
-/// CRC-32 (ISO-HDLC, as used by FINGERPRINT) lookup table, built at compile time.
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0xedb8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
-
-/// CRC-32 (ISO-HDLC) of `data`.
-pub fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &b in data {
-        crc = CRC_TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8);
-    }
-    crc ^ 0xffff_ffff
-}
-
 /// Appends a FINGERPRINT attribute to an encoded message and fixes its length field.
 ///
 /// Used by tests and the benchmark to build requests; `msg` must hold a whole message.
@@ -208,7 +173,7 @@ pub fn append_fingerprint(msg: &mut Vec<u8>) {
         msg[2] = len_bytes[0];
         msg[3] = len_bytes[1];
     }
-    let crc = crc32(msg) ^ FINGERPRINT_XOR;
+    let crc = fingerprint_value(msg);
     msg.extend_from_slice(&ATTR_FINGERPRINT.to_be_bytes());
     msg.extend_from_slice(&4u16.to_be_bytes());
     msg.extend_from_slice(&crc.to_be_bytes());
@@ -220,14 +185,14 @@ mod tests {
 
     fn binding_request() -> Vec<u8> {
         let mut m = vec![0x00, 0x01, 0x00, 0x00];
-        m.extend_from_slice(&MAGIC_COOKIE);
+        m.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
         m.extend_from_slice(&[1; 12]);
         m
     }
 
     #[test]
-    fn crc32_known_value() {
-        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+    fn fingerprint_is_the_iso_hdlc_crc32_xored() {
+        assert_eq!(fingerprint_value(b"123456789"), 0xcbf4_3926 ^ 0x5354_554e);
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! and dials it with peers built from `mesh::socket::Endpoint` (one UDP socket each, on
 //! 127.0.0.1) speaking `mesh::coord` frames on one bidirectional stream. Every wait has a
 //! timeout; traffic goes to 127.0.0.1 only. The server is killed by its pid on drop.
+//!
+//! A peer from before `Relays` existed is simulated by decoding with [`V1ServerMsg`],
+//! which does not know that message type.
 
 mod common;
 
@@ -13,9 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{binding_request, exchange, http_get, response_to, xor_mapped, ServerProc, WAIT};
+use mesh::coord::park;
 use mesh::coord::{
-    encode, Candidate, CandidateKind, ClientMsg, CloseCode, ErrorKind, FrameDecoder, Go, Role,
-    ServerMsg,
+    encode, Candidate, CandidateKind, ClientMsg, CloseCode, CodecError, ErrorKind, FrameDecoder,
+    Go, Reader, Role, ServerMsg, WireMessage, Writer,
 };
 use mesh::identity::{Identity, IdentityError, PeerId};
 use mesh::socket::{ConnectError, Endpoint, EndpointOptions, StunReceiver};
@@ -429,4 +433,205 @@ async fn sigterm_closes_connections_and_exits() {
         .await
         .expect("wait task");
     assert!(status.success(), "exit status {status}");
+}
+
+/// The server messages as a peer from before `Relays` (type 0x88) decodes them.
+#[derive(Debug)]
+struct V1ServerMsg(ServerMsg);
+
+impl WireMessage for V1ServerMsg {
+    fn type_code(&self) -> u8 {
+        self.0.type_code()
+    }
+    fn encode_body(&self, w: &mut Writer<'_>) -> Result<(), CodecError> {
+        self.0.encode_body(w)
+    }
+    fn decode_body(code: u8, r: &mut Reader<'_>) -> Result<Self, CodecError> {
+        match code {
+            0x88 => Err(CodecError::UnknownType(code)),
+            _ => ServerMsg::decode_body(code, r).map(Self),
+        }
+    }
+}
+
+/// The next frame `peer` gets, decoded as an older peer would (pings answered).
+async fn next_v1(
+    peer: &mut Peer,
+    old: &mut FrameDecoder<V1ServerMsg>,
+) -> Result<ServerMsg, CodecError> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        while let Some(msg) = old.pop() {
+            match msg {
+                Ok(V1ServerMsg(ServerMsg::Ping { ts })) => peer.send(ClientMsg::Pong { ts }).await,
+                other => return other.map(|m| m.0),
+            }
+        }
+        let read = tokio::time::timeout_at(deadline, peer.recv.read_chunk(4096, true))
+            .await
+            .expect("server message in time")
+            .expect("read");
+        old.push(&read.expect("stream still open").bytes);
+    }
+}
+
+#[tokio::test]
+async fn relays_follow_registration_and_an_older_peer_still_connects() {
+    let server = start(&[
+        "--turn-uri",
+        "turn:127.0.0.1:3478",
+        "--turn-secret",
+        "s3cret",
+        "--turn-ttl-secs",
+        "600",
+    ]);
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    };
+    let before = unix();
+    let mut a = Peer::dial(&server).await;
+    a.register_default().await;
+    let relays = match a.next().await {
+        ServerMsg::Relays { relays } => relays,
+        other => panic!("expected Relays, got {other:?}"),
+    };
+    let [relay] = relays.as_slice() else {
+        panic!("one relay expected: {relays:?}");
+    };
+    assert_eq!(relay.uri.to_string(), "turn:127.0.0.1:3478");
+    assert_eq!(relay.username, format!("{}:{}", relay.expires_unix, a.id));
+    let password = mesh::turn::credentials::rest_password("s3cret", &relay.username);
+    assert_eq!(relay.password, password);
+    assert!((before + 600..=unix() + 600).contains(&relay.expires_unix));
+
+    // A peer from before `Relays`: its decoder skips the unknown frame, stays in sync, and
+    // the peer is connected to as before.
+    let mut b = Peer::dial(&server).await;
+    b.send(ClientMsg::Register { candidates: vec![] }).await;
+    let mut old = FrameDecoder::<V1ServerMsg>::new();
+    assert!(matches!(
+        next_v1(&mut b, &mut old).await,
+        Ok(ServerMsg::Registered { .. })
+    ));
+    let skipped = next_v1(&mut b, &mut old).await.expect_err("Relays unknown");
+    assert_eq!(skipped, CodecError::UnknownType(0x88));
+    assert!(!skipped.is_fatal() && !old.is_failed());
+    a.send(ClientMsg::Connect {
+        request_id: 3,
+        target: b.id,
+    })
+    .await;
+    let request_id = match next_v1(&mut b, &mut old).await {
+        Ok(ServerMsg::Incoming { request_id, from }) if from == a.id => request_id,
+        other => panic!("expected Incoming, got {other:?}"),
+    };
+    b.send(ClientMsg::Accept { request_id }).await;
+    assert_eq!(expect_go(a.next().await).peer, b.id);
+    match next_v1(&mut b, &mut old).await {
+        Ok(ServerMsg::Go(go)) => assert_eq!(go.peer, a.id),
+        other => panic!("expected Go, got {other:?}"),
+    }
+}
+
+/// The next STUN datagram on `stun` that `parse` reads as a park message.
+async fn next_park_message(stun: &mut StunReceiver) -> (Vec<u8>, park::ParkMessage) {
+    loop {
+        let d = timeout(WAIT, stun.recv())
+            .await
+            .expect("STUN datagram in time")
+            .expect("socket open");
+        if let Some(m) = park::parse(&d.data) {
+            return (d.data.to_vec(), m);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_does_not_offer_parking_is_never_parked() {
+    let server = start(&["--park-after-secs", "1", "--park-keepalive-secs", "1"]);
+    // An old peer (no `Capabilities`): still connected and asked after 3 idle seconds.
+    let mut old = Peer::dial(&server).await;
+    old.register_default().await;
+    let mut new = Peer::dial(&server).await;
+    new.register_default().await;
+    new.send(ClientMsg::Capabilities { park: true }).await;
+    assert!(matches!(new.next().await, ServerMsg::Park { .. }));
+    assert_eq!(new.close_code().await, Some(CloseCode::Parked));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut asker = Peer::dial(&server).await;
+    asker.register_default().await;
+    asker
+        .send(ClientMsg::Connect {
+            request_id: 1,
+            target: old.id,
+        })
+        .await;
+    assert!(matches!(old.next().await, ServerMsg::Incoming { .. }));
+    assert!(old.conn.close_reason().is_none());
+}
+
+#[tokio::test]
+async fn a_parked_peer_lives_on_keepalives_and_comes_back_when_woken() {
+    let server = start(&["--park-after-secs", "1", "--park-keepalive-secs", "1"]);
+    let identity = Arc::new(Identity::generate().expect("identity"));
+    let mut parked = Peer::dial_as(&server, Arc::clone(&identity))
+        .await
+        .expect("connect");
+    parked.register_default().await;
+    parked.send(ClientMsg::Capabilities { park: true }).await;
+    let (key, keepalive) = match parked.next().await {
+        ServerMsg::Park { key, keepalive } => (key, keepalive),
+        other => panic!("expected Park, got {other:?}"),
+    };
+    assert_eq!(keepalive, Duration::from_secs(1));
+    assert_eq!(parked.close_code().await, Some(CloseCode::Parked));
+    // Keep-alives from the same socket, answered with our key; a forged one gets a 401.
+    let Peer {
+        endpoint, mut stun, ..
+    } = parked;
+    for tx in 1..=3u8 {
+        let req = park::keepalive_request(&identity.peer_id(), &key, [tx; 12]).expect("encode");
+        endpoint.send_stun(server.addr(), &req).await.expect("send");
+        let (answer, msg) = next_park_message(&mut stun).await;
+        assert!(
+            matches!(msg, park::ParkMessage::Success { transaction, .. } if transaction == [tx; 12])
+        );
+        assert!(park::verify(&answer, &key));
+        tokio::time::sleep(Duration::from_millis(900)).await;
+    }
+    let forged = park::keepalive_request(&identity.peer_id(), &park::ParkKey([0; 32]), [9; 12])
+        .expect("encode");
+    endpoint
+        .send_stun(server.addr(), &forged)
+        .await
+        .expect("send");
+    let (_, msg) = next_park_message(&mut stun).await;
+    assert!(matches!(msg, park::ParkMessage::Unauthorized { .. }));
+    // Someone connects: the server wakes us at our socket.
+    let mut asker = Peer::dial(&server).await;
+    asker.register_default().await;
+    asker
+        .send(ClientMsg::Connect {
+            request_id: 5,
+            target: identity.peer_id(),
+        })
+        .await;
+    let (wake, msg) = next_park_message(&mut stun).await;
+    assert!(matches!(msg, park::ParkMessage::Wake { peer, .. } if peer == identity.peer_id()));
+    assert!(park::verify(&wake, &key));
+    // We come back as the same peer (a new socket is fine: the key proves who we are)
+    // and get the held request once registered.
+    drop((endpoint, stun));
+    let mut back = Peer::dial_as(&server, identity).await.expect("reconnect");
+    back.register_default().await;
+    let id = match back.next().await {
+        ServerMsg::Incoming { request_id, from } if from == asker.id => request_id,
+        other => panic!("expected the held Incoming, got {other:?}"),
+    };
+    back.send(ClientMsg::Accept { request_id: id }).await;
+    assert_eq!(expect_go(asker.next().await).request_id, 5);
+    assert_eq!(expect_go(back.next().await).request_id, id);
 }

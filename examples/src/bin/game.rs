@@ -55,8 +55,9 @@ struct Cli {
     /// The game name sessions are listed under.
     #[arg(long, env = "GAME_NAME", default_value = "mesh-game")]
     game: String,
-    /// Local UDP address of the node (use 127.0.0.1:0 to stay on this machine).
-    #[arg(long, env = "GAME_BIND", default_value = "0.0.0.0:0")]
+    /// Local UDP address of the node (use 127.0.0.1:0 to stay on this machine). The default
+    /// `[::]:0` is one dual-stack socket (IPv4 and IPv6).
+    #[arg(long, env = "GAME_BIND", default_value = "[::]:0")]
     bind: SocketAddr,
     /// Do not map a port with UPnP.
     #[arg(long, env = "GAME_NO_UPNP")]

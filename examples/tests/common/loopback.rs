@@ -261,20 +261,7 @@ impl Servers {
             stderr(),
         )?;
         let master_addr = str_of(&listening(&mut master)?, "addr")?;
-        let key = dir.path().join("punch.key");
-        let mut punch = Proc::spawn_with(
-            "punch",
-            &punch_server_bin()?,
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--key-file",
-                &key.to_string_lossy(),
-            ],
-            stderr(),
-        )?;
-        let line = listening(&mut punch)?;
-        let punch_addr = format!("{}@{}", str_of(&line, "id")?, str_of(&line, "addr")?);
+        let (punch, punch_addr) = start_punch(dir.path(), &[], stderr())?;
         Ok(Self {
             master,
             punch,
@@ -284,6 +271,19 @@ impl Servers {
             _dir: dir,
         })
     }
+}
+
+/// Starts `punch-server` on 127.0.0.1 with its key in `dir` and `extra` flags; returns it
+/// and its address as peers name it, `ID@HOST:PORT`.
+pub fn start_punch(dir: &Path, extra: &[&str], stderr: Stdio) -> Result<(Proc, String)> {
+    let key = dir.join("punch.key");
+    let key = key.to_string_lossy();
+    let mut args = vec!["--listen", "127.0.0.1:0", "--key-file", &key];
+    args.extend_from_slice(extra);
+    let mut punch = Proc::spawn_with("punch", &punch_server_bin()?, &args, stderr)?;
+    let line = listening(&mut punch)?;
+    let addr = format!("{}@{}", str_of(&line, "id")?, str_of(&line, "addr")?);
+    Ok((punch, addr))
 }
 
 /// A [`mesh::session::Mesh`] for an in-process peer of `servers`: a new identity, bound to

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod loopback;
+pub mod relay;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -25,6 +26,20 @@ pub fn punch_server_bin() -> Result<PathBuf> {
         bail!(
             "punch-server binary not found at {}: build it into the same target directory \
              first (`cargo build -p punch-server`)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The `proxy` (TURN relay) binary next to `peer` (same target directory).
+pub fn proxy_bin() -> Result<PathBuf> {
+    let peer = PathBuf::from(env!("CARGO_BIN_EXE_peer"));
+    let bin = peer.with_file_name("proxy");
+    if !bin.is_file() {
+        bail!(
+            "proxy binary not found at {}: build it into the same target directory first \
+             (`cargo build -p proxy`)",
             bin.display()
         );
     }

@@ -241,8 +241,7 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!("master_sessions_live").set(state.index.live_count(Millis::now()) as f64);
-    let text = state.metrics.render();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    server_ops::metrics::prometheus_response(state.metrics.render())
 }
 
 /// The live row, from the index or (shared database) from one database read.

@@ -6,19 +6,20 @@
 //! 2. A unique prefix `nlab-<pid>-<counter>[-<label>]`; the [`Lab`] value exists from here
 //!    on, so a failure in any later step still deletes what was created (Drop).
 //! 3. One namespace per [`Host`] plus the switch `-sw` (router C and host C1 only when the
-//!    builder configured router C); sysctls: IPv6 off, `rp_filter` 0, `ip_forward` 1 on
-//!    routers only.
+//!    builder configured router C); sysctls: IPv6 off (on with [`LabBuilder::ipv6`]),
+//!    `rp_filter` 0, forwarding on routers only.
 //! 4. Bridges `inet`, `lana`, `lanb` (and `lanc`) in the switch; one veth per host, the
 //!    host end named `eth0` (routers: `wan0` and `lan0`) created directly inside the host
 //!    namespace.
 //! 5. Addresses and routes (`ip -batch`); LAN hosts default via their router. A router of
 //!    type [`NatType::None`] gets its LAN routed from the server and the other routers.
+//!    With IPv6, every host also gets a global IPv6 address and routes (see `ipv6.rs`).
 //! 6. Router rulesets with `nft -f -` and a `conntrack -F`.
 //!
 //! A watchdog process (see `cleanup.rs`) removes the namespaces if this process dies
 //! without dropping the lab (Ctrl-C, SIGKILL, a CI timeout).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use crate::cleanup::{remove_leftovers, remove_namespace, spawn_watchdog, TAG};
 use crate::cmd::{preflight, run, run_output, Output};
+use crate::ipv6;
 use crate::nft::router_ruleset;
 use crate::process::LabProcess;
 use crate::{Host, LabError, NatType, Router};
@@ -43,6 +45,8 @@ pub struct LabBuilder {
     loss: [u8; 3],
     /// Whether router C and host C1 are created.
     c: bool,
+    /// Whether the lab has IPv6 (see `ipv6.rs`).
+    ipv6: bool,
 }
 
 impl LabBuilder {
@@ -98,6 +102,13 @@ impl LabBuilder {
         self
     }
 
+    /// Adds IPv6: global addresses on every host, no NAT for IPv6, and a stateful firewall
+    /// on each router (see [`Lab::ip6`]). Without it IPv6 is off in every namespace.
+    pub fn ipv6(mut self) -> Self {
+        self.ipv6 = true;
+        self
+    }
+
     /// Builds the lab (needs root); see the module docs for the steps.
     pub fn build(self) -> Result<Lab, LabError> {
         preflight()?;
@@ -114,6 +125,7 @@ impl LabBuilder {
             nat: self.nat,
             loss: self.loss,
             c: self.c,
+            ipv6: self.ipv6,
             dir,
             watchdog: None,
         };
@@ -133,6 +145,7 @@ pub struct Lab {
     nat: [NatType; 3],
     loss: [u8; 3],
     c: bool,
+    ipv6: bool,
     dir: tempfile::TempDir,
     watchdog: Option<std::process::Child>,
 }
@@ -161,6 +174,7 @@ impl Lab {
             nat: [NatType::None; 3],
             loss: [0; 3],
             c: false,
+            ipv6: false,
         }
     }
 
@@ -226,6 +240,12 @@ impl Lab {
         }
     }
 
+    /// The IPv6 address of `host` (documentation prefix 2001:db8::/32), or `None` in a lab
+    /// built without [`LabBuilder::ipv6`].
+    pub fn ip6(&self, host: Host) -> Option<Ipv6Addr> {
+        self.ipv6.then(|| ipv6::host_ip6(host))
+    }
+
     /// The behaviour a router currently has.
     pub fn nat(&self, router: Router) -> NatType {
         self.nat[router_index(router)]
@@ -275,6 +295,12 @@ impl Lab {
         run_output("ip", &full, None, timeout)
     }
 
+    /// The namespace of `router`'s host (`Err(Absent)` for router C in a lab without it).
+    pub(crate) fn router_namespace(&self, router: Router) -> Result<String, LabError> {
+        self.check(router_host(router))?;
+        Ok(self.namespace(router_host(router)))
+    }
+
     /// Changes a router's behaviour and loss at run time and flushes its conntrack table.
     pub fn reconfigure_router(
         &mut self,
@@ -308,7 +334,10 @@ impl Lab {
     fn load_router(&self, router: Router) -> Result<(), LabError> {
         let i = router_index(router);
         let ns = self.namespace(router_host(router));
-        let rules = router_ruleset(self.nat[i], self.loss[i]);
+        let mut rules = router_ruleset(self.nat[i], self.loss[i]);
+        if self.ipv6 {
+            rules.push_str(&ipv6::firewall_ruleset(self.nat[i]));
+        }
         run(
             "ip",
             &["netns", "exec", &ns, "nft", "-f", "-"],
@@ -320,22 +349,21 @@ impl Lab {
     fn add_namespace(&mut self, name: String, router: bool) -> Result<(), LabError> {
         run("ip", &["netns", "add", &name], None)?;
         self.created.push(name.clone());
-        let mut args = vec![
-            "netns",
-            "exec",
-            &name,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1",
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.default.rp_filter=0",
+        let v6 = if self.ipv6 { "0" } else { "1" };
+        let forward = if router { "1" } else { "0" };
+        let settings = [
+            format!("net.ipv6.conf.all.disable_ipv6={v6}"),
+            format!("net.ipv6.conf.default.disable_ipv6={v6}"),
+            "net.ipv4.conf.all.rp_filter=0".to_string(),
+            "net.ipv4.conf.default.rp_filter=0".to_string(),
+            format!("net.ipv4.ip_forward={forward}"),
+            format!("net.ipv6.conf.all.forwarding={forward}"),
+            // No duplicate address detection: addresses (link-local ones too) work at once.
+            "net.ipv6.conf.all.accept_dad=0".to_string(),
+            "net.ipv6.conf.default.accept_dad=0".to_string(),
         ];
-        args.push(if router {
-            "net.ipv4.ip_forward=1"
-        } else {
-            "net.ipv4.ip_forward=0"
-        });
+        let mut args = vec!["netns", "exec", &name, "sysctl", "-qw"];
+        args.extend(settings.iter().map(String::as_str));
         run("ip", &args, None)?;
         Ok(())
     }
@@ -393,16 +421,23 @@ impl Lab {
         }
         self.batch(&sw, &sw_cmds)?;
 
-        let server = vec![
+        let mut server = vec![
             format!("addr add {}/15 dev eth0", SERVER_IPS[0]),
             format!("addr add {}/15 dev eth0", SERVER_IPS[1]),
         ];
+        let built: Vec<Router> = routers.iter().map(|r| r.0).collect();
+        if self.ipv6 {
+            server.extend(ipv6::server_commands(&built));
+        }
         let mut plan: Vec<(Host, Vec<String>, &[&str])> = vec![(Host::Server, server, &["eth0"])];
         for &(router, host, _, _, gw) in &routers {
-            let cmds = vec![
+            let mut cmds = vec![
                 format!("addr add {}/15 dev wan0", self.wan_ip(router)),
                 format!("addr add {gw}/24 dev lan0"),
             ];
+            if self.ipv6 {
+                cmds.extend(ipv6::router_commands(router, &built));
+            }
             plan.push((host, cmds, &["wan0", "lan0"]));
         }
         // A router without NAT: its LAN is routed from the server and the other routers.
@@ -423,14 +458,18 @@ impl Lab {
                 format!("route add default via {gw}"),
             ]
         };
-        for (host, gw) in [
-            (Host::LanA1, "10.1.0.1"),
-            (Host::LanA2, "10.1.0.1"),
-            (Host::LanB1, "10.2.0.1"),
-            (Host::LanC1, "10.3.0.1"),
+        for (host, gw, router) in [
+            (Host::LanA1, "10.1.0.1", Router::A),
+            (Host::LanA2, "10.1.0.1", Router::A),
+            (Host::LanB1, "10.2.0.1", Router::B),
+            (Host::LanC1, "10.3.0.1", Router::C),
         ] {
             if hosts.contains(&host) {
-                plan.push((host, lan(self.ip(host), gw), &["eth0"]));
+                let mut cmds = lan(self.ip(host), gw);
+                if self.ipv6 {
+                    cmds.extend(ipv6::lan_host_commands(host, router));
+                }
+                plan.push((host, cmds, &["eth0"]));
             }
         }
         for (host, addr_cmds, devs) in plan {

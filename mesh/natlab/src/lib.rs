@@ -11,9 +11,13 @@
 //!    for), the server (`-srv`, two public addresses), routers A and B (`-ra`, `-rb`) and
 //!    LAN hosts A1, A2 (behind A) and B1 (behind B); router C (`-rc`) and host C1 behind it
 //!    only when the builder configured router C ([`LabBuilder::router_c`] or
-//!    [`LabBuilder::loss_c`]). IPv6 off, `rp_filter` off, `ip_forward` only on routers.
+//!    [`LabBuilder::loss_c`]). IPv6 off unless [`LabBuilder::ipv6`] asks for it (then
+//!    global addresses from 2001:db8::/32, no NAT, a stateful firewall per router),
+//!    `rp_filter` off, forwarding only on routers.
 //! 4. Load each router's nftables ruleset for its [`NatType`] and WAN loss, see `nft.rs`.
 //! 5. [`Lab::spawn`] / [`Lab::run`] run programs inside a host with `ip netns exec`.
+//!    [`Lab::block_peer`] / [`Lab::unblock_peer`] cut and restore one path at a router
+//!    at run time (see `block.rs`).
 //! 6. Optionally, [`Lab::start_upnp`] runs miniupnpd (UPnP IGD) on a router, see `upnp.rs`.
 //! 7. Drop kills every process in the lab's namespaces and deletes the namespaces; if the
 //!    process dies without dropping the lab (Ctrl-C, SIGKILL, CI timeout), a detached
@@ -35,8 +39,10 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod block;
 mod cleanup;
 mod cmd;
+mod ipv6;
 mod lab;
 mod nft;
 mod process;

@@ -278,3 +278,86 @@ fn router_c_is_built_on_request_and_natted() {
     drop(lab);
     assert!(!namespaces().contains(&prefix), "{prefix} still present");
 }
+
+#[test]
+fn ipv6_is_routed_without_nat_behind_a_stateful_firewall() {
+    if natlab::skip_requested("ipv6_is_routed_without_nat_behind_a_stateful_firewall") {
+        return;
+    }
+    let lab = Lab::builder()
+        .label("ipv6")
+        .router_a(NatType::Symmetric)
+        .router_b(NatType::None)
+        .ipv6()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ip6 = |host| lab.ip6(host).expect("lab with IPv6").to_string();
+    assert_eq!(ip6(Host::LanA1), "2001:db8:1::b");
+    let ping = |from, to: String| {
+        lab.run(
+            from,
+            "ping",
+            &["-6", "-c", "1", "-W", "2", &to],
+            Duration::from_secs(5),
+        )
+        .expect("ping")
+        .success()
+    };
+    // Outbound from behind the firewall, and unsolicited into a router without NAT.
+    assert!(ping(Host::LanA1, ip6(Host::Server)), "A1 -> server");
+    assert!(ping(Host::LanA1, ip6(Host::LanB1)), "A1 -> B1");
+    // Unsolicited into a firewalled LAN: dropped.
+    assert!(!ping(Host::Server, ip6(Host::LanA1)), "server -> A1 got in");
+    // The address a LAN host has is global and its own: no NAT.
+    let out = lab
+        .run(
+            Host::LanA1,
+            "ip",
+            &["-6", "addr", "show", "dev", "eth0", "scope", "global"],
+            Duration::from_secs(5),
+        )
+        .expect("ip addr");
+    assert!(out.stdout.contains("2001:db8:1::b/64"), "{}", out.stdout);
+    // A lab without IPv6 has none.
+    let plain = Lab::builder()
+        .label("noipv6")
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plain.ip6(Host::LanA1), None);
+}
+
+#[test]
+fn a_blocked_peer_is_cut_off_and_comes_back_while_the_server_stays_reachable() {
+    if natlab::skip_requested(
+        "a_blocked_peer_is_cut_off_and_comes_back_while_the_server_stays_reachable",
+    ) {
+        return;
+    }
+    let lab = Lab::builder()
+        .label("block")
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ping = |to: std::net::Ipv4Addr| {
+        lab.run(
+            Host::LanA1,
+            "ping",
+            &["-c", "1", "-W", "1", &to.to_string()],
+            Duration::from_secs(5),
+        )
+        .expect("ping")
+        .success()
+    };
+    // Routers without NAT: B1 is reachable from A1 by its own address.
+    let b1 = lab.ip(Host::LanB1);
+    let server = lab.server_ip(0);
+    assert!(ping(b1) && ping(server), "reachable before the block");
+    lab.block_peer(Router::A, b1).expect("block");
+    lab.block_peer(Router::A, b1)
+        .expect("blocking twice is fine");
+    assert!(!ping(b1), "B1 still reachable through a block");
+    assert!(ping(server), "the server must stay reachable");
+    lab.unblock_peer(Router::A, b1).expect("unblock");
+    lab.unblock_peer(Router::A, b1)
+        .expect("unblocking twice is fine");
+    assert!(ping(b1), "B1 unreachable after the block was lifted");
+}

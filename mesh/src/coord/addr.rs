@@ -21,6 +21,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::identity::{ParsePeerIdError, PeerId};
+use crate::socket::{canonical, SocketFamily};
 
 /// Longest DNS name (RFC 1035 §2.3.4, without the trailing dot).
 const MAX_HOST_LEN: usize = 253;
@@ -111,16 +112,18 @@ impl PunchAddr {
         }
     }
 
-    /// The server's first address of the same family (IPv4 or IPv6) as `family_of`,
-    /// usually the local socket's address. The lookup is asynchronous (tokio's resolver;
-    /// an IP literal needs none) and bounded by 5 s.
+    /// The server's address to use from a socket of `family`: the first address the socket
+    /// reaches, and from a dual-stack socket the first IPv4 address if there is one (the
+    /// reflexive IPv4 address the server reports is what NATed peers punch with; IPv6 host
+    /// addresses need no server to be reached). The lookup is asynchronous (tokio's
+    /// resolver; an IP literal needs none) and bounded by 5 s.
     ///
     /// Errors: the lookup's own error; [`io::ErrorKind::TimedOut`] after the timeout;
-    /// [`io::ErrorKind::NotFound`] when no address of that family exists.
-    pub async fn resolve(&self, family_of: SocketAddr) -> io::Result<SocketAddr> {
+    /// [`io::ErrorKind::NotFound`] when no address the socket reaches exists.
+    pub async fn resolve(&self, family: SocketFamily) -> io::Result<SocketAddr> {
         let host_port = self.host_port();
         let lookup = tokio::net::lookup_host(host_port.as_str());
-        let mut addrs = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
+        let addrs = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
             .await
             .map_err(|_| {
                 io::Error::new(
@@ -128,10 +131,17 @@ impl PunchAddr {
                     format!("no answer within {RESOLVE_TIMEOUT:?}"),
                 )
             })??;
-        addrs
-            .find(|a| a.is_ipv4() == family_of.is_ipv4())
+        let reachable: Vec<SocketAddr> = addrs
+            .map(canonical)
+            .filter(|a| family.reaches(*a))
+            .collect();
+        reachable
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(reachable.first())
+            .copied()
             .ok_or_else(|| {
-                let family = if family_of.is_ipv4() { "IPv4" } else { "IPv6" };
+                let family = if family.has_v4() { "IPv4" } else { "IPv6" };
                 io::Error::new(io::ErrorKind::NotFound, format!("no {family} address"))
             })
     }
@@ -217,20 +227,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn resolve_picks_the_family_of_the_local_socket() {
-        let v4: SocketAddr = "0.0.0.0:0".parse().expect("addr");
-        let v6: SocketAddr = "[::]:0".parse().expect("addr");
+    async fn resolve_picks_an_address_the_socket_reaches() {
         let literal4 = insecure("127.0.0.1:7000");
-        assert_eq!(
-            literal4.resolve(v4).await.expect("resolves"),
-            "127.0.0.1:7000".parse::<SocketAddr>().expect("addr")
-        );
         let literal6 = insecure("[::1]:7000");
+        let v4: SocketAddr = "127.0.0.1:7000".parse().expect("addr");
+        let v6: SocketAddr = "[::1]:7000".parse().expect("addr");
+        assert_eq!(literal4.resolve(SocketFamily::V4).await.expect("v4"), v4);
         assert_eq!(
-            literal6.resolve(v6).await.expect("resolves"),
-            "[::1]:7000".parse::<SocketAddr>().expect("addr")
+            literal6.resolve(SocketFamily::V6Only).await.expect("v6"),
+            v6
         );
-        let wrong = literal6.resolve(v4).await.expect_err("no IPv4 address");
+        // A dual-stack socket reaches both.
+        assert_eq!(literal4.resolve(SocketFamily::Dual).await.expect("v4"), v4);
+        assert_eq!(literal6.resolve(SocketFamily::Dual).await.expect("v6"), v6);
+        let wrong = literal6
+            .resolve(SocketFamily::V4)
+            .await
+            .expect_err("no IPv4 address");
+        assert_eq!(wrong.kind(), io::ErrorKind::NotFound);
+        let wrong = literal4
+            .resolve(SocketFamily::V6Only)
+            .await
+            .expect_err("no IPv6 address");
         assert_eq!(wrong.kind(), io::ErrorKind::NotFound);
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use super::codec::{CodecError, Reader, WireMessage, Writer};
 use super::msg::{Candidate, CandidateKind, ClientMsg, Credentials, ErrorKind, Go, Role};
-use super::{ServerMsg, MAX_CANDIDATES};
+use super::park::ParkKey;
+use super::{ServerMsg, MAX_CANDIDATES, MAX_RELAYS};
+use crate::turn::{RelayCredential, TurnUri};
 
 fn write_candidates(w: &mut Writer<'_>, cands: &[Candidate]) -> Result<(), CodecError> {
     let n = u8::try_from(cands.len())
@@ -72,6 +74,7 @@ impl WireMessage for ClientMsg {
             Self::Ping { .. } => 0x05,
             Self::Pong { .. } => 0x06,
             Self::Policy { .. } => 0x07,
+            Self::Capabilities { .. } => 0x08,
         }
     }
 
@@ -85,6 +88,7 @@ impl WireMessage for ClientMsg {
             Self::Accept { request_id } | Self::Refuse { request_id } => w.u64(*request_id),
             Self::Ping { ts } | Self::Pong { ts } => w.u64(*ts),
             Self::Policy { accept_all } => w.u8(u8::from(*accept_all)),
+            Self::Capabilities { park } => w.u8(u8::from(*park)),
         }
         Ok(())
     }
@@ -109,9 +113,56 @@ impl WireMessage for ClientMsg {
             0x07 => Self::Policy {
                 accept_all: read_flag(r)?,
             },
+            0x08 => Self::Capabilities {
+                park: read_flag(r)?,
+            },
             other => return Err(CodecError::UnknownType(other)),
         })
     }
+}
+
+fn write_relays(w: &mut Writer<'_>, relays: &[RelayCredential]) -> Result<(), CodecError> {
+    let n = u8::try_from(relays.len())
+        .ok()
+        .filter(|&n| usize::from(n) <= MAX_RELAYS)
+        .ok_or(CodecError::TooLong {
+            what: "relays",
+            len: relays.len(),
+            max: MAX_RELAYS,
+        })?;
+    w.u8(n);
+    for r in relays {
+        w.string("relay uri", &r.uri.to_string())?;
+        w.string("relay username", &r.username)?;
+        w.string("relay password", &r.password)?;
+        w.u64(r.expires_unix);
+    }
+    Ok(())
+}
+
+fn read_relays(r: &mut Reader<'_>) -> Result<Vec<RelayCredential>, CodecError> {
+    let n = usize::from(r.u8()?);
+    if n > MAX_RELAYS {
+        return Err(CodecError::TooLong {
+            what: "relays",
+            len: n,
+            max: MAX_RELAYS,
+        });
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let uri: TurnUri = r
+            .string("relay uri")?
+            .parse()
+            .map_err(|_| CodecError::InvalidValue("relay uri"))?;
+        out.push(RelayCredential {
+            uri,
+            username: r.string("relay username")?,
+            password: r.string("relay password")?,
+            expires_unix: r.u64()?,
+        });
+    }
+    Ok(out)
 }
 
 fn write_go(w: &mut Writer<'_>, go: &Go) -> Result<(), CodecError> {
@@ -161,6 +212,8 @@ impl WireMessage for ServerMsg {
             Self::Error { .. } => 0x85,
             Self::Ping { .. } => 0x86,
             Self::Pong { .. } => 0x87,
+            Self::Relays { .. } => 0x88,
+            Self::Park { .. } => 0x89,
         }
     }
 
@@ -198,6 +251,11 @@ impl WireMessage for ServerMsg {
                 w.string_truncated(detail);
             }
             Self::Ping { ts } | Self::Pong { ts } => w.u64(*ts),
+            Self::Relays { relays } => write_relays(w, relays)?,
+            Self::Park { key, keepalive } => {
+                w.raw(&key.0);
+                write_micros(w, *keepalive);
+            }
         }
         Ok(())
     }
@@ -228,6 +286,13 @@ impl WireMessage for ServerMsg {
             },
             0x86 => Self::Ping { ts: r.u64()? },
             0x87 => Self::Pong { ts: r.u64()? },
+            0x88 => Self::Relays {
+                relays: read_relays(r)?,
+            },
+            0x89 => Self::Park {
+                key: ParkKey(r.array()?),
+                keepalive: read_micros(r)?,
+            },
             other => return Err(CodecError::UnknownType(other)),
         })
     }

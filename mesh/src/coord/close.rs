@@ -38,11 +38,14 @@ pub enum CloseCode {
     BadIdentity,
     /// The peer finished or reset its control stream (9).
     ControlStreamClosed,
+    /// The connection was idle and the peer is parked: its registration stays while it
+    /// sends keep-alives (after `ServerMsg::Park`) (10).
+    Parked,
 }
 
 impl CloseCode {
     /// Every code, in wire order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Shutdown,
         Self::Superseded,
         Self::VersionMismatch,
@@ -53,6 +56,7 @@ impl CloseCode {
         Self::NoControlStream,
         Self::BadIdentity,
         Self::ControlStreamClosed,
+        Self::Parked,
     ];
 
     /// The application error code on the wire.
@@ -68,6 +72,7 @@ impl CloseCode {
             Self::NoControlStream => 7,
             Self::BadIdentity => 8,
             Self::ControlStreamClosed => 9,
+            Self::Parked => 10,
         }
     }
 
@@ -104,6 +109,7 @@ impl CloseCode {
             Self::NoControlStream => "no control stream opened",
             Self::BadIdentity => "unusable peer certificate",
             Self::ControlStreamClosed => "control stream closed",
+            Self::Parked => "parked while idle",
         }
     }
 
@@ -139,7 +145,7 @@ mod tests {
             assert_eq!(CloseCode::from_code(u64::from(c.code())), Some(c));
             assert_eq!(c.varint().into_inner(), u64::from(c.code()));
         }
-        assert_eq!(CloseCode::from_code(10), None);
+        assert_eq!(CloseCode::from_code(11), None);
         assert_eq!(CloseCode::from_code(u64::MAX), None);
         assert!(CloseCode::Superseded.is_final());
         assert!(!CloseCode::Shutdown.is_final());

@@ -262,6 +262,11 @@ impl Writer<'_> {
         self.out.extend_from_slice(id.as_bytes());
     }
 
+    /// Bytes of a fixed-size field, as they are.
+    pub(crate) fn raw(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
     pub(crate) fn addr(&mut self, a: &SocketAddr) {
         match a.ip() {
             IpAddr::V4(ip) => {
@@ -327,7 +332,7 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
         self.take(N)?.try_into().map_err(|_| CodecError::Truncated)
     }
 

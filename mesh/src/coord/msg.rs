@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::park::ParkKey;
 use crate::identity::PeerId;
 
 /// Where a candidate address comes from (as ICE, RFC 8445 §5.1.1).
@@ -185,6 +186,13 @@ pub enum ClientMsg {
         /// Accept every request without being asked.
         accept_all: bool,
     },
+    /// What the peer can do beyond protocol version 1's base. Type 0x08. An older server
+    /// answers `Error { Malformed }` and the peer goes on as before.
+    Capabilities {
+        /// The peer can be parked ([`ServerMsg::Park`]): it keeps its registration alive
+        /// with keep-alives ([`super::park`]) and dials again when woken.
+        park: bool,
+    },
 }
 
 /// The instruction to start probing, sent to both sides of an accepted request.
@@ -249,4 +257,28 @@ pub enum ServerMsg {
         /// The value from the ping.
         ts: u64,
     },
+    /// The TURN relays this peer may use, with fresh credentials. Type 0x88. Sent right
+    /// after the first `Registered` by a server configured with relays, and again (fresh
+    /// credentials replacing the previous ones) at half their lifetime. A message type
+    /// added in version 1 without a version bump: an older peer skips it as an unknown
+    /// type (see the [version rule](super#version-rule)).
+    Relays {
+        /// At most [`MAX_RELAYS`](super::MAX_RELAYS) relays.
+        relays: Vec<RelayCredential>,
+    },
+    /// The control connection was idle: the server closes it ([`super::CloseCode::Parked`])
+    /// and keeps the registration while the peer sends keep-alives ([`super::park`]).
+    /// Sent only to peers that announced [`ClientMsg::Capabilities`] `{ park: true }`.
+    /// Type 0x89.
+    Park {
+        /// The key of the keep-alives and wake-ups (32 bytes, raw on the wire).
+        key: ParkKey,
+        /// Send a keep-alive this often (whole microseconds in a u32).
+        keepalive: Duration,
+    },
 }
+
+/// A relay offer in [`ServerMsg::Relays`]: the relay's URI, REST API credentials
+/// (`EXPIRY:PEER_ID` and the password derived from the relays' shared secret) and their
+/// expiry.
+pub use crate::turn::RelayCredential;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::coord::PunchAddr;
 use crate::punch::ProbeConfig;
 use crate::socket::EndpointOptions;
+use crate::turn::allocation::AllocationConfig;
 use crate::upnp::UpnpConfig;
 
 /// What a node does with an incoming connect request.
@@ -29,7 +30,9 @@ pub struct DirectConfig {
     pub punch: PunchAddr,
     /// Accept a punch server named without its id (any key). Development only.
     pub insecure: bool,
-    /// Local address of the one UDP socket. Default `0.0.0.0:0`.
+    /// Local address of the one UDP socket. Default `[::]:0`: one dual-stack socket that
+    /// reaches IPv4 and IPv6 peers (IPv4 only on a host without IPv6; see
+    /// [`crate::socket::bind_udp`]).
     pub bind: SocketAddr,
     /// UPnP port mapping of the socket (`None`: off). Default on, with
     /// [`UpnpConfig::default`]. It runs in the background and never delays a connect; the
@@ -73,6 +76,15 @@ pub struct DirectConfig {
     pub reconnect_min: Duration,
     /// Longest wait between reconnection attempts. Default 30 s.
     pub reconnect_max: Duration,
+    /// Let the punch server park the control connection while it is idle (announced with
+    /// `Capabilities { park: true }`): the node then keeps its registration with small
+    /// authenticated keep-alives from its socket and dials the server again when woken by
+    /// a connect request or when it connects itself. Default on.
+    pub park: bool,
+    /// Allocate on every TURN relay the punch server offers and keep the allocations
+    /// alive ([`super::DirectNode::relayed`]; `None` = never allocate). Default: RFC
+    /// 8656's 600 s lifetime, refreshed at half of it.
+    pub relays: Option<AllocationConfig>,
 }
 
 impl DirectConfig {
@@ -81,7 +93,7 @@ impl DirectConfig {
         Self {
             punch,
             insecure: false,
-            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            bind: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
             upnp: Some(UpnpConfig::default()),
             probe: ProbeConfig::default(),
             endpoint: EndpointOptions::default(),
@@ -94,6 +106,8 @@ impl DirectConfig {
             accept_queue: 64,
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
+            park: true,
+            relays: Some(AllocationConfig::default()),
         }
     }
 }

@@ -14,8 +14,17 @@
 //!    node's own requests: `Connect` gets its `Go` (role controlling) or an `Error` with the
 //!    same request id; each request has a deadline.
 //! 3. `Register` may be sent again (a UPnP mapping appeared); each `Registered` updates the
-//!    [`Registration`] watch.
-//! 4. When the stream or the connection ends, every waiting request fails with
+//!    [`Registration`] watch. Each `Relays` (TURN relays with fresh credentials, sent after
+//!    the first `Registered` and again before they expire) replaces the relays watch.
+//! 4. Parking: with [`ControlSettings::park`] the node sends `Capabilities { park: true }`
+//!    after `Register`. A server that parks the idle connection sends `Park` and closes
+//!    it; the task then runs the sans-IO [`crate::coord::ParkKeeper`] on the node's
+//!    socket (keep-alives to the server, the server's answers and wake-ups routed to it by
+//!    the engine) and dials again at once when woken, when the keep-alives fail, when the
+//!    candidates or the allowlist's openness change, or when the node connects itself
+//!    (that request is sent once the new session is registered). The status stays `None`
+//!    while parked: the node is registered and reachable.
+//! 5. When the stream or the connection ends, every waiting request fails with
 //!    [`ControlError`] and the status watch ([`Control::status`]) turns to `Some(reason)`.
 //!    Unless the loss is final (the server closed with a final [`crate::coord::CloseCode`],
 //!    e.g. another connection with our key took over), the task dials again with
@@ -31,15 +40,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::config::IncomingPolicy;
 use super::control_task::ControlTask;
 use super::error::{ControlError, DialError, StartError};
-use crate::coord::{encode, Candidate, ClientMsg, FrameDecoder, Go, ServerMsg};
+use crate::coord::{encode, Candidate, ClientMsg, FrameDecoder, Go, RelayCredential, ServerMsg};
 use crate::identity::PeerId;
-use crate::socket::{ConnectError, Endpoint, PeerConnection};
+use crate::socket::{ConnectError, Endpoint, PeerConnection, StunDatagram};
 
 /// Largest read from the control stream at once.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
@@ -104,6 +113,8 @@ pub(crate) struct ControlSettings {
     pub reconnect_min: Duration,
     /// Longest wait between reconnection attempts.
     pub reconnect_max: Duration,
+    /// Announce that the server may park us (`Capabilities { park: true }`).
+    pub park: bool,
 }
 
 /// How to reach the punch server: the node's endpoint, the server's address and key.
@@ -131,9 +142,12 @@ pub(super) struct Session {
 pub(crate) struct Control {
     commands: mpsc::Sender<Command>,
     registration: watch::Receiver<Registration>,
+    relays: watch::Receiver<Vec<RelayCredential>>,
     status: watch::Receiver<Option<String>>,
     connection: watch::Receiver<quinn::Connection>,
     closed: Arc<AtomicBool>,
+    /// Wakes a parked control task when the node closes (it then sends its leave).
+    close_signal: Arc<Notify>,
     request_timeout: Duration,
 }
 
@@ -145,6 +159,7 @@ impl Control {
         candidates: Vec<Candidate>,
         settings: ControlSettings,
         deadline: Instant,
+        server_stun: mpsc::Receiver<StunDatagram>,
     ) -> Result<(Self, mpsc::Receiver<AcceptedGo>, JoinHandle<()>), StartError> {
         let session = establish(&connector, &candidates, &settings, Some(deadline)).await?;
         tracing::info!(observed_addr = %session.observed_addr, server = %session.server.short(), "registered");
@@ -153,11 +168,13 @@ impl Control {
             candidates: candidates.clone(),
             generation: 1,
         });
+        let (relays_tx, relays) = watch::channel(Vec::new());
         let (status_tx, status) = watch::channel(None);
         let (connection_tx, connection) = watch::channel(session.connection.clone());
         let (commands, command_rx) = mpsc::channel(QUEUE);
         let (accepted_tx, accepted) = mpsc::channel(QUEUE);
         let closed = Arc::new(AtomicBool::new(false));
+        let close_signal = Arc::new(Notify::new());
         let request_timeout = settings.request_timeout;
         let span = tracing::info_span!("control", server = %session.server.short());
         let task = ControlTask {
@@ -166,6 +183,7 @@ impl Control {
             commands: command_rx,
             accepted: accepted_tx,
             registration: registration_tx,
+            relays: relays_tx,
             status: status_tx,
             connection: connection_tx,
             sent_candidates: candidates,
@@ -176,14 +194,20 @@ impl Control {
             next_request: 1,
             settings,
             closed: closed.clone(),
+            close_signal: close_signal.clone(),
+            server_stun,
+            park: None,
+            queued: Vec::new(),
         };
         let handle = tokio::spawn(tracing::Instrument::instrument(task.run(), span));
         let control = Self {
             commands,
             registration,
+            relays,
             status,
             connection,
             closed,
+            close_signal,
             request_timeout,
         };
         Ok((control, accepted, handle))
@@ -192,6 +216,12 @@ impl Control {
     /// The latest confirmed registration.
     pub(crate) fn registration(&self) -> watch::Receiver<Registration> {
         self.registration.clone()
+    }
+
+    /// The TURN relays the punch server offers, with their latest credentials (empty
+    /// until a `Relays` message arrives; a server without relays never sends one).
+    pub(crate) fn relays(&self) -> watch::Receiver<Vec<RelayCredential>> {
+        self.relays.clone()
     }
 
     /// Why the control connection is down (`Some`), or `None` while it is registered.
@@ -236,6 +266,7 @@ impl Control {
     /// Closes the control connection for good (no reconnection).
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
+        self.close_signal.notify_one();
         self.connection.borrow().close(0u32.into(), b"shutdown");
     }
 }
@@ -293,7 +324,7 @@ async fn establish_once(
     *deadline = None;
     let registered = tokio::time::timeout(
         settings.register_timeout,
-        register(&server, candidates, settings.incoming),
+        register(&server, candidates, settings),
     )
     .await;
     let result = match registered {
@@ -312,7 +343,7 @@ async fn establish_once(
 async fn register(
     server: &PeerConnection,
     candidates: &[Candidate],
-    incoming: IncomingPolicy,
+    settings: &ControlSettings,
 ) -> Result<Session, ControlError> {
     let (mut send, mut recv) = server
         .connection
@@ -325,8 +356,11 @@ async fn register(
     write_msg(&mut send, &register).await?;
     // Accepting everyone anyway: say so in advance and save the server a round trip per
     // connect (it sends `Go` at once instead of `Incoming`).
-    if incoming == IncomingPolicy::AcceptAll {
+    if settings.incoming == IncomingPolicy::AcceptAll {
         write_msg(&mut send, &ClientMsg::Policy { accept_all: true }).await?;
+    }
+    if settings.park {
+        write_msg(&mut send, &ClientMsg::Capabilities { park: true }).await?;
     }
     let mut decoder = FrameDecoder::<ServerMsg>::new();
     let mut buf = vec![0u8; READ_CHUNK];

@@ -10,7 +10,13 @@
 //!    [`crate::backoff`]).
 //!    While offline, `Connect` fails at once and `Register` only updates the candidates.
 //! 4. On success, publish the new connection and registration, set the status back to
-//!    `None`, and serve again.
+//!    `None`, run the commands queued while parked, and serve again.
+//!
+//! A session that ended after the server's `Park` goes through [`ControlTask::parked`]
+//! instead of step 2 (see [`super::control`], step 4): keep-alives until woken or needed,
+//! then step 3 without the first backoff wait. If a `Connect` of ours crossed the
+//! `Park` (the server parks only connections without requests, so it never saw it), the
+//! task goes to step 3 at once and sends that request again on the new session.
 //!
 //! Durations from the configuration may be huge (`Duration::MAX` for "never"): backoff
 //! and deadlines saturate ([`super::deadline_after`]) instead of overflowing.
@@ -29,12 +35,16 @@ use super::control::{
     establish, read_error, write_msg, AcceptedGo, Command, ConnectReply, Connector,
     ControlSettings, Registration, Session, READ_CHUNK,
 };
+use super::control_park::Unpark;
 use super::error::{ControlError, DialError, StartError};
 use super::IncomingPolicy;
 use super::{deadline_after, sleep_until_opt};
 use crate::backoff::Backoff;
-use crate::coord::{Candidate, ClientMsg, CloseCode, ErrorKind, Role, ServerMsg};
+use crate::coord::{
+    Candidate, ClientMsg, CloseCode, ErrorKind, ParkKey, RelayCredential, Role, ServerMsg,
+};
 use crate::identity::PeerId;
+use crate::socket::StunDatagram;
 
 /// How long to wait for the server's close code after it finished the stream.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -56,6 +66,8 @@ pub(super) struct ControlTask {
     /// The `Go`s of incoming requests this node accepted.
     pub accepted: mpsc::Sender<AcceptedGo>,
     pub registration: watch::Sender<Registration>,
+    /// The relays of the latest `Relays` message.
+    pub relays: watch::Sender<Vec<RelayCredential>>,
     /// Why the control connection is down (`None` while registered).
     pub status: watch::Sender<Option<String>>,
     pub connection: watch::Sender<quinn::Connection>,
@@ -73,6 +85,16 @@ pub(super) struct ControlTask {
     pub settings: ControlSettings,
     /// Set by [`super::control::Control::close`]: never reconnect.
     pub closed: Arc<AtomicBool>,
+    /// Notified by [`super::control::Control::close`] (a parked task sends its leave).
+    pub close_signal: Arc<tokio::sync::Notify>,
+    /// STUN datagrams from the punch server's address (keep-alive answers, wake-ups),
+    /// routed here by the engine.
+    pub server_stun: mpsc::Receiver<StunDatagram>,
+    /// The server's `Park` on this session: key and keep-alive interval.
+    pub park: Option<(ParkKey, Duration)>,
+    /// Commands taken while parked or unparking, run once the new session is registered
+    /// (at most `max_pending`).
+    pub queued: Vec<Command>,
 }
 
 impl ControlTask {
@@ -83,19 +105,52 @@ impl ControlTask {
                 tracing::debug!("control connection closed");
                 return;
             };
-            tracing::warn!(error = %error, "control connection lost");
-            for (_, p) in self.pending.drain() {
-                let _ = p.reply.send(Err(error.clone().into()));
+            let parked = self.park.take();
+            if parked.is_none() {
+                for (_, p) in self.pending.drain() {
+                    let _ = p.reply.send(Err(error.clone().into()));
+                }
             }
-            let is_final = error.is_final();
-            self.status.send_replace(Some(error.to_string()));
             self.session
                 .connection
                 .close(0u32.into(), b"control connection lost");
-            if is_final || self.closed.load(Ordering::Relaxed) {
-                return;
-            }
-            let Some(session) = self.reconnect().await else {
+            let first_wait = match parked {
+                // Our `Connect` crossed the server's `Park`: the server never saw it (it
+                // parks only connections without requests). Dial again and send it anew.
+                Some(_) if !self.pending.is_empty() => {
+                    tracing::debug!(
+                        requests = self.pending.len(),
+                        "parked with requests in flight"
+                    );
+                    false
+                }
+                Some((key, interval)) => {
+                    tracing::info!(keepalive = ?interval, "parked by the punch server");
+                    match self.parked(key, interval).await {
+                        None => return,
+                        Some(Unpark::Lost(why)) => {
+                            tracing::info!(?why, "parked registration lost, dialing again");
+                            self.status
+                                .send_replace(Some(format!("parked registration lost: {why:?}")));
+                        }
+                        Some(Unpark::Woken) => tracing::info!("woken, dialing again"),
+                        Some(Unpark::Needed) => tracing::debug!("unparking"),
+                        Some(Unpark::RenewRelays) => {
+                            tracing::debug!("unparking to renew the relay credentials");
+                        }
+                    }
+                    false
+                }
+                None => {
+                    tracing::warn!(error = %error, "control connection lost");
+                    self.status.send_replace(Some(error.to_string()));
+                    if error.is_final() || self.closed.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    true
+                }
+            };
+            let Some(session) = self.reconnect(first_wait).await else {
                 return;
             };
             tracing::info!(observed_addr = %session.observed_addr, "control connection restored");
@@ -105,6 +160,24 @@ impl ControlTask {
             // A new connection starts without our policy: it is sent again.
             self.policy_open = false;
             self.status.send_replace(None);
+            let resend: Vec<ClientMsg> = self
+                .pending
+                .iter()
+                .map(|(&request_id, p)| ClientMsg::Connect {
+                    request_id,
+                    target: p.target,
+                })
+                .collect();
+            for connect in resend {
+                if let Err(e) = write_msg(&mut self.session.send, &connect).await {
+                    tracing::debug!(error = %e, "request not sent again");
+                }
+            }
+            for command in std::mem::take(&mut self.queued) {
+                if let Err(e) = self.on_command(command).await {
+                    tracing::debug!(error = %e, "queued command failed");
+                }
+            }
         }
     }
 
@@ -183,9 +256,16 @@ impl ControlTask {
 
     /// Dials until a session is registered; `None` if the node closed or went away, or
     /// the server's answer makes retrying pointless.
-    async fn reconnect(&mut self) -> Option<Session> {
+    /// Without `first_wait` (unparking) the first attempt starts at once, and connect
+    /// requests made meanwhile wait for the session (at most `max_pending`).
+    async fn reconnect(&mut self, first_wait: bool) -> Option<Session> {
         let mut backoff = Backoff::new(self.settings.reconnect_min, self.settings.reconnect_max);
-        let mut next_try = deadline_after(backoff.next(&mut rand::thread_rng()));
+        let mut next_try = if first_wait {
+            deadline_after(backoff.next(&mut rand::thread_rng()))
+        } else {
+            Instant::now()
+        };
+        let unparking = !first_wait;
         let mut attempt: Option<Establishing> = None;
         loop {
             if self.closed.load(Ordering::Relaxed) {
@@ -193,7 +273,7 @@ impl ControlTask {
             }
             tokio::select! {
                 command = self.commands.recv() => match command {
-                    Some(command) => self.on_command_offline(command),
+                    Some(command) => self.on_command_offline(command, unparking),
                     None => return None,
                 },
                 _ = sleep_until_opt(Some(next_try)), if attempt.is_none() => {
@@ -223,10 +303,15 @@ impl ControlTask {
         }
     }
 
-    /// A command while no session is up.
-    fn on_command_offline(&mut self, command: Command) {
+    /// A command while no session is up (`unparking`: connects wait for the session).
+    fn on_command_offline(&mut self, command: Command, unparking: bool) {
         match command {
             Command::Register { candidates } => self.sent_candidates = candidates,
+            command @ Command::Connect { .. }
+                if unparking && self.queued.len() < self.settings.max_pending =>
+            {
+                self.queued.push(command);
+            }
             Command::Connect { reply, .. } => {
                 let offline = ControlError::Lost("reconnecting to the punch server".into());
                 let _ = reply.send(Err(offline.into()));
@@ -280,6 +365,15 @@ impl ControlTask {
         match msg {
             ServerMsg::Ping { ts } => write_msg(send, &ClientMsg::Pong { ts }).await?,
             ServerMsg::Pong { .. } => {}
+            ServerMsg::Relays { relays } => {
+                tracing::debug!(relays = relays.len(), "relay credentials received");
+                self.relays.send_replace(relays);
+            }
+            ServerMsg::Park { key, keepalive } if self.settings.park => {
+                // The server closes the connection next (`CloseCode::Parked`).
+                self.park = Some((key, keepalive));
+            }
+            ServerMsg::Park { .. } => tracing::warn!("Park from the server although not offered"),
             ServerMsg::Registered { observed_addr, .. } => {
                 self.publish_registration(observed_addr);
                 tracing::debug!(%observed_addr, "registration updated");

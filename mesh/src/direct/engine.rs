@@ -7,8 +7,12 @@
 //!    [`Prober`] from the peer's candidates, the per-attempt credentials and role, and
 //!    the node's current local candidates, starting at [`Go::start_at`].
 //! 3. Each received STUN datagram is offered to the attempts in turn; the one whose
-//!    credentials it carries takes it ([`Prober::handle_input`] returns `true`). Others
-//!    are dropped and counted.
+//!    credentials it carries takes it ([`Prober::handle_input`] returns `true`). The
+//!    socket's router ([`crate::stun::StunRouter`]) brings here only requests,
+//!    indications and answers to the engine's own checks; answers to other parts of the
+//!    node (a parked node's keep-alives) go straight to them. Unclaimed datagrams from
+//!    the punch server's address go to the control task (wake-ups of a parked node,
+//!    bounded queue); others are dropped and counted.
 //! 4. After every input and timer the task sends what the probers queued (through the
 //!    shared socket, from the same port QUIC uses) and reports each outcome:
 //!    `Nominated` resolves the attempt with the remote address that QUIC must use;
@@ -26,7 +30,7 @@ use super::{deadline_from, queue_bound, sleep_until_opt};
 use crate::coord::Go;
 use crate::identity::PeerId;
 use crate::punch::{Candidate, NoDirectPath, ProbeConfig, ProbeEvent, Prober};
-use crate::socket::{MeshSocket, StunReceiver};
+use crate::socket::{MeshSocket, StunDatagram, StunReceiver};
 
 /// How one attempt ended.
 #[derive(Debug)]
@@ -90,6 +94,10 @@ pub(crate) struct EngineSettings {
     pub probe: ProbeConfig,
     pub max_attempts: usize,
     pub linger: Duration,
+    /// The punch server's address: STUN datagrams from it that no attempt claims go to
+    /// `to_control` (keep-alive answers and wake-ups of a parked node).
+    pub server: SocketAddr,
+    pub to_control: mpsc::Sender<StunDatagram>,
 }
 
 impl Engine {
@@ -163,7 +171,7 @@ impl EngineTask {
             tokio::select! {
                 datagram = stun.recv() => {
                     let Some(d) = datagram else { break };
-                    self.on_datagram(Instant::now(), d.from, &d.data);
+                    self.on_datagram(Instant::now(), d);
                 }
                 start = starts.recv() => {
                     let Some(start) = start else { break };
@@ -197,7 +205,10 @@ impl EngineTask {
         }
         let go = start.go;
         let local = self.local.borrow().clone();
-        let remote = go.probe_candidates();
+        // A pair the socket cannot send to (IPv6 from an IPv4-only socket) is never checked.
+        let family = self.socket.family();
+        let mut remote = go.probe_candidates();
+        remote.retain(|c| family.reaches(c.addr));
         tracing::debug!(
             peer = %go.peer.short(),
             role = ?go.role,
@@ -222,11 +233,19 @@ impl EngineTask {
         });
     }
 
-    fn on_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+    fn on_datagram(&mut self, now: Instant, d: StunDatagram) {
+        let (from, data) = (d.from, &d.data);
         for a in &mut self.attempts {
             if a.prober.handle_input(now, from, data) {
                 return;
             }
+        }
+        if from == self.settings.server {
+            // Not a probe: the control task's (parking). It drops what it cannot use.
+            if self.settings.to_control.try_send(d).is_err() {
+                tracing::trace!(%from, "STUN datagram from the punch server dropped");
+            }
+            return;
         }
         self.unmatched += 1;
         tracing::trace!(%from, len = data.len(), unmatched = self.unmatched, "STUN datagram for no attempt");

@@ -22,16 +22,21 @@
 mod allow;
 mod config;
 mod control;
+mod control_park;
 mod control_task;
 mod engine;
 mod error;
 mod node;
+mod relays;
 
 pub use allow::{Allowlist, HOLD as ALLOWLIST_HOLD};
 pub use config::{DirectConfig, IncomingPolicy};
 pub use control::Registration;
 pub use error::{ControlError, DialError, StartError};
 pub use node::{DirectConnection, DirectNode};
+pub use relays::{
+    RelayError, RelayedAddr, BIND_TIMEOUT, MAX_WAITING_BINDS, RELEASE_WAIT, RESOLVE_TIMEOUT,
+};
 
 use std::time::{Duration, Instant};
 

@@ -1,11 +1,12 @@
 //! [`DirectNode`]: one socket, a control connection to the punch server, punching, QUIC.
 //!
 //! Steps of [`DirectNode::start`]:
-//! 1. Resolve the punch server (`ID@HOST:PORT`; a bare `HOST:PORT` only when insecure)
-//!    asynchronously ([`crate::coord::PunchAddr::resolve`]) and bind the one UDP socket
-//!    ([`Endpoint`]).
-//! 2. Find the host candidate: the bound IP, or for a wildcard bind the local IP the
-//!    kernel routes toward the punch server (no packet is sent to find it).
+//! 1. Bind the one UDP socket ([`Endpoint`]; dual-stack by default) and resolve the punch
+//!    server (`ID@HOST:PORT`; a bare `HOST:PORT` only when insecure) asynchronously to an
+//!    address the socket reaches ([`crate::coord::PunchAddr::resolve`]).
+//! 2. Find the host candidates: the bound IP, or for a wildcard bind the local IP the
+//!    kernel routes toward the punch server and, on a dual-stack socket, the one it routes
+//!    toward the other family's internet (no packet is sent to find them).
 //! 3. Dial the punch server from the socket, check its key, register the candidates
 //!    ([`super::control`]), and start the punch engine ([`super::engine`]). Both steps 1
 //!    and 3 are bounded by [`DirectConfig::connect_timeout`] from the start: a name not
@@ -15,6 +16,10 @@
 //!    mapped candidate added ([`DirectNode::registration`] shows each confirmation).
 //! 5. If the control connection is lost, the control task dials the server again with
 //!    backoff and re-registers ([`DirectNode::control_lost`] says why while it is down).
+//! 6. A punch server configured with TURN relays sends them with credentials after the
+//!    registration and refreshes them before expiry ([`DirectNode::relays`]). The node
+//!    allocates on each from its socket and keeps the allocations alive
+//!    ([`super::relays`], [`DirectNode::relayed`]); shutdown releases them.
 //!
 //! [`DirectNode::shutdown`] closes the endpoint (every connection), waits briefly for the
 //! peers to hear it and removes the UPnP mapping. Dropping the node without it closes the
@@ -41,14 +46,19 @@ use super::control::{AcceptedGo, Connector, Control, ControlSettings, Registrati
 use super::engine::{AttemptOutcome, Engine, EngineSettings};
 use super::error::{DialError, StartError};
 use super::queue_bound;
-use crate::coord::{Candidate as WireCandidate, CandidateKind as WireKind};
+use super::relays::{RelayError, RelayedAddr, Relays};
+use crate::coord::{Candidate as WireCandidate, CandidateKind as WireKind, RelayCredential};
 use crate::identity::{Identity, PeerId};
 use crate::punch::{self, Candidate};
-use crate::socket::{ConnectError, Endpoint, Path, PeerConnection, INITIAL_RTT};
+use crate::socket::{
+    canonical, ConnectError, Endpoint, Path, PeerConnection, SocketFamily, INITIAL_RTT,
+};
 use crate::upnp::{PortMapper, UpnpState};
 
 /// Most remembered start times of accepted requests (for the `elapsed` of accepts).
 const MAX_GO_TIMES: usize = 256;
+/// Bound of the queue of STUN datagrams from the punch server to the control task.
+const SERVER_STUN_QUEUE: usize = 16;
 
 /// An established direct connection to a peer.
 #[derive(Debug, Clone)]
@@ -72,6 +82,8 @@ pub struct DirectNode {
     accepted: tokio::sync::Mutex<mpsc::Receiver<Accepted>>,
     control_lost: watch::Receiver<Option<String>>,
     allow: Arc<Allowlist>,
+    /// The allocations on the offered relays (`None` when turned off).
+    relays: Option<Relays>,
     /// The control task, dispatch, accept loop and UPnP registration: each holds the
     /// endpoint or a control handle, so they are aborted on drop.
     tasks: Vec<JoinHandle<()>>,
@@ -96,7 +108,10 @@ impl DirectNode {
     pub async fn start(identity: Arc<Identity>, config: DirectConfig) -> Result<Self, StartError> {
         let deadline = super::deadline_after(config.connect_timeout);
         let expected = config.punch.expected_id(config.insecure)?;
-        let resolve = config.punch.resolve(config.bind);
+        let (endpoint, stun) = Endpoint::bind(config.bind, identity, config.endpoint.clone())?;
+        let endpoint = Arc::new(endpoint);
+        let family = endpoint.socket().family();
+        let resolve = config.punch.resolve(family);
         let resolved = match tokio::time::timeout_at(deadline.into(), resolve).await {
             Ok(resolved) => resolved.map_err(|e| e.to_string()),
             Err(_) => Err(format!("no answer within {:?}", config.connect_timeout)),
@@ -105,13 +120,13 @@ impl DirectNode {
             host: config.punch.host_port(),
             detail,
         })?;
-        let (endpoint, stun) = Endpoint::bind(config.bind, identity, config.endpoint.clone())?;
-        let endpoint = Arc::new(endpoint);
         let local = endpoint
             .local_addr()
             .map_err(|e| StartError::Bind(e.into()))?;
-        let host = SocketAddr::new(host_ip(config.bind.ip(), server), local.port());
-        let host_candidates = vec![WireCandidate::new(WireKind::Host, host)];
+        let host_candidates: Vec<WireCandidate> = host_addrs(local, family, server)
+            .into_iter()
+            .map(|host| WireCandidate::new(WireKind::Host, host))
+            .collect();
         let connector = Connector {
             endpoint: endpoint.clone(),
             expected,
@@ -127,9 +142,21 @@ impl DirectNode {
             max_pending: config.max_attempts,
             reconnect_min: config.reconnect_min,
             reconnect_max: config.reconnect_max.max(config.reconnect_min),
+            park: config.park,
         };
-        let (control, accepted_gos, control_task) =
-            Control::start(connector, host_candidates.clone(), settings, deadline).await?;
+        let (to_control, server_stun) = mpsc::channel(SERVER_STUN_QUEUE);
+        // Answers to the parked node's keep-alives come straight from the socket's router.
+        endpoint
+            .socket()
+            .route_stun(crate::stun::StunOwner::Control, to_control.clone());
+        let (control, accepted_gos, control_task) = Control::start(
+            connector,
+            host_candidates.clone(),
+            settings,
+            deadline,
+            server_stun,
+        )
+        .await?;
         let (local_tx, local_rx) = watch::channel(probe_candidates(&host_candidates));
         let engine = Engine::start(
             endpoint.socket().clone(),
@@ -139,6 +166,8 @@ impl DirectNode {
                 probe: config.probe.clone(),
                 max_attempts: config.max_attempts,
                 linger: config.linger,
+                server,
+                to_control,
             },
         );
         let go_times = Arc::new(Mutex::new(HashMap::new()));
@@ -160,8 +189,17 @@ impl DirectNode {
                 queue_bound(config.max_attempts),
             )),
         ];
+        let relays = config
+            .relays
+            .map(|c| Relays::start(endpoint.socket().clone(), control.relays(), c));
         let mut upnp = None;
-        if let Some(upnp_config) = config.upnp.clone() {
+        // UPnP IGD maps IPv4 ports: the IPv4 host address is the internal client.
+        let host_v4 = host_candidates
+            .iter()
+            .map(|c| c.addr)
+            .find(SocketAddr::is_ipv4);
+        let upnp_config = config.upnp.clone().zip(host_v4);
+        if let Some((upnp_config, host)) = upnp_config {
             match PortMapper::start(host, upnp_config) {
                 Ok(mapper) => {
                     tasks.push(tokio::spawn(register_mapping(
@@ -183,6 +221,7 @@ impl DirectNode {
             accepted: tokio::sync::Mutex::new(accepted),
             control_lost,
             allow,
+            relays,
             tasks,
         })
     }
@@ -207,6 +246,44 @@ impl DirectNode {
     /// mapping is registered.
     pub fn registration(&self) -> watch::Receiver<Registration> {
         self.control.registration()
+    }
+
+    /// The TURN relays the punch server offered, each with REST API credentials for this
+    /// node (username `EXPIRY:PEER_ID`). Empty until the server's `Relays` message arrives
+    /// (right after registration) and always for a server without relays; the server
+    /// sends fresh credentials before these expire, and this returns the latest.
+    pub fn relays(&self) -> Vec<RelayCredential> {
+        self.control.relays().borrow().clone()
+    }
+
+    /// Waits up to `wait` for the first relay offer and returns [`DirectNode::relays`]
+    /// (empty if none came: the server offers no relays or is slow).
+    pub async fn wait_relays(&self, wait: Duration) -> Vec<RelayCredential> {
+        let mut rx = self.control.relays();
+        let _ = tokio::time::timeout(wait, rx.wait_for(|r| !r.is_empty())).await;
+        let relays = rx.borrow().clone();
+        relays
+    }
+
+    /// The relayed addresses this node holds on the offered relays (empty until an
+    /// allocation succeeds, always with [`DirectConfig::relays`] `None`).
+    pub fn relayed(&self) -> watch::Receiver<Vec<RelayedAddr>> {
+        match &self.relays {
+            Some(r) => r.relayed(),
+            None => watch::channel(Vec::new()).1,
+        }
+    }
+
+    /// A relayed path to the peer at `peer` (its address as the relay will see it): a
+    /// channel bound on the first relay this node holds an allocation on, confirmed by the
+    /// relay; the allocation keeps it bound. Give it to
+    /// [`Endpoint::connect_via`](crate::socket::Endpoint::connect_via); the peer reaches
+    /// this node at the relayed address ([`DirectNode::relayed`]).
+    pub async fn relay_path(&self, peer: SocketAddr) -> Result<Path, RelayError> {
+        match &self.relays {
+            Some(r) => r.bind(peer).await,
+            None => Err(RelayError::NoRelay),
+        }
     }
 
     /// The RTT of the control connection to the punch server.
@@ -272,11 +349,19 @@ impl DirectNode {
         self.accepted.lock().await.recv().await
     }
 
-    /// Closes every connection, removes the UPnP mapping and stops the tasks (the
+    /// Releases the relay allocations, closes every connection, removes the UPnP mapping
+    /// and stops the tasks (the
     /// synchronous part, closing the control connection and aborting the tasks, is the
     /// node's `Drop`, which runs at the end).
     pub async fn shutdown(mut self) {
+        if let Some(relays) = self.relays.as_mut() {
+            relays.shutdown().await;
+        }
         self.control.close();
+        // A parked control task sends its leave to the punch server now (bounded).
+        if let Some(control_task) = self.tasks.first_mut() {
+            let _ = tokio::time::timeout(Duration::from_millis(500), control_task).await;
+        }
         self.endpoint.close(0, b"shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         if let Some(mapper) = self.upnp.take() {
@@ -392,15 +477,59 @@ fn probe_candidates(candidates: &[WireCandidate]) -> Vec<Candidate> {
         .collect::<Vec<punch::Candidate>>()
 }
 
-/// The host candidate's IP: the bound one, or the source the kernel picks toward `server`.
-fn host_ip(bound: IpAddr, server: SocketAddr) -> IpAddr {
+/// A global unicast IPv6 address (documentation prefix, RFC 3849) used only to ask the
+/// routing table which source address IPv6 traffic to the internet would leave from; no
+/// packet is ever sent to it.
+const ROUTE_PROBE_V6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+
+/// The same for IPv4 (TEST-NET-1, RFC 5737).
+const ROUTE_PROBE_V4: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
+/// The host candidates of a socket bound at `local`: the bound address itself, or for a
+/// wildcard bind the source the kernel picks toward `server` and, on a dual-stack socket,
+/// the source it picks for the other family's internet (so a peer with a global IPv6
+/// address offers it even when the punch server is reached over IPv4, and the reverse).
+/// Loopback, link-local and unspecified sources of the other family are left out, and so is
+/// the other family when the punch server is on loopback (everything is on this machine).
+fn host_addrs(local: SocketAddr, family: SocketFamily, server: SocketAddr) -> Vec<SocketAddr> {
+    let port = local.port();
+    let bound = canonical(local).ip();
     if !bound.is_unspecified() {
-        return bound;
+        return vec![SocketAddr::new(bound, port)];
     }
-    // connect() on a UDP socket only consults the routing table; nothing is sent.
-    let unspecified = SocketAddr::new(bound, 0);
-    std::net::UdpSocket::bind(unspecified)
-        .and_then(|s| s.connect(server).and_then(|()| s.local_addr()))
-        .map(|a| a.ip())
-        .unwrap_or(bound)
+    let toward_server = route_source(server).unwrap_or(bound);
+    let mut hosts = vec![SocketAddr::new(toward_server, port)];
+    // A punch server on loopback means everything runs on this machine: no other address.
+    if family == SocketFamily::Dual && !canonical(server).ip().is_loopback() {
+        let other = if server.is_ipv4() {
+            ROUTE_PROBE_V6
+        } else {
+            ROUTE_PROBE_V4
+        };
+        let global = route_source(SocketAddr::new(other, 9)).filter(|ip| usable_host_ip(*ip));
+        if let Some(ip) = global.filter(|ip| *ip != toward_server) {
+            hosts.push(SocketAddr::new(ip, port));
+        }
+    }
+    hosts
+}
+
+/// The source address the kernel picks toward `dest`. `connect()` on a UDP socket only
+/// consults the routing table; nothing is sent.
+fn route_source(dest: SocketAddr) -> Option<IpAddr> {
+    let unspecified: SocketAddr = match dest {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = std::net::UdpSocket::bind(unspecified).ok()?;
+    socket.connect(dest).ok()?;
+    Some(canonical(socket.local_addr().ok()?).ip())
+}
+
+/// Whether a routed source is worth offering as a host candidate of the other family.
+fn usable_host_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_loopback() || v4.is_link_local()),
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_loopback() || v6.is_unicast_link_local()),
+    }
 }

@@ -36,7 +36,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use discovery::{Lane, NatDiscovery, NatEvent, Transmit};
-pub use driver::discover;
+pub use driver::{discover, discover_on};
 
 /// Mapping behaviour (RFC 4787 section 4.1), or no NAT at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -18,9 +18,7 @@ use stun_rs::{
 };
 
 use super::NatError;
-
-/// STUN magic cookie (RFC 8489 section 5).
-const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+use crate::stun::looks_like_stun;
 
 /// Which CHANGE-REQUEST flags a request carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +49,7 @@ pub(crate) enum Response {
 
 /// The transaction id of a datagram that looks like a STUN response, else `None`.
 pub(crate) fn response_transaction_id(data: &[u8]) -> Option<[u8; 12]> {
-    if data.len() < 20 || data[0] > 3 || data[4..8] != MAGIC_COOKIE {
+    if !looks_like_stun(data) {
         return None;
     }
     // Class bit C1 (0x0100 of the message type) is set for success and error responses.

@@ -36,14 +36,21 @@
 //!    prober reports [`ProbeEvent::Failed`] with [`NoDirectPath`]: every pair tried and its
 //!    [`PairOutcome`]. The caller then falls back to a relay.
 //!
+//! [`birthday`] is the other strategy, for a symmetric NAT facing an endpoint-independent
+//! one: many sockets on one side, random ports on the other.
+//!
 //! After the outcome the prober keeps answering authenticated checks (the peer may still
 //! need answers to finish) until the caller drops it. NAT behaviour (RFC 4787 mapping and
 //! filtering) decides which pairs can work; the simulation tests in this module model it.
 
+pub mod birthday;
+pub mod predict;
 mod prober;
 mod stun;
 mod types;
 
+#[cfg(test)]
+mod birthday_sim;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]

@@ -40,6 +40,9 @@ struct Pair {
     peer_nominated: bool,
     /// A triggered check is pending (goes before ordinary checks).
     triggered: bool,
+    /// When the peer was last heard on this pair: an authenticated request from it, or an
+    /// accepted answer to one of our checks.
+    heard: Option<Instant>,
 }
 
 /// An outstanding check.
@@ -183,6 +186,7 @@ impl Prober {
             validated: None,
             peer_nominated: false,
             triggered: false,
+            heard: None,
         }
     }
 
@@ -234,9 +238,12 @@ impl Prober {
         let accepted_before = self.counters.responses_accepted;
         let consumed = match &parsed.kind {
             Kind::Request(req) => {
-                let ours = req.username.starts_with(self.username_in.as_bytes());
+                let ours = req
+                    .username
+                    .as_bytes()
+                    .starts_with(self.username_in.as_bytes());
                 if ours {
-                    let authentic = &req.username[self.username_in.len()..]
+                    let authentic = &req.username.as_bytes()[self.username_in.len()..]
                         == self.creds.remote_ufrag.as_bytes()
                         && parsed.verify(self.creds.local_pwd.as_bytes());
                     if authentic {
@@ -308,6 +315,7 @@ impl Prober {
                 return;
             }
         };
+        self.pairs[index].heard = Some(self.now);
         if self.outcome != Outcome::Checking {
             return;
         }
@@ -358,6 +366,7 @@ impl Prober {
         self.in_flight.remove(slot);
         self.counters.responses_accepted += 1;
         let pair = &mut self.pairs[index];
+        pair.heard = Some(self.now);
         if pair.validated.is_none() {
             pair.validated = Some(rtt);
         }
@@ -395,6 +404,31 @@ impl Prober {
         self.in_flight.retain(|f| f.pair == index);
         let remote = self.pairs[index].remote.addr;
         self.events.push_back(ProbeEvent::Nominated { remote, rtt });
+    }
+
+    /// Consent freshness (RFC 7675 section 5.1): queues one check on the nominated pair now,
+    /// outside the pacing and retransmission schedule (the caller paces these). Its answer
+    /// refreshes [`Prober::nominated_heard_at`]. `false` if no pair is nominated.
+    pub fn check_nominated(&mut self, now: Instant) -> bool {
+        self.now = self.now.max(now);
+        let Outcome::Nominated { pair, .. } = self.outcome else {
+            return false;
+        };
+        if self.now < self.start_at {
+            return false;
+        }
+        self.send_check(pair);
+        self.pairs[pair].next_due = None;
+        true
+    }
+
+    /// When the peer was last heard on the nominated pair (an authenticated check from it or
+    /// an accepted answer); `None` without a nominated pair.
+    pub fn nominated_heard_at(&self) -> Option<Instant> {
+        match self.outcome {
+            Outcome::Nominated { pair, .. } => self.pairs.get(pair).and_then(|p| p.heard),
+            _ => None,
+        }
     }
 
     /// Advances timers: starts, sends due checks, gives up at the budget.

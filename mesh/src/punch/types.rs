@@ -43,10 +43,21 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    /// A candidate with the RFC 8445 priority for `kind` and the highest local preference
-    /// (one socket, one component).
+    /// A candidate with the RFC 8445 priority for `kind` and the local preference of its
+    /// address family ([`Candidate::family_preference`]; one socket, one component).
     pub fn new(addr: SocketAddr, kind: CandidateKind) -> Self {
-        Self::with_local_preference(addr, kind, u16::MAX)
+        Self::with_local_preference(addr, kind, Self::family_preference(addr))
+    }
+
+    /// Local preference by address (RFC 8421 section 4): a global IPv6 address ranks above
+    /// IPv4, which needs NAT traversal far more often; other IPv6 addresses (loopback,
+    /// link-local, unique local) rank with IPv4. Within one candidate type only: the type
+    /// preference still decides first.
+    pub fn family_preference(addr: SocketAddr) -> u16 {
+        match addr.ip().to_canonical() {
+            std::net::IpAddr::V6(v6) if is_global_v6(&v6) => u16::MAX,
+            _ => u16::MAX - 1,
+        }
     }
 
     /// A candidate with an explicit local preference (e.g. to rank several interfaces).
@@ -63,6 +74,11 @@ impl Candidate {
     pub fn priority_of(kind: CandidateKind, local_preference: u16) -> u32 {
         (kind.type_preference() << 24) + (u32::from(local_preference) << 8) + (256 - 1)
     }
+}
+
+/// Global unicast (2000::/3, RFC 4291 section 2.4), the range ISPs hand out.
+fn is_global_v6(ip: &std::net::Ipv6Addr) -> bool {
+    ip.segments()[0] & 0xe000 == 0x2000
 }
 
 /// RFC 8445 section 6.1.2.3 pair priority from the controlling side's candidate priority

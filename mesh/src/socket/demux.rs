@@ -16,11 +16,7 @@
 //! address (only a TURN server sends ChannelData), which the path layer will do when relays
 //! come. This module only looks at bytes.
 
-/// The STUN magic cookie (RFC 8489 section 5).
-pub const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
-
-/// Length of a STUN message header (RFC 8489 section 5).
-pub const STUN_HEADER_LEN: usize = 20;
+use crate::stun::looks_like_stun;
 
 /// What a datagram on the shared socket is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,13 +35,7 @@ pub enum DatagramKind {
 #[inline]
 pub fn classify(datagram: &[u8]) -> DatagramKind {
     match datagram.first() {
-        Some(0..=3) => {
-            if datagram.len() >= STUN_HEADER_LEN && datagram[4..8] == STUN_MAGIC_COOKIE {
-                DatagramKind::Stun
-            } else {
-                DatagramKind::Unknown
-            }
-        }
+        Some(0..=3) if looks_like_stun(datagram) => DatagramKind::Stun,
         Some(64..=127) | Some(192..=255) => DatagramKind::Quic,
         _ => DatagramKind::Unknown,
     }
@@ -136,7 +126,7 @@ mod tests {
 
     fn stun_binding_request() -> Vec<u8> {
         let mut m = vec![0x00, 0x01, 0x00, 0x00];
-        m.extend_from_slice(&STUN_MAGIC_COOKIE);
+        m.extend_from_slice(&crate::stun::MAGIC_COOKIE.to_be_bytes());
         m.extend_from_slice(&[7u8; 12]);
         m
     }

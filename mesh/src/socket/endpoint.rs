@@ -152,6 +152,11 @@ pub struct Endpoint {
     /// RTT clones it with its own transport parameters.
     server: quinn::ServerConfig,
     options: EndpointOptions,
+    /// Address-validation tokens (NEW_TOKEN, RFC 9000 §8.1.3) servers gave us, shared by
+    /// every dial (quinn's default keeps them per client configuration, which is built
+    /// per dial): a dial again to the same server (a woken parked node reconnecting to
+    /// its punch server) skips the Retry round trip. Bounded by quinn.
+    tokens: Arc<quinn::TokenMemoryCache>,
 }
 
 impl Endpoint {
@@ -180,6 +185,7 @@ impl Endpoint {
                 transport,
                 server,
                 options,
+                tokens: Arc::new(quinn::TokenMemoryCache::default()),
             },
             stun,
         ))
@@ -215,6 +221,17 @@ impl Endpoint {
         self.socket.send_stun(dest, data).await
     }
 
+    /// Sends a STUN message whose answers go to `owner`'s queue (see
+    /// [`MeshSocket::route_stun`]).
+    pub async fn send_stun_as(
+        &self,
+        owner: crate::stun::StunOwner,
+        dest: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), RawSendError> {
+        self.socket.send_stun_as(owner, dest, data).await
+    }
+
     /// Connects to `peer` directly at `addr`, accepting only that peer's key.
     pub async fn connect(
         &self,
@@ -232,14 +249,24 @@ impl Endpoint {
         addr: SocketAddr,
         rtt: Option<Duration>,
     ) -> Result<PeerConnection, ConnectError> {
-        let target = self
-            .socket
-            .paths()
-            .dial_peer(Instant::now(), peer, Path::Direct(addr))?;
-        let span = tracing::info_span!("peer", peer = %peer.short(), dir = "out", %addr);
+        self.connect_via(peer, Path::Direct(addr), rtt).await
+    }
+
+    /// Connects to `peer` over `path` (direct, or relayed through a TURN channel the caller
+    /// has bound), accepting only that peer's key; `rtt` as in
+    /// [`Endpoint::connect_with_rtt`]. The path becomes the peer's active one.
+    pub async fn connect_via(
+        &self,
+        peer: PeerId,
+        path: Path,
+        rtt: Option<Duration>,
+    ) -> Result<PeerConnection, ConnectError> {
+        let target = self.socket.paths().dial_peer(Instant::now(), peer, path)?;
+        let span = tracing::info_span!("peer", peer = %peer.short(), dir = "out", ?path);
         let dial = async {
             let transport = self.transport_for(rtt);
-            let (config, check) = tls::client_config(&self.identity, peer, Some(transport))?;
+            let (mut config, check) = tls::client_config(&self.identity, peer, Some(transport))?;
+            config.token_store(self.tokens.clone());
             let connecting =
                 self.quinn
                     .connect_with(config, target.synthetic, &tls::server_name(&peer))?;
@@ -275,7 +302,9 @@ impl Endpoint {
         let span = tracing::info_span!("peer", peer = tracing::field::Empty, dir = "out", %addr);
         let dial = async {
             tracing::warn!("connecting without checking the remote key (insecure)");
-            let config = tls::client_config_insecure(&self.identity, Some(self.transport.clone()))?;
+            let mut config =
+                tls::client_config_insecure(&self.identity, Some(self.transport.clone()))?;
+            config.token_store(self.tokens.clone());
             let connecting =
                 self.quinn
                     .connect_with(config, target.synthetic, tls::INSECURE_SERVER_NAME)?;
@@ -480,6 +509,41 @@ mod tests {
         assert_eq!(accepted?.peer_id, b.peer_id());
         assert_eq!(dialed??.synthetic_addr, dialed_synthetic(&b, a.peer_id())?);
         assert_eq!(built().len(), 4);
+        Ok(())
+    }
+
+    /// One dual-stack endpoint talks QUIC with an IPv4 and an IPv6 endpoint, in both
+    /// directions, and its path table holds the IPv4 peer as plain IPv4.
+    #[tokio::test]
+    async fn a_dual_stack_endpoint_reaches_both_families() -> anyhow::Result<()> {
+        let identity = Arc::new(Identity::generate()?);
+        let (dual, _stun) = Endpoint::bind("[::]:0".parse()?, identity, Default::default())?;
+        if dual.socket().family() != crate::socket::SocketFamily::Dual {
+            return Ok(()); // A host without IPv6: the default fell back to IPv4.
+        }
+        let port = dual.local_addr()?.port();
+        for (bind, dual_at) in [("127.0.0.1:0", "127.0.0.1"), ("[::1]:0", "::1")] {
+            let identity = Arc::new(Identity::generate()?);
+            let (other, _stun) = Endpoint::bind(bind.parse()?, identity, Default::default())?;
+            let dual_addr = SocketAddr::new(dual_at.parse()?, port);
+            let other_addr = other.local_addr()?;
+            // other → dual
+            let (accepted, dialed) = tokio::join!(
+                async { anyhow::Ok(timeout(STEP, dual.accept()).await?.context("closed")??) },
+                timeout(STEP, other.connect(dual.peer_id(), dual_addr))
+            );
+            let (accepted, _dialed) = (accepted?, dialed??);
+            assert_eq!(accepted.peer_id, other.peer_id());
+            let path = dual.socket().paths().resolve(&accepted.synthetic_addr);
+            assert_eq!(path, Some(Path::Direct(other_addr)), "{bind}");
+            // dual → other, on the path it already has.
+            let (accepted, dialed) = tokio::join!(
+                async { anyhow::Ok(timeout(STEP, other.accept()).await?.context("closed")??) },
+                timeout(STEP, dual.connect(other.peer_id(), other_addr))
+            );
+            assert_eq!(accepted?.peer_id, dual.peer_id());
+            assert_eq!(dialed??.peer_id, other.peer_id());
+        }
         Ok(())
     }
 

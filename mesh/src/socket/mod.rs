@@ -11,19 +11,24 @@
 //!    batched I/O from `quinn-udp`; STUN goes to a bounded queue.
 //!    Its [`poller::WritablePoller`] (shared with the punch server's QUIC socket) waits for the
 //!    socket to become writable when a send would block.
+//!    Addresses cross the kernel boundary through [`family`] only: IPv4-mapped sources of a
+//!    dual-stack socket become IPv4, and IPv4 destinations become IPv4-mapped again.
 //! 4. [`endpoint::Endpoint`] ties socket, quinn endpoint and identity together: `connect` to a
 //!    known peer id, `accept` with the remote's verified peer id.
 
 pub mod demux;
 pub mod endpoint;
+pub mod family;
 pub mod path;
 pub mod poller;
+pub mod relay;
 pub mod udp;
 
 pub use endpoint::{
     default_transport, endpoint_config, BindError, ConnectError, Endpoint, EndpointOptions,
     PeerConnection, INITIAL_RTT,
 };
+pub use family::{bind_udp, canonical, SocketFamily};
 pub use path::{Path, PathTable};
 pub use poller::{SharedUdpSocket, WritablePoller};
 pub use udp::{MeshSocket, RawSendError, SocketStats, StunDatagram, StunReceiver};

@@ -17,6 +17,16 @@
 //!    idle timeout) is evicted, learned entries first; if none is, the datagram is dropped.
 //! 5. [`PathTable::set_path`] moves a synthetic address to a new path, so a live QUIC
 //!    connection (RFC 9000) switches between direct and relayed paths without noticing.
+//!    The previous path stays live as a standby ([`PathTable::add_path`] adds one
+//!    directly), so datagrams still arriving on it during a switch reach the same
+//!    connection; every live path's source maps to the one synthetic address, at most
+//!    [`MAX_PATHS_PER_PEER`] per entry (the oldest standby goes first), until
+//!    [`PathTable::remove_path`] drops it.
+//! 6. Relayed paths ([`Path::Relay`], RFC 8656 channels) are keyed by (TURN server,
+//!    channel): [`PathTable::on_relayed`] maps an unwrapped ChannelData datagram to its
+//!    synthetic address, and [`PathTable::is_relay_server`] tells the socket which sources
+//!    are relays, so it can decide by source before looking at the first byte (RFC 9443).
+//!    Relayed sources are never learned: only a path set up by this node exists.
 //!
 //! Nothing here does I/O or reads a clock: callers pass `now`.
 
@@ -24,6 +34,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use super::family::canonical;
 use crate::identity::PeerId;
 
 /// The network of synthetic addresses: `fd6d:6573:6800:1::/64` ("mesh" in the ULA global id).
@@ -39,21 +50,53 @@ pub const DEFAULT_CAPACITY: usize = 4096;
 /// default 30 s idle timeout, so no live connection loses its path.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Most paths (the active one and standbys) one entry keeps.
+pub const MAX_PATHS_PER_PEER: usize = 4;
+
 /// How datagrams for one synthetic address reach the peer.
 ///
-/// New variants (TURN channel, router peer) come with relays.
+/// A router-member variant comes with routing through a session member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Path {
     /// Straight to the peer's address.
     Direct(SocketAddr),
+    /// Through a TURN server on a channel bound to the peer (RFC 8656 section 12): each
+    /// datagram goes to `server` inside a ChannelData message of `channel`.
+    Relay {
+        /// The TURN server's address.
+        server: SocketAddr,
+        /// The channel number (0x4000-0x4FFF).
+        channel: u16,
+    },
 }
 
 impl Path {
-    /// The real address datagrams on this path are sent to.
+    /// The real address datagrams on this path are sent to (the TURN server for a relay).
     pub fn remote(&self) -> SocketAddr {
         match self {
             Path::Direct(addr) => *addr,
+            Path::Relay { server, .. } => *server,
+        }
+    }
+
+    /// The channel number of a relayed path.
+    pub fn channel(&self) -> Option<u16> {
+        match self {
+            Path::Direct(_) => None,
+            Path::Relay { channel, .. } => Some(*channel),
+        }
+    }
+
+    /// The same path with its address made canonical ([`canonical`]: IPv4-mapped becomes
+    /// IPv4), as the table stores every path.
+    pub fn canonical(self) -> Self {
+        match self {
+            Path::Direct(addr) => Path::Direct(canonical(addr)),
+            Path::Relay { server, channel } => Path::Relay {
+                server: canonical(server),
+                channel,
+            },
         }
     }
 }
@@ -134,9 +177,18 @@ impl DialTarget {
 
 #[derive(Debug, Clone)]
 struct Entry {
+    /// The active path: where datagrams to the peer go.
     path: Path,
+    /// Other live paths whose datagrams still map to this entry, oldest first.
+    standby: Vec<Path>,
     peer: Option<PeerId>,
     last_rx: Instant,
+}
+
+impl Entry {
+    fn paths(&self) -> impl Iterator<Item = &Path> {
+        std::iter::once(&self.path).chain(self.standby.iter())
+    }
 }
 
 /// Bounded map between synthetic addresses and live paths.
@@ -144,7 +196,11 @@ struct Entry {
 pub struct PathTable {
     next_id: u64,
     entries: HashMap<u64, Entry>,
-    by_remote: HashMap<SocketAddr, u64>,
+    /// Every live path (active or standby) to its entry: a direct path is keyed by the
+    /// peer's address, a relayed one by (server, channel).
+    by_source: HashMap<Path, u64>,
+    /// Live relayed paths per TURN server.
+    relay_servers: HashMap<SocketAddr, usize>,
     by_peer: HashMap<PeerId, u64>,
     capacity: usize,
     idle_timeout: Duration,
@@ -162,7 +218,8 @@ impl PathTable {
         Self {
             next_id: 1,
             entries: HashMap::new(),
-            by_remote: HashMap::new(),
+            by_source: HashMap::new(),
+            relay_servers: HashMap::new(),
             by_peer: HashMap::new(),
             capacity: capacity.max(1),
             idle_timeout,
@@ -187,16 +244,83 @@ impl PathTable {
     }
 
     /// The synthetic address of a datagram's real source (per packet, on receive); learns
-    /// unknown sources. `None` means the table is full: drop the datagram.
+    /// unknown sources. `None` means the table is full: drop the datagram. `from` must be
+    /// canonical already (the socket makes it so; this runs per packet).
     #[inline]
     pub fn on_incoming(&mut self, now: Instant, from: SocketAddr) -> Option<SocketAddr> {
-        if let Some(&id) = self.by_remote.get(&from) {
+        if let Some(&id) = self.by_source.get(&Path::Direct(from)) {
             if let Some(e) = self.entries.get_mut(&id) {
                 e.last_rx = now;
                 return Some(synthetic_addr(id));
             }
         }
         self.insert(now, Path::Direct(from), None).ok()
+    }
+
+    /// The synthetic address of a datagram that arrived from TURN server `server` on
+    /// `channel` (per packet, on receive); `None` if no live path uses that channel (drop
+    /// it: relayed sources are never learned).
+    #[inline]
+    pub fn on_relayed(
+        &mut self,
+        now: Instant,
+        server: SocketAddr,
+        channel: u16,
+    ) -> Option<SocketAddr> {
+        let id = *self.by_source.get(&Path::Relay { server, channel })?;
+        let e = self.entries.get_mut(&id)?;
+        e.last_rx = now;
+        Some(synthetic_addr(id))
+    }
+
+    /// Whether `addr` is a TURN server some live path relays through (so its datagrams are
+    /// TURN, whatever their first byte).
+    #[inline]
+    pub fn is_relay_server(&self, addr: &SocketAddr) -> bool {
+        !self.relay_servers.is_empty() && self.relay_servers.contains_key(addr)
+    }
+
+    /// Every live path of a synthetic address, the active one first.
+    pub fn paths_of(&self, synthetic: &SocketAddr) -> Vec<Path> {
+        synthetic_id(synthetic)
+            .and_then(|id| self.entries.get(&id))
+            .map(|e| e.paths().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Adds a standby path to a synthetic address: its datagrams map to the entry, nothing is
+    /// sent on it. Returns false if the address is unknown.
+    pub fn add_path(&mut self, synthetic: &SocketAddr, path: Path) -> bool {
+        let path = path.canonical();
+        let Some(id) = synthetic_id(synthetic).filter(|id| self.entries.contains_key(id)) else {
+            return false;
+        };
+        let active = self.entries.get(&id).map(|e| e.path);
+        if active == Some(path) {
+            return true;
+        }
+        self.link(id, path);
+        self.push_standby(id, path);
+        true
+    }
+
+    /// Drops a standby path of a synthetic address (the active one cannot be removed: set
+    /// another first). Returns whether it was there.
+    pub fn remove_path(&mut self, synthetic: &SocketAddr, path: Path) -> bool {
+        let path = path.canonical();
+        let Some(id) = synthetic_id(synthetic) else {
+            return false;
+        };
+        let Some(e) = self.entries.get_mut(&id) else {
+            return false;
+        };
+        let before = e.standby.len();
+        e.standby.retain(|p| *p != path);
+        if e.standby.len() == before {
+            return false;
+        }
+        self.unlink_path(id, path);
+        true
     }
 
     /// The synthetic address of `peer`, set to `path`: created if the peer has none, moved to
@@ -217,11 +341,12 @@ impl PathTable {
         peer: PeerId,
         path: Path,
     ) -> Result<DialTarget, PathTableFull> {
+        let path = path.canonical();
         if let Some(&id) = self.by_peer.get(&peer) {
             self.set_path_id(id, path);
             return Ok(DialTarget::existing(id));
         }
-        if let Some(&id) = self.by_remote.get(&path.remote()) {
+        if let Some(&id) = self.by_source.get(&path) {
             if let Some(e) = self.entries.get_mut(&id) {
                 if e.peer.is_none() {
                     e.peer = Some(peer);
@@ -243,7 +368,8 @@ impl PathTable {
         now: Instant,
         remote: SocketAddr,
     ) -> Result<DialTarget, PathTableFull> {
-        if let Some(&id) = self.by_remote.get(&remote) {
+        let remote = canonical(remote);
+        if let Some(&id) = self.by_source.get(&Path::Direct(remote)) {
             if self.entries.contains_key(&id) {
                 return Ok(DialTarget::existing(id));
             }
@@ -286,7 +412,7 @@ impl PathTable {
     pub fn set_path(&mut self, synthetic: &SocketAddr, path: Path) -> bool {
         match synthetic_id(synthetic) {
             Some(id) if self.entries.contains_key(&id) => {
-                self.set_path_id(id, path);
+                self.set_path_id(id, path.canonical());
                 true
             }
             _ => false,
@@ -302,8 +428,8 @@ impl PathTable {
     }
 
     fn unlink(&mut self, id: u64, e: &Entry) {
-        if self.by_remote.get(&e.path.remote()) == Some(&id) {
-            self.by_remote.remove(&e.path.remote());
+        for path in e.paths() {
+            self.unlink_path(id, *path);
         }
         if let Some(p) = e.peer {
             if self.by_peer.get(&p) == Some(&id) {
@@ -312,22 +438,81 @@ impl PathTable {
         }
     }
 
+    /// Maps `path`'s source to entry `id`. A learned entry that held it is merged away.
+    fn link(&mut self, id: u64, path: Path) {
+        match self.by_source.insert(path, id) {
+            Some(other) if other == id => return,
+            Some(other) => {
+                // The source moved to this entry; the other keeps its remaining paths, or
+                // goes away if it was only learned and had nothing else.
+                let learned = self.entries.get(&other).is_some_and(|e| e.peer.is_none());
+                if learned {
+                    if let Some(e) = self.entries.remove(&other) {
+                        for p in e.paths().filter(|p| **p != path) {
+                            self.unlink_path(other, *p);
+                        }
+                    }
+                } else if let Some(e) = self.entries.get_mut(&other) {
+                    e.standby.retain(|p| *p != path);
+                }
+                if matches!(path, Path::Relay { .. }) {
+                    // Still one live relayed path: the count does not change.
+                    return;
+                }
+            }
+            None => {}
+        }
+        if let Path::Relay { server, .. } = path {
+            *self.relay_servers.entry(server).or_insert(0) += 1;
+        }
+    }
+
+    /// Removes `path`'s source mapping if it points to entry `id`.
+    fn unlink_path(&mut self, id: u64, path: Path) {
+        if self.by_source.get(&path) != Some(&id) {
+            return;
+        }
+        self.by_source.remove(&path);
+        if let Path::Relay { server, .. } = path {
+            if let Some(n) = self.relay_servers.get_mut(&server) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.relay_servers.remove(&server);
+                }
+            }
+        }
+    }
+
+    /// Keeps `path` as a standby of entry `id` (bounded: the oldest standby goes).
+    fn push_standby(&mut self, id: u64, path: Path) {
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
+        e.standby.retain(|p| *p != path);
+        e.standby.push(path);
+        let mut dropped = Vec::new();
+        while e.standby.len() > MAX_PATHS_PER_PEER - 1 {
+            dropped.push(e.standby.remove(0));
+        }
+        for p in dropped {
+            self.unlink_path(id, p);
+        }
+    }
+
     fn set_path_id(&mut self, id: u64, path: Path) {
         let Some(old) = self.entries.get(&id).map(|e| e.path) else {
             return;
         };
-        if self.by_remote.get(&old.remote()) == Some(&id) {
-            self.by_remote.remove(&old.remote());
+        if old == path {
+            return;
         }
-        // A learned entry already holding the new remote is merged into this one.
-        if let Some(other) = self.by_remote.insert(path.remote(), id) {
-            if other != id && self.entries.get(&other).is_some_and(|e| e.peer.is_none()) {
-                self.entries.remove(&other);
-            }
-        }
+        self.link(id, path);
         if let Some(e) = self.entries.get_mut(&id) {
+            e.standby.retain(|p| *p != path);
             e.path = path;
         }
+        // The old path stays live for datagrams still in flight on it.
+        self.push_standby(id, old);
     }
 
     fn insert(
@@ -347,11 +532,12 @@ impl PathTable {
             id,
             Entry {
                 path,
+                standby: Vec::new(),
                 peer,
                 last_rx: now,
             },
         );
-        self.by_remote.insert(path.remote(), id);
+        self.link(id, path);
         if let Some(p) = peer {
             self.by_peer.insert(p, id);
         }
@@ -378,171 +564,5 @@ impl PathTable {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
-    }
-
-    fn peer(n: u8) -> PeerId {
-        PeerId::from_bytes([n; 32])
-    }
-
-    #[test]
-    fn synthetic_addresses_round_trip_and_are_recognised() {
-        for id in [1u64, 2, 0xdead_beef, u64::MAX] {
-            let a = synthetic_addr(id);
-            assert_eq!(synthetic_id(&a), Some(id));
-            assert!(is_synthetic(&a));
-            assert!(a.ip().to_string().starts_with("fd6d:6573:6800:1:"), "{a}");
-        }
-        assert!(!is_synthetic(&addr(1)));
-        assert!(!is_synthetic(&"[::1]:1".parse().unwrap()));
-        let other_port = SocketAddr::new(synthetic_addr(5).ip(), 2);
-        assert!(!is_synthetic(&other_port));
-    }
-
-    #[test]
-    fn incoming_is_learned_and_stable() {
-        let now = Instant::now();
-        let mut t = PathTable::default();
-        let s1 = t.on_incoming(now, addr(1000)).unwrap();
-        let s2 = t.on_incoming(now, addr(2000)).unwrap();
-        assert_ne!(s1, s2);
-        assert_eq!(t.on_incoming(now, addr(1000)), Some(s1));
-        assert_eq!(t.resolve(&s1), Some(Path::Direct(addr(1000))));
-        assert_eq!(t.resolve(&synthetic_addr(999)), None);
-        assert_eq!(t.resolve(&addr(1000)), None);
-        assert_eq!(t.len(), 2);
-    }
-
-    #[test]
-    fn dialing_reuses_and_moves_the_peer_address() {
-        let now = Instant::now();
-        let mut t = PathTable::default();
-        let s = t
-            .upsert_peer(now, peer(1), Path::Direct(addr(1000)))
-            .unwrap();
-        assert_eq!(t.on_incoming(now, addr(1000)), Some(s));
-        assert_eq!(t.peer_of(&s), Some(peer(1)));
-        // The peer moves: same synthetic address, new path, old remote forgotten.
-        let s_again = t
-            .upsert_peer(now, peer(1), Path::Direct(addr(1001)))
-            .unwrap();
-        assert_eq!(s, s_again);
-        assert_eq!(t.resolve(&s), Some(Path::Direct(addr(1001))));
-        assert_eq!(t.on_incoming(now, addr(1001)), Some(s));
-        assert_ne!(t.on_incoming(now, addr(1000)), Some(s));
-    }
-
-    #[test]
-    fn learned_entry_is_adopted_and_bound() {
-        let now = Instant::now();
-        let mut t = PathTable::default();
-        let learned = t.on_incoming(now, addr(1000)).unwrap();
-        assert_eq!(
-            t.upsert_peer(now, peer(1), Path::Direct(addr(1000))),
-            Ok(learned)
-        );
-        let other = t.on_incoming(now, addr(2000)).unwrap();
-        assert!(t.bind_peer(&other, peer(2)));
-        assert!(!t.bind_peer(&other, peer(3)));
-        assert!(!t.bind_peer(&synthetic_addr(12345), peer(3)));
-        assert_eq!(
-            t.upsert_peer(now, peer(2), Path::Direct(addr(2000))),
-            Ok(other)
-        );
-    }
-
-    #[test]
-    fn moving_onto_a_learned_remote_merges_it() {
-        let now = Instant::now();
-        let mut t = PathTable::default();
-        let s = t
-            .upsert_peer(now, peer(1), Path::Direct(addr(1000)))
-            .unwrap();
-        let learned = t.on_incoming(now, addr(3000)).unwrap();
-        assert!(t.set_path(&s, Path::Direct(addr(3000))));
-        assert_eq!(t.on_incoming(now, addr(3000)), Some(s));
-        assert_eq!(t.resolve(&learned), None);
-        assert_eq!(t.len(), 1);
-    }
-
-    #[test]
-    fn bounded_with_idle_eviction() {
-        let t0 = Instant::now();
-        let idle = Duration::from_secs(10);
-        let mut t = PathTable::new(3, idle);
-        let pinned = t.upsert_peer(t0, peer(1), Path::Direct(addr(1))).unwrap();
-        let a = t.on_incoming(t0, addr(2)).unwrap();
-        let _b = t.on_incoming(t0 + Duration::from_secs(5), addr(3)).unwrap();
-        // Full, nothing idle long enough.
-        assert_eq!(t.on_incoming(t0 + Duration::from_secs(1), addr(4)), None);
-        assert!(t.upsert_peer(t0, peer(9), Path::Direct(addr(9))).is_err());
-        // `a` is idle for 10 s now and is evicted first.
-        let c = t.on_incoming(t0 + idle, addr(4)).unwrap();
-        assert_eq!(t.resolve(&a), None);
-        assert_eq!(t.resolve(&c), Some(Path::Direct(addr(4))));
-        // Learned entries go before the idle pinned one.
-        assert!(t.on_incoming(t0 + idle * 100, addr(5)).is_some());
-        assert_eq!(t.resolve(&pinned), Some(Path::Direct(addr(1))));
-        assert_eq!(t.len(), 3);
-        assert_eq!(t.synthetic_for_peer(&peer(1)), Some(pinned));
-        assert_eq!(t.remove(&pinned), Some(Path::Direct(addr(1))));
-        assert_eq!(t.remove(&pinned), None);
-        assert_eq!(t.len(), 2);
-    }
-
-    #[test]
-    fn dialing_tells_whether_the_entry_is_new() {
-        let t0 = Instant::now();
-        let idle = Duration::from_secs(10);
-        let mut t = PathTable::new(2, idle);
-        let learned = t.on_incoming(t0, addr(1000)).unwrap();
-        // A known remote is reused as it is, pinned or not; its idle time is kept.
-        assert_eq!(
-            t.dial_remote(t0 + idle, addr(1000)),
-            Ok(DialTarget {
-                synthetic: learned,
-                created: false
-            })
-        );
-        assert_eq!(t.peer_of(&learned), None);
-        let pinned = t.dial_peer(t0, peer(1), Path::Direct(addr(2000))).unwrap();
-        assert!(pinned.created);
-        assert_eq!(
-            t.dial_remote(t0, addr(2000)),
-            Ok(DialTarget {
-                synthetic: pinned.synthetic,
-                created: false
-            })
-        );
-        // Adopting or moving is not creating.
-        let adopted = t.dial_peer(t0, peer(2), Path::Direct(addr(1000))).unwrap();
-        assert_eq!((adopted.synthetic, adopted.created), (learned, false));
-        let moved = t.dial_peer(t0, peer(1), Path::Direct(addr(2001))).unwrap();
-        assert_eq!((moved.synthetic, moved.created), (pinned.synthetic, false));
-        // Full, nothing idle: an error, not a silent drop.
-        assert_eq!(
-            t.dial_remote(t0, addr(3000)),
-            Err(PathTableFull { capacity: 2 })
-        );
-        // Created over an evicted entry: the length stays, `created` still says so.
-        let fresh = t.dial_remote(t0 + idle, addr(3000)).unwrap();
-        assert!(fresh.created);
-        assert_eq!(t.len(), 2);
-        assert_eq!(t.resolve(&fresh.synthetic), Some(Path::Direct(addr(3000))));
-        assert_eq!(t.on_incoming(t0 + idle, addr(3000)), Some(fresh.synthetic));
-    }
-
-    #[test]
-    fn ids_are_never_reused() {
-        let now = Instant::now();
-        let mut t = PathTable::new(1, Duration::ZERO);
-        let a = t.on_incoming(now, addr(1)).unwrap();
-        t.remove(&a);
-        let b = t.on_incoming(now, addr(1)).unwrap();
-        assert_ne!(a, b);
-    }
-}
+#[path = "path_tests.rs"]
+mod tests;

@@ -5,17 +5,29 @@
 //! 1. [`MeshSocket::bind`] opens one tokio UDP socket and wraps it in `quinn-udp` state, so
 //!    batched I/O (GSO on send, GRO and `recvmmsg` on receive) and ECN work as in bare quinn.
 //! 2. Receive (quinn's endpoint driver calls `poll_recv`): read a batch, classify every
-//!    datagram, and every GRO segment, with [`retain_quic`] (RFC 7983 / RFC 9443). STUN is copied
-//!    into the bounded STUN queue ([`StunReceiver`]); unknown datagrams are dropped and
+//!    datagram, and every GRO segment, with [`retain_quic`] (RFC 7983 / RFC 9443). STUN is
+//!    routed by transaction id ([`StunRouter`]): a response goes to the bounded queue of the
+//!    owner that sent the request ([`MeshSocket::route_stun`]), requests and indications to
+//!    the default queue ([`StunReceiver`]), a response nobody waits for is dropped and
+//!    counted (`stun_unclaimed`); unknown datagrams are dropped and
 //!    counted; QUIC stays in quinn's buffer (compacted in place when a batch mixes kinds) and
 //!    its real source is rewritten to the peer's synthetic address ([`PathTable`]).
 //! 3. Send (quinn's `try_send`): the synthetic destination is rewritten to the live path's
-//!    real address and the transmit goes out unchanged otherwise. A destination that is not a
+//!    real address (IPv4-mapped again on a dual-stack socket, [`SocketFamily::to_socket`]) and the transmit goes out unchanged otherwise. A destination that is not a
 //!    known synthetic address is never sent to: the packet is dropped and counted.
-//! 4. Other code sends STUN through the same socket with [`MeshSocket::send_stun`], so the
-//!    NAT mapping it sees is the one QUIC uses.
+//!    Sources are made canonical first ([`canonical`]): a dual-stack socket's IPv4-mapped
+//!    sources are IPv4 to everything above the socket.
+//! 4. Other code sends STUN through the same socket with [`MeshSocket::send_stun`] (or
+//!    [`MeshSocket::send_stun_as`], naming the owner of the answers), so the NAT mapping it
+//!    sees is the one QUIC uses.
 //!
-//! Per packet there is no allocation except copying a STUN datagram into its queue.
+//! 5. Relayed paths ([`super::relay`]): datagrams from a relay server are TURN whatever
+//!    their first byte (decided by source first, RFC 9443); their ChannelData payloads are
+//!    queued under the peer's synthetic address and handed to quinn at the next receive.
+//!    Sends on a relayed path get a ChannelData header per segment.
+//!
+//! Per direct packet there is no allocation except copying a STUN datagram into its queue;
+//! a relayed datagram is copied once each way.
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
@@ -33,8 +45,13 @@ use tokio::io::Interest;
 use tokio::sync::mpsc;
 
 use super::demux::{retain_quic, DatagramKind};
+use super::family::{bind_udp, canonical, SocketFamily};
+use super::path::Path;
 use super::path::{is_synthetic, PathTable};
 use super::poller::{SharedUdpSocket, WritablePoller};
+use super::relay::{self, RelaySegment, RelayedQueue, DEFAULT_RELAYED_QUEUE};
+use crate::stun::router::DEFAULT_MAX_PENDING;
+use crate::stun::{Route, StunOwner, StunRouter};
 
 /// Default bound of the STUN queue (datagrams).
 pub const DEFAULT_STUN_QUEUE: usize = 256;
@@ -74,6 +91,10 @@ struct Counters {
     table_full: AtomicU64,
     quic_tx: AtomicU64,
     unroutable_tx: AtomicU64,
+    relayed_rx: AtomicU64,
+    relayed_dropped: AtomicU64,
+    relayed_tx: AtomicU64,
+    stun_unclaimed: AtomicU64,
 }
 
 /// A snapshot of the shared socket's counters.
@@ -91,8 +112,27 @@ pub struct SocketStats {
     pub table_full: u64,
     /// Transmits (possibly GSO batches) quinn sent.
     pub quic_tx: u64,
-    /// Transmits to an unknown or non-synthetic address, dropped instead of sent.
+    /// Transmits to an unknown or non-synthetic address, or to a family the socket cannot
+    /// reach, dropped instead of sent.
     pub unroutable_tx: u64,
+    /// QUIC datagrams unwrapped from a relay's ChannelData and handed to quinn.
+    pub relayed_rx: u64,
+    /// Relayed datagrams dropped: no path on their channel, or the queue was full.
+    pub relayed_dropped: u64,
+    /// Transmits (possibly GSO batches) sent wrapped in ChannelData.
+    pub relayed_tx: u64,
+    /// STUN responses to no request a part of the node is waiting for, dropped.
+    pub stun_unclaimed: u64,
+    /// STUN transactions forgotten early because the router's table was full.
+    pub stun_evicted: u64,
+}
+
+/// The STUN side of the socket: the transaction router and each owner's queue.
+#[derive(Debug)]
+struct StunQueues {
+    router: StunRouter,
+    /// Indexed by [`StunOwner::index`]; `Default`'s is set at bind.
+    owners: [Option<mpsc::Sender<StunDatagram>>; 4],
 }
 
 /// Errors of sending raw (non-QUIC) datagrams.
@@ -101,6 +141,9 @@ pub enum RawSendError {
     /// Synthetic addresses exist only inside quinn; they are never a real target.
     #[error("{0} is a synthetic address and cannot be sent to")]
     SyntheticDestination(SocketAddr),
+    /// The socket is of the other address family (an IPv4-only socket cannot reach IPv6).
+    #[error("{0} is not reachable from a socket of family {1:?}")]
+    WrongFamily(SocketAddr, SocketFamily),
     /// The socket failed.
     #[error("send failed: {0}")]
     Io(#[from] io::Error),
@@ -109,9 +152,11 @@ pub enum RawSendError {
 /// The endpoint's one UDP socket, shared by QUIC (through quinn) and STUN.
 pub struct MeshSocket {
     io: tokio::net::UdpSocket,
+    family: SocketFamily,
     state: UdpSocketState,
     paths: Mutex<PathTable>,
-    stun_tx: mpsc::Sender<StunDatagram>,
+    relayed: Mutex<RelayedQueue>,
+    stun: Mutex<StunQueues>,
     counters: Counters,
 }
 
@@ -124,23 +169,31 @@ impl fmt::Debug for MeshSocket {
 }
 
 impl MeshSocket {
-    /// Binds the UDP socket (inside a tokio runtime). Returns the socket and its STUN queue,
-    /// which holds at most `stun_queue` datagrams.
+    /// Binds the UDP socket (inside a tokio runtime; `[::]:PORT` as one dual-stack socket, see
+    /// [`bind_udp`]). Returns the socket and its STUN queue, which holds at most `stun_queue`
+    /// datagrams.
     pub fn bind(
         addr: SocketAddr,
         paths: PathTable,
         stun_queue: usize,
     ) -> io::Result<(Arc<Self>, StunReceiver)> {
-        let std_socket = std::net::UdpSocket::bind(addr)?;
+        let std_socket = bind_udp(addr)?;
+        let family = SocketFamily::of(&std_socket)?;
         std_socket.set_nonblocking(true)?;
         let state = UdpSocketState::new((&std_socket).into())?;
         let io = tokio::net::UdpSocket::from_std(std_socket)?;
         let (stun_tx, stun_rx) = mpsc::channel(stun_queue.max(1));
+        let stun = StunQueues {
+            router: StunRouter::new(DEFAULT_MAX_PENDING),
+            owners: [Some(stun_tx), None, None, None],
+        };
         let socket = Self {
             io,
+            family,
             state,
             paths: Mutex::new(paths),
-            stun_tx,
+            relayed: Mutex::new(RelayedQueue::new(DEFAULT_RELAYED_QUEUE)),
+            stun: Mutex::new(stun),
             counters: Counters::default(),
         };
         Ok((Arc::new(socket), StunReceiver(stun_rx)))
@@ -151,14 +204,32 @@ impl MeshSocket {
         self.io.local_addr()
     }
 
+    /// The address families the socket reaches.
+    pub fn family(&self) -> SocketFamily {
+        self.family
+    }
+
     /// The path table (lock held while the guard lives; keep it short).
     pub fn paths(&self) -> MutexGuard<'_, PathTable> {
         // The table stays consistent even if a holder panicked: every method is atomic.
         self.paths.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Sends the answers to `owner`'s STUN requests (sent with [`Self::send_stun_as`]) to
+    /// `queue` from now on, replacing an earlier queue. The default owner's queue is the
+    /// [`StunReceiver`] from [`Self::bind`].
+    pub fn route_stun(&self, owner: StunOwner, queue: mpsc::Sender<StunDatagram>) {
+        self.stun_queues().owners[owner.index()] = Some(queue);
+    }
+
+    fn stun_queues(&self) -> MutexGuard<'_, StunQueues> {
+        // Every router method leaves the table consistent.
+        self.stun.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> SocketStats {
+        let stun_evicted = self.stun_queues().router.stats().evicted;
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         SocketStats {
@@ -169,22 +240,44 @@ impl MeshSocket {
             table_full: get(&c.table_full),
             quic_tx: get(&c.quic_tx),
             unroutable_tx: get(&c.unroutable_tx),
+            relayed_rx: get(&c.relayed_rx),
+            relayed_dropped: get(&c.relayed_dropped),
+            relayed_tx: get(&c.relayed_tx),
+            stun_unclaimed: get(&c.stun_unclaimed),
+            stun_evicted,
         }
     }
 
     /// Sends one raw datagram (a STUN message, a probe) to a real address through the shared
-    /// socket.
+    /// socket; answers to a STUN request come back on the default queue.
     pub async fn send_stun(&self, dest: SocketAddr, data: &[u8]) -> Result<(), RawSendError> {
+        self.send_stun_as(StunOwner::Default, dest, data).await
+    }
+
+    /// Sends one raw datagram like [`Self::send_stun`]; answers to a STUN request come back
+    /// on `owner`'s queue ([`Self::route_stun`]).
+    pub async fn send_stun_as(
+        &self,
+        owner: StunOwner,
+        dest: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), RawSendError> {
         if is_synthetic(&dest) {
             return Err(RawSendError::SyntheticDestination(dest));
         }
+        let Some(destination) = self.family.to_socket(dest) else {
+            return Err(RawSendError::WrongFamily(dest, self.family));
+        };
         let transmit = Transmit {
-            destination: dest,
+            destination,
             ecn: None,
             contents: data,
             segment_size: None,
             src_ip: None,
         };
+        self.stun_queues()
+            .router
+            .on_send(Instant::now(), owner, data);
         loop {
             self.io.writable().await?;
             match self.io.try_io(Interest::WRITABLE, || {
@@ -197,20 +290,65 @@ impl MeshSocket {
         }
     }
 
-    fn queue_stun(&self, from: SocketAddr, data: &[u8]) {
-        let datagram = StunDatagram {
-            from,
-            data: Bytes::copy_from_slice(data),
+    /// Sends a transmit on a relayed path: every segment wrapped in ChannelData.
+    fn send_relayed(
+        &self,
+        transmit: &Transmit<'_>,
+        destination: SocketAddr,
+        channel: u16,
+    ) -> io::Result<()> {
+        let mut wrapped = Vec::new();
+        let Some(segment_size) = relay::wrap(
+            channel,
+            transmit.contents,
+            transmit.segment_size,
+            &mut wrapped,
+        ) else {
+            self.counters.unroutable_tx.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
         };
-        match self.stun_tx.try_send(datagram) {
-            Ok(()) => {
+        let real = Transmit {
+            destination,
+            ecn: transmit.ecn,
+            contents: &wrapped,
+            segment_size,
+            src_ip: transmit.src_ip,
+        };
+        self.io.try_io(Interest::WRITABLE, || {
+            self.state.send((&self.io).into(), &real)
+        })?;
+        self.counters.relayed_tx.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Routes one STUN datagram to its owner's queue, copying it only when there is one.
+    fn queue_stun(&self, from: SocketAddr, data: &[u8]) {
+        let queued = {
+            let mut stun = self.stun_queues();
+            match stun.router.route(Instant::now(), data) {
+                Route::To(owner) => stun.owners[owner.index()].as_ref().map(|queue| {
+                    let datagram = StunDatagram {
+                        from,
+                        data: Bytes::copy_from_slice(data),
+                    };
+                    queue.try_send(datagram).is_ok()
+                }),
+                Route::Unclaimed => None,
+            }
+        };
+        match queued {
+            Some(true) => {
                 self.counters.stun_rx.fetch_add(1, Ordering::Relaxed);
             }
-            Err(_) => {
+            Some(false) => {
                 self.counters
                     .stun_queue_full
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::trace!(%from, "stun queue full, datagram dropped");
+            }
+            None => {
+                self.counters.stun_unclaimed.fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(%from, "STUN response to no pending request dropped");
             }
         }
     }
@@ -231,6 +369,70 @@ impl MeshSocket {
         kept
     }
 
+    /// Sorts what a relay server sent (see [`relay`]): STUN to the STUN queue, ChannelData
+    /// payloads to the relayed queue under their peer's synthetic address.
+    fn unwrap_relayed(
+        &self,
+        table: &mut PathTable,
+        now: Instant,
+        server: SocketAddr,
+        buf: &[u8],
+        stride: usize,
+    ) {
+        let mut queue = self.relayed.lock().unwrap_or_else(|p| p.into_inner());
+        relay::split(buf, stride, |segment| match segment {
+            RelaySegment::Stun(data) => self.queue_stun(server, data),
+            RelaySegment::Channel { channel, payload } => {
+                let queued = table
+                    .on_relayed(now, server, channel)
+                    .is_some_and(|synthetic| queue.push(synthetic, payload));
+                let counter = if queued {
+                    &self.counters.relayed_rx
+                } else {
+                    &self.counters.relayed_dropped
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                if !queued {
+                    tracing::trace!(%server, channel, "relayed datagram dropped");
+                }
+            }
+            RelaySegment::Malformed => {
+                self.counters.unknown_rx.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+
+    /// Hands queued relayed datagrams to quinn, one per buffer; returns how many.
+    fn deliver_relayed(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> usize {
+        let mut queue = self.relayed.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.is_empty() {
+            return 0;
+        }
+        let mut n = 0;
+        while n < bufs.len().min(meta.len()) {
+            let Some((from, payload)) = queue.pop() else {
+                break;
+            };
+            let Some(dst) = bufs[n].get_mut(..payload.len()) else {
+                // Larger than quinn's receive buffer: cannot be a valid QUIC datagram.
+                self.counters
+                    .relayed_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            dst.copy_from_slice(&payload);
+            meta[n] = RecvMeta {
+                addr: from,
+                len: payload.len(),
+                stride: payload.len(),
+                ecn: None,
+                dst_ip: None,
+            };
+            n += 1;
+        }
+        n
+    }
+
     /// Post-processes a received batch in place; returns how many entries quinn gets.
     fn filter_batch(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta], n: usize) -> usize {
         let now = Instant::now();
@@ -238,15 +440,20 @@ impl MeshSocket {
         let mut paths: Option<MutexGuard<'_, PathTable>> = None;
         for i in 0..n.min(bufs.len()).min(meta.len()) {
             let m = meta[i];
+            let from = canonical(m.addr);
             let len = m.len.min(bufs[i].len());
-            let quic_len = self.demux_in_place(&mut bufs[i][..len], m.stride, m.addr);
+            let table = paths.get_or_insert_with(|| self.paths());
+            if table.is_relay_server(&from) {
+                self.unwrap_relayed(table, now, from, &bufs[i][..len], m.stride);
+                continue;
+            }
+            let quic_len = self.demux_in_place(&mut bufs[i][..len], m.stride, from);
             if quic_len == 0 {
                 continue;
             }
-            let table = paths.get_or_insert_with(|| self.paths());
-            let Some(synthetic) = table.on_incoming(now, m.addr) else {
+            let Some(synthetic) = table.on_incoming(now, from) else {
                 self.counters.table_full.fetch_add(1, Ordering::Relaxed);
-                tracing::trace!(from = %m.addr, "path table full, datagram dropped");
+                tracing::trace!(%from, "path table full, datagram dropped");
                 continue;
             };
             meta[i].len = quic_len;
@@ -274,14 +481,18 @@ impl AsyncUdpSocket for MeshSocket {
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
         let path = self.paths().resolve(&transmit.destination);
-        let Some(path) = path else {
+        let routed = path.and_then(|p| self.family.to_socket(p.remote()).map(|d| (p, d)));
+        let Some((path, destination)) = routed else {
             self.counters.unroutable_tx.fetch_add(1, Ordering::Relaxed);
             tracing::trace!(dest = %transmit.destination, "no path for destination, dropped");
             // Report success: the packet is lost as on any network, quinn recovers or times out.
             return Ok(());
         };
+        if let Path::Relay { channel, .. } = path {
+            return self.send_relayed(transmit, destination, channel);
+        }
         let real = Transmit {
-            destination: path.remote(),
+            destination,
             ecn: transmit.ecn,
             contents: transmit.contents,
             segment_size: transmit.segment_size,
@@ -301,6 +512,10 @@ impl AsyncUdpSocket for MeshSocket {
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
         loop {
+            let relayed = self.deliver_relayed(bufs, meta);
+            if relayed > 0 {
+                return Poll::Ready(Ok(relayed));
+            }
             ready!(self.io.poll_recv_ready(cx))?;
             let received = self.io.try_io(Interest::READABLE, || {
                 self.state.recv((&self.io).into(), bufs, meta)

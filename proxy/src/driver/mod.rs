@@ -87,7 +87,9 @@ impl Proxy {
                 .map_err(bind_err(addr))?;
             metrics_addr = Some(listener.local_addr().map_err(bind_err(addr))?);
             let (tx, rx) = watch::channel(false);
-            let task = tokio::spawn(crate::metrics::serve(listener, Arc::clone(&metrics), rx));
+            let m = Arc::clone(&metrics);
+            let render: server_ops::metrics::Render = Arc::new(move || m.render());
+            let task = tokio::spawn(server_ops::metrics::serve(listener, render, rx));
             http = Some((task, tx));
         }
         let poll = mio::Poll::new().map_err(DriverError::Thread)?;

@@ -184,7 +184,11 @@ impl Peer {
             ServerMsg::Error { kind, detail, .. } => {
                 self.errors.push(format!("server error {kind}: {detail}"))
             }
-            ServerMsg::Cancelled { .. } | ServerMsg::Pong { .. } => {}
+            // This simulated peer never offers parking and uses no relays.
+            ServerMsg::Cancelled { .. }
+            | ServerMsg::Pong { .. }
+            | ServerMsg::Relays { .. }
+            | ServerMsg::Park { .. } => {}
         }
     }
 

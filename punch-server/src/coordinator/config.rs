@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::relays::RelayConfig;
 use crate::config::ConfigError;
 
 /// Identifies one control connection; the driver assigns them and never reuses one while
@@ -29,6 +30,8 @@ pub enum CloseReason {
     TooManyMalformed,
     /// The server holds as many connections as it may.
     ServerFull,
+    /// The connection was idle; the peer is parked (it got `Park`).
+    Parked,
 }
 
 impl fmt::Display for CloseReason {
@@ -84,6 +87,23 @@ pub struct CoordConfig {
     pub start_floor: Duration,
     /// Added to the worst one-way bound for processing and scheduling (default 10 ms).
     pub start_margin: Duration,
+    /// TURN relays offered to registered peers, with credentials (default: none).
+    pub relays: Option<RelayConfig>,
+    /// Park the control connection of a peer that offered it (`Capabilities { park }`)
+    /// once it has been idle this long: registered, no pending request, no message but
+    /// pongs (default 20 s; `None` = never park).
+    pub park_after: Option<Duration>,
+    /// Keep-alive interval given to parked peers (default 15 s: inside the 30 s UDP
+    /// binding lifetime of common NATs).
+    pub park_keepalive: Duration,
+    /// A parked peer is dropped after this many keep-alive intervals without a good
+    /// keep-alive (default 3).
+    pub park_misses: u32,
+    /// Wake datagrams sent to a parked peer per wake-up, the first at once, then after
+    /// `wake_rto`, doubling (default 5: 0, 0.2, 0.6, 1.4, 3 s).
+    pub wake_sends: u32,
+    /// First retransmission interval of the wake datagram (default 200 ms).
+    pub wake_rto: Duration,
 }
 
 impl Default for CoordConfig {
@@ -112,6 +132,12 @@ impl Default for CoordConfig {
             max_rtt: Duration::from_secs(2),
             start_floor: Duration::from_millis(20),
             start_margin: Duration::from_millis(10),
+            relays: None,
+            park_after: Some(Duration::from_secs(20)),
+            park_keepalive: Duration::from_secs(15),
+            park_misses: 3,
+            wake_sends: 5,
+            wake_rto: Duration::from_millis(200),
         }
     }
 }
@@ -134,10 +160,21 @@ impl CoordConfig {
                 "message rate: a non-zero rate needs a burst of at least 1",
             ),
         ];
+        if self.park_keepalive < Duration::from_millis(100) || self.park_misses == 0 {
+            return Err(ConfigError::Invalid(
+                "parking: the keep-alive interval must be at least 100 ms and misses at least 1",
+            ));
+        }
+        if self.wake_sends == 0 || self.wake_sends > 16 {
+            return Err(ConfigError::Invalid("parking: wake sends must be 1..=16"));
+        }
         for (rate, problem) in rates {
             if rate.per_sec != 0 && rate.burst == 0 {
                 return Err(ConfigError::Invalid(problem));
             }
+        }
+        if let Some(relays) = &self.relays {
+            relays.validate()?;
         }
         Ok(())
     }
@@ -174,4 +211,20 @@ pub struct CoordStats {
     pub superseded: u64,
     /// RTT samples taken.
     pub rtt_samples: u64,
+    /// `Relays` messages sent (first offers and renewals).
+    pub relay_offers: u64,
+    /// Connections parked.
+    pub parked: u64,
+    /// Parked peers that came back (woken or on their own).
+    pub unparked: u64,
+    /// Parked peers dropped for missing keep-alives.
+    pub park_expired: u64,
+    /// Parked peers that left (a signed leave).
+    pub park_left: u64,
+    /// Good keep-alives of parked peers.
+    pub keepalives: u64,
+    /// Keep-alives refused (unknown peer, bad MAC, malformed).
+    pub keepalives_refused: u64,
+    /// Wake datagrams sent to parked peers.
+    pub wakes_sent: u64,
 }

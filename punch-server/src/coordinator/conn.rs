@@ -7,6 +7,7 @@
 //!    [`super::limits`]), so reconnecting does not refill them.
 //! 2. `Register` stores the peer's sanitised candidates and answers `Registered` with the
 //!    observed address; a second `Register` replaces the first.
+//!    The first `Registered` is followed by the relay offer (see `relays`).
 //! 3. `Pong` echoing the outstanding ping's stamp gives an RTT sample; other stamps are
 //!    ignored, so a peer cannot make up samples. Pings repeat every `ping_interval`.
 
@@ -38,6 +39,8 @@ pub(crate) struct Conn {
     pub(crate) ping_ts: Option<u64>,
     /// When the next ping is due (its timer entry).
     pub(crate) next_ping: Instant,
+    /// When fresh relay credentials are due (its timer entry), once offered.
+    pub(crate) next_relays: Option<Instant>,
     /// Messages of any kind on this connection (`message_rate`).
     pub(crate) messages: TokenBucket,
     /// The peer's connect and attempt buckets, kept across its connections.
@@ -49,6 +52,15 @@ pub(crate) struct Conn {
     /// Server ids of pending requests waiting for this peer (at most
     /// `max_incoming_per_peer`).
     pub(crate) incoming: Vec<u64>,
+    /// The peer offered parking (`Capabilities { park: true }`).
+    pub(crate) parkable: bool,
+    /// The last message other than a ping or pong (or the connect).
+    pub(crate) last_active: Instant,
+    /// The connection's park timer entry, if one is set.
+    pub(crate) park_at: Option<Instant>,
+    /// Requests held while the peer was parked: their `Incoming` (or `Go`) goes out once
+    /// this connection registers.
+    pub(crate) deferred: Vec<u64>,
 }
 
 impl Conn {
@@ -68,12 +80,17 @@ impl Conn {
             rtt: RttEstimator::default(),
             ping_ts: None,
             next_ping: now,
+            next_relays: None,
             messages: TokenBucket::new(c.message_rate, now),
             limits,
             malformed: 0,
             decoder: FrameDecoder::new(),
             outgoing: Vec::new(),
             incoming: Vec::new(),
+            parkable: false,
+            last_active: now,
+            park_at: None,
+            deferred: Vec::new(),
         }
     }
 
@@ -153,12 +170,15 @@ impl Coordinator {
         self.stats.rtt_samples += 1;
     }
 
-    /// A `Register`: store (or replace) the candidates and confirm.
-    pub(crate) fn on_register(&mut self, conn: ConnId, candidates: Vec<Candidate>) {
+    /// A `Register`: store (or replace) the candidates and confirm; the first one is
+    /// followed by the relay offer (if relays are configured); then the requests held
+    /// while the peer was parked go out.
+    pub(crate) fn on_register(&mut self, now: Instant, conn: ConnId, candidates: Vec<Candidate>) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if c.candidates.is_none() {
+        let first = c.candidates.is_none();
+        if first {
             self.registered += 1;
         }
         c.candidates = Some(sanitize(candidates));
@@ -169,5 +189,9 @@ impl Coordinator {
         tracing::debug!(%conn, peer = %c.peer.short(), observed = %c.observed, "registered");
         self.stats.registrations += 1;
         self.send(conn, reply);
+        if first {
+            self.offer_relays(now, conn);
+        }
+        self.deliver_deferred(now, conn);
     }
 }

@@ -19,8 +19,15 @@
 //! 3. After every call: [`Coordinator::poll_send`] until `None`, encoding each message with
 //!    [`mesh::coord::encode`] onto the connection's stream; then [`Coordinator::poll_close`]
 //!    until `None`, closing each named connection once its queued messages are sent.
-//! 4. [`Coordinator::poll_timeout`] gives the next deadline (request timeouts, pings); call
-//!    [`Coordinator::handle_timeout`] when it passes.
+//! 4. [`Coordinator::poll_timeout`] gives the next deadline (request timeouts, pings, relay
+//!    credential renewals); call [`Coordinator::handle_timeout`] when it passes.
+//! 5. With relays configured ([`RelayConfig`]), the driver gives the wall-clock time once
+//!    ([`Coordinator::set_wall_clock`]); registered peers then get `Relays` (see `relays`).
+//!
+//! 5. Parking (`park`): an idle connection of a peer that offered it is closed after
+//!    `Park`, and the peer stays registered while it sends keep-alives: feed them to
+//!    [`Coordinator::handle_keepalive`] and send every [`Coordinator::poll_transmit`]
+//!    datagram (keep-alive answers, wake-ups) from the server's port.
 //!
 //! The request flow itself (connect, accept or refuse, timeout, `Go`) is in `requests`; the
 //! start-time formula in [`timing`].
@@ -28,6 +35,8 @@
 mod config;
 mod conn;
 mod limits;
+mod park;
+mod relays;
 mod requests;
 pub mod timing;
 
@@ -35,6 +44,10 @@ pub mod timing;
 mod tests;
 #[cfg(test)]
 mod tests_limits;
+#[cfg(test)]
+mod tests_park;
+#[cfg(test)]
+mod tests_relays;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -48,6 +61,8 @@ use rand::SeedableRng;
 pub use config::{CloseReason, ConnId, CoordConfig, CoordStats, Rate};
 use conn::Conn;
 use limits::{Departed, PeerLimits};
+use park::Parked;
+pub use relays::{RelayConfig, TurnSecret, DEFAULT_TURN_TTL, MAX_TURN_TTL, MIN_TURN_TTL};
 use requests::Pending;
 
 /// A timer entry; the entry's owner records the deadline, so entries are removed exactly.
@@ -57,6 +72,14 @@ enum Timer {
     Request(u64),
     /// A connection's next ping.
     Ping(ConnId),
+    /// A connection's next relay credentials.
+    Relays(ConnId),
+    /// A connection's idle check: park it if it is still idle.
+    Park(ConnId),
+    /// A parked peer's keep-alive deadline (keyed by its parked connection's id).
+    ParkExpiry(ConnId),
+    /// The next wake datagram to a parked peer.
+    Wake(ConnId),
 }
 
 /// The punch coordinator state machine (see the module docs for how to drive it).
@@ -69,7 +92,13 @@ pub struct Coordinator {
     /// (disconnects).
     latest: Instant,
     rng: StdRng,
+    /// Time since the UNIX epoch at `epoch`, once the driver told it
+    /// ([`Coordinator::set_wall_clock`]).
+    unix_at_epoch: Option<Duration>,
     conns: HashMap<ConnId, Conn>,
+    /// Parked peers, by the id of the connection they were parked from.
+    parked: HashMap<ConnId, Parked>,
+    /// The connection of each peer: live (in `conns`) or parked (in `parked`).
     by_peer: HashMap<PeerId, ConnId>,
     /// Rate limits of peers whose connection went, for when they come back.
     departed: Departed,
@@ -80,6 +109,8 @@ pub struct Coordinator {
     timers: BTreeSet<(Instant, Timer)>,
     out: VecDeque<(ConnId, ServerMsg)>,
     closes: VecDeque<(ConnId, CloseReason)>,
+    /// Datagrams for parked peers (keep-alive answers, wake-ups).
+    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     stats: CoordStats,
 }
 
@@ -93,7 +124,9 @@ impl Coordinator {
             epoch: now,
             latest: now,
             rng: StdRng::from_seed(seed),
+            unix_at_epoch: None,
             conns: HashMap::new(),
+            parked: HashMap::new(),
             by_peer: HashMap::new(),
             registered: 0,
             pending: HashMap::new(),
@@ -101,6 +134,7 @@ impl Coordinator {
             timers: BTreeSet::new(),
             out: VecDeque::new(),
             closes: VecDeque::new(),
+            transmits: VecDeque::new(),
             stats: CoordStats::default(),
         }
     }
@@ -120,9 +154,14 @@ impl Coordinator {
         self.conns.len()
     }
 
-    /// Registered peers.
+    /// Registered peers, parked ones included.
     pub fn registered(&self) -> usize {
-        self.registered
+        self.registered + self.parked.len()
+    }
+
+    /// Parked peers (registered without a connection).
+    pub fn parked(&self) -> usize {
+        self.parked.len()
     }
 
     /// Pending connect requests.
@@ -132,12 +171,22 @@ impl Coordinator {
 
     /// The connection of a peer, if it is connected.
     pub fn conn_of(&self, peer: &PeerId) -> Option<ConnId> {
-        self.by_peer.get(peer).copied()
+        self.by_peer
+            .get(peer)
+            .copied()
+            .filter(|c| self.conns.contains_key(c))
     }
 
     /// The smoothed RTT to the peer on `conn`, once sampled.
     pub fn rtt(&self, conn: ConnId) -> Option<Duration> {
         self.conns.get(&conn).and_then(|c| c.rtt.srtt())
+    }
+
+    /// Whether `conn` is the id of a parked peer's old connection (the driver never reuses
+    /// ids, so tests that do must skip these).
+    #[cfg(test)]
+    pub(crate) fn is_parked_id(&self, conn: ConnId) -> bool {
+        self.parked.contains_key(&conn)
     }
 
     /// Peers in the departed table, and its queue items (stale ones included).
@@ -168,15 +217,19 @@ impl Coordinator {
             // The driver reused a live id: forget the old state first.
             self.remove_conn(conn);
         }
+        let unparked = self.unpark(&peer);
         if let Some(old) = self.by_peer.get(&peer).copied() {
             tracing::debug!(%old, new = %conn, peer = %peer.short(), "superseded");
             self.stats.superseded += 1;
             self.close(old, CloseReason::Superseded);
         }
-        if self.conns.len() >= self.config.max_connections {
+        if self.conns.len() + self.parked.len() >= self.config.max_connections {
             self.stats.limit_reached += 1;
             self.error(conn, None, ErrorKind::LimitReached, "server full");
             self.closes.push_back((conn, CloseReason::ServerFull));
+            if let Some(p) = unparked {
+                self.fail_held(p.incoming);
+            }
             return;
         }
         let limits = self
@@ -186,6 +239,9 @@ impl Coordinator {
         self.conns
             .insert(conn, Conn::new(peer, observed, now, &self.config, limits));
         self.by_peer.insert(peer, conn);
+        if let Some(p) = unparked {
+            self.adopt_held(conn, p.incoming);
+        }
         self.ping(now, conn);
     }
 
@@ -268,8 +324,11 @@ impl Coordinator {
             self.stats.rate_limited += 1;
             return;
         }
+        if !matches!(msg, ClientMsg::Ping { .. } | ClientMsg::Pong { .. }) {
+            c.last_active = now;
+        }
         match msg {
-            ClientMsg::Register { candidates } => self.on_register(conn, candidates),
+            ClientMsg::Register { candidates } => self.on_register(now, conn, candidates),
             ClientMsg::Connect { request_id, target } => {
                 self.on_connect(now, conn, request_id, target)
             }
@@ -282,6 +341,7 @@ impl Coordinator {
                     c.accept_all = accept_all;
                 }
             }
+            ClientMsg::Capabilities { park } => self.on_capabilities(now, conn, park),
         }
     }
 
@@ -296,6 +356,15 @@ impl Coordinator {
             match timer {
                 Timer::Request(id) => self.expire(id),
                 Timer::Ping(conn) => self.ping(now, conn),
+                Timer::Relays(conn) => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.next_relays = None;
+                    }
+                    self.offer_relays(now, conn);
+                }
+                Timer::Park(conn) => self.park_check(now, conn),
+                Timer::ParkExpiry(id) => self.park_expiry(now, id),
+                Timer::Wake(id) => self.send_wake(now, id),
             }
         }
     }
@@ -313,6 +382,11 @@ impl Coordinator {
     /// The next connection to close (after sending what [`Coordinator::poll_send`] queued).
     pub fn poll_close(&mut self) -> Option<(ConnId, CloseReason)> {
         self.closes.pop_front()
+    }
+
+    /// The next datagram to send from the server's port (to a parked peer).
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.transmits.pop_front()
     }
 
     fn send(&mut self, conn: ConnId, msg: ServerMsg) {
@@ -357,6 +431,12 @@ impl Coordinator {
             self.registered = self.registered.saturating_sub(1);
         }
         self.timers.remove(&(c.next_ping, Timer::Ping(conn)));
+        if let Some(at) = c.next_relays {
+            self.timers.remove(&(at, Timer::Relays(conn)));
+        }
+        if let Some(at) = c.park_at {
+            self.timers.remove(&(at, Timer::Park(conn)));
+        }
         for id in c.outgoing {
             if let Some(p) = self.take_pending(id) {
                 self.stats.cancelled += 1;

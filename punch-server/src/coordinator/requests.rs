@@ -17,6 +17,9 @@
 //!    requester gets `Error { RateLimited }` and a target that was asked `Cancelled` (an
 //!    `Error` would carry the server's id, which the target could take for one of its own).
 //!
+//! A parked target (see `park`) is woken instead of asked; its request is held (with its
+//! deadline running) and asked once the target is back and has registered.
+//!
 //! The connect and attempt rates are per peer and outlast its connection
 //! ([`super::limits`]): reconnecting does not refill them.
 
@@ -62,6 +65,10 @@ impl Coordinator {
         }
         if let Some(c) = self.conns.get_mut(&p.target) {
             c.incoming.retain(|&x| x != id);
+            c.deferred.retain(|&x| x != id);
+        }
+        if let Some(parked) = self.parked.get_mut(&p.target) {
+            parked.incoming.retain(|&x| x != id);
         }
         Some(p)
     }
@@ -108,7 +115,10 @@ impl Coordinator {
             .by_peer
             .get(&target)
             .copied()
-            .filter(|t| self.conns.get(t).is_some_and(|t| t.candidates.is_some()))
+            .filter(|t| {
+                self.conns.get(t).is_some_and(|t| t.candidates.is_some())
+                    || self.parked.contains_key(t)
+            })
             .ok_or((ErrorKind::UnknownTarget, "no registered peer with this id"))?;
         if outgoing.len() >= max_out {
             return Err((
@@ -116,7 +126,13 @@ impl Coordinator {
                 "too many pending requests of yours",
             ));
         }
-        let incoming = self.conns.get(&target_conn).map_or(0, |t| t.incoming.len());
+        let incoming = match self.conns.get(&target_conn) {
+            Some(t) => t.incoming.len(),
+            None => self
+                .parked
+                .get(&target_conn)
+                .map_or(0, |p| p.incoming.len()),
+        };
         if incoming >= self.config.max_incoming_per_peer {
             return Err((
                 ErrorKind::LimitReached,
@@ -163,11 +179,21 @@ impl Coordinator {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.outgoing.push(id);
         }
+        self.stats.connects += 1;
+        tracing::debug!(%conn, target = %target.short(), id, "connect request");
+        if let Some(parked) = self.parked.get_mut(&target_conn) {
+            // Asked (or started) once the peer is back: wake it.
+            parked.incoming.push(id);
+            // A new round of wake-ups unless one is under way.
+            if parked.wake.is_none_or(|(_, next)| next.is_none()) {
+                parked.wake = None;
+                self.send_wake(now, target_conn);
+            }
+            return;
+        }
         if let Some(t) = self.conns.get_mut(&target_conn) {
             t.incoming.push(id);
         }
-        self.stats.connects += 1;
-        tracing::debug!(%conn, target = %target.short(), id, "connect request");
         if self.conns.get(&target_conn).is_some_and(|t| t.accept_all) {
             // Accepted in advance (`Policy`): no round trip to ask.
             return self.start_attempt(now, id, Asked::No);
@@ -220,7 +246,10 @@ impl Coordinator {
             ErrorKind::Timeout,
             "the target did not answer in time",
         );
-        self.send(p.target, ServerMsg::Cancelled { request_id: id });
+        // A parked target (never asked) gets nothing.
+        if self.conns.contains_key(&p.target) {
+            self.send(p.target, ServerMsg::Cancelled { request_id: id });
+        }
     }
 
     /// An `Accept` from `conn`.
@@ -234,6 +263,61 @@ impl Coordinator {
             );
         }
         self.start_attempt(now, id, Asked::Yes);
+    }
+
+    /// The requests held for a parked peer that is back on `conn`: they wait for its
+    /// `Register` (then [`Coordinator::deliver_deferred`]).
+    pub(crate) fn adopt_held(&mut self, conn: ConnId, held: Vec<u64>) {
+        for id in held {
+            let Some(p) = self.pending.get_mut(&id) else {
+                continue;
+            };
+            p.target = conn;
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.incoming.push(id);
+                c.deferred.push(id);
+            }
+        }
+    }
+
+    /// The requests held for a parked peer that is gone: the requesters learn it.
+    pub(crate) fn fail_held(&mut self, held: Vec<u64>) {
+        for id in held {
+            if let Some(p) = self.take_pending(id) {
+                self.stats.cancelled += 1;
+                self.error(
+                    p.requester,
+                    Some(p.requester_request),
+                    ErrorKind::TargetGone,
+                    "target was parked and left or did not come back",
+                );
+            }
+        }
+    }
+
+    /// `conn` registered after being parked: ask it about the held requests (or start
+    /// them at once under its accept-all policy).
+    pub(crate) fn deliver_deferred(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let accept_all = c.accept_all;
+        for id in std::mem::take(&mut c.deferred) {
+            let Some(requester) = self.pending.get(&id).map(|p| p.requester) else {
+                continue;
+            };
+            if accept_all {
+                self.start_attempt(now, id, Asked::No);
+            } else if let Some(from) = self.conns.get(&requester).map(|r| r.peer) {
+                self.send(
+                    conn,
+                    ServerMsg::Incoming {
+                        request_id: id,
+                        from,
+                    },
+                );
+            }
+        }
     }
 
     /// The target of request `id` accepted: send both sides their `Go`, unless a side is

@@ -272,6 +272,7 @@ impl From<CloseReason> for CloseCode {
             CloseReason::Malformed => Self::Malformed,
             CloseReason::TooManyMalformed => Self::TooManyMalformed,
             CloseReason::ServerFull => Self::ServerFull,
+            CloseReason::Parked => Self::Parked,
         }
     }
 }

@@ -13,14 +13,18 @@
 //! 3. On a report tick, [`CoordTask::report`] reads every connection's RTT estimate
 //!    ([`Coordinator::handle_rtt`]) and remote address, which changes on migration or NAT
 //!    rebinding ([`Coordinator::handle_observed_addr`]). One sweep here instead of a
-//!    timer in every connection task keeps idle connections small and quiet.
+//!    timer in every connection task keeps idle connections small and quiet. After
+//!    enough parks, the tick also returns freed memory to the OS ([`crate::memory`]).
 //! 4. After every call, [`CoordTask::flush`]: every [`Coordinator::poll_send`] message is
 //!    encoded ([`mesh::coord::encode`]) into the connection's bounded outgoing queue; a full
 //!    queue closes that connection as too slow (and tells the coordinator it is gone).
 //!    Then every [`Coordinator::poll_close`] queues a close behind the messages already
 //!    queued, so the connection task delivers them first; if even that does not fit, the
 //!    connection is closed at once.
-//! 5. After each round the counters are published to [`CoordMetrics`].
+//! 5. Parked peers' keep-alives (from the STUN worker's hook, bounded queue) go to
+//!    [`Coordinator::handle_keepalive`]; every [`Coordinator::poll_transmit`] datagram
+//!    (keep-alive answers, wakes) leaves from the server's primary socket, never waiting.
+//! 6. After each round the counters are published to [`CoordMetrics`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,8 +38,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
 use super::config::CloseCode;
+use super::ingress::Keepalive;
 use super::stats::{CoordMetrics, CoordSnapshot, QuicCounters};
 use crate::coordinator::{ConnId, Coordinator};
+use crate::memory::Trimmer;
+use crate::send_batch::SocketIo;
 
 /// Most events handled per wake-up before the counters are published again.
 pub const EVENTS_PER_ROUND: usize = 256;
@@ -94,6 +101,12 @@ struct Handle {
 pub struct CoordTask {
     coord: Coordinator,
     events: mpsc::Receiver<Event>,
+    /// Parked peers' keep-alives, and the socket their answers and wakes leave from.
+    park: Option<(mpsc::Receiver<Keepalive>, Arc<SocketIo>)>,
+    /// The QUIC endpoint, for the gauge of the connections quinn holds.
+    endpoint: Option<quinn::Endpoint>,
+    /// Returns the memory of parked connections to the OS.
+    trimmer: Trimmer,
     conns: HashMap<ConnId, Handle>,
     metrics: Arc<CoordMetrics>,
     report_interval: Duration,
@@ -111,10 +124,30 @@ impl CoordTask {
         Self {
             coord,
             events,
+            park: None,
+            endpoint: None,
+            trimmer: Trimmer::default(),
             conns: HashMap::new(),
             metrics,
             report_interval,
         }
+    }
+
+    /// Serves parked peers: their keep-alives from `keepalives`, answers and wakes sent
+    /// through `socket` (the server's primary socket).
+    pub fn with_parking(
+        mut self,
+        keepalives: mpsc::Receiver<Keepalive>,
+        socket: Arc<SocketIo>,
+    ) -> Self {
+        self.park = Some((keepalives, socket));
+        self
+    }
+
+    /// Publishes how many connections `endpoint` holds (closing ones included).
+    pub fn with_endpoint(mut self, endpoint: quinn::Endpoint) -> Self {
+        self.endpoint = Some(endpoint);
+        self
     }
 
     /// Runs until `shutdown` flips (or its sender is gone) or every event sender is gone.
@@ -139,6 +172,18 @@ impl CoordTask {
                             Err(_) => break,
                         }
                     }
+                }
+                keepalive = recv_opt(&mut self.park) => {
+                    let now = Instant::now();
+                    self.coord.handle_keepalive(now, keepalive.from, &keepalive.data);
+                    // Take what else is queued, bounded.
+                    for _ in 1..EVENTS_PER_ROUND {
+                        let Some(k) = self.park.as_mut().and_then(|(rx, _)| rx.try_recv().ok()) else {
+                            break;
+                        };
+                        self.coord.handle_keepalive(now, k.from, &k.data);
+                    }
+                    self.flush();
                 }
                 _ = sleep_until_opt(deadline) => {
                     self.coord.handle_timeout(Instant::now());
@@ -185,6 +230,9 @@ impl CoordTask {
     /// Gives the coordinator every connection's RTT estimate, and its address where it
     /// changed (see the module docs, step 3).
     pub fn report(&mut self) {
+        // Parked connections closed at least a tick ago have drained: their memory is free.
+        self.trimmer
+            .maybe_release(Instant::now(), self.coord.stats().parked);
         for (&conn, handle) in &mut self.conns {
             self.coord.handle_rtt(conn, handle.connection.rtt());
             let addr = handle.connection.remote_address();
@@ -196,8 +244,31 @@ impl CoordTask {
         }
     }
 
+    /// Sends the coordinator's datagrams to parked peers (without waiting: a full socket
+    /// buffer drops them, counted; the peers retransmit, the server resends wakes).
+    fn send_datagrams(&mut self) {
+        while let Some((to, datagram)) = self.coord.poll_transmit() {
+            let Some((_, socket)) = &self.park else {
+                continue;
+            };
+            // The coordinator keeps IPv4 peers as plain IPv4; a dual-stack socket needs
+            // them IPv4-mapped.
+            let to = match (socket.sock.local_addr(), to) {
+                (Ok(local), SocketAddr::V4(v4)) if local.is_ipv6() => {
+                    SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+                }
+                _ => to,
+            };
+            if let Err(e) = socket.sock.try_send_to(&datagram, to) {
+                QuicCounters::inc(&self.metrics.quic.park_send_failures);
+                tracing::debug!(%to, error = %e, "datagram to a parked peer not sent");
+            }
+        }
+    }
+
     /// Drains the coordinator's messages and closes (see the module docs, step 3).
     pub fn flush(&mut self) {
+        self.send_datagrams();
         let mut gone: Vec<(ConnId, Option<CloseCode>)> = Vec::new();
         loop {
             while let Some((conn, msg)) = self.coord.poll_send() {
@@ -250,8 +321,21 @@ impl CoordTask {
             stats: self.coord.stats().clone(),
             connections: self.coord.connections(),
             registered: self.coord.registered(),
+            parked: self.coord.parked(),
+            quic_connections: self.endpoint.as_ref().map_or(0, |e| e.open_connections()),
             pending: self.coord.pending_requests(),
         });
+    }
+}
+
+/// The next keep-alive; waits forever without a queue, or once it is closed.
+async fn recv_opt(park: &mut Option<(mpsc::Receiver<Keepalive>, Arc<SocketIo>)>) -> Keepalive {
+    match park {
+        Some((rx, _)) => match rx.recv().await {
+            Some(k) => k,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -13,6 +13,8 @@
 //!    quinn's buffers (one datagram per entry, with the source, the local IP it was sent to
 //!    and its ECN codepoint); `try_send` sends through the primary socket's `quinn-udp`
 //!    state, so peers see one address for STUN and QUIC.
+//!    Parked peers' keep-alives (STUN, see [`crate::coordinator`]) go the same way into a
+//!    second bounded queue ([`KEEPALIVE_QUEUE`]), which the coordinator task drains.
 //! 3. Writability waits go through tokio's readiness of the shared socket: `create_io_poller`
 //!    returns mesh's [`WritablePoller`] over the primary socket ([`SharedUdpSocket`]); the
 //!    STUN workers send without waiting, so nothing blocks them.
@@ -45,10 +47,34 @@ struct Queued {
     data: Vec<u8>,
 }
 
-/// The receiving end of the ingress queue; [`HookSocket::new`] takes it.
+/// Bound of the keep-alive queue (parked peers' keep-alives on their way to the
+/// coordinator task).
+pub const KEEPALIVE_QUEUE: usize = 1024;
+/// Longest keep-alive passed on (they are about 100 bytes).
+const MAX_KEEPALIVE_LEN: usize = 256;
+
+/// A parked peer's keep-alive: its source and bytes.
+#[derive(Debug)]
+pub struct Keepalive {
+    /// Where it came from.
+    pub from: SocketAddr,
+    /// The STUN message.
+    pub data: Vec<u8>,
+}
+
+/// The receiving end of the ingress queue; [`HookSocket::new`] takes it, after the
+/// coordinator task took the keep-alives ([`IngressQueue::take_keepalives`]).
 #[derive(Debug)]
 pub struct IngressQueue {
     rx: mpsc::Receiver<Queued>,
+    keepalives: Option<mpsc::Receiver<Keepalive>>,
+}
+
+impl IngressQueue {
+    /// The parked peers' keep-alives (once).
+    pub fn take_keepalives(&mut self) -> Option<mpsc::Receiver<Keepalive>> {
+        self.keepalives.take()
+    }
 }
 
 /// Makes the bounded queue (`capacity` datagrams of at most `max_len` bytes) and the hook
@@ -59,14 +85,21 @@ pub fn ingress(
     counters: Arc<super::CoordMetrics>,
 ) -> (HookFactory, IngressQueue) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
+    let (ka_tx, ka_rx) = mpsc::channel(KEEPALIVE_QUEUE);
     let factory: HookFactory = Arc::new(move |id: SocketId| {
+        let primary = id == SocketId::PRIMARY;
         Box::new(QuicHook {
-            tx: (id == SocketId::PRIMARY).then(|| tx.clone()),
+            tx: primary.then(|| tx.clone()),
+            keepalives: primary.then(|| ka_tx.clone()),
             max_len,
             metrics: Arc::clone(&counters),
         })
     });
-    (factory, IngressQueue { rx })
+    let queue = IngressQueue {
+        rx,
+        keepalives: Some(ka_rx),
+    };
+    (factory, queue)
 }
 
 /// The non-STUN hook of one STUN worker (see the module docs).
@@ -74,11 +107,27 @@ pub fn ingress(
 pub struct QuicHook {
     /// `None` on the alternate sockets.
     tx: Option<mpsc::Sender<Queued>>,
+    /// Keep-alives to the coordinator task; `None` on the alternate sockets.
+    keepalives: Option<mpsc::Sender<Keepalive>>,
     max_len: usize,
     metrics: Arc<super::CoordMetrics>,
 }
 
 impl NonStunHook for QuicHook {
+    fn on_keepalive(&mut self, meta: &DatagramMeta, datagram: &[u8]) {
+        let (Some(tx), true) = (&self.keepalives, datagram.len() <= MAX_KEEPALIVE_LEN) else {
+            return;
+        };
+        let keepalive = Keepalive {
+            from: meta.from,
+            data: datagram.to_vec(),
+        };
+        if tx.try_send(keepalive).is_err() {
+            QuicCounters::inc(&self.metrics.quic.keepalives_dropped);
+            tracing::trace!(from = %meta.from, "keep-alive queue full, dropped");
+        }
+    }
+
     fn on_datagram(&mut self, meta: &DatagramMeta, datagram: &[u8]) {
         let q = &self.metrics.quic;
         let from = meta.from;

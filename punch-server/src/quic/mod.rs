@@ -25,6 +25,9 @@
 //!    after every call writes its messages ([`mesh::coord::encode`]) into the connections'
 //!    bounded outgoing queues and carries out its closes (messages first, then the close
 //!    with a [`CloseCode`]).
+//!    Parked peers (see [`crate::coordinator`]) need no task: the coordinator task takes
+//!    their keep-alives from the STUN worker's hook and sends their answers and wakes
+//!    from the primary socket.
 //! 5. Counters ([`CoordMetrics`]) are added to the STUN server's `/metrics` as
 //!    `punch_coord_*`.
 //! 6. [`CoordServer::shutdown`] stops accepting, closes every connection
@@ -141,7 +144,7 @@ impl CoordServer {
     /// [`CoordServer::start`] with settings the caller has already checked.
     fn start_validated(
         server: &Server,
-        queue: IngressQueue,
+        mut queue: IngressQueue,
         identity: &Identity,
         quic: QuicConfig,
         coord: CoordConfig,
@@ -151,7 +154,8 @@ impl CoordServer {
             .socket(SocketId::PRIMARY)
             .ok_or(QuicError::NoPrimarySocket)?;
         let local_addr = server.local_addr();
-        let socket = HookSocket::new(io, local_addr, queue, Arc::clone(&metrics));
+        let keepalives = queue.take_keepalives();
+        let socket = HookSocket::new(Arc::clone(&io), local_addr, queue, Arc::clone(&metrics));
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             QuicConfig::endpoint_config(),
             Some(quic.server_config(identity)?),
@@ -162,13 +166,21 @@ impl CoordServer {
         server.stats().add_source(metrics.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (events, events_rx) = mpsc::channel(quic.event_queue);
-        let coordinator = Coordinator::new(coord, Instant::now(), os_seed());
-        let coord_task = CoordTask::new(
+        let mut coordinator = Coordinator::new(coord, Instant::now(), os_seed());
+        // Relay credentials carry UNIX expiries; a clock before 1970 offers none.
+        if let Ok(since) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            coordinator.set_wall_clock(Instant::now(), since);
+        }
+        let mut coord_task = CoordTask::new(
             coordinator,
             events_rx,
             Arc::clone(&metrics),
             quic.report_interval,
         );
+        if let Some(keepalives) = keepalives {
+            coord_task = coord_task.with_parking(keepalives, io);
+        }
+        coord_task = coord_task.with_endpoint(endpoint.clone());
         let slots = Arc::new(Semaphore::new(quic.max_connections));
         let accept = AcceptLoop {
             endpoint: endpoint.clone(),

@@ -5,16 +5,16 @@
 //!    [`QuicCounters`] directly (no lock on the packet path).
 //! 2. The coordinator task publishes a [`CoordSnapshot`] (the sans-IO
 //!    [`CoordStats`] plus its gauges) after every round of work.
-//! 3. [`CoordMetrics`] is a [`MetricsSource`]: the metrics endpoint renders both in the
-//!    Prometheus text format after the STUN counters, from one table of (name, counter or
-//!    gauge, help, value) rows plus the labelled drop counter.
+//! 3. [`CoordMetrics`] is a [`MetricsSource`]: before each render of `/metrics` it sets
+//!    the metrics from one table of (name, counter or gauge, help, value) rows plus the
+//!    labelled drop counter.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::coordinator::CoordStats;
 use crate::metrics_http::MetricKind::{self, Counter, Gauge};
-use crate::metrics_http::{write_labelled, write_metric, MetricsSource};
+use crate::metrics_http::{set_labelled, set_metric, MetricsSource};
 
 /// Monotonic counters (and one gauge) of the QUIC side.
 #[derive(Debug, Default)]
@@ -48,6 +48,10 @@ pub struct QuicCounters {
     pub too_slow: AtomicU64,
     /// Connection tasks alive (gauge).
     pub connections_active: AtomicU64,
+    /// Parked peers' keep-alives dropped because the keep-alive queue was full.
+    pub keepalives_dropped: AtomicU64,
+    /// Datagrams to parked peers (keep-alive answers, wakes) that could not be sent.
+    pub park_send_failures: AtomicU64,
 }
 
 impl QuicCounters {
@@ -76,8 +80,12 @@ pub struct CoordSnapshot {
     pub stats: CoordStats,
     /// Connections the coordinator knows.
     pub connections: usize,
-    /// Registered peers.
+    /// Registered peers (parked ones included).
     pub registered: usize,
+    /// Parked peers.
+    pub parked: usize,
+    /// Connections the QUIC endpoint holds (closing and draining ones included).
+    pub quic_connections: usize,
     /// Pending connect requests.
     pub pending: usize,
 }
@@ -103,12 +111,78 @@ impl CoordMetrics {
 }
 
 impl MetricsSource for CoordMetrics {
-    fn render_prometheus(&self, out: &mut String) {
+    fn publish(&self) {
         let s = self.snapshot();
         let c = &s.stats;
         let q = &self.quic;
         let get = QuicCounters::get;
-        let rows: [(&str, MetricKind, &str, u64); 26] = [
+        let rows: [(&'static str, MetricKind, &'static str, u64); 38] = [
+            (
+                "punch_coord_park_left_total",
+                Counter,
+                "Parked peers that left (signed leave).",
+                c.park_left,
+            ),
+            (
+                "punch_coord_quic_connections",
+                Gauge,
+                "Connections the QUIC endpoint holds (closing and draining ones included).",
+                s.quic_connections as u64,
+            ),
+            (
+                "punch_coord_peers_parked",
+                Gauge,
+                "Registered peers parked without a connection (keep-alives only).",
+                s.parked as u64,
+            ),
+            (
+                "punch_coord_parked_total",
+                Counter,
+                "Idle control connections parked.",
+                c.parked,
+            ),
+            (
+                "punch_coord_unparked_total",
+                Counter,
+                "Parked peers that connected again.",
+                c.unparked,
+            ),
+            (
+                "punch_coord_park_expired_total",
+                Counter,
+                "Parked peers dropped for missing keep-alives.",
+                c.park_expired,
+            ),
+            (
+                "punch_coord_keepalives_total",
+                Counter,
+                "Good keep-alives of parked peers.",
+                c.keepalives,
+            ),
+            (
+                "punch_coord_keepalives_refused_total",
+                Counter,
+                "Keep-alives refused (unknown peer, bad MAC).",
+                c.keepalives_refused,
+            ),
+            (
+                "punch_coord_wakes_sent_total",
+                Counter,
+                "Wake datagrams sent to parked peers.",
+                c.wakes_sent,
+            ),
+            (
+                "punch_coord_keepalives_dropped_total",
+                Counter,
+                "Keep-alives dropped because the coordinator's queue was full.",
+                get(&q.keepalives_dropped),
+            ),
+            (
+                "punch_coord_park_send_failures_total",
+                Counter,
+                "Datagrams to parked peers that could not be sent.",
+                get(&q.park_send_failures),
+            ),
             (
                 "punch_coord_registrations_total",
                 Counter,
@@ -194,6 +268,12 @@ impl MetricsSource for CoordMetrics {
                 c.rtt_samples,
             ),
             (
+                "punch_coord_relay_offers_total",
+                Counter,
+                "Relays messages sent (TURN credentials, first offers and renewals).",
+                c.relay_offers,
+            ),
+            (
                 "punch_coord_peers_connected",
                 Gauge,
                 "Control connections the coordinator knows.",
@@ -267,14 +347,13 @@ impl MetricsSource for CoordMetrics {
             ),
         ];
         for (name, kind, help, value) in rows {
-            write_metric(out, name, kind, help, value);
+            set_metric(name, kind, help, value);
         }
-        write_labelled(
-            out,
+        set_labelled(
             "punch_coord_quic_datagrams_dropped_total",
             Counter,
             "Non-STUN datagrams not handed to quinn, by reason.",
-            "reason",
+            Some("reason"),
             [
                 ("queue_full", get(&q.dropped_queue_full)),
                 ("not_quic", get(&q.dropped_not_quic)),
@@ -304,10 +383,13 @@ mod tests {
             },
             connections: 2,
             registered: 1,
+            parked: 0,
+            quic_connections: 0,
             pending: 0,
         });
-        let mut out = String::new();
-        m.render_prometheus(&mut out);
+        let registry = server_ops::metrics::Registry::new();
+        registry.register(|| MetricsSource::publish(&m));
+        let out = registry.render();
         assert!(out.contains("punch_coord_registrations_total 3\n"), "{out}");
         assert!(
             out.contains(

@@ -3,13 +3,22 @@
 //! one `doctor` line.
 //!
 //! Steps:
-//! 1. Resolve the STUN server, bind the discovery socket, print `connecting`.
-//! 2. Run behaviour discovery (`mesh::nat::discover`) and the node's start (registration)
-//!    at the same time. A punch server that does not answer within
-//!    `--connect-timeout-ms` ends the doctor at once with `error {kind: "unreachable"}`.
-//! 3. If registration failed otherwise, print the NAT findings with `register_error`
-//!    (`kind`, `detail`) and exit 1; else wait (bounded) for UPnP to settle, print the
-//!    `doctor` line, shut the node down and exit 0.
+//! 1. Resolve the STUN server, print `connecting`, start the node (registration). A punch
+//!    server that does not answer within `--connect-timeout-ms` ends the doctor at once
+//!    with `error {kind: "unreachable"}`.
+//! 2. If registration failed, run behaviour discovery on a socket of its own
+//!    (`mesh::nat::discover`) and print the NAT findings with `register_error`
+//!    (`kind`, `detail`); exit 1.
+//! 3. Otherwise, at the same time: behaviour discovery on the node's own socket
+//!    (`mesh::nat::discover_on`: its answers come back through the socket's STUN router,
+//!    so the mapping and filtering reported are those the node's QUIC traffic gets),
+//!    the wait (bounded) for UPnP to settle, and the wait for the server's relay offer
+//!    (at most [`RELAY_OFFER_WAIT`]) followed by step 4.
+//! 4. Check every relay offered at once (`mesh::turn::check::check_relay`: allocate with
+//!    the credentials, then free; each bounded by `--relay-timeout-ms`), print the
+//!    `doctor` line with `relays` (`uri`, `username`, `expires_unix`, and `allocate`:
+//!    `ok` with `relayed`, `ms`, `freed`, or `error` with `reason` and the STUN `code` if
+//!    refused), shut the node down and exit 0.
 //!
 //! A signal at any step shuts down what was started and exits 1 (`interrupted`).
 
@@ -18,27 +27,41 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use mesh::direct::{DirectNode, IncomingPolicy};
-use mesh::nat::{discover, NatConfig};
+use mesh::nat::{discover, discover_on, NatBehaviour, NatConfig, NatError};
+use mesh::turn::check::check_relay;
+use mesh::turn::client::TurnError;
+use mesh::turn::RelayCredential;
 use mesh::upnp::UpnpState;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::out::{emit, error_line, ms};
 use crate::punch::NodeArgs;
 use crate::signals::{bounded_cleanup, interrupted, Stop};
 
-/// `peer doctor --punch`: NAT behaviour, registration, UPnP, RTT; one line.
+/// Longest wait for the punch server's relay offer after registration (it follows
+/// `Registered` at once; a server without relays sends none).
+pub const RELAY_OFFER_WAIT: Duration = Duration::from_millis(500);
+
+/// The doctor's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Waits {
+    /// Timeout of the first STUN transaction, in milliseconds.
+    pub stun_ms: u64,
+    /// Longest wait for the UPnP result.
+    pub upnp: Duration,
+    /// Longest check of one relay.
+    pub relay: Duration,
+}
+
+/// `peer doctor --punch`: NAT behaviour, registration, UPnP, RTT, relays; one line.
 ///
-/// Prints `connecting`, then runs behaviour discovery and the registration at the same
-/// time. A punch server that does not answer within `--connect-timeout-ms` ends it at once
-/// with `error {kind: "unreachable"}`; other registration failures are reported in the
-/// `doctor` line (`register_error`) next to the NAT findings.
-pub async fn doctor(
-    args: NodeArgs,
-    alt: Option<String>,
-    timeout_ms: u64,
-    upnp_wait: Duration,
-    stop: &Stop,
-) -> ExitCode {
+/// Prints `connecting`, registers, then runs behaviour discovery on the node's socket. A
+/// punch server that does not answer within `--connect-timeout-ms` ends it at once with
+/// `error {kind: "unreachable"}`; other registration failures are reported in the
+/// `doctor` line (`register_error`) next to the NAT findings (found on a socket of its
+/// own then).
+pub async fn doctor(args: NodeArgs, alt: Option<String>, waits: Waits, stop: &Stop) -> ExitCode {
+    let timeout_ms = waits.stun_ms;
     let config = match args.config() {
         Ok(c) => c,
         Err((kind, detail)) => return error_line(kind, &detail),
@@ -48,66 +71,60 @@ pub async fn doctor(
         Ok(server) => server,
         Err(detail) => return error_line("resolve", &detail),
     };
-    let bind = SocketAddr::new(args.bind.ip(), 0);
-    let socket = match tokio::net::UdpSocket::bind(bind).await {
-        Ok(socket) => socket,
-        Err(e) => return error_line("io", &format!("bind {bind}: {e}")),
-    };
     emit(&args.connecting_line());
     let nat_config = NatConfig::with_transaction_timeout(Duration::from_millis(timeout_ms.max(1)));
-    let discovery = discover(&socket, server, nat_config);
-    let registration = args.start(IncomingPolicy::RefuseAll);
-    tokio::pin!(discovery, registration);
-    let (mut nat, mut node) = (None, None);
-    while nat.is_none() || node.is_none() {
-        tokio::select! {
-            found = &mut discovery, if nat.is_none() => nat = Some(found),
-            started = &mut registration, if node.is_none() => match started {
-                Err(("unreachable", detail)) => return error_line("unreachable", &detail),
-                started => node = Some(started),
-            },
-            signal = stop.wait() => {
-                if let Some(Ok(node)) = node {
-                    bounded_cleanup(DirectNode::shutdown(node)).await;
-                }
-                return interrupted(signal);
-            }
-        }
-    }
-    let mut line = json!({"event": "doctor", "punch": args.punch});
-    match nat {
-        Some(Ok(b)) => {
-            line["mapping"] = b.mapping.as_str().into();
-            line["filtering"] = b.filtering.as_str().into();
-            line["nat_type"] = b.nat_type().as_str().into();
-            line["reflexive"] = b.reflexive.to_string().into();
-            line["stun_rtt_ms"] = b.rtt.map(ms).into();
-        }
-        Some(Err(e)) => line["nat_error"] = json!({"kind": e.kind(), "detail": e.to_string()}),
-        None => {}
-    }
+    let node = match stop.until(args.start(IncomingPolicy::RefuseAll)).await {
+        Err(signal) => return interrupted(signal),
+        Ok(Err(("unreachable", detail))) => return error_line("unreachable", &detail),
+        Ok(started) => started,
+    };
     let node = match node {
-        Some(Ok(node)) => node,
-        Some(Err((kind, detail))) => {
-            // The NAT findings stand on their own: report them with why registration
-            // failed.
+        Ok(node) => node,
+        Err((kind, detail)) => {
+            // Without a node, discovery runs on a socket of its own; the NAT findings
+            // stand on their own: report them with why registration failed.
+            let bind = SocketAddr::new(args.bind.ip(), 0);
+            let discovery = async {
+                let socket = tokio::net::UdpSocket::bind(bind).await?;
+                discover(&socket, server, nat_config).await
+            };
+            let nat = match stop.until(discovery).await {
+                Ok(nat) => nat,
+                Err(signal) => return interrupted(signal),
+            };
+            let mut line = json!({"event": "doctor", "punch": args.punch});
+            add_nat(&mut line, nat);
             line["register_error"] = json!({"kind": kind, "detail": detail});
             emit(&line);
             return ExitCode::FAILURE;
         }
-        None => return error_line("internal", "registration did not finish"),
     };
-    let reg = node.registration().borrow().clone();
-    line["peer"] = node.peer_id().to_string().into();
-    line["registered_as"] = reg.observed_addr.to_string().into();
-    line["punch_rtt_ms"] = ms(node.server_rtt()).into();
-    let upnp = match stop.until(settled_upnp(&node, upnp_wait)).await {
-        Ok(upnp) => upnp,
+    // Discovery on the node's own socket (the mapping and filtering its QUIC traffic
+    // gets), while UPnP settles and the relays offered are checked.
+    let work = async {
+        let relays = async {
+            let offered = node.wait_relays(RELAY_OFFER_WAIT).await;
+            check_relays(offered, waits.relay).await
+        };
+        tokio::join!(
+            discover_on(node.endpoint(), server, nat_config),
+            settled_upnp(&node, waits.upnp),
+            relays
+        )
+    };
+    let (nat, upnp, relays) = match stop.until(work).await {
+        Ok(done) => done,
         Err(signal) => {
             bounded_cleanup(node.shutdown()).await;
             return interrupted(signal);
         }
     };
+    let mut line = json!({"event": "doctor", "punch": args.punch});
+    add_nat(&mut line, nat);
+    let reg = node.registration().borrow().clone();
+    line["peer"] = node.peer_id().to_string().into();
+    line["registered_as"] = reg.observed_addr.to_string().into();
+    line["punch_rtt_ms"] = ms(node.server_rtt()).into();
     line["upnp"] = match upnp {
         None => json!({"state": "off"}),
         Some(UpnpState::Mapped { external, .. }) => {
@@ -118,9 +135,63 @@ pub async fn doctor(
         }
         Some(UpnpState::Searching) => json!({"state": "searching"}),
     };
+    line["relays"] = relays.into();
     emit(&line);
     bounded_cleanup(node.shutdown()).await;
     ExitCode::SUCCESS
+}
+
+/// The behaviour found, or why discovery failed, into the `doctor` line.
+fn add_nat(line: &mut Value, nat: Result<NatBehaviour, NatError>) {
+    match nat {
+        Ok(b) => {
+            line["mapping"] = b.mapping.as_str().into();
+            line["filtering"] = b.filtering.as_str().into();
+            line["nat_type"] = b.nat_type().as_str().into();
+            line["reflexive"] = b.reflexive.to_string().into();
+            line["stun_rtt_ms"] = b.rtt.map(ms).into();
+        }
+        Err(e) => line["nat_error"] = json!({"kind": e.kind(), "detail": e.to_string()}),
+    }
+}
+
+/// Checks every relay at once; one JSON object per relay, in the order offered.
+async fn check_relays(relays: Vec<RelayCredential>, timeout: Duration) -> Vec<Value> {
+    let checks = relays.into_iter().map(|relay| {
+        tokio::spawn(async move {
+            let result = check_relay(&relay, timeout).await;
+            let mut v = json!({
+                "uri": relay.uri.to_string(),
+                "username": relay.username,
+                "expires_unix": relay.expires_unix,
+            });
+            match result {
+                Ok(ok) => {
+                    v["allocate"] = "ok".into();
+                    v["relayed"] = ok.relayed.to_string().into();
+                    v["ms"] = ms(ok.elapsed).into();
+                    v["freed"] = ok.freed.into();
+                }
+                Err(e) => {
+                    v["allocate"] = "error".into();
+                    v["reason"] = e.to_string().into();
+                    if let TurnError::Refused(code) = e {
+                        v["code"] = code.into();
+                    }
+                }
+            }
+            v
+        })
+    });
+    // At most `mesh::coord::MAX_RELAYS` tasks, each bounded by `timeout`.
+    let handles: Vec<_> = checks.collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.unwrap_or_else(
+            |e| json!({"allocate": "error", "reason": format!("check failed: {e}")}),
+        ));
+    }
+    out
 }
 
 /// The node's UPnP state once it left `Searching`, or as it is after `wait`.

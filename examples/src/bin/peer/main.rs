@@ -5,8 +5,8 @@
 //!   ID@HOST:PORT`): `connecting`, `registered`, `connected`, `echo_ok`, `closed`, `error`
 //!   lines (`error {kind: "unreachable"}` when the server has not answered within
 //!   `--connect-timeout-ms`, 10 s).
-//! - `doctor --punch` (module `doctor`): `connecting`, then behaviour, registration, RTT and
-//!   UPnP in one line (behaviour and `register_error`, exit status 1, when registration
+//! - `doctor --punch` (module `doctor`): `connecting`, then behaviour, registration, RTT,
+//!   UPnP and the TURN relays the punch server offers (each allocated and freed) in one line (behaviour and `register_error`, exit status 1, when registration
 //!   fails; `error {kind: "unreachable"}` when the server does not answer).
 //! - `doctor --stun`: RFC 5780 NAT behaviour discovery against a STUN server with an alternate
 //!   address (our punch-server or any RFC 5780 server such as coturn). Steps: bind a UDP
@@ -123,6 +123,10 @@ enum Command {
         /// With `--punch`: how long to wait for the UPnP result, in milliseconds.
         #[arg(long, default_value_t = 5_000)]
         upnp_wait_ms: u64,
+        /// With `--punch`: longest check (allocate, then free) of each TURN relay the punch
+        /// server offers, in milliseconds.
+        #[arg(long, env = "PEER_RELAY_TIMEOUT_MS", default_value_t = 3_000)]
+        relay_timeout_ms: u64,
     },
     /// Map a UDP port with UPnP, receive one datagram through the mapping, remove it.
     Upnp(UpnpArgs),
@@ -241,6 +245,7 @@ async fn run(command: Command, stop: Stop) -> ExitCode {
             connect_timeout_ms,
             no_upnp,
             upnp_wait_ms,
+            relay_timeout_ms,
         } => {
             let node = punch::NodeArgs {
                 punch,
@@ -248,12 +253,19 @@ async fn run(command: Command, stop: Stop) -> ExitCode {
                 key_file: None,
                 bind,
                 no_upnp,
+                // The doctor checks each relay on a socket of its own (allocate, then
+                // free); the node itself need not hold allocations.
+                no_relay: true,
                 upnp_search_ms: punch::DEFAULT_UPNP_SEARCH_MS,
                 budget_ms: punch::DEFAULT_BUDGET_MS,
                 connect_timeout_ms,
             };
-            let upnp_wait = Duration::from_millis(upnp_wait_ms);
-            doctor::doctor(node, alt.or(stun), timeout_ms, upnp_wait, &stop).await
+            let waits = doctor::Waits {
+                stun_ms: timeout_ms,
+                upnp: Duration::from_millis(upnp_wait_ms),
+                relay: Duration::from_millis(relay_timeout_ms.max(1)),
+            };
+            doctor::doctor(node, alt.or(stun), waits, &stop).await
         }
         Command::Doctor {
             stun: Some(stun),

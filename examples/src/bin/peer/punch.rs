@@ -61,12 +61,17 @@ pub struct NodeArgs {
     /// generated for this run.
     #[arg(long, env = "PEER_KEY_FILE")]
     pub key_file: Option<PathBuf>,
-    /// Local address of the one UDP socket.
-    #[arg(long, default_value = "0.0.0.0:0")]
+    /// Local address of the one UDP socket. The default `[::]:0` is one dual-stack socket
+    /// (IPv4 and IPv6; IPv4 only on a host without IPv6).
+    #[arg(long, env = "PEER_BIND", default_value = "[::]:0")]
     pub bind: SocketAddr,
     /// Do not map a port with UPnP.
     #[arg(long)]
     pub no_upnp: bool,
+    /// Do not allocate on the TURN relays the punch server offers (by default the node
+    /// holds one allocation per relay, refreshed, and frees it on exit).
+    #[arg(long, env = "PEER_NO_RELAY")]
+    pub no_relay: bool,
     /// SSDP search timeout of the UPnP gateway discovery, in milliseconds.
     #[arg(long, default_value_t = DEFAULT_UPNP_SEARCH_MS)]
     pub upnp_search_ms: u64,
@@ -92,6 +97,9 @@ impl NodeArgs {
             search_timeout: Duration::from_millis(self.upnp_search_ms.max(1)),
             ..UpnpConfig::default()
         });
+        if self.no_relay {
+            config.relays = None;
+        }
         config.probe.budget = Duration::from_millis(self.budget_ms.max(1));
         config.connect_timeout = Duration::from_millis(self.connect_timeout_ms.max(1));
         Ok(config)
@@ -182,6 +190,7 @@ pub async fn listen(
     let reporters = [
         tokio::spawn(report_upnp(node.clone())),
         tokio::spawn(report_control(node.clone())),
+        tokio::spawn(report_relayed(node.clone())),
     ];
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let signal = loop {
@@ -267,6 +276,23 @@ async fn report_upnp(node: Arc<DirectNode>) {
         if reg.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Prints a `relayed` line each time the node's relayed addresses change (an allocation
+/// on an offered relay succeeded, was lost, or came back).
+async fn report_relayed(node: Arc<DirectNode>) {
+    let mut relayed = node.relayed();
+    loop {
+        if relayed.changed().await.is_err() {
+            return;
+        }
+        let now: Vec<_> = relayed
+            .borrow_and_update()
+            .iter()
+            .map(|r| json!({"relay": r.relay.to_string(), "relayed": r.relayed.to_string()}))
+            .collect();
+        emit(&json!({"event": "relayed", "relays": now}));
     }
 }
 

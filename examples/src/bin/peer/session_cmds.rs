@@ -57,8 +57,9 @@ pub struct SessionArgs {
     /// generated for this run.
     #[arg(long, env = "PEER_KEY_FILE")]
     pub key_file: Option<PathBuf>,
-    /// Local address of the one UDP socket.
-    #[arg(long, env = "PEER_BIND", default_value = "0.0.0.0:0")]
+    /// Local address of the one UDP socket. The default `[::]:0` is one dual-stack socket
+    /// (IPv4 and IPv6; IPv4 only on a host without IPv6).
+    #[arg(long, env = "PEER_BIND", default_value = "[::]:0")]
     pub bind: SocketAddr,
     /// Do not map a port with UPnP.
     #[arg(long, env = "PEER_NO_UPNP")]

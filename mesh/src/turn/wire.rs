@@ -1,4 +1,5 @@
-//! Framing on the TURN port: the first-byte demux, ChannelData, and the glue to stun-rs.
+//! Framing on a TURN port, for the relay and its clients alike: the first-byte demux,
+//! ChannelData, and the glue to stun-rs.
 //!
 //! Steps, for a datagram arriving on the listening port (RFC 8656 section 12, RFC 7983):
 //!
@@ -14,21 +15,17 @@
 //!    MESSAGE-INTEGRITY and FINGERPRINT when asked; ChannelData towards a client gets
 //!    the 4-byte [`ChannelData::header`] and no padding (optional over UDP).
 //!
-//! stun-rs is the workspace's one STUN codec; this module only adds ChannelData, which is
-//! not a STUN message.
+//! The STUN glue lives in [`crate::stun::codec`] (re-exported here for the relay); this
+//! module only adds ChannelData, which is not a STUN message.
 
-use stun_rs::attributes::stun::{Fingerprint, MessageIntegrity};
-use stun_rs::{
-    HMACKey, MessageClass, MessageDecoder, MessageEncoder, MessageMethod, StunAttribute,
-    StunMessage, StunMessageBuilder, TransactionId,
-};
+pub use crate::stun::codec::{decode_stun, encode_stun, integrity_ok, Decoded};
 
 /// Lowest TURN channel number (RFC 8656 section 12).
 pub const CHANNEL_MIN: u16 = 0x4000;
 /// Highest TURN channel number of RFC 8656.
 pub const CHANNEL_MAX: u16 = 0x4FFF;
 /// Highest TURN channel number of RFC 5766 (0x4000-0x7FFF), which coturn's clients still
-/// pick from; accepted only with `ServerConfig::rfc5766_channels`.
+/// pick from; accepted only with the relay's `rfc5766_channels` setting.
 pub const CHANNEL_MAX_RFC5766: u16 = 0x7FFF;
 /// ChannelData header length.
 pub const CHANNEL_HEADER_LEN: usize = 4;
@@ -107,78 +104,6 @@ impl<'a> ChannelData<'a> {
         out.extend_from_slice(payload);
         Some(out)
     }
-}
-
-/// A decoded STUN message and whether it carried a (valid) FINGERPRINT.
-#[derive(Debug)]
-pub struct Decoded {
-    /// The message.
-    pub msg: StunMessage,
-    /// Whether it had a FINGERPRINT (answers then carry one too).
-    pub fingerprint: bool,
-}
-
-/// Decodes a STUN message that fills `datagram`; `None` if it does not decode, has
-/// trailing bytes, or has a FINGERPRINT that does not match.
-pub fn decode_stun(datagram: &[u8]) -> Option<Decoded> {
-    let (msg, size) = MessageDecoder::default().decode(datagram).ok()?;
-    if size != datagram.len() {
-        return None;
-    }
-    let fingerprint = match msg.get::<Fingerprint>() {
-        None => false,
-        Some(attr) => {
-            let fp = attr.as_fingerprint().ok()?;
-            let input = stun_rs::get_input_text::<Fingerprint>(datagram)?;
-            if !fp.validate(&input) {
-                return None;
-            }
-            true
-        }
-    };
-    Some(Decoded { msg, fingerprint })
-}
-
-/// Whether `msg` (decoded from `datagram`) carries a MESSAGE-INTEGRITY that matches `key`.
-pub fn integrity_ok(datagram: &[u8], msg: &StunMessage, key: &HMACKey) -> bool {
-    let Some(attr) = msg.get::<MessageIntegrity>() else {
-        return false;
-    };
-    let Ok(mi) = attr.as_message_integrity() else {
-        return false;
-    };
-    match stun_rs::get_input_text::<MessageIntegrity>(datagram) {
-        Some(input) => mi.validate(&input, key),
-        None => false,
-    }
-}
-
-/// Encodes a message with `attrs`, then MESSAGE-INTEGRITY with `key` and FINGERPRINT if
-/// asked; `extra` is room for large attributes (DATA). `None` if stun-rs refuses it.
-pub fn encode_stun(
-    method: MessageMethod,
-    class: MessageClass,
-    txn: TransactionId,
-    attrs: Vec<StunAttribute>,
-    key: Option<&HMACKey>,
-    fingerprint: bool,
-    extra: usize,
-) -> Option<Vec<u8>> {
-    let mut builder = StunMessageBuilder::new(method, class).with_transaction_id(txn);
-    for attr in attrs {
-        builder = builder.with_attribute(attr);
-    }
-    if let Some(key) = key {
-        builder = builder.with_attribute(MessageIntegrity::new(key.clone()));
-    }
-    if fingerprint {
-        builder = builder.with_attribute(Fingerprint::default());
-    }
-    let msg = builder.build();
-    let mut buf = vec![0u8; 1024 + extra];
-    let n = MessageEncoder::default().encode(&mut buf, &msg).ok()?;
-    buf.truncate(n);
-    Some(buf)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! TURN REST API credentials (coturn's `use-auth-secret`), shared by the relay and by
-//! whoever hands credentials out.
+//! TURN REST API credentials (coturn's `use-auth-secret`, draft-uberti-behave-turn-rest),
+//! the one implementation shared by the relay (`proxy`), the punch server that hands them
+//! out, and the peers that use them.
 //!
 //! Steps:
 //!
