@@ -111,6 +111,11 @@ impl Relayed {
 
 /// The proxy's `proxy_allocations_live` gauge.
 fn live_allocations(metrics: &str) -> Result<f64> {
+    metric(metrics, "proxy_allocations_live")
+}
+
+/// One unlabelled metric of the proxy's `/metrics`.
+fn metric(metrics: &str, name: &str) -> Result<f64> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(metrics)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -122,8 +127,8 @@ fn live_allocations(metrics: &str) -> Result<f64> {
     stream.read_to_string(&mut response)?;
     let line = response
         .lines()
-        .find(|l| l.starts_with("proxy_allocations_live "))
-        .with_context(|| format!("no proxy_allocations_live in {response}"))?;
+        .find(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(' ')))
+        .with_context(|| format!("no {name} in {response}"))?;
     let value = line.rsplit(' ').next().context("no value")?;
     Ok(value.parse()?)
 }
@@ -320,5 +325,121 @@ async fn two_nodes_talk_over_a_channel_on_the_offered_relay() -> Result<()> {
     // Both allocations (A's and B's own) freed at shutdown.
     let metrics = servers.proxy_metrics.clone();
     tokio::task::spawn_blocking(move || wait_live_allocations(&metrics, 0.0)).await??;
+    Ok(())
+}
+
+/// A relay-only dialer reaches a listener through the proxy: both see only relayed
+/// addresses (relay-to-relay, each end on its own allocation), the echo completes, and
+/// the proxy handed the traffic between its two allocations.
+#[test]
+fn a_relay_only_dialer_connects_through_the_proxy_and_neither_end_sees_the_other() -> Result<()> {
+    let servers = Relayed::start(SECRET)?;
+    let mut listener = servers.listen(&[])?;
+    let registered = listener.wait("registered", Duration::from_secs(15), |v| {
+        v["event"] == "registered"
+    })?;
+    let listener_id = str_of(&registered, "peer")?;
+    let listener_local = str_of(&registered, "local")?;
+    let listener_relayed = listener.wait("relayed line", Duration::from_secs(15), |v| {
+        v["event"] == "relayed"
+    })?;
+    let listener_relayed = listener_relayed["relays"][0]["relayed"]
+        .as_str()
+        .context("listener's relayed address")?
+        .to_string();
+    // A known port for the dialer, so the test can tell whether its address leaked.
+    let dialer_local = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    let mut dialer = Proc::peer(
+        "dialer",
+        &[
+            "dial",
+            "--punch",
+            &servers.punch_addr,
+            "--no-upnp",
+            "--bind",
+            &dialer_local,
+            "--relay-only",
+            "--bytes",
+            "200000",
+            &listener_id,
+        ],
+    )?;
+    // Relay-only registers no address of its own, and the server adds none.
+    let dialed = dialer.wait("connected", Duration::from_secs(20), |v| {
+        v["event"] == "connected" || v["event"] == "error"
+    })?;
+    assert_eq!(dialed["event"], "connected", "{dialed}");
+    assert_eq!(dialed["path"], "relay", "{dialed}");
+    assert_eq!(dialed["remote"], listener_relayed.as_str(), "{dialed}");
+    dialer.wait("echo_ok", Duration::from_secs(20), |v| {
+        v["event"] == "echo_ok"
+    })?;
+    dialer.wait_exit_ok(Instant::now() + Duration::from_secs(10))?;
+    let accepted = listener.wait("connected", Duration::from_secs(5), |v| {
+        v["event"] == "connected"
+    })?;
+    assert_eq!(accepted["path"], "relay", "{accepted}");
+    let seen = str_of(&accepted, "remote")?;
+    assert_ne!(
+        seen, dialer_local,
+        "the listener saw the dialer's own address"
+    );
+    assert!(
+        seen.starts_with("127.0.0.1:") && seen != listener_local,
+        "{accepted}"
+    );
+    // The proxy publishes its counters once a second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&servers.proxy_metrics, "proxy_relay_to_relay_packets_total")? == 0.0 {
+        anyhow::ensure!(Instant::now() < deadline, "no relay-to-relay traffic");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Relay-only without a relay offered fails clearly instead of leaking the address.
+#[test]
+fn relay_only_without_a_relay_fails_with_no_relayed_path() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_punch, punch_addr) = start_punch(dir.path(), &[], Stdio::inherit())?;
+    let mut listener = Proc::peer(
+        "listener",
+        &[
+            "listen",
+            "--punch",
+            &punch_addr,
+            "--no-upnp",
+            "--bind",
+            "127.0.0.1:0",
+        ],
+    )?;
+    let registered = listener.wait("registered", Duration::from_secs(15), |v| {
+        v["event"] == "registered"
+    })?;
+    let listener_id = str_of(&registered, "peer")?;
+    let mut dialer = Proc::peer(
+        "dialer",
+        &[
+            "dial",
+            "--punch",
+            &punch_addr,
+            "--no-upnp",
+            "--bind",
+            "127.0.0.1:0",
+            "--relay-only",
+            &listener_id,
+        ],
+    )?;
+    let code = dialer.wait_exit(Instant::now() + Duration::from_secs(30))?;
+    dialer.drain(Duration::from_millis(500));
+    assert_eq!(code, Some(1), "{:?}", dialer.seen);
+    let error = dialer
+        .seen
+        .iter()
+        .find(|v| v["event"] == "error")
+        .context("no error line")?;
+    assert_eq!(error["kind"], "no_relayed_path", "{error}");
     Ok(())
 }

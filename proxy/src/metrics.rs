@@ -17,7 +17,7 @@
 //! `relayed_packets_total{direction}`, `relayed_bytes_total{direction}` (direction
 //! `client_to_peer` or `peer_to_client`), `requests_total`, `error_responses_total`,
 //! `auth_challenges_total`, `auth_failures_total{reason}`, `quota_refusals_total{quota}`,
-//! `policy_refusals_total`, `dropped_total{reason}` (incl. `malformed` and `bandwidth`),
+//! `policy_refusals_total`, `relay_to_relay_packets_total`, `dropped_total{reason}` (incl. `malformed` and `bandwidth`),
 //! `send_failures_total`.
 
 use metrics::{Counter, Gauge};
@@ -45,6 +45,7 @@ pub struct Metrics {
     auth_failures: Vec<Counter>,
     quota: Vec<Counter>,
     policy_refusals: Counter,
+    relay_to_relay: Counter,
     dropped: Vec<Counter>,
     send_failures: Counter,
 }
@@ -94,6 +95,7 @@ impl Metrics {
                     .map(|q| metrics::counter!("proxy_quota_refusals_total", "quota" => q.as_str()))
                     .collect(),
                 policy_refusals: metrics::counter!("proxy_policy_refusals_total"),
+                relay_to_relay: metrics::counter!("proxy_relay_to_relay_packets_total"),
                 dropped: DropReason::ALL
                     .iter()
                     .map(|r| metrics::counter!("proxy_dropped_total", "reason" => r.as_str()))
@@ -129,6 +131,7 @@ impl Metrics {
             c.absolute(v);
         }
         self.policy_refusals.absolute(s.policy_refusals);
+        self.relay_to_relay.absolute(s.relay_to_relay);
         for (c, v) in self.dropped.iter().zip(s.dropped) {
             c.absolute(v);
         }
@@ -188,6 +191,10 @@ fn describe() {
     describe_counter!(
         "proxy_policy_refusals_total",
         "peers refused by the address policy (403)"
+    );
+    describe_counter!(
+        "proxy_relay_to_relay_packets_total",
+        "datagrams handed from one allocation to another of this proxy"
     );
     describe_counter!(
         "proxy_dropped_total",

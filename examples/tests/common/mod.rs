@@ -80,6 +80,11 @@ impl PunchServer {
 /// Starts our punch server on the lab server (with the RFC 5780 alternate address if
 /// `alt`), its key in the lab directory, and waits until every socket listens.
 pub fn start_punch_server(lab: &Lab, alt: bool) -> Result<PunchServer> {
+    start_punch_server_with(lab, alt, &[])
+}
+
+/// [`start_punch_server`] with `extra` flags (e.g. `--turn-uri`).
+pub fn start_punch_server_with(lab: &Lab, alt: bool, extra: &[&str]) -> Result<PunchServer> {
     let bin = punch_server_bin()?;
     let listen = format!("{}:{PRIMARY_PORT}", lab.server_ip(0));
     let alt_addr = format!("{}:{ALT_PORT}", lab.server_ip(1));
@@ -89,6 +94,7 @@ pub fn start_punch_server(lab: &Lab, alt: bool) -> Result<PunchServer> {
     if alt {
         args.extend(["--alt-addr", &alt_addr]);
     }
+    args.extend_from_slice(extra);
     let mut process = lab.spawn(Host::Server, &bin.to_string_lossy(), &args)?;
     let line = process.wait_for_line("listening", Duration::from_secs(15))?;
     let v: Value = serde_json::from_str(&line).with_context(|| format!("first line {line:?}"))?;

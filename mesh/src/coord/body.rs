@@ -75,6 +75,7 @@ impl WireMessage for ClientMsg {
             Self::Pong { .. } => 0x06,
             Self::Policy { .. } => 0x07,
             Self::Capabilities { .. } => 0x08,
+            Self::HideAddress => 0x09,
         }
     }
 
@@ -89,6 +90,7 @@ impl WireMessage for ClientMsg {
             Self::Ping { ts } | Self::Pong { ts } => w.u64(*ts),
             Self::Policy { accept_all } => w.u8(u8::from(*accept_all)),
             Self::Capabilities { park } => w.u8(u8::from(*park)),
+            Self::HideAddress => {}
         }
         Ok(())
     }
@@ -116,6 +118,7 @@ impl WireMessage for ClientMsg {
             0x08 => Self::Capabilities {
                 park: read_flag(r)?,
             },
+            0x09 => Self::HideAddress,
             other => return Err(CodecError::UnknownType(other)),
         })
     }

@@ -193,6 +193,13 @@ pub enum ClientMsg {
         /// with keep-alives ([`super::park`]) and dials again when woken.
         park: bool,
     },
+    /// Keep this peer's own address from the peers it is introduced to: the server leaves
+    /// out the reflexive candidate it observes, so the registered candidates (only relayed
+    /// ones, for a relay-only peer) are all another peer learns. Type 0x09, no body; sent
+    /// before `Register` and kept for the connection. An older server answers
+    /// `Error { Malformed }` (unknown type) before `Registered`, which a relay-only peer
+    /// treats as "this server cannot hide my address".
+    HideAddress,
 }
 
 /// The instruction to start probing, sent to both sides of an accepted request.

@@ -55,6 +55,7 @@ fn client_msgs() -> Vec<ClientMsg> {
         ClientMsg::Policy { accept_all: false },
         ClientMsg::Capabilities { park: true },
         ClientMsg::Capabilities { park: false },
+        ClientMsg::HideAddress,
     ]
 }
 

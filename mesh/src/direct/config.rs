@@ -85,6 +85,13 @@ pub struct DirectConfig {
     /// alive ([`super::DirectNode::relayed`]; `None` = never allocate). Default: RFC
     /// 8656's 600 s lifetime, refreshed at half of it.
     pub relays: Option<AllocationConfig>,
+    /// Relay-only: this node's own address is never offered or revealed to peers (no host,
+    /// reflexive or UPnP candidate; the punch server is asked to hide the address it
+    /// sees; no probing), so every connection runs through a TURN relay and peers see
+    /// only the relay's address, as EOS's ForceRelays and Steam's relay network offer
+    /// players who hide their IP. Implies relays on (the default allocation config when
+    /// [`DirectConfig::relays`] is `None`) and UPnP off. Default off.
+    pub relay_only: bool,
 }
 
 impl DirectConfig {
@@ -108,6 +115,7 @@ impl DirectConfig {
             reconnect_max: Duration::from_secs(30),
             park: true,
             relays: Some(AllocationConfig::default()),
+            relay_only: false,
         }
     }
 }

@@ -115,6 +115,8 @@ pub(crate) struct ControlSettings {
     pub reconnect_max: Duration,
     /// Announce that the server may park us (`Capabilities { park: true }`).
     pub park: bool,
+    /// Ask the server to keep our address from peers (`HideAddress`, relay-only).
+    pub hide_address: bool,
 }
 
 /// How to reach the punch server: the node's endpoint, the server's address and key.
@@ -227,6 +229,11 @@ impl Control {
     /// Why the control connection is down (`Some`), or `None` while it is registered.
     pub(crate) fn status(&self) -> watch::Receiver<Option<String>> {
         self.status.clone()
+    }
+
+    /// How long a request to the punch server may take.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     /// The current control connection's RTT estimate to the punch server.
@@ -350,6 +357,10 @@ async fn register(
         .open_bi()
         .await
         .map_err(|e| ControlError::from_connection(&e))?;
+    // Before `Register`, so no introduction ever carries the address.
+    if settings.hide_address {
+        write_msg(&mut send, &ClientMsg::HideAddress).await?;
+    }
     let register = ClientMsg::Register {
         candidates: candidates.to_vec(),
     };
@@ -378,6 +389,14 @@ async fn register(
                     });
                 }
                 ServerMsg::Ping { ts } => write_msg(&mut send, &ClientMsg::Pong { ts }).await?,
+                ServerMsg::Error { kind, detail, .. } if settings.hide_address => {
+                    return Err(ControlError::Server {
+                        kind,
+                        detail: format!(
+                            "{detail} (relay-only needs a punch server that can hide addresses)"
+                        ),
+                    })
+                }
                 ServerMsg::Error { kind, detail, .. } => {
                     return Err(ControlError::Server { kind, detail })
                 }

@@ -113,6 +113,15 @@ pub enum DialError {
         /// Every pair tried and its outcome.
         detail: NoDirectPath,
     },
+    /// Relay-only: no relayed path to the peer could be set up (no relay offered or
+    /// allocated, or the channel bind failed).
+    #[error("no relayed path to peer {peer}: {detail}")]
+    NoRelayedPath {
+        /// The target.
+        peer: PeerId,
+        /// Why.
+        detail: String,
+    },
     /// The punch server rejected the request (rate limit, limits, ...).
     #[error("punch server refused the request: {kind}: {detail}")]
     Server {
@@ -138,14 +147,15 @@ pub enum DialError {
 
 impl DialError {
     /// A short stable name for scripts: `unknown_target`, `refused`, `timeout`,
-    /// `no_direct_path`, `server_error`, `busy`, `control_lost`, `identity_mismatch`,
-    /// `handshake_failed`, `closed`.
+    /// `no_direct_path`, `no_relayed_path`, `server_error`, `busy`, `control_lost`,
+    /// `identity_mismatch`, `handshake_failed`, `closed`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::UnknownTarget(_) => "unknown_target",
             Self::Refused(_) => "refused",
             Self::Timeout { .. } => "timeout",
             Self::NoDirectPath { .. } => "no_direct_path",
+            Self::NoRelayedPath { .. } => "no_relayed_path",
             Self::Server { .. } => "server_error",
             Self::Busy(_) => "busy",
             Self::Control(_) => "control_lost",

@@ -8,9 +8,12 @@
 //! 2. [`DirectNode::connect`] asks the server for the target; the target's node accepts
 //!    (by [`IncomingPolicy`]); both get a `Go` with each other's candidates, fresh
 //!    credentials and a common start time.
-//! 3. Both probe ([`crate::punch::Prober`], in the engine task); the dialer nominates the
-//!    first validated pair and runs the QUIC handshake on it, pinned to the target's key.
-//!    The target's [`DirectNode::accept`] yields the connection.
+//! 3. Both probe ([`crate::punch::Prober`], in the engine task) and, with a TURN relay
+//!    offered by the punch server, set up a relayed path at the same time (`race`); QUIC
+//!    runs on whichever is ready first, pinned to the target's key. A relayed connection
+//!    moves to a direct pair when one validates, and back to the relay when the direct
+//!    path dies (`supervise`); [`DirectConnection::path`] reports each move. The target's
+//!    [`DirectNode::accept`] yields the connection.
 //! 4. Failures are typed ([`DialError`]): unknown target, refused, timeout, no direct
 //!    path (with every pair tried), handshake failures.
 //! 5. A lost control connection is dialed again in the background with backoff; dials
@@ -20,6 +23,7 @@
 //!    while peer connections already handed out stay up.
 
 mod allow;
+mod candidates;
 mod config;
 mod control;
 mod control_park;
@@ -27,16 +31,21 @@ mod control_task;
 mod engine;
 mod error;
 mod node;
+mod race;
 mod relays;
+mod route;
+mod supervise;
 
 pub use allow::{Allowlist, HOLD as ALLOWLIST_HOLD};
 pub use config::{DirectConfig, IncomingPolicy};
 pub use control::Registration;
 pub use error::{ControlError, DialError, StartError};
-pub use node::{DirectConnection, DirectNode};
+pub use node::{DirectConnection, DirectNode, RELAY_OFFER_WAIT, RELAY_READY_WAIT};
 pub use relays::{
     RelayError, RelayedAddr, BIND_TIMEOUT, MAX_WAITING_BINDS, RELEASE_WAIT, RESOLVE_TIMEOUT,
 };
+pub use route::{ActivePath, PathType, MAX_WATCHED_PATHS};
+pub use supervise::{DEAD_AFTER, EARLY_PHASE, FOLLOW_AFTER, RETRY_EARLY, RETRY_MAX, TICK};
 
 use std::time::{Duration, Instant};
 

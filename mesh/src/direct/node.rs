@@ -27,13 +27,18 @@
 //! registration), which releases the socket once no handed-out connection uses it; the
 //! mapper's own drop stops UPnP.
 //!
-//! [`DirectNode::connect`]: `Connect` to the server, wait for its `Go`, probe, then the
-//! QUIC handshake on the nominated path with the target's key pinned. [`DirectNode::accept`]:
-//! incoming requests are answered by the node's policy and probed in the background; the
-//! dialer's QUIC handshake arrives on the path its prober nominated.
+//! [`DirectNode::connect`]: `Connect` to the server, wait for its `Go`, then probe and set
+//! up the relayed path at once ([`super::race`]); the QUIC handshake (the target's key
+//! pinned) runs on whichever is ready first, a relayed connection moves to a direct pair
+//! when one validates, and back when it dies ([`super::supervise`]).
+//! [`DirectNode::accept`]: incoming requests are answered by the node's policy and raced
+//! the same way in the background; the dialer's handshake arrives on the relayed path or
+//! the pair its prober nominated. [`DirectConnection::path`] tells which, as it changes.
+//! With [`DirectConfig::relay_only`] the node offers no address of its own and only the
+//! relay carries its connections.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,22 +46,28 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::allow::Allowlist;
+use super::candidates::{host_addrs, probe_candidates, publish_candidates, registered_relay};
 use super::config::DirectConfig;
 use super::control::{AcceptedGo, Connector, Control, ControlSettings, Registration};
-use super::engine::{AttemptOutcome, Engine, EngineSettings};
+use super::engine::{Engine, EngineSettings};
 use super::error::{DialError, StartError};
 use super::queue_bound;
+use super::race::{self, RaceCtx};
 use super::relays::{RelayError, RelayedAddr, Relays};
+use super::route::{ActivePath, PathType, PathWatches};
+use super::supervise::supervise;
 use crate::coord::{Candidate as WireCandidate, CandidateKind as WireKind, RelayCredential};
 use crate::identity::{Identity, PeerId};
-use crate::punch::{self, Candidate};
-use crate::socket::{
-    canonical, ConnectError, Endpoint, Path, PeerConnection, SocketFamily, INITIAL_RTT,
-};
+use crate::socket::{ConnectError, Endpoint, Path, PeerConnection, INITIAL_RTT};
 use crate::upnp::{PortMapper, UpnpState};
 
 /// Most remembered start times of accepted requests (for the `elapsed` of accepts).
 const MAX_GO_TIMES: usize = 256;
+/// Longest wait of a dial for the punch server's relay offer (it comes right after the
+/// registration, or never).
+pub const RELAY_OFFER_WAIT: Duration = Duration::from_millis(300);
+/// Longest wait of a dial for an offered relay's address to be registered.
+pub const RELAY_READY_WAIT: Duration = Duration::from_secs(3);
 /// Bound of the queue of STUN datagrams from the punch server to the control task.
 const SERVER_STUN_QUEUE: usize = 16;
 
@@ -65,8 +76,12 @@ const SERVER_STUN_QUEUE: usize = 16;
 pub struct DirectConnection {
     /// The QUIC connection and the peer's verified id.
     pub peer: PeerConnection,
-    /// The peer's address on the direct path (relayed paths come in a later layer).
+    /// The peer's address on the path the connection started on (for a relayed path, the
+    /// address the relay forwards to: the peer's relayed or reflexive address).
     pub remote: SocketAddr,
+    /// The path the connection runs on now: it starts on whichever path is ready first
+    /// (the relay, or a punched pair) and moves to a direct pair when one validates.
+    pub path: watch::Receiver<ActivePath>,
     /// For a dial: from the call to `connect` to the established connection. For an
     /// accept: from the server's `Go` to the established connection (if it was seen).
     pub elapsed: Option<Duration>,
@@ -77,13 +92,16 @@ pub struct DirectConnection {
 pub struct DirectNode {
     endpoint: Arc<Endpoint>,
     control: Control,
-    engine: Engine,
     upnp: Option<PortMapper>,
     accepted: tokio::sync::Mutex<mpsc::Receiver<Accepted>>,
     control_lost: watch::Receiver<Option<String>>,
     allow: Arc<Allowlist>,
     /// The allocations on the offered relays (`None` when turned off).
     relays: Option<Relays>,
+    /// What dials need to race probing against the relay.
+    race: RaceCtx,
+    /// When the node was started (registered).
+    started: Instant,
     /// The control task, dispatch, accept loop and UPnP registration: each holds the
     /// endpoint or a control handle, so they are aborted on drop.
     tasks: Vec<JoinHandle<()>>,
@@ -105,7 +123,14 @@ type Accepted = Result<DirectConnection, ConnectError>;
 
 impl DirectNode {
     /// Binds, registers with the punch server and starts the background tasks.
-    pub async fn start(identity: Arc<Identity>, config: DirectConfig) -> Result<Self, StartError> {
+    pub async fn start(
+        identity: Arc<Identity>,
+        mut config: DirectConfig,
+    ) -> Result<Self, StartError> {
+        if config.relay_only {
+            config.upnp = None;
+            config.relays.get_or_insert_with(Default::default);
+        }
         let deadline = super::deadline_after(config.connect_timeout);
         let expected = config.punch.expected_id(config.insecure)?;
         let (endpoint, stun) = Endpoint::bind(config.bind, identity, config.endpoint.clone())?;
@@ -123,8 +148,10 @@ impl DirectNode {
         let local = endpoint
             .local_addr()
             .map_err(|e| StartError::Bind(e.into()))?;
+        // Relay-only: no address of this node is offered, only relayed ones (later).
         let host_candidates: Vec<WireCandidate> = host_addrs(local, family, server)
             .into_iter()
+            .filter(|_| !config.relay_only)
             .map(|host| WireCandidate::new(WireKind::Host, host))
             .collect();
         let connector = Connector {
@@ -143,6 +170,7 @@ impl DirectNode {
             reconnect_min: config.reconnect_min,
             reconnect_max: config.reconnect_max.max(config.reconnect_min),
             park: config.park,
+            hide_address: config.relay_only,
         };
         let (to_control, server_stun) = mpsc::channel(SERVER_STUN_QUEUE);
         // Answers to the parked node's keep-alives come straight from the socket's router.
@@ -170,6 +198,17 @@ impl DirectNode {
                 to_control,
             },
         );
+        let relays = config
+            .relays
+            .map(|c| Relays::start(endpoint.socket().clone(), control.relays(), c));
+        let race = RaceCtx {
+            endpoint: endpoint.clone(),
+            engine,
+            control: control.clone(),
+            binder: relays.as_ref().map(Relays::binder),
+            watches: Arc::new(PathWatches::default()),
+            relay_only: config.relay_only,
+        };
         let go_times = Arc::new(Mutex::new(HashMap::new()));
         let control_lost = control.status();
         let (accepted_tx, accepted) = mpsc::channel(queue_bound(config.accept_queue));
@@ -177,7 +216,7 @@ impl DirectNode {
             control_task,
             tokio::spawn(dispatch(
                 accepted_gos,
-                engine.clone(),
+                race.clone(),
                 control.clone(),
                 go_times.clone(),
             )),
@@ -185,13 +224,11 @@ impl DirectNode {
                 endpoint.clone(),
                 control.clone(),
                 go_times,
+                race.clone(),
                 accepted_tx,
                 queue_bound(config.max_attempts),
             )),
         ];
-        let relays = config
-            .relays
-            .map(|c| Relays::start(endpoint.socket().clone(), control.relays(), c));
         let mut upnp = None;
         // UPnP IGD maps IPv4 ports: the IPv4 host address is the internal client.
         let host_v4 = host_candidates
@@ -201,27 +238,31 @@ impl DirectNode {
         let upnp_config = config.upnp.clone().zip(host_v4);
         if let Some((upnp_config, host)) = upnp_config {
             match PortMapper::start(host, upnp_config) {
-                Ok(mapper) => {
-                    tasks.push(tokio::spawn(register_mapping(
-                        mapper.subscribe(),
-                        control.clone(),
-                        host_candidates,
-                        local_tx,
-                    )));
-                    upnp = Some(mapper);
-                }
+                Ok(mapper) => upnp = Some(mapper),
                 Err(e) => tracing::warn!(error = %e, "UPnP off"),
             }
+        }
+        let mapped = upnp.as_ref().map(PortMapper::subscribe);
+        let relayed = relays.as_ref().map(Relays::relayed);
+        if mapped.is_some() || relayed.is_some() {
+            tasks.push(tokio::spawn(publish_candidates(
+                mapped,
+                relayed,
+                control.clone(),
+                host_candidates,
+                local_tx,
+            )));
         }
         Ok(Self {
             endpoint,
             control,
-            engine,
             upnp,
             accepted: tokio::sync::Mutex::new(accepted),
             control_lost,
             allow,
             relays,
+            race,
+            started: Instant::now(),
             tasks,
         })
     }
@@ -317,29 +358,48 @@ impl DirectNode {
 
     async fn dial(&self, target: PeerId) -> Result<DirectConnection, DialError> {
         let started = Instant::now();
+        self.wait_relay_registered().await;
         let (go, received) = self.control.connect(target).await?;
         let server_rtt = self.control.rtt();
-        let (remote, rtt) = match self.engine.attempt(go, received, server_rtt).await {
-            AttemptOutcome::Nominated { remote, rtt } => (remote, rtt),
-            AttemptOutcome::NoDirectPath(detail) => {
-                return Err(DialError::NoDirectPath {
-                    peer: target,
-                    detail,
-                })
-            }
-            AttemptOutcome::Busy(n) => return Err(DialError::Busy(n)),
-            AttemptOutcome::Closed => return Err(DialError::Closed),
-        };
-        let peer = self
-            .endpoint
-            .connect_with_rtt(target, remote, Some(rtt))
-            .await
-            .map_err(DialError::Handshake)?;
+        let own_relayed = registered_relay(&self.control);
+        let dialed = race::dial(&self.race, target, own_relayed, go, received, server_rtt).await?;
+        let remote = dialed.path.borrow().remote;
         Ok(DirectConnection {
-            peer,
+            peer: dialed.peer,
             remote,
+            path: dialed.path,
             elapsed: Some(started.elapsed()),
         })
+    }
+
+    /// A fresh node may not have registered its relayed address yet; the peer must see it
+    /// in its `Go` to set up its half of the relayed path. With relays on: wait up to
+    /// [`RELAY_OFFER_WAIT`] from the node's start for the punch server's offer (it follows
+    /// the registration at once, or never for a server without relays, whose dials
+    /// therefore wait only right after the start), then, if relays were offered, up to
+    /// [`RELAY_READY_WAIT`] (the request timeout for relay-only) for the relayed address
+    /// to be registered.
+    async fn wait_relay_registered(&self) {
+        if self.relays.is_none() {
+            return;
+        }
+        let has_relay = |r: &Registration| r.candidates.iter().any(|c| c.kind == WireKind::Relay);
+        if has_relay(&self.control.registration().borrow()) {
+            return;
+        }
+        let mut offers = self.control.relays();
+        let offer_wait = RELAY_OFFER_WAIT.saturating_sub(self.started.elapsed());
+        let offered = tokio::time::timeout(offer_wait, offers.wait_for(|o| !o.is_empty()));
+        if !self.race.relay_only && !matches!(offered.await, Ok(Ok(_))) {
+            return;
+        }
+        let wait = if self.race.relay_only {
+            self.control.request_timeout()
+        } else {
+            RELAY_READY_WAIT
+        };
+        let mut registration = self.control.registration();
+        let _ = tokio::time::timeout(wait, registration.wait_for(has_relay)).await;
     }
 
     /// The next incoming connection (verified key); `None` once the node is closed. An
@@ -382,6 +442,7 @@ async fn accept_loop(
     endpoint: Arc<Endpoint>,
     control: Control,
     go_times: Arc<Mutex<HashMap<PeerId, Instant>>>,
+    race: RaceCtx,
     accepted: mpsc::Sender<Accepted>,
     max_handshakes: usize,
 ) {
@@ -393,6 +454,7 @@ async fn accept_loop(
             continue;
         };
         let (endpoint, go_times, accepted) = (endpoint.clone(), go_times.clone(), accepted.clone());
+        let race = race.clone();
         // The dialer just reached us through punched checks, so the path is about as short
         // as our way to the punch server and back twice: start the handshake's timers there
         // (never above the generic initial RTT).
@@ -408,8 +470,28 @@ async fn accept_loop(
                         .resolve(&peer.synthetic_addr)
                         .unwrap_or(Path::Direct(peer.synthetic_addr));
                     let go = lock(&go_times).remove(&peer.peer_id);
+                    // A relayed path was reported when the race set it up; anything
+                    // else is the direct path the dialer's handshake came from.
+                    let path = race.watches.get_or_set(
+                        peer.peer_id,
+                        ActivePath {
+                            kind: PathType::Direct,
+                            remote: path.remote(),
+                        },
+                    );
+                    if race.binder.is_some() && !race.relay_only {
+                        tokio::spawn(supervise(
+                            race.clone(),
+                            peer.peer_id,
+                            peer.synthetic_addr,
+                            peer.connection.clone(),
+                            None,
+                        ));
+                    }
+                    let remote = path.borrow().remote;
                     DirectConnection {
-                        remote: path.remote(),
+                        remote,
+                        path,
                         elapsed: go.map(|t| t.elapsed()),
                         peer,
                     }
@@ -423,10 +505,11 @@ async fn accept_loop(
     }
 }
 
-/// Feeds accepted requests' `Go`s to the engine (and remembers when each arrived).
+/// Runs the accepting side of every accepted request's `Go` ([`race::accept`]), and
+/// remembers when each arrived.
 async fn dispatch(
     mut gos: mpsc::Receiver<AcceptedGo>,
-    engine: Engine,
+    race: RaceCtx,
     control: Control,
     go_times: Arc<Mutex<HashMap<PeerId, Instant>>>,
 ) {
@@ -438,98 +521,15 @@ async fn dispatch(
             }
             times.insert(go.peer, received);
         }
-        engine.spawn_attempt(go, received, control.rtt());
-    }
-}
-
-/// Registers the UPnP-mapped address as a candidate whenever the mapping changes.
-async fn register_mapping(
-    mut state: watch::Receiver<UpnpState>,
-    control: Control,
-    host: Vec<WireCandidate>,
-    local: watch::Sender<Vec<Candidate>>,
-) {
-    let mut registered: Option<SocketAddr> = None;
-    loop {
-        let mapped = state.borrow_and_update().mapped();
-        if mapped != registered {
-            let mut candidates = host.clone();
-            if let Some(external) = mapped {
-                candidates.push(WireCandidate::new(WireKind::Upnp, external));
-            }
-            tracing::info!(?mapped, "registering UPnP candidate");
-            let _ = local.send(probe_candidates(&candidates));
-            if control.register(candidates).await.is_err() {
-                return;
-            }
-            registered = mapped;
-        }
-        if state.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-fn probe_candidates(candidates: &[WireCandidate]) -> Vec<Candidate> {
-    candidates
-        .iter()
-        .filter_map(WireCandidate::to_probe)
-        .collect::<Vec<punch::Candidate>>()
-}
-
-/// A global unicast IPv6 address (documentation prefix, RFC 3849) used only to ask the
-/// routing table which source address IPv6 traffic to the internet would leave from; no
-/// packet is ever sent to it.
-const ROUTE_PROBE_V6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
-
-/// The same for IPv4 (TEST-NET-1, RFC 5737).
-const ROUTE_PROBE_V4: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
-
-/// The host candidates of a socket bound at `local`: the bound address itself, or for a
-/// wildcard bind the source the kernel picks toward `server` and, on a dual-stack socket,
-/// the source it picks for the other family's internet (so a peer with a global IPv6
-/// address offers it even when the punch server is reached over IPv4, and the reverse).
-/// Loopback, link-local and unspecified sources of the other family are left out, and so is
-/// the other family when the punch server is on loopback (everything is on this machine).
-fn host_addrs(local: SocketAddr, family: SocketFamily, server: SocketAddr) -> Vec<SocketAddr> {
-    let port = local.port();
-    let bound = canonical(local).ip();
-    if !bound.is_unspecified() {
-        return vec![SocketAddr::new(bound, port)];
-    }
-    let toward_server = route_source(server).unwrap_or(bound);
-    let mut hosts = vec![SocketAddr::new(toward_server, port)];
-    // A punch server on loopback means everything runs on this machine: no other address.
-    if family == SocketFamily::Dual && !canonical(server).ip().is_loopback() {
-        let other = if server.is_ipv4() {
-            ROUTE_PROBE_V6
-        } else {
-            ROUTE_PROBE_V4
-        };
-        let global = route_source(SocketAddr::new(other, 9)).filter(|ip| usable_host_ip(*ip));
-        if let Some(ip) = global.filter(|ip| *ip != toward_server) {
-            hosts.push(SocketAddr::new(ip, port));
-        }
-    }
-    hosts
-}
-
-/// The source address the kernel picks toward `dest`. `connect()` on a UDP socket only
-/// consults the routing table; nothing is sent.
-fn route_source(dest: SocketAddr) -> Option<IpAddr> {
-    let unspecified: SocketAddr = match dest {
-        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = std::net::UdpSocket::bind(unspecified).ok()?;
-    socket.connect(dest).ok()?;
-    Some(canonical(socket.local_addr().ok()?).ip())
-}
-
-/// Whether a routed source is worth offering as a host candidate of the other family.
-fn usable_host_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_loopback() || v4.is_link_local()),
-        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_loopback() || v6.is_unicast_link_local()),
+        // Bounded: the engine refuses attempts beyond its maximum at once, and a relay
+        // setup ends within the relay task's bind timeout.
+        let own_relayed = registered_relay(&control);
+        tokio::spawn(race::accept(
+            race.clone(),
+            own_relayed,
+            go,
+            received,
+            control.rtt(),
+        ));
     }
 }

@@ -122,17 +122,13 @@ impl Relays {
 
     /// A relayed path to `peer` (see the module docs, step 4).
     pub(crate) async fn bind(&self, peer: SocketAddr) -> Result<Path, RelayError> {
-        let (reply, answer) = oneshot::channel();
-        self.binds
-            .try_send(Bind { peer, reply })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => RelayError::Busy,
-                mpsc::error::TrySendError::Closed(_) => RelayError::Closed,
-            })?;
-        match tokio::time::timeout(BIND_TIMEOUT, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(RelayError::Closed),
-            Err(_) => Err(RelayError::Timeout(BIND_TIMEOUT)),
+        self.binder().bind(peer).await
+    }
+
+    /// A handle that binds channels, for tasks that outlive a borrow of the node.
+    pub(crate) fn binder(&self) -> RelayBinder {
+        RelayBinder {
+            binds: self.binds.clone(),
         }
     }
 
@@ -149,6 +145,30 @@ impl Relays {
         let wait = RESOLVE_TIMEOUT + RELEASE_WAIT + Duration::from_millis(100);
         if tokio::time::timeout(wait, &mut self.task).await.is_err() {
             self.task.abort();
+        }
+    }
+}
+
+/// Binds channels on the node's allocations (a clone of the task's request queue).
+#[derive(Debug, Clone)]
+pub(crate) struct RelayBinder {
+    binds: mpsc::Sender<Bind>,
+}
+
+impl RelayBinder {
+    /// A relayed path to `peer` (see the module docs, step 4).
+    pub(crate) async fn bind(&self, peer: SocketAddr) -> Result<Path, RelayError> {
+        let (reply, answer) = oneshot::channel();
+        self.binds
+            .try_send(Bind { peer, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => RelayError::Busy,
+                mpsc::error::TrySendError::Closed(_) => RelayError::Closed,
+            })?;
+        match tokio::time::timeout(BIND_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(RelayError::Closed),
+            Err(_) => Err(RelayError::Timeout(BIND_TIMEOUT)),
         }
     }
 }

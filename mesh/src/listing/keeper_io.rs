@@ -36,7 +36,7 @@ pub struct Desired {
     pub connect: Option<ConnectInfo>,
 }
 
-/// Tuning of a [`Keeper`].
+/// Tuning of a listing keeper ([`crate::listing::KeeperTask`]).
 #[derive(Debug, Clone)]
 pub struct KeeperConfig {
     /// Heartbeat interval as a fraction of the row's timeout (clamped to 0.05..=0.9).

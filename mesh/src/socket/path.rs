@@ -183,11 +183,29 @@ struct Entry {
     standby: Vec<Path>,
     peer: Option<PeerId>,
     last_rx: Instant,
+    /// When each live path last delivered a datagram (at most [`MAX_PATHS_PER_PEER`]).
+    rx: Vec<(Path, Instant)>,
 }
 
 impl Entry {
     fn paths(&self) -> impl Iterator<Item = &Path> {
         std::iter::once(&self.path).chain(self.standby.iter())
+    }
+
+    /// Notes a datagram that arrived on `path` (per packet: a scan of at most
+    /// [`MAX_PATHS_PER_PEER`] slots).
+    #[inline]
+    fn note_rx(&mut self, path: Path, now: Instant) {
+        self.last_rx = now;
+        if let Some(slot) = self.rx.iter_mut().find(|(p, _)| *p == path) {
+            slot.1 = now;
+            return;
+        }
+        let (active, standby) = (&self.path, &self.standby);
+        self.rx.retain(|(p, _)| p == active || standby.contains(p));
+        if self.rx.len() < MAX_PATHS_PER_PEER {
+            self.rx.push((path, now));
+        }
     }
 }
 
@@ -250,7 +268,7 @@ impl PathTable {
     pub fn on_incoming(&mut self, now: Instant, from: SocketAddr) -> Option<SocketAddr> {
         if let Some(&id) = self.by_source.get(&Path::Direct(from)) {
             if let Some(e) = self.entries.get_mut(&id) {
-                e.last_rx = now;
+                e.note_rx(Path::Direct(from), now);
                 return Some(synthetic_addr(id));
             }
         }
@@ -269,8 +287,16 @@ impl PathTable {
     ) -> Option<SocketAddr> {
         let id = *self.by_source.get(&Path::Relay { server, channel })?;
         let e = self.entries.get_mut(&id)?;
-        e.last_rx = now;
+        e.note_rx(Path::Relay { server, channel }, now);
         Some(synthetic_addr(id))
+    }
+
+    /// When `path` of a synthetic address last delivered a datagram (`None`: never, or
+    /// not one of its live paths).
+    pub fn last_rx_on(&self, synthetic: &SocketAddr, path: Path) -> Option<Instant> {
+        let path = path.canonical();
+        let e = self.entries.get(&synthetic_id(synthetic)?)?;
+        e.rx.iter().find(|(p, _)| *p == path).map(|(_, at)| *at)
     }
 
     /// Whether `addr` is a TURN server some live path relays through (so its datagrams are
@@ -535,6 +561,7 @@ impl PathTable {
                 standby: Vec::new(),
                 peer,
                 last_rx: now,
+                rx: Vec::new(),
             },
         );
         self.link(id, path);

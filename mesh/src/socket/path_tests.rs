@@ -238,3 +238,31 @@ fn ids_are_never_reused() {
     let b = t.on_incoming(now, addr(1)).unwrap();
     assert_ne!(a, b);
 }
+
+#[test]
+fn each_path_remembers_when_it_last_delivered() {
+    let t0 = Instant::now();
+    let later = t0 + Duration::from_secs(2);
+    let mut t = PathTable::default();
+    let turn = addr(3478);
+    let relay = Path::Relay {
+        server: turn,
+        channel: 0x4001,
+    };
+    let direct = Path::Direct(addr(1000));
+    let s = t.upsert_peer(t0, peer(1), relay).unwrap();
+    assert_eq!(t.last_rx_on(&s, relay), None, "nothing arrived yet");
+    assert_eq!(t.on_relayed(t0, turn, 0x4001), Some(s));
+    assert!(t.set_path(&s, direct));
+    assert_eq!(t.on_incoming(later, addr(1000)), Some(s));
+    assert_eq!(t.last_rx_on(&s, relay), Some(t0));
+    assert_eq!(t.last_rx_on(&s, direct), Some(later));
+    // A removed path is forgotten, and the slots stay bounded.
+    assert!(t.remove_path(&s, relay));
+    for port in 2000..2010 {
+        t.add_path(&s, Path::Direct(addr(port)));
+        t.on_incoming(later, addr(port));
+    }
+    assert_eq!(t.last_rx_on(&s, Path::Direct(addr(2009))), Some(later));
+    assert!(t.paths_of(&s).len() <= MAX_PATHS_PER_PEER);
+}

@@ -9,9 +9,12 @@
 //!    `fe80::/10`).
 //! 3. Refuse loopback unless `allow_loopback_peers`, and private ranges (RFC 1918,
 //!    `100.64.0.0/10`, `fc00::/7`) unless `allow_private_peers`.
-//! 4. Refuse the proxy's own IPs, except a loopback own IP when loopback is allowed (tests
-//!    on one machine). Its listening port and relay ports stay refused per packet
-//!    ([`Own::is_own_port`]), so nothing loops through the relay.
+//! 4. The relay IP is allowed whatever its range: a peer there is another allocation of
+//!    this proxy (relay-to-relay, RFC 8445's relayed-relayed pairs when both players are
+//!    behind symmetric NATs), which the core hands over internally per packet
+//!    ([`Own::relay_peer`]); the listening port and ports not allocated are refused there.
+//!    Other own IPs are refused, except a loopback own IP when loopback is allowed (tests
+//!    on one machine).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -20,7 +23,7 @@ use crate::config::PeerPolicy;
 /// The proxy's own addresses.
 #[derive(Debug, Clone)]
 pub(crate) struct Own {
-    /// Relay IP, and the listening IP if concrete.
+    /// Relay IP (first), and the listening IP if concrete.
     pub ips: Vec<IpAddr>,
     /// The listening port.
     pub listen_port: u16,
@@ -32,16 +35,49 @@ impl Own {
         self.ips.contains(&ip.to_canonical())
     }
 
-    /// Whether `addr` is the listening address or could be a relay port of the proxy
-    /// (`is_relay_port` answers for the port).
-    pub fn is_own_port(&self, addr: SocketAddr, is_relay_port: impl Fn(u16) -> bool) -> bool {
-        self.is_own_ip(addr.ip()) && (addr.port() == self.listen_port || is_relay_port(addr.port()))
+    /// The relay IP.
+    pub fn relay_ip(&self) -> Option<IpAddr> {
+        self.ips.first().copied()
+    }
+
+    /// Where a packet to `peer` goes when `peer` is one of the proxy's own addresses:
+    /// `None` for a foreign peer (sent out as usual; so is any port but the listening one
+    /// of an own loopback IP when `loopback_peers`, for tests on one machine),
+    /// `Some(Ok(port))` for another live allocation's relay address (`is_relay_port`
+    /// answers for the port; `from_port`, the sender's own, is refused), `Some(Err(()))`
+    /// for any other own address (the listening port, a port not allocated): dropped.
+    pub fn relay_peer(
+        &self,
+        peer: SocketAddr,
+        from_port: u16,
+        loopback_peers: bool,
+        is_relay_port: impl Fn(u16) -> bool,
+    ) -> Option<Result<u16, ()>> {
+        let ip = peer.ip().to_canonical();
+        if !self.is_own_ip(ip) {
+            return None;
+        }
+        let port = peer.port();
+        if port == self.listen_port || port == from_port {
+            return Some(Err(()));
+        }
+        if Some(ip) == self.relay_ip() && is_relay_port(port) {
+            return Some(Ok(port));
+        }
+        if ip.is_loopback() && loopback_peers {
+            return None;
+        }
+        Some(Err(()))
     }
 }
 
 /// Whether `ip` may be a peer under `policy`.
 pub(crate) fn peer_allowed(policy: &PeerPolicy, own: &Own, ip: IpAddr) -> bool {
     let ip = ip.to_canonical();
+    if Some(ip) == own.relay_ip() {
+        // Relay-to-relay: checked per packet against the live allocations.
+        return true;
+    }
     let (never, loopback, private) = match ip {
         IpAddr::V4(v4) => classify_v4(v4),
         IpAddr::V6(v6) => classify_v6(v6),
@@ -111,7 +147,6 @@ mod tests {
             "172.16.0.1",
             "192.168.1.1",
             "100.64.0.1",
-            "203.0.113.5",
             "::",
             "::1",
             "ff02::1",
@@ -152,7 +187,11 @@ mod tests {
         );
         assert!(allowed(loopback, "::1"));
         assert!(!allowed(loopback, "10.1.2.3"));
-        assert!(!allowed(loopback, "203.0.113.5"), "own public IP never");
+        assert!(
+            allowed(loopback, "203.0.113.5"),
+            "the relay IP, for relay-to-relay"
+        );
+        assert!(allowed(PeerPolicy::default(), "203.0.113.5"));
         assert!(!allowed(loopback, "224.0.0.1"));
         assert!(!allowed(loopback, "169.254.0.1"));
     }
@@ -160,10 +199,24 @@ mod tests {
     #[test]
     fn own_ports_are_recognised() {
         let o = own();
-        let relay = |p: u16| (50000..=50010).contains(&p);
-        assert!(o.is_own_port("127.0.0.1:3478".parse().expect("a"), relay));
-        assert!(o.is_own_port("127.0.0.1:50005".parse().expect("a"), relay));
-        assert!(!o.is_own_port("127.0.0.1:40000".parse().expect("a"), relay));
-        assert!(!o.is_own_port("127.0.0.2:3478".parse().expect("a"), relay));
+        let relay = |p: u16| p == 50005 || p == 50006;
+        let to = |a: &str| o.relay_peer(a.parse().expect("a"), 50006, false, relay);
+        assert_eq!(
+            to("203.0.113.5:50005"),
+            Some(Ok(50005)),
+            "another allocation"
+        );
+        assert_eq!(to("203.0.113.5:50006"), Some(Err(())), "its own relay port");
+        assert_eq!(to("203.0.113.5:3478"), Some(Err(())), "the listening port");
+        assert_eq!(to("203.0.113.5:40000"), Some(Err(())), "not allocated");
+        assert_eq!(to("127.0.0.1:50005"), Some(Err(())), "not the relay IP");
+        assert_eq!(to("198.51.100.1:50005"), None, "foreign");
+        let local = |a: &str| o.relay_peer(a.parse().expect("a"), 50006, true, relay);
+        assert_eq!(
+            local("127.0.0.1:40000"),
+            None,
+            "a local process, loopback allowed"
+        );
+        assert_eq!(local("127.0.0.1:3478"), Some(Err(())), "the listening port");
     }
 }

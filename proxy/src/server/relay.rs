@@ -7,7 +7,9 @@
 //!    channel (else dropped as `unbound_channel`) and the peer's permission, refuse the
 //!    proxy's own ports, draw from the bandwidth bucket (else dropped as `bandwidth`),
 //!    and return
-//!    [`ClientInput::Forward`] with the payload borrowed from the datagram.
+//!    [`ClientInput::Forward`] with the payload borrowed from the datagram. A peer that is
+//!    another allocation of this proxy (relay-to-relay) is handed over inside the core:
+//!    the data enters that allocation as peer input from the sender's relayed address.
 //! 2. A Send indication: the same checks with XOR-PEER-ADDRESS and DATA; the data leaves
 //!    as a [`Command::SendFromRelay`]. Indications are never answered.
 //!
@@ -60,17 +62,56 @@ impl Server {
         if !a.permits(peer.ip(), now) {
             return ClientInput::Dropped(DropReason::NoPermission);
         }
-        if own.is_own_port(peer, |p| pool.is_taken(p)) {
+        let loopback = self.config.policy.allow_loopback_peers;
+        let to_relay = own.relay_peer(peer, port, loopback, |p| pool.is_taken(p));
+        if to_relay == Some(Err(())) {
             return ClientInput::Dropped(DropReason::OwnAddress);
         }
         if !a.bucket.take(cd.payload.len(), now) {
             return ClientInput::Dropped(DropReason::Bandwidth);
         }
         self.stats.to_peer.add(cd.payload.len());
+        if let Some(Ok(target)) = to_relay {
+            return self.relay_to_relay(now, port, target, cd.payload);
+        }
         ClientInput::Forward {
             port,
             peer,
             payload: cd.payload,
+        }
+    }
+
+    /// Hands data from the allocation at `from_port` to the one at `target` (both this
+    /// proxy's), as if it had arrived from the sender's relayed address: the target's
+    /// permission, bucket and channel apply as for any peer.
+    fn relay_to_relay<'a>(
+        &mut self,
+        now: Instant,
+        from_port: u16,
+        target: u16,
+        payload: &[u8],
+    ) -> ClientInput<'a> {
+        let Some(relay_ip) = self.own.relay_ip() else {
+            return ClientInput::Dropped(DropReason::OwnAddress);
+        };
+        let from = SocketAddr::new(relay_ip, from_port);
+        match self.handle_peer_input(now, target, from, payload) {
+            PeerInput::Forward { client, header } => {
+                let mut bytes = Vec::with_capacity(header.len() + payload.len() + 3);
+                bytes.extend_from_slice(&header);
+                bytes.extend_from_slice(payload);
+                // ChannelData over UDP is padded to a multiple of 4 (RFC 8656 section 12.5).
+                bytes.resize(bytes.len().next_multiple_of(4), 0);
+                self.stats.relay_to_relay += 1;
+                self.push(Command::SendToClient { to: client, bytes });
+                ClientInput::Handled
+            }
+            PeerInput::Handled => {
+                self.stats.relay_to_relay += 1;
+                ClientInput::Handled
+            }
+            // Counted by `handle_peer_input`.
+            PeerInput::Dropped(_) => ClientInput::Handled,
         }
     }
 
@@ -104,7 +145,9 @@ impl Server {
         if !a.permits(peer.ip(), now) {
             return ClientInput::Dropped(DropReason::NoPermission);
         }
-        if own.is_own_port(peer, |p| pool.is_taken(p)) {
+        let loopback = self.config.policy.allow_loopback_peers;
+        let to_relay = own.relay_peer(peer, port, loopback, |p| pool.is_taken(p));
+        if to_relay == Some(Err(())) {
             return ClientInput::Dropped(DropReason::OwnAddress);
         }
         let bytes = data.as_bytes();
@@ -112,6 +155,10 @@ impl Server {
             return ClientInput::Dropped(DropReason::Bandwidth);
         }
         self.stats.to_peer.add(bytes.len());
+        if let Some(Ok(target)) = to_relay {
+            let bytes = bytes.to_vec();
+            return self.relay_to_relay(now, port, target, &bytes);
+        }
         let bytes = bytes.to_vec();
         self.push(Command::SendFromRelay {
             port,

@@ -147,6 +147,8 @@ pub struct Stats {
     pub quota: [u64; 7],
     /// Requests refused (403) by the peer-address policy.
     pub policy_refusals: u64,
+    /// Datagrams handed from one allocation of this proxy to another (relay-to-relay).
+    pub relay_to_relay: u64,
     /// Datagrams dropped unanswered, indexed like [`DropReason::ALL`].
     pub dropped: [u64; 13],
     /// STUN requests handled (answered).

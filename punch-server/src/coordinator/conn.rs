@@ -54,6 +54,9 @@ pub(crate) struct Conn {
     pub(crate) incoming: Vec<u64>,
     /// The peer offered parking (`Capabilities { park: true }`).
     pub(crate) parkable: bool,
+    /// The peer asked to keep its address from other peers (`HideAddress`): its observed
+    /// address is not handed out as a reflexive candidate.
+    pub(crate) hide_observed: bool,
     /// The last message other than a ping or pong (or the connect).
     pub(crate) last_active: Instant,
     /// The connection's park timer entry, if one is set.
@@ -88,16 +91,18 @@ impl Conn {
             outgoing: Vec::new(),
             incoming: Vec::new(),
             parkable: false,
+            hide_observed: false,
             last_active: now,
             park_at: None,
             deferred: Vec::new(),
         }
     }
 
-    /// The candidates to give the other side: registered ones plus the observed address.
+    /// The candidates to give the other side: registered ones plus the observed address
+    /// (unless the peer asked to hide it).
     pub(crate) fn candidates_for_peer(&self) -> Vec<Candidate> {
         let mut out = self.candidates.clone().unwrap_or_default();
-        if !out.iter().any(|c| c.addr == self.observed) {
+        if !self.hide_observed && !out.iter().any(|c| c.addr == self.observed) {
             out.push(Candidate::new(
                 CandidateKind::ServerReflexive,
                 self.observed,

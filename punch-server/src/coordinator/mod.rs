@@ -342,6 +342,11 @@ impl Coordinator {
                 }
             }
             ClientMsg::Capabilities { park } => self.on_capabilities(now, conn, park),
+            ClientMsg::HideAddress => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.hide_observed = true;
+                }
+            }
         }
     }
 

@@ -185,6 +185,34 @@ fn happy_path() {
 }
 
 #[test]
+fn a_peer_that_hides_its_address_is_introduced_by_its_registered_candidates_only() {
+    let mut h = two_peers();
+    // Peer 2 turns relay-only: it hides its address and registers its relayed one alone.
+    h.msg(2, ClientMsg::HideAddress);
+    let relayed = sa("198.18.0.9:50002");
+    h.msg(
+        2,
+        ClientMsg::Register {
+            candidates: vec![Candidate::new(CandidateKind::Relay, relayed)],
+        },
+    );
+    h.drain();
+    let id = h.request(7);
+    h.msg(2, ClientMsg::Accept { request_id: id });
+    let (a, b) = gos(h.drain());
+    assert_eq!(
+        a.peer_candidates,
+        vec![Candidate::new(CandidateKind::Relay, relayed)],
+        "no reflexive address of the hidden peer"
+    );
+    // The other side is unaffected.
+    assert!(b
+        .peer_candidates
+        .iter()
+        .any(|c| c.kind == CandidateKind::ServerReflexive));
+}
+
+#[test]
 fn accept_all_policy_skips_the_incoming_round_trip() {
     let mut h = two_peers();
     h.msg(2, ClientMsg::Policy { accept_all: true });
@@ -681,6 +709,7 @@ proptest! {
                 4 => h.msg(conn, ClientMsg::Refuse { request_id: id }),
                 5 => h.c.handle_disconnected(ConnId(conn)),
                 6 => h.advance(Duration::from_secs(id * 3)),
+                7 if id % 3 == 0 => h.msg(conn, ClientMsg::HideAddress),
                 7 => h.msg(conn, ClientMsg::Capabilities { park: id % 2 == 0 }),
                 8 => {
                     // A keep-alive of `target` with its key if it was parked, else a guess.

@@ -256,6 +256,7 @@ async fn run(command: Command, stop: Stop) -> ExitCode {
                 // The doctor checks each relay on a socket of its own (allocate, then
                 // free); the node itself need not hold allocations.
                 no_relay: true,
+                relay_only: false,
                 upnp_search_ms: punch::DEFAULT_UPNP_SEARCH_MS,
                 budget_ms: punch::DEFAULT_BUDGET_MS,
                 connect_timeout_ms,

@@ -2,12 +2,14 @@
 //! peer side of the punch server.
 //!
 //! - `listen`: start a [`DirectNode`], print `registered` (and `upnp` once a mapping is
-//!   registered), then for every accepted connection print `connected` and echo each
+//!   registered), then for every accepted connection print `connected` (with `path`:
+//!   `direct` or `relay`, and the peer's `remote` address on it; `path_changed` when the
+//!   connection moves, e.g. from the relay to a punched pair) and echo each
 //!   bidirectional stream and each datagram until the peer closes (`closed`).
 //!   If the punch server goes away, print `control_lost`, and `registered` again once the
 //!   node has reconnected.
 //! - `dial`: start a node, connect to the peer id, print `connected` with `ms` from the call
-//!   to the established connection, send `--bytes` on one stream, check the echo, print
+//!   to the established connection (and `path_changed` as for `listen`), send `--bytes` on one stream, check the echo, print
 //!   `echo_ok` with the goodput and exit 0; any failure prints `error` with a stable
 //!   `kind` (`no_direct_path`, `refused`, `timeout`, `unknown_target`, ...) and exits 1.
 //!   A stalled echo or failed handshake is retried with a fresh connect (`retry` lines,
@@ -27,12 +29,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesh::coord::PunchAddr;
-use mesh::direct::{DialError, DirectConfig, DirectConnection, DirectNode, IncomingPolicy};
+use mesh::direct::{
+    ActivePath, DialError, DirectConfig, DirectConnection, DirectNode, IncomingPolicy,
+};
 use mesh::identity::{Identity, PeerId};
 use mesh::socket::ConnectError;
 use mesh::upnp::UpnpConfig;
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use crate::out::{emit, error_line, ms};
 use crate::signals::{bounded_cleanup, interrupted, Stop};
@@ -70,8 +74,14 @@ pub struct NodeArgs {
     pub no_upnp: bool,
     /// Do not allocate on the TURN relays the punch server offers (by default the node
     /// holds one allocation per relay, refreshed, and frees it on exit).
-    #[arg(long, env = "PEER_NO_RELAY")]
+    #[arg(long, env = "PEER_NO_RELAY", conflicts_with = "relay_only")]
     pub no_relay: bool,
+    /// Never offer or reveal this node's own address: connections run through a TURN
+    /// relay the punch server offers, and peers see only the relay's address (no host,
+    /// reflexive or UPnP candidate, no probing; the punch server hides the address it
+    /// sees).
+    #[arg(long, env = "PEER_RELAY_ONLY")]
+    pub relay_only: bool,
     /// SSDP search timeout of the UPnP gateway discovery, in milliseconds.
     #[arg(long, default_value_t = DEFAULT_UPNP_SEARCH_MS)]
     pub upnp_search_ms: u64,
@@ -100,6 +110,7 @@ impl NodeArgs {
         if self.no_relay {
             config.relays = None;
         }
+        config.relay_only = self.relay_only;
         config.probe.budget = Duration::from_millis(self.budget_ms.max(1));
         config.connect_timeout = Duration::from_millis(self.connect_timeout_ms.max(1));
         Ok(config)
@@ -165,13 +176,28 @@ fn registered_line(node: &DirectNode) -> Value {
 }
 
 fn connected_line(c: &DirectConnection) -> Value {
+    let path = *c.path.borrow();
     json!({
         "event": "connected",
         "peer": c.peer.peer_id.to_string(),
-        "path": "direct",
-        "remote": c.remote.to_string(),
+        "path": path.kind.as_str(),
+        "remote": path.remote.to_string(),
         "ms": c.elapsed.map(ms),
     })
+}
+
+/// Prints `path_changed` each time the connection moves to another path (the task is
+/// aborted when the connection is done).
+async fn report_path_changes(peer: PeerId, mut path: watch::Receiver<ActivePath>) {
+    while path.changed().await.is_ok() {
+        let p = *path.borrow_and_update();
+        emit(&json!({
+            "event": "path_changed",
+            "peer": peer.to_string(),
+            "path": p.kind.as_str(),
+            "remote": p.remote.to_string(),
+        }));
+    }
 }
 
 /// `peer listen`: accept and echo until stopped by a signal.
@@ -214,7 +240,9 @@ pub async fn listen(
         };
         emit(&connected_line(&conn));
         tokio::spawn(async move {
+            let paths = tokio::spawn(report_path_changes(conn.peer.peer_id, conn.path.clone()));
             let reason = echo(conn.peer.connection.clone()).await;
+            paths.abort();
             emit(
                 &json!({"event": "closed", "peer": conn.peer.peer_id.to_string(), "reason": reason}),
             );
@@ -365,7 +393,9 @@ async fn dial_attempts(
         let (kind, detail) = match node.connect(target).await {
             Ok(conn) => {
                 emit(&connected_line(&conn));
+                let paths = tokio::spawn(report_path_changes(target, conn.path.clone()));
                 let result = tokio::time::timeout(echo_timeout, echo_check(&conn, bytes)).await;
+                paths.abort();
                 conn.peer.connection.close(0u32.into(), b"done");
                 match result {
                     Ok(Ok(secs)) => {

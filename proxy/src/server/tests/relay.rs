@@ -244,6 +244,61 @@ fn own_ports_are_never_reached_even_with_loopback_allowed() {
 }
 
 #[test]
+fn relay_to_relay_is_handed_over_inside_the_proxy() {
+    let mut h = Harness::new();
+    let relay_ip = "203.0.113.1";
+    let (alice, bob) = (client_addr(), addr("192.0.2.20:41000"));
+    let (a_auth, a_port) = h.allocate(alice, "alice");
+    let (b_auth, b_port) = h.allocate(bob, "bob");
+    let (a_relayed, b_relayed) = (
+        addr(&format!("{relay_ip}:{a_port}")),
+        addr(&format!("{relay_ip}:{b_port}")),
+    );
+    // Each binds a channel to the other's relayed address: the relay IP is a valid peer.
+    let r = h.bind(&a_auth, 0x4000, b_relayed);
+    assert!(r.is_success(), "alice's bind: {:?}", r.error);
+    let r = h.signed(
+        bob,
+        &b_auth,
+        stun_rs::methods::CHANNEL_BIND,
+        channel_bind_attrs(0x4001, a_relayed),
+    );
+    assert!(r.is_success(), "bob's bind: {:?}", r.error);
+    h.sent_to(bob);
+    // Alice's ChannelData reaches Bob on his channel to her relayed address, padded.
+    assert_eq!(
+        h.input(alice, &channel_data(0x4000, b"hello")),
+        Out::Handled
+    );
+    let got = h.sent_to(bob);
+    assert_eq!(got, vec![channel_data_padded(0x4001, b"hello")]);
+    // A Send indication is handed over the same way.
+    let send = client::send_indication(b_relayed, b"via indication");
+    assert_eq!(h.input(alice, &send), Out::Handled);
+    assert_eq!(
+        h.sent_to(bob),
+        vec![channel_data_padded(0x4001, b"via indication")]
+    );
+    assert_eq!(h.server.stats().relay_to_relay, 2);
+    // Nothing reaches a relay port nobody holds, nor the listening port.
+    let r = h.permit(&a_auth, &[addr(&format!("{relay_ip}:50099"))]);
+    assert!(r.is_success());
+    for to in [
+        addr(&format!("{relay_ip}:50099")),
+        addr(&format!("{relay_ip}:3478")),
+    ] {
+        let out = h.input(alice, &client::send_indication(to, b"x"));
+        assert_eq!(out, Out::Dropped(DropReason::OwnAddress), "{to}");
+    }
+}
+
+fn channel_data_padded(number: u16, payload: &[u8]) -> Vec<u8> {
+    let mut b = channel_data(number, payload);
+    b.resize(b.len().next_multiple_of(4), 0);
+    b
+}
+
+#[test]
 fn data_for_a_pending_or_freed_allocation_is_dropped() {
     let mut h = Harness::new();
     let (auth, port) = h.bound_channel();

@@ -1,0 +1,277 @@
+//! NAT lab tests of relayed paths: `peer` nodes across real NAT routers in network
+//! namespaces, with our `proxy` (TURN) and a `punch-server` offering it. **These tests need
+//! root** (see `natlab_punch.rs`); each builds its own lab.
+//!
+//! Flow of each test:
+//! 1. Build a lab with routers A and B of the wanted types; start `proxy` on the server
+//!    host (198.18.0.1:3479, relay IP 198.18.0.1) and `punch-server` with `--turn-uri`
+//!    and `--turn-secret`, so every node allocates a relayed address and registers it.
+//! 2. Start `peer listen` behind B and wait for its `relayed` line.
+//! 3. Dial from behind A and check what a player would: the pairs no hole punching opens
+//!    (symmetric x symmetric, symmetric x port-restricted) connect through the relay and
+//!    echo; a relay-only dialer is seen by the listener at the proxy's address only; a
+//!    punchable pair whose direct path is blocked at first starts on the relay and moves
+//!    to the direct path after the block is lifted; a pair on the direct path falls back
+//!    to the relay when the direct path is blocked mid-transfer, and the transfer
+//!    completes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use common::{
+    json_lines, next_json, proxy_bin, start_listener, start_punch_server_with, wait_udp_listeners,
+    Listener, PunchServer,
+};
+use natlab::{Host, Lab, LabProcess, NatType, Router};
+use serde_json::Value;
+
+const SECRET: &str = "natlab-relay-secret";
+const PROXY_PORT: u16 = 3479;
+const ECHO_BYTES: usize = 256 * 1024;
+
+/// The proxy and the punch server offering it.
+struct Servers {
+    _proxy: LabProcess,
+    punch: PunchServer,
+}
+
+fn lab(test: &str, label: &str, a: NatType, b: NatType) -> Result<Lab> {
+    Lab::builder()
+        .label(label)
+        .router_a(a)
+        .router_b(b)
+        .build()
+        .with_context(|| format!("test {test} needs the NAT lab (root)"))
+}
+
+fn start_servers(lab: &Lab) -> Result<Servers> {
+    let proxy_addr = format!("{}:{PROXY_PORT}", lab.server_ip(0));
+    let relay_ip = lab.server_ip(0).to_string();
+    let bin = proxy_bin()?;
+    let args = [
+        "--listen",
+        &proxy_addr,
+        "--relay-ip",
+        &relay_ip,
+        "--auth-secret",
+        SECRET,
+        // The default 1 MB/s per allocation would make the long transfers take minutes.
+        "--bandwidth-per-allocation",
+        "500000000",
+    ];
+    let mut proxy = lab.spawn(Host::Server, &bin.to_string_lossy(), &args)?;
+    let line = proxy.wait_for_line("listening", Duration::from_secs(15))?;
+    anyhow::ensure!(line.contains(&proxy_addr), "proxy: {line}");
+    wait_udp_listeners(lab, std::slice::from_ref(&proxy_addr), &mut proxy)?;
+    let uri = format!("turn:{proxy_addr}");
+    let turn = ["--turn-uri", &uri, "--turn-secret", SECRET];
+    let punch = start_punch_server_with(lab, false, &turn)?;
+    Ok(Servers {
+        _proxy: proxy,
+        punch,
+    })
+}
+
+/// The next line of `process` with `event` == `name` (other lines are skipped).
+fn wait_event(process: &mut LabProcess, name: &str, timeout: Duration) -> Result<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let v = next_json(process, left, name)?;
+        anyhow::ensure!(v["event"] != "error", "error while waiting for {name}: {v}");
+        if v["event"] == name {
+            return Ok(v);
+        }
+    }
+}
+
+/// `peer listen` behind B, with its relayed address registered.
+fn listener(lab: &Lab, servers: &Servers) -> Result<Listener> {
+    let mut l = start_listener(lab, Host::LanB1, &servers.punch, false)?;
+    wait_event(&mut l.process, "relayed", Duration::from_secs(15))?;
+    Ok(l)
+}
+
+/// Runs `peer dial` behind A to the listener with `extra` flags; its JSON lines.
+fn dial(lab: &Lab, servers: &Servers, l: &Listener, extra: &[&str]) -> Result<Vec<Value>> {
+    let punch = servers.punch.punch_addr();
+    let bytes = ECHO_BYTES.to_string();
+    let mut args = vec!["dial", "--punch", &punch, "--no-upnp", "--bytes", &bytes];
+    args.extend_from_slice(extra);
+    args.push(&l.peer);
+    let out = lab.run(
+        Host::LanA1,
+        env!("CARGO_BIN_EXE_peer"),
+        &args,
+        Duration::from_secs(90),
+    )?;
+    let lines = json_lines(&out.stdout);
+    for l in &lines {
+        eprintln!("dial: {l}");
+    }
+    anyhow::ensure!(
+        out.success(),
+        "dial failed: {lines:?}; stderr {}",
+        out.stderr
+    );
+    Ok(lines)
+}
+
+fn event<'a>(lines: &'a [Value], name: &str) -> Result<&'a Value> {
+    lines
+        .iter()
+        .find(|l| l["event"] == name)
+        .with_context(|| format!("no {name} in {lines:?}"))
+}
+
+/// Symmetric x symmetric and symmetric x port-restricted: no punching opens them, the
+/// relay does.
+#[test]
+fn unpunchable_pairs_connect_through_the_proxy_and_echo() -> Result<()> {
+    let test = "unpunchable_pairs_connect_through_the_proxy_and_echo";
+    if natlab::skip_requested(test) {
+        return Ok(());
+    }
+    for (label, a, b) in [
+        ("rsymsym", NatType::Symmetric, NatType::Symmetric),
+        ("rsympr", NatType::Symmetric, NatType::PortRestricted),
+    ] {
+        let lab = lab(test, label, a, b)?;
+        let servers = start_servers(&lab)?;
+        let mut l = listener(&lab, &servers)?;
+        let lines = dial(&lab, &servers, &l, &[])?;
+        let connected = event(&lines, "connected")?;
+        assert_eq!(connected["path"], "relay", "{label}: {connected}");
+        assert_eq!(event(&lines, "echo_ok")?["bytes"], ECHO_BYTES, "{label}");
+        let accepted = wait_event(&mut l.process, "connected", Duration::from_secs(5))?;
+        assert_eq!(accepted["path"], "relay", "{label}: {accepted}");
+        eprintln!(
+            "{label}: connected through the relay in {} ms",
+            connected["ms"]
+        );
+    }
+    Ok(())
+}
+
+/// A relay-only dialer: the listener sees the proxy's address, never the dialer's.
+#[test]
+fn a_relay_only_dialer_is_seen_at_the_proxy_only() -> Result<()> {
+    let test = "a_relay_only_dialer_is_seen_at_the_proxy_only";
+    if natlab::skip_requested(test) {
+        return Ok(());
+    }
+    let lab = lab(test, "ronly", NatType::FullCone, NatType::FullCone)?;
+    let servers = start_servers(&lab)?;
+    let mut l = listener(&lab, &servers)?;
+    let lines = dial(&lab, &servers, &l, &["--relay-only"])?;
+    assert_eq!(event(&lines, "connected")?["path"], "relay");
+    assert_eq!(event(&lines, "echo_ok")?["bytes"], ECHO_BYTES);
+    let accepted = wait_event(&mut l.process, "connected", Duration::from_secs(5))?;
+    let seen: std::net::SocketAddr = accepted["remote"].as_str().context("remote")?.parse()?;
+    assert_eq!(
+        seen.ip(),
+        lab.server_ip(0),
+        "the proxy's relay IP: {accepted}"
+    );
+    assert_ne!(seen.ip(), lab.wan_ip(Router::A), "the dialer's NAT address");
+    Ok(())
+}
+
+/// `peer dial` with a transfer long enough to watch paths change, as a process.
+fn long_dial(lab: &Lab, servers: &Servers, l: &Listener, bytes: usize) -> Result<LabProcess> {
+    let punch = servers.punch.punch_addr();
+    let bytes = bytes.to_string();
+    let args = [
+        "dial",
+        "--punch",
+        &punch,
+        "--no-upnp",
+        "--bytes",
+        &bytes,
+        "--echo-timeout-ms",
+        "60000",
+        "--attempts",
+        "1",
+        &l.peer,
+    ];
+    Ok(lab.spawn(Host::LanA1, env!("CARGO_BIN_EXE_peer"), &args)?)
+}
+
+/// Upgrade: the direct path is blocked at first, so the connection starts on the relay;
+/// once the block is lifted, `path_changed` to `direct` follows within seconds while a
+/// transfer runs, and the transfer arrives complete (the echo checks every byte).
+#[test]
+fn a_blocked_pair_starts_on_the_relay_and_moves_to_direct_when_unblocked() -> Result<()> {
+    let test = "a_blocked_pair_starts_on_the_relay_and_moves_to_direct_when_unblocked";
+    if natlab::skip_requested(test) {
+        return Ok(());
+    }
+    let lab = lab(
+        test,
+        "rup",
+        NatType::PortRestricted,
+        NatType::PortRestricted,
+    )?;
+    let servers = start_servers(&lab)?;
+    let l = listener(&lab, &servers)?;
+    lab.block_peer(Router::A, lab.wan_ip(Router::B))?;
+    let mut d = long_dial(&lab, &servers, &l, 64 << 20)?;
+    let connected = wait_event(&mut d, "connected", Duration::from_secs(30))?;
+    assert_eq!(connected["path"], "relay", "{connected}");
+    std::thread::sleep(Duration::from_millis(500));
+    lab.unblock_peer(Router::A, lab.wan_ip(Router::B))?;
+    let lifted = Instant::now();
+    let changed = wait_event(&mut d, "path_changed", Duration::from_secs(20))?;
+    let took = lifted.elapsed();
+    assert_eq!(changed["path"], "direct", "{changed}");
+    eprintln!("upgrade: direct {took:?} after the block was lifted");
+    assert!(took < Duration::from_secs(8), "upgrade took {took:?}");
+    let echo = wait_event(&mut d, "echo_ok", Duration::from_secs(60))?;
+    assert_eq!(echo["bytes"], 64 << 20);
+    Ok(())
+}
+
+/// Downgrade: a transfer on the direct path survives the path being blocked: the
+/// connection moves to the relay within seconds and the echo completes.
+#[test]
+fn a_direct_pair_falls_back_to_the_relay_when_blocked_mid_transfer() -> Result<()> {
+    let test = "a_direct_pair_falls_back_to_the_relay_when_blocked_mid_transfer";
+    if natlab::skip_requested(test) {
+        return Ok(());
+    }
+    let lab = lab(
+        test,
+        "rdown",
+        NatType::PortRestricted,
+        NatType::PortRestricted,
+    )?;
+    let servers = start_servers(&lab)?;
+    let l = listener(&lab, &servers)?;
+    let mut d = long_dial(&lab, &servers, &l, 64 << 20)?;
+    let connected = wait_event(&mut d, "connected", Duration::from_secs(30))?;
+    if connected["path"] == "relay" {
+        // The relay won the race: wait for the move to the punched pair.
+        let changed = wait_event(&mut d, "path_changed", Duration::from_secs(10))?;
+        assert_eq!(changed["path"], "direct", "{changed}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    lab.block_peer(Router::A, lab.wan_ip(Router::B))?;
+    let blocked = Instant::now();
+    let changed = wait_event(&mut d, "path_changed", Duration::from_secs(20))?;
+    let took = blocked.elapsed();
+    assert_eq!(changed["path"], "relay", "{changed}");
+    eprintln!("downgrade: on the relay {took:?} after the block");
+    assert!(took < Duration::from_secs(6), "downgrade took {took:?}");
+    let mut l = l;
+    let echo = wait_event(&mut d, "echo_ok", Duration::from_secs(60)).inspect_err(|_| {
+        while let Ok(Some(line)) = l.process.read_line(Duration::from_millis(200)) {
+            eprintln!("listener: {line}");
+        }
+        eprintln!("listener stderr: {}", l.process.stderr());
+        eprintln!("dialer stderr: {}", d.stderr());
+    })?;
+    assert_eq!(echo["bytes"], 64 << 20);
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! Relay first, direct when it validates: the dialing and the accepting side of one
+//! introduction run probing and the relayed path ([`super::route`]) in parallel.
+//!
+//! Dialer ([`dial`]):
+//! 1. Decide the [`RelayPlan`] from the `Go` and start probing (an engine attempt) and the
+//!    relay setup (a channel bind on this node's allocation, or nothing to set up when the
+//!    peer's relayed address is the path) at once.
+//! 2. The first path ready carries the QUIC handshake: a nominated direct pair, or the
+//!    relayed path. A failed relay setup leaves probing alone; failed probing waits for
+//!    the relay, and fails the dial only when both have failed.
+//! 3. On the relay, the attempt goes on in the background: when it nominates a pair, the
+//!    connection moves to it (the relayed path stays a standby, so datagrams still in
+//!    flight on it arrive) and the connection's [`ActivePath`] watch says so. On a direct
+//!    path first, a relayed path ready later is added as a standby.
+//!
+//! Acceptor ([`accept`], for every `Go` of a request this node accepted):
+//! 1. The same plan, probing and relay setup. When the relayed path is ready before a
+//!    direct pair, the dialer's entry in the path table is created on it (pinned to the
+//!    dialer's key, with the dialer's direct candidates as standbys), so the dialer's
+//!    handshake arriving through the relay (or from a known candidate) reaches quinn as
+//!    one peer.
+//! 2. A pair nominated later becomes the entry's active path, as on the dialer's side.
+//!    Without a relayed path nothing changes: the dialer's handshake is learned from its
+//!    source as before.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::control::Control;
+use super::engine::{AttemptOutcome, Engine};
+use super::error::DialError;
+use super::relays::{RelayBinder, RelayError};
+use super::route::{ActivePath, PathType, PathWatches, RelayPlan};
+use super::supervise::{supervise, Rounds};
+use crate::coord::{CandidateKind, Go};
+use crate::identity::PeerId;
+use crate::socket::{Endpoint, Path, PeerConnection};
+
+/// What a node's connections need to run the race.
+#[derive(Debug, Clone)]
+pub(crate) struct RaceCtx {
+    pub endpoint: Arc<Endpoint>,
+    pub engine: Engine,
+    /// For the dialer's later probing rounds.
+    pub control: Control,
+    /// `None` when relays are turned off.
+    pub binder: Option<RelayBinder>,
+    pub watches: Arc<PathWatches>,
+    /// Relay-only: no probing; the relayed path is the only one.
+    pub relay_only: bool,
+}
+
+/// A dialed connection and the path it runs on.
+pub(crate) struct Dialed {
+    pub peer: PeerConnection,
+    pub path: tokio::sync::watch::Receiver<ActivePath>,
+}
+
+/// Sets up the relayed path of `plan` (step 1).
+async fn relay_path(binder: Option<RelayBinder>, plan: RelayPlan) -> Result<Path, RelayError> {
+    relay_path_timed(binder, plan).await.map(|(path, _)| path)
+}
+
+/// [`relay_path`], with an estimate of the path's RTT when a bind measured one: twice
+/// the bind's round trip to the relay (this end to the relay, the relay to the peer).
+async fn relay_path_timed(
+    binder: Option<RelayBinder>,
+    plan: RelayPlan,
+) -> Result<(Path, Option<Duration>), RelayError> {
+    match plan {
+        RelayPlan::None => Err(RelayError::NoRelay),
+        RelayPlan::OwnChannel { peer } => match binder {
+            Some(b) => {
+                let started = Instant::now();
+                let path = b.bind(peer).await?;
+                Ok((path, Some(started.elapsed().saturating_mul(2))))
+            }
+            None => Err(RelayError::NoRelay),
+        },
+        RelayPlan::PeerRelayed { relayed } => Ok((Path::Direct(relayed), None)),
+    }
+}
+
+fn relayed(plan: RelayPlan, path: Path) -> ActivePath {
+    ActivePath {
+        kind: PathType::Relay,
+        remote: plan.remote().unwrap_or_else(|| path.remote()),
+    }
+}
+
+fn direct(remote: SocketAddr) -> ActivePath {
+    ActivePath {
+        kind: PathType::Direct,
+        remote,
+    }
+}
+
+/// The peer's candidates that are its own addresses (not relayed).
+fn direct_candidates(go: &Go) -> Vec<SocketAddr> {
+    go.peer_candidates
+        .iter()
+        .filter(|c| c.kind != CandidateKind::Relay)
+        .map(|c| c.addr)
+        .collect()
+}
+
+/// Pins `peer`'s entry in the path table on the relayed `path`, with its direct
+/// candidates as standbys, so whatever source it answers from reaches the one connection.
+fn standby_candidates(endpoint: &Endpoint, peer: PeerId, path: Path, candidates: &[SocketAddr]) {
+    let mut paths = endpoint.socket().paths();
+    match paths.upsert_peer(Instant::now(), peer, path) {
+        Ok(synthetic) => {
+            for c in candidates {
+                paths.add_path(&synthetic, Path::Direct(*c));
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "no path table entry for the peer"),
+    }
+}
+
+/// The QUIC handshake with `target` on the relayed `path`; the connection's watch starts
+/// there and knows the relayed path.
+async fn connect_relayed(
+    ctx: &RaceCtx,
+    target: PeerId,
+    plan: RelayPlan,
+    path: Path,
+    rtt: Option<Duration>,
+) -> Result<Dialed, DialError> {
+    let peer = ctx
+        .endpoint
+        .connect_via(target, path, rtt)
+        .await
+        .map_err(DialError::Handshake)?;
+    let active = relayed(plan, path);
+    let watch = ctx.watches.set(target, active);
+    ctx.watches.set_relay(target, path, active.remote);
+    Ok(Dialed { peer, path: watch })
+}
+
+/// Dials `target` after its `Go` (see the module docs).
+pub(crate) async fn dial(
+    ctx: &RaceCtx,
+    target: PeerId,
+    own_relayed: Option<SocketAddr>,
+    go: Go,
+    received: Instant,
+    server_rtt: Duration,
+) -> Result<Dialed, DialError> {
+    let plan = if ctx.binder.is_some() {
+        RelayPlan::decide(own_relayed, &go.peer_candidates)
+    } else {
+        RelayPlan::decide(None, &go.peer_candidates)
+    };
+    if ctx.relay_only {
+        let no_relay = |detail: String| DialError::NoRelayedPath {
+            peer: target,
+            detail,
+        };
+        let (path, rtt) = relay_path_timed(ctx.binder.clone(), plan)
+            .await
+            .map_err(|e| no_relay(format!("{e} (plan {plan:?})")))?;
+        return connect_relayed(ctx, target, plan, path, rtt).await;
+    }
+    let candidates = direct_candidates(&go);
+    let engine = ctx.engine.clone();
+    let mut attempt = tokio::spawn(async move { engine.attempt(go, received, server_rtt).await });
+    let mut relay = Box::pin(relay_path_timed(ctx.binder.clone(), plan));
+    let mut relay_failed = plan == RelayPlan::None;
+    enum First {
+        Direct(SocketAddr, Duration),
+        /// The relayed path, its RTT estimate, and whether probing goes on.
+        Relay(Path, Option<Duration>, bool),
+    }
+    let first = loop {
+        tokio::select! {
+            outcome = &mut attempt => {
+                let outcome = outcome.unwrap_or(AttemptOutcome::Closed);
+                if let AttemptOutcome::Nominated { remote, rtt } = outcome {
+                    break First::Direct(remote, rtt);
+                }
+                let relayed = if relay_failed { None } else { (&mut relay).await.ok() };
+                match (relayed, outcome) {
+                    (Some((path, rtt)), _) => break First::Relay(path, rtt, false),
+                    (None, AttemptOutcome::NoDirectPath(detail)) => {
+                        return Err(DialError::NoDirectPath { peer: target, detail })
+                    }
+                    (None, AttemptOutcome::Busy(n)) => return Err(DialError::Busy(n)),
+                    (None, _) => return Err(DialError::Closed),
+                }
+            }
+            r = &mut relay, if !relay_failed => match r {
+                Ok((path, rtt)) => break First::Relay(path, rtt, true),
+                Err(e) => {
+                    tracing::debug!(error = %e, ?plan, "no relayed path");
+                    relay_failed = true;
+                }
+            },
+        }
+    };
+    match first {
+        First::Direct(remote, rtt) => {
+            let peer = ctx
+                .endpoint
+                .connect_with_rtt(target, remote, Some(rtt))
+                .await
+                .map_err(DialError::Handshake)?;
+            let path = ctx.watches.set(target, direct(remote));
+            if !relay_failed {
+                let ctx = ctx.clone();
+                let (synthetic, connection) = (peer.synthetic_addr, peer.connection.clone());
+                tokio::spawn(async move {
+                    let Ok((standby, _)) = relay.await else {
+                        return;
+                    };
+                    ctx.endpoint.socket().paths().add_path(&synthetic, standby);
+                    ctx.watches
+                        .set_relay(target, standby, relayed(plan, standby).remote);
+                    let rounds = Rounds {
+                        control: ctx.control.clone(),
+                        first: None,
+                    };
+                    supervise(ctx, target, synthetic, connection, Some(rounds)).await;
+                });
+            }
+            Ok(Dialed { peer, path })
+        }
+        First::Relay(path, rtt, probing) => {
+            tracing::debug!(?path, "QUIC over the relay first");
+            // The peer may answer from a direct candidate (its prober nominated a pair
+            // first): those sources map to the same entry.
+            standby_candidates(&ctx.endpoint, target, path, &candidates);
+            let Dialed { peer, path: watch } =
+                connect_relayed(ctx, target, plan, path, rtt).await?;
+            // The first attempt goes on (if it has not failed yet); then new rounds.
+            let rounds = Rounds {
+                control: ctx.control.clone(),
+                first: probing.then_some(attempt),
+            };
+            let (synthetic, connection) = (peer.synthetic_addr, peer.connection.clone());
+            tokio::spawn(supervise(
+                ctx.clone(),
+                target,
+                synthetic,
+                connection,
+                Some(rounds),
+            ));
+            Ok(Dialed { peer, path: watch })
+        }
+    }
+}
+
+/// Runs the accepting side of one introduction (see the module docs).
+pub(crate) async fn accept(
+    ctx: RaceCtx,
+    own_relayed: Option<SocketAddr>,
+    go: Go,
+    received: Instant,
+    server_rtt: Duration,
+) {
+    let plan = match &ctx.binder {
+        Some(_) => RelayPlan::decide(own_relayed, &go.peer_candidates),
+        None => RelayPlan::decide(None, &go.peer_candidates),
+    };
+    let dialer = go.peer;
+    // A round of a live connection (the dialer probes again from the relay): probe only;
+    // a nominated pair becomes the active path.
+    if ctx.watches.is_live(dialer) {
+        if ctx.relay_only {
+            return;
+        }
+        let outcome = ctx.engine.attempt(go, received, server_rtt).await;
+        let AttemptOutcome::Nominated { remote, .. } = outcome else {
+            return;
+        };
+        let mut paths = ctx.endpoint.socket().paths();
+        if let Some(synthetic) = paths.synthetic_for_peer(&dialer) {
+            if ctx.watches.update(dialer, direct(remote)) {
+                paths.set_path(&synthetic, Path::Direct(remote));
+                tracing::info!(%remote, "moved from the relay to a direct path");
+            }
+        }
+        return;
+    }
+    // A new introduction is a new connection: its path is reported afresh.
+    ctx.watches.forget(dialer);
+    if plan == RelayPlan::None {
+        ctx.engine.spawn_attempt(go, received, server_rtt);
+        return;
+    }
+    let candidates = direct_candidates(&go);
+    let (relay_only, engine) = (ctx.relay_only, ctx.engine.clone());
+    let attempt = async move {
+        if relay_only {
+            // No probing: no check ever leaves for the dialer's candidates.
+            AttemptOutcome::Closed
+        } else {
+            engine.attempt(go, received, server_rtt).await
+        }
+    };
+    let relay = relay_path(ctx.binder.clone(), plan);
+    tokio::pin!(attempt, relay);
+    let (mut attempt_done, mut relay_done) = (false, false);
+    let mut nominated: Option<SocketAddr> = None;
+    let socket = ctx.endpoint.socket().clone();
+    while !(attempt_done && relay_done) {
+        tokio::select! {
+            outcome = &mut attempt, if !attempt_done => {
+                attempt_done = true;
+                let AttemptOutcome::Nominated { remote, .. } = outcome else { continue };
+                nominated = Some(remote);
+                // Only an entry this task made on the relay moves; otherwise the
+                // dialer's handshake is learned from its source as usual.
+                let mut paths = socket.paths();
+                if let Some(synthetic) = paths.synthetic_for_peer(&dialer) {
+                    if ctx.watches.update(dialer, direct(remote)) {
+                        paths.set_path(&synthetic, Path::Direct(remote));
+                        tracing::info!(%remote, "moved from the relay to a direct path");
+                    }
+                }
+            }
+            r = &mut relay, if !relay_done => {
+                relay_done = true;
+                let Ok(path) = r else { continue };
+                let mut paths = socket.paths();
+                if let Some(remote) = nominated {
+                    // The dialer's entry is pinned to its key on the nominated pair (the
+                    // entry learned from its handshake is adopted, or made for it), so
+                    // the relay is its standby whether or not the handshake is done.
+                    let pinned = paths.upsert_peer(Instant::now(), dialer, Path::Direct(remote));
+                    if let Ok(synthetic) = pinned {
+                        paths.add_path(&synthetic, path);
+                        ctx.watches.get_or_set(dialer, direct(remote));
+                        ctx.watches
+                            .set_relay(dialer, path, relayed(plan, path).remote);
+                    }
+                    continue;
+                }
+                drop(paths);
+                standby_candidates(&ctx.endpoint, dialer, path, &candidates);
+                // `add_path` keeps the active path: the relay.
+                ctx.watches.set(dialer, relayed(plan, path));
+                ctx.watches
+                    .set_relay(dialer, path, relayed(plan, path).remote);
+                tracing::debug!(?path, "dialer's entry on the relayed path");
+            }
+        }
+    }
+}
