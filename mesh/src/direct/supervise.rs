@@ -62,13 +62,51 @@ pub(crate) struct Rounds {
 }
 
 struct State {
-    /// Since when the active path is what it is.
-    since: Instant,
-    /// The last receipt on the active direct path seen, and QUIC's datagram count then.
-    direct_rx: Option<Instant>,
-    tx_mark: u64,
+    liveness: Liveness,
     next_round: Instant,
     backoff: Backoff,
+}
+
+/// The verdict on an active direct path (step 1), from what the path table and QUIC's
+/// counters say; no clock or socket of its own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Liveness {
+    /// Since when the direct path is the active one.
+    since: Instant,
+    /// The last receipt on it seen, and QUIC's datagram count then.
+    direct_rx: Option<Instant>,
+    tx_mark: u64,
+}
+
+impl Liveness {
+    /// Watching a path that became active at `now`, with QUIC's datagram count `tx`.
+    pub(crate) fn new(now: Instant, tx: u64) -> Self {
+        Self {
+            since: now,
+            direct_rx: None,
+            tx_mark: tx,
+        }
+    }
+
+    /// Whether to leave the direct path at `now`: `direct_rx` and `relay_rx` are the last
+    /// receipts on each path, `tx` QUIC's datagrams sent so far.
+    pub(crate) fn leave(
+        &mut self,
+        now: Instant,
+        direct_rx: Option<Instant>,
+        relay_rx: Option<Instant>,
+        tx: u64,
+    ) -> bool {
+        if direct_rx.is_some() && direct_rx != self.direct_rx {
+            self.direct_rx = direct_rx;
+            self.tx_mark = tx;
+        }
+        let heard = self.direct_rx.map_or(self.since, |t| t.max(self.since));
+        let silent = now.saturating_duration_since(heard);
+        let relay_recent =
+            relay_rx.is_some_and(|r| r > heard && now.saturating_duration_since(r) < FOLLOW_AFTER);
+        (silent >= DEAD_AFTER && tx > self.tx_mark) || (silent >= FOLLOW_AFTER && relay_recent)
+    }
 }
 
 /// Watches one connection's paths until it closes (see the module docs).
@@ -81,12 +119,11 @@ pub(crate) async fn supervise(
 ) {
     let now = Instant::now();
     let mut st = State {
-        since: now,
-        direct_rx: None,
-        tx_mark: connection.stats().udp_tx.datagrams,
+        liveness: Liveness::new(now, connection.stats().udp_tx.datagrams),
         next_round: now,
         backoff: Backoff::new(RETRY_EARLY, RETRY_MAX),
     };
+    let mut on_relay_since = now;
     let mut rng = StdRng::from_entropy();
     let mut was = None;
     loop {
@@ -100,10 +137,9 @@ pub(crate) async fn supervise(
         let now = Instant::now();
         if was != Some(active.kind) {
             was = Some(active.kind);
-            st.since = now;
-            st.direct_rx = None;
-            st.tx_mark = connection.stats().udp_tx.datagrams;
+            st.liveness = Liveness::new(now, connection.stats().udp_tx.datagrams);
             if active.kind == PathType::Relay {
+                on_relay_since = now;
                 st.next_round = now;
                 st.backoff.reset();
             }
@@ -145,7 +181,7 @@ pub(crate) async fn supervise(
                     }
                     continue;
                 }
-                let wait = if now.saturating_duration_since(st.since) < EARLY_PHASE {
+                let wait = if now.saturating_duration_since(on_relay_since) < EARLY_PHASE {
                     RETRY_EARLY
                 } else {
                     st.backoff.next(&mut rng)
@@ -176,15 +212,7 @@ fn check_direct(
         )
     };
     let tx = connection.stats().udp_tx.datagrams;
-    if direct_rx.is_some() && direct_rx != st.direct_rx {
-        st.direct_rx = direct_rx;
-        st.tx_mark = tx;
-    }
-    let heard = st.direct_rx.map_or(st.since, |t| t.max(st.since));
-    let silent = now.saturating_duration_since(heard);
-    let relay_recent =
-        relay_rx.is_some_and(|r| r > heard && now.saturating_duration_since(r) < FOLLOW_AFTER);
-    (silent >= DEAD_AFTER && tx > st.tx_mark) || (silent >= FOLLOW_AFTER && relay_recent)
+    st.liveness.leave(now, direct_rx, relay_rx, tx)
 }
 
 /// One probing round (step 2): the nominated remote, if any.
@@ -208,5 +236,65 @@ async fn round(ctx: &RaceCtx, peer: PeerId, r: &mut Rounds) -> Option<SocketAddr
             None
         }
         Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Feeds `leave` a timeline: every 200 ms, whether the direct path and the relay
+    /// delivered and how many datagrams QUIC sent; returns when it said leave.
+    fn run(steps: usize, step: impl Fn(usize) -> (bool, bool, u64)) -> Option<Duration> {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0, 0);
+        let (mut direct_rx, mut relay_rx) = (None, None);
+        for i in 1..=steps {
+            let now = t0 + TICK * i as u32;
+            let (direct, relay, tx) = step(i);
+            if direct {
+                direct_rx = Some(now - MS);
+            }
+            if relay {
+                relay_rx = Some(now - MS);
+            }
+            if l.leave(now, direct_rx, relay_rx, tx) {
+                return Some(now - t0);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_busy_path_that_goes_silent_is_left_after_three_seconds() {
+        // Traffic both ways for 2 s, then nothing arrives while QUIC keeps sending.
+        let left = run(100, |i| (i <= 10, false, i as u64 * 10));
+        let left = left.expect("left");
+        assert!(left >= Duration::from_secs(2) + DEAD_AFTER, "{left:?}");
+        assert!(
+            left <= Duration::from_secs(2) + DEAD_AFTER + TICK,
+            "{left:?}"
+        );
+    }
+
+    #[test]
+    fn an_idle_connection_is_not_called_dead() {
+        // Nothing sent, nothing received, for 20 s: silence is not evidence.
+        assert_eq!(run(100, |_| (false, false, 0)), None);
+        // Receipts keep coming while QUIC sends: alive.
+        assert_eq!(run(100, |i| (true, false, i as u64)), None);
+    }
+
+    #[test]
+    fn the_peer_moving_to_the_relay_is_followed_after_one_second() {
+        // The direct path delivers for 1 s, then the peer's datagrams come on the relay.
+        let left = run(100, |i| (i <= 5, i > 5, i as u64)).expect("followed");
+        assert!(left >= Duration::from_secs(1) + FOLLOW_AFTER, "{left:?}");
+        assert!(left < Duration::from_secs(1) + DEAD_AFTER, "{left:?}");
+        // Relay datagrams older than the last direct one (in flight from before a
+        // switch) do not count.
+        assert_eq!(run(100, |i| (true, i == 3, i as u64)), None);
     }
 }
