@@ -42,7 +42,8 @@ pub use control::Registration;
 pub use error::{ControlError, DialError, StartError};
 pub use node::{DirectConnection, DirectNode, RELAY_OFFER_WAIT, RELAY_READY_WAIT};
 pub use relays::{
-    RelayError, RelayedAddr, BIND_TIMEOUT, MAX_WAITING_BINDS, RELEASE_WAIT, RESOLVE_TIMEOUT,
+    RelayError, RelayState, RelayStatus, RelayedAddr, BIND_TIMEOUT, MAX_WAITING_BINDS,
+    RELEASE_WAIT, RESOLVE_TIMEOUT,
 };
 pub use route::{ActivePath, PathType, MAX_WATCHED_PATHS};
 pub use supervise::{DEAD_AFTER, EARLY_PHASE, FOLLOW_AFTER, RETRY_EARLY, RETRY_MAX, TICK};

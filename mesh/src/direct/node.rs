@@ -53,7 +53,7 @@ use super::engine::{Engine, EngineSettings};
 use super::error::{DialError, StartError};
 use super::queue_bound;
 use super::race::{self, RaceCtx};
-use super::relays::{RelayError, RelayedAddr, Relays};
+use super::relays::{RelayError, RelayStatus, RelayedAddr, Relays};
 use super::route::{ActivePath, PathType, PathWatches};
 use super::supervise::supervise;
 use crate::coord::{Candidate as WireCandidate, CandidateKind as WireKind, RelayCredential};
@@ -311,6 +311,16 @@ impl DirectNode {
     pub fn relayed(&self) -> watch::Receiver<Vec<RelayedAddr>> {
         match &self.relays {
             Some(r) => r.relayed(),
+            None => watch::channel(Vec::new()).1,
+        }
+    }
+
+    /// The state of this node's allocation on each offered relay: allocating, allocated
+    /// (with the relayed address and how long it took), failed (with the relay's error
+    /// code when it refused) or released. Empty with [`DirectConfig::relays`] `None`.
+    pub fn relay_status(&self) -> watch::Receiver<Vec<RelayStatus>> {
+        match &self.relays {
+            Some(r) => r.status(),
             None => watch::channel(Vec::new()).1,
         }
     }

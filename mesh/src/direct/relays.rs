@@ -83,10 +83,47 @@ pub struct RelayedAddr {
     pub relayed: SocketAddr,
 }
 
+/// What the node knows of its allocation on one offered relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayState {
+    /// Allocating (the first try, or again after a failure).
+    Allocating,
+    /// Allocated.
+    Allocated {
+        /// The relayed transport address.
+        relayed: SocketAddr,
+        /// From the start of this try to the relay's success answer.
+        took: Duration,
+    },
+    /// The last try failed; another follows with backoff.
+    Failed {
+        /// The relay's STUN error code, when it refused (401: the punch server's secret is
+        /// not the relay's).
+        code: Option<u16>,
+        /// Why.
+        reason: String,
+    },
+    /// Released on shutdown.
+    Released {
+        /// Whether the relay confirmed the release.
+        confirmed: bool,
+    },
+}
+
+/// The state of the allocation on one offered relay ([`super::DirectNode::relay_status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayStatus {
+    /// The relay, as offered.
+    pub relay: TurnUri,
+    /// Where its allocation stands.
+    pub state: RelayState,
+}
+
 /// Handle of the running task.
 #[derive(Debug)]
 pub(crate) struct Relays {
     relayed: watch::Receiver<Vec<RelayedAddr>>,
+    status: watch::Receiver<Vec<RelayStatus>>,
     binds: mpsc::Sender<Bind>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -102,18 +139,22 @@ impl Relays {
         let (answers_tx, answers) = mpsc::channel(TURN_QUEUE);
         socket.route_stun(StunOwner::Turn, answers_tx);
         let (published, relayed) = watch::channel(Vec::new());
+        let (status_tx, status) = watch::channel(Vec::new());
         let (stop, stopped) = oneshot::channel();
         let (binds, bind_rx) = mpsc::channel(MAX_WAITING_BINDS);
         let task = RelayTask {
             socket,
             config,
             published,
+            status: status_tx,
+            states: HashMap::new(),
             allocations: HashMap::new(),
             waiting: Vec::new(),
         };
         let task = tokio::spawn(task.run(offers, answers, bind_rx, stopped));
         Self {
             relayed,
+            status,
             binds,
             stop: Some(stop),
             task,
@@ -130,6 +171,11 @@ impl Relays {
         RelayBinder {
             binds: self.binds.clone(),
         }
+    }
+
+    /// The state of the allocation on each offered relay.
+    pub(crate) fn status(&self) -> watch::Receiver<Vec<RelayStatus>> {
+        self.status.clone()
     }
 
     /// The relayed addresses held now.
@@ -182,12 +228,18 @@ impl Drop for Relays {
 struct Entry {
     uri: TurnUri,
     allocation: Allocation,
+    /// When the current try started.
+    started: Instant,
 }
 
 struct RelayTask {
     socket: Arc<MeshSocket>,
     config: AllocationConfig,
     published: watch::Sender<Vec<RelayedAddr>>,
+    status: watch::Sender<Vec<RelayStatus>>,
+    /// The state per offered relay, keyed like `allocations` (kept after a release, until
+    /// the relay is no longer offered; at most [`MAX_RELAYS`] plus the released ones).
+    states: HashMap<String, RelayStatus>,
     /// Keyed by the relay's `HOST:PORT`.
     allocations: HashMap<String, Entry>,
     /// Binds waiting for the relay: (relay server, peer, reply).
@@ -329,12 +381,19 @@ impl RelayTask {
                 e.allocation.release(now);
             }
         }
+        self.states
+            .retain(|key, _| wanted.contains_key(key) || self.allocations.contains_key(key));
         for (key, offer) in wanted {
             if let Some(e) = self.allocations.get_mut(&key) {
                 e.allocation.set_credentials(offer.credentials());
                 continue;
             }
             let Some(server) = self.resolve(&key).await else {
+                let failed = RelayState::Failed {
+                    code: None,
+                    reason: format!("{key} not resolved to an address this socket reaches"),
+                };
+                self.set_state(&key, &offer.uri, failed);
                 continue;
             };
             tracing::debug!(relay = %offer.uri, %server, "allocating on relay");
@@ -345,14 +404,41 @@ impl RelayTask {
                 self.config,
                 rand::random(),
             );
+            self.set_state(&key, &offer.uri, RelayState::Allocating);
             self.allocations.insert(
                 key,
                 Entry {
                     uri: offer.uri.clone(),
                     allocation,
+                    started: Instant::now(),
                 },
             );
         }
+        self.publish_status();
+    }
+
+    fn set_state(&mut self, key: &str, uri: &TurnUri, state: RelayState) {
+        self.states.insert(
+            key.to_string(),
+            RelayStatus {
+                relay: uri.clone(),
+                state,
+            },
+        );
+    }
+
+    /// Publishes the states, ordered by relay, if they changed.
+    fn publish_status(&mut self) {
+        let mut now: Vec<(&String, &RelayStatus)> = self.states.iter().collect();
+        now.sort_by(|a, b| a.0.cmp(b.0));
+        let now: Vec<RelayStatus> = now.into_iter().map(|(_, s)| s.clone()).collect();
+        self.status.send_if_modified(|held| {
+            let differs = *held != now;
+            if differs {
+                *held = now;
+            }
+            differs
+        });
     }
 
     /// The relay's first address the socket reaches.
@@ -387,7 +473,8 @@ impl RelayTask {
     async fn flush(&mut self) {
         let mut changed = false;
         let mut answers = Vec::new();
-        for e in self.allocations.values_mut() {
+        let mut states = Vec::new();
+        for (key, e) in self.allocations.iter_mut() {
             while let Some(t) = e.allocation.poll_transmit() {
                 if let Err(err) = self
                     .socket
@@ -404,12 +491,34 @@ impl RelayTask {
                         relayed, lifetime, ..
                     } => {
                         tracing::info!(relay = %e.uri, %relayed, lifetime_s = lifetime.as_secs(), "relay allocated");
+                        let took = e.started.elapsed();
+                        states.push((
+                            key.clone(),
+                            e.uri.clone(),
+                            RelayState::Allocated { relayed, took },
+                        ));
                     }
                     AllocationEvent::Lost(err) => {
                         tracing::warn!(relay = %e.uri, error = %err, "relay allocation lost, retrying");
+                        let code = match err {
+                            crate::turn::client::TurnError::Refused(code) => Some(code),
+                            _ => None,
+                        };
+                        let reason = err.to_string();
+                        states.push((
+                            key.clone(),
+                            e.uri.clone(),
+                            RelayState::Failed { code, reason },
+                        ));
+                        e.started = Instant::now();
                     }
                     AllocationEvent::Released { confirmed } => {
                         tracing::debug!(relay = %e.uri, confirmed, "relay allocation released");
+                        states.push((
+                            key.clone(),
+                            e.uri.clone(),
+                            RelayState::Released { confirmed },
+                        ));
                     }
                     AllocationEvent::ChannelBound { peer, number } => {
                         tracing::debug!(relay = %e.uri, %peer, channel = number, "channel bound");
@@ -423,6 +532,12 @@ impl RelayTask {
             }
         }
         self.allocations.retain(|_, e| !e.allocation.is_finished());
+        if !states.is_empty() {
+            for (key, uri, state) in states {
+                self.set_state(&key, &uri, state);
+            }
+            self.publish_status();
+        }
         for (server, peer, result) in answers {
             self.answer_binds(server, peer, result);
         }

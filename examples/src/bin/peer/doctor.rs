@@ -14,11 +14,13 @@
 //!    so the mapping and filtering reported are those the node's QUIC traffic gets),
 //!    the wait (bounded) for UPnP to settle, and the wait for the server's relay offer
 //!    (at most [`RELAY_OFFER_WAIT`]) followed by step 4.
-//! 4. Check every relay offered at once (`mesh::turn::check::check_relay`: allocate with
-//!    the credentials, then free; each bounded by `--relay-timeout-ms`), print the
-//!    `doctor` line with `relays` (`uri`, `username`, `expires_unix`, and `allocate`:
-//!    `ok` with `relayed`, `ms`, `freed`, or `error` with `reason` and the STUN `code` if
-//!    refused), shut the node down and exit 0.
+//! 4. The node allocates on every relay offered from its own socket (as every node does:
+//!    the relayed address peers would use); wait until each allocation succeeded or
+//!    failed (`DirectNode::relay_status`, bounded by `--relay-timeout-ms`), shut the node
+//!    down (it frees them), print the `doctor` line with `relays` (`uri`, `username`,
+//!    `expires_unix`, and `allocate`: `ok` with `relayed`, `ms`, `freed` (the relay
+//!    confirmed the release), or `error` with `reason` and the STUN `code` if refused)
+//!    and exit 0.
 //!
 //! A signal at any step shuts down what was started and exits 1 (`interrupted`).
 
@@ -26,10 +28,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use mesh::direct::{DirectNode, IncomingPolicy};
+use mesh::direct::{DirectNode, IncomingPolicy, RelayState, RelayStatus};
 use mesh::nat::{discover, discover_on, NatBehaviour, NatConfig, NatError};
-use mesh::turn::check::check_relay;
-use mesh::turn::client::TurnError;
 use mesh::turn::RelayCredential;
 use mesh::upnp::UpnpState;
 use serde_json::{json, Value};
@@ -104,7 +104,8 @@ pub async fn doctor(args: NodeArgs, alt: Option<String>, waits: Waits, stop: &St
     let work = async {
         let relays = async {
             let offered = node.wait_relays(RELAY_OFFER_WAIT).await;
-            check_relays(offered, waits.relay).await
+            settled_relays(&node, &offered, waits.relay).await;
+            offered
         };
         tokio::join!(
             discover_on(node.endpoint(), server, nat_config),
@@ -112,13 +113,17 @@ pub async fn doctor(args: NodeArgs, alt: Option<String>, waits: Waits, stop: &St
             relays
         )
     };
-    let (nat, upnp, relays) = match stop.until(work).await {
+    let (nat, upnp, offered) = match stop.until(work).await {
         Ok(done) => done,
         Err(signal) => {
             bounded_cleanup(node.shutdown()).await;
             return interrupted(signal);
         }
     };
+    // The node's own allocations, as they stood when settled; then it frees them, which
+    // the line reports too.
+    let mut status = node.relay_status();
+    let settled = status.borrow_and_update().clone();
     let mut line = json!({"event": "doctor", "punch": args.punch});
     add_nat(&mut line, nat);
     let reg = node.registration().borrow().clone();
@@ -135,9 +140,10 @@ pub async fn doctor(args: NodeArgs, alt: Option<String>, waits: Waits, stop: &St
         }
         Some(UpnpState::Searching) => json!({"state": "searching"}),
     };
-    line["relays"] = relays.into();
-    emit(&line);
     bounded_cleanup(node.shutdown()).await;
+    let released = status.borrow().clone();
+    line["relays"] = relays_report(&offered, &settled, &released, waits.relay).into();
+    emit(&line);
     ExitCode::SUCCESS
 }
 
@@ -155,43 +161,64 @@ fn add_nat(line: &mut Value, nat: Result<NatBehaviour, NatError>) {
     }
 }
 
-/// Checks every relay at once; one JSON object per relay, in the order offered.
-async fn check_relays(relays: Vec<RelayCredential>, timeout: Duration) -> Vec<Value> {
-    let checks = relays.into_iter().map(|relay| {
-        tokio::spawn(async move {
-            let result = check_relay(&relay, timeout).await;
+/// Waits until the node's allocation on every offered relay succeeded or failed, at most
+/// `wait`.
+async fn settled_relays(node: &DirectNode, offered: &[RelayCredential], wait: Duration) {
+    let mut status = node.relay_status();
+    let settled = |now: &Vec<RelayStatus>| {
+        offered.iter().all(|o| {
+            now.iter()
+                .any(|s| s.relay == o.uri && s.state != RelayState::Allocating)
+        })
+    };
+    let _ = tokio::time::timeout(wait, status.wait_for(settled)).await;
+}
+
+/// One JSON object per offered relay, in the order offered: the node's allocation as it
+/// stood when settled (`settled`), and whether its release was confirmed (`released`).
+fn relays_report(
+    offered: &[RelayCredential],
+    settled: &[RelayStatus],
+    released: &[RelayStatus],
+    wait: Duration,
+) -> Vec<Value> {
+    let state_of = |all: &[RelayStatus], o: &RelayCredential| {
+        all.iter()
+            .find(|s| s.relay == o.uri)
+            .map(|s| s.state.clone())
+    };
+    offered
+        .iter()
+        .map(|o| {
             let mut v = json!({
-                "uri": relay.uri.to_string(),
-                "username": relay.username,
-                "expires_unix": relay.expires_unix,
+                "uri": o.uri.to_string(),
+                "username": o.username,
+                "expires_unix": o.expires_unix,
             });
-            match result {
-                Ok(ok) => {
+            match state_of(settled, o) {
+                Some(RelayState::Allocated { relayed, took }) => {
                     v["allocate"] = "ok".into();
-                    v["relayed"] = ok.relayed.to_string().into();
-                    v["ms"] = ms(ok.elapsed).into();
-                    v["freed"] = ok.freed.into();
+                    v["relayed"] = relayed.to_string().into();
+                    v["ms"] = ms(took).into();
+                    let freed = state_of(released, o);
+                    v["freed"] =
+                        matches!(freed, Some(RelayState::Released { confirmed: true })).into();
                 }
-                Err(e) => {
+                Some(RelayState::Failed { code, reason }) => {
                     v["allocate"] = "error".into();
-                    v["reason"] = e.to_string().into();
-                    if let TurnError::Refused(code) = e {
+                    v["reason"] = reason.into();
+                    if let Some(code) = code {
                         v["code"] = code.into();
                     }
+                }
+                Some(RelayState::Released { .. }) | Some(RelayState::Allocating) | None => {
+                    v["allocate"] = "error".into();
+                    v["reason"] = format!("no answer within {wait:?}").into();
                 }
             }
             v
         })
-    });
-    // At most `mesh::coord::MAX_RELAYS` tasks, each bounded by `timeout`.
-    let handles: Vec<_> = checks.collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for handle in handles {
-        out.push(handle.await.unwrap_or_else(
-            |e| json!({"allocate": "error", "reason": format!("check failed: {e}")}),
-        ));
-    }
-    out
+        .collect()
 }
 
 /// The node's UPnP state once it left `Searching`, or as it is after `wait`.

@@ -253,9 +253,8 @@ async fn run(command: Command, stop: Stop) -> ExitCode {
                 key_file: None,
                 bind,
                 no_upnp,
-                // The doctor checks each relay on a socket of its own (allocate, then
-                // free); the node itself need not hold allocations.
-                no_relay: true,
+                // The doctor reports the node's own allocations (then frees them).
+                no_relay: false,
                 relay_only: false,
                 upnp_search_ms: punch::DEFAULT_UPNP_SEARCH_MS,
                 budget_ms: punch::DEFAULT_BUDGET_MS,
