@@ -9,7 +9,8 @@
 //!    `fe80::/10`).
 //! 3. Refuse loopback unless `allow_loopback_peers`, and private ranges (RFC 1918,
 //!    `100.64.0.0/10`, `fc00::/7`) unless `allow_private_peers`.
-//! 4. The relay IP is allowed whatever its range: a peer there is another allocation of
+//! 4. The relay IP is allowed whatever its range (loopback only with loopback peers
+//!    allowed): a peer there is another allocation of
 //!    this proxy (relay-to-relay, RFC 8445's relayed-relayed pairs when both players are
 //!    behind symmetric NATs), which the core hands over internally per packet
 //!    ([`Own::relay_peer`]); the listening port and ports not allocated are refused there.
@@ -74,8 +75,9 @@ impl Own {
 /// Whether `ip` may be a peer under `policy`.
 pub(crate) fn peer_allowed(policy: &PeerPolicy, own: &Own, ip: IpAddr) -> bool {
     let ip = ip.to_canonical();
-    if Some(ip) == own.relay_ip() {
-        // Relay-to-relay: checked per packet against the live allocations.
+    if Some(ip) == own.relay_ip() && (policy.allow_loopback_peers || !ip.is_loopback()) {
+        // Relay-to-relay: checked per packet against the live allocations (a loopback
+        // relay IP only with loopback peers allowed, as any loopback peer).
         return true;
     }
     let (never, loopback, private) = match ip {
