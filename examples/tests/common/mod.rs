@@ -188,7 +188,13 @@ pub struct Listener {
 /// and `registered` lines.
 pub fn start_listener(lab: &Lab, host: Host, server: &PunchServer, upnp: bool) -> Result<Listener> {
     let punch = server.punch_addr();
-    let mut args = vec!["listen", "--punch", punch.as_str()];
+    let mut args = vec![
+        "listen",
+        "--punch",
+        punch.as_str(),
+        "--connect-timeout-ms",
+        "30000",
+    ];
     if !upnp {
         args.push("--no-upnp");
     }
@@ -198,7 +204,7 @@ pub fn start_listener(lab: &Lab, host: Host, server: &PunchServer, upnp: bool) -
         connecting["event"] == "connecting" && connecting["punch"] == punch.as_str(),
         "listener's first line: {connecting}"
     );
-    let reg = next_json(&mut process, Duration::from_secs(20), "registered")?;
+    let reg = next_json(&mut process, Duration::from_secs(35), "registered")?;
     anyhow::ensure!(
         reg["event"] == "registered",
         "listener did not register: {reg}; stderr: {}",
@@ -226,7 +232,8 @@ impl Dial {
     }
 }
 
-/// Runs `peer dial` (without UPnP) on `host` to `peer`, echoing `bytes` bytes.
+/// Runs `peer dial` (without UPnP, 30 s to reach the punch server) on `host` to `peer`,
+/// echoing `bytes` bytes.
 pub fn dial(lab: &Lab, host: Host, server: &PunchServer, peer: &str, bytes: usize) -> Result<Dial> {
     let punch = server.punch_addr();
     let bytes = bytes.to_string();
@@ -238,6 +245,11 @@ pub fn dial(lab: &Lab, host: Host, server: &PunchServer, peer: &str, bytes: usiz
             "--punch",
             &punch,
             "--no-upnp",
+            // With 20% loss both ways the QUIC handshake to the punch server can need
+            // more retransmissions than the 10 s default allows (PTO doubles each time);
+            // the tests are about punching, not about that bound.
+            "--connect-timeout-ms",
+            "30000",
             peer,
             "--bytes",
             &bytes,
