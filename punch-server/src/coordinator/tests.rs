@@ -26,7 +26,7 @@ pub(super) fn peer(n: u8) -> PeerId {
     PeerId::from_bytes([n; 32])
 }
 
-fn sa(s: &str) -> SocketAddr {
+pub(super) fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
@@ -118,7 +118,7 @@ impl Harness {
     }
 }
 
-fn two_peers() -> Harness {
+pub(super) fn two_peers() -> Harness {
     let mut h = Harness::new(CoordConfig::default());
     h.join(1, 1, ms(30));
     h.join(2, 2, ms(90));
@@ -136,7 +136,7 @@ pub(super) fn error_of(out: &[(u64, ServerMsg)], conn: u64) -> (Option<u64>, Err
         .unwrap_or_else(|| panic!("no error for conn {conn} in {out:?}"))
 }
 
-fn gos(out: Vec<(u64, ServerMsg)>) -> (Go, Go) {
+pub(super) fn gos(out: Vec<(u64, ServerMsg)>) -> (Go, Go) {
     let mut a = None;
     let mut b = None;
     for (c, m) in out {
@@ -182,34 +182,6 @@ fn happy_path() {
     encode(&ServerMsg::Go(a), &mut buf).unwrap();
     assert_eq!(h.c.stats().accepted, 2);
     assert_eq!(h.c.pending_requests(), 0);
-}
-
-#[test]
-fn a_peer_that_hides_its_address_is_introduced_by_its_registered_candidates_only() {
-    let mut h = two_peers();
-    // Peer 2 turns relay-only: it hides its address and registers its relayed one alone.
-    h.msg(2, ClientMsg::HideAddress);
-    let relayed = sa("198.18.0.9:50002");
-    h.msg(
-        2,
-        ClientMsg::Register {
-            candidates: vec![Candidate::new(CandidateKind::Relay, relayed)],
-        },
-    );
-    h.drain();
-    let id = h.request(7);
-    h.msg(2, ClientMsg::Accept { request_id: id });
-    let (a, b) = gos(h.drain());
-    assert_eq!(
-        a.peer_candidates,
-        vec![Candidate::new(CandidateKind::Relay, relayed)],
-        "no reflexive address of the hidden peer"
-    );
-    // The other side is unaffected.
-    assert!(b
-        .peer_candidates
-        .iter()
-        .any(|c| c.kind == CandidateKind::ServerReflexive));
 }
 
 #[test]

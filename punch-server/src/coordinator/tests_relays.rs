@@ -1,13 +1,13 @@
 //! Relay offers on a simulated clock: credentials after the first `Registered`, the
 //! renewal at half their lifetime, timers gone with the connection, and no offer without
-//! relays or wall clock. The harness is `tests`'.
+//! relays or wall clock; a relay-only peer's hidden address. The harness is `tests`'.
 
 use std::time::Duration;
 
 use mesh::coord::{encode, Candidate, CandidateKind, ClientMsg, ServerMsg};
 use mesh::turn::credentials::rest_password;
 
-use super::tests::{ms, peer, Harness};
+use super::tests::{gos, ms, peer, sa, two_peers, Harness};
 use super::*;
 
 const SECRET: &str = "s3cret";
@@ -167,4 +167,32 @@ fn relay_settings_are_checked() {
         !format!("{ok:?}").contains(SECRET),
         "the secret is never printed"
     );
+}
+
+#[test]
+fn a_peer_that_hides_its_address_is_introduced_by_its_registered_candidates_only() {
+    let mut h = two_peers();
+    // Peer 2 turns relay-only: it hides its address and registers its relayed one alone.
+    h.msg(2, ClientMsg::HideAddress);
+    let relayed = sa("198.18.0.9:50002");
+    h.msg(
+        2,
+        ClientMsg::Register {
+            candidates: vec![Candidate::new(CandidateKind::Relay, relayed)],
+        },
+    );
+    h.drain();
+    let id = h.request(7);
+    h.msg(2, ClientMsg::Accept { request_id: id });
+    let (a, b) = gos(h.drain());
+    assert_eq!(
+        a.peer_candidates,
+        vec![Candidate::new(CandidateKind::Relay, relayed)],
+        "no reflexive address of the hidden peer"
+    );
+    // The other side is unaffected.
+    assert!(b
+        .peer_candidates
+        .iter()
+        .any(|c| c.kind == CandidateKind::ServerReflexive));
 }
