@@ -43,10 +43,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
+use super::client::{ClientSettings, ControlClient};
 use super::config::IncomingPolicy;
 use super::control_task::ControlTask;
 use super::error::{ControlError, DialError, StartError};
-use crate::coord::{encode, Candidate, ClientMsg, FrameDecoder, Go, RelayCredential, ServerMsg};
+use crate::coord::{encode, Candidate, ClientMsg, Go, RelayCredential};
 use crate::identity::PeerId;
 use crate::socket::{ConnectError, Endpoint, PeerConnection, StunDatagram};
 
@@ -119,6 +120,20 @@ pub(crate) struct ControlSettings {
     pub hide_address: bool,
 }
 
+impl ControlSettings {
+    /// The protocol client's part of the settings.
+    pub(crate) fn client(&self) -> ClientSettings {
+        ClientSettings {
+            incoming: self.incoming,
+            allow: self.allow.clone(),
+            request_timeout: self.request_timeout,
+            max_pending: self.max_pending,
+            park: self.park,
+            hide_address: self.hide_address,
+        }
+    }
+}
+
 /// How to reach the punch server: the node's endpoint, the server's address and key.
 #[derive(Debug, Clone)]
 pub(crate) struct Connector {
@@ -134,8 +149,6 @@ pub(super) struct Session {
     pub server: PeerId,
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
-    /// May already hold messages that arrived with `Registered`.
-    pub decoder: FrameDecoder<ServerMsg>,
     pub observed_addr: SocketAddr,
 }
 
@@ -163,7 +176,8 @@ impl Control {
         deadline: Instant,
         server_stun: mpsc::Receiver<StunDatagram>,
     ) -> Result<(Self, mpsc::Receiver<AcceptedGo>, JoinHandle<()>), StartError> {
-        let session = establish(&connector, &candidates, &settings, Some(deadline)).await?;
+        let mut client = ControlClient::new(settings.client(), candidates.clone());
+        let session = establish(&connector, &mut client, &settings, Some(deadline)).await?;
         tracing::info!(observed_addr = %session.observed_addr, server = %session.server.short(), "registered");
         let (registration_tx, registration) = watch::channel(Registration {
             observed_addr: session.observed_addr,
@@ -188,18 +202,13 @@ impl Control {
             relays: relays_tx,
             status: status_tx,
             connection: connection_tx,
-            sent_candidates: candidates,
-            pending: HashMap::new(),
-            held: HashMap::new(),
+            client,
+            replies: HashMap::new(),
             allow_changes: settings.allow.watch(),
-            policy_open: false,
-            next_request: 1,
             settings,
             closed: closed.clone(),
             close_signal: close_signal.clone(),
             server_stun,
-            park: None,
-            queued: Vec::new(),
         };
         let handle = tokio::spawn(tracing::Instrument::instrument(task.run(), span));
         let control = Self {
@@ -278,26 +287,32 @@ impl Control {
     }
 }
 
-/// Dials the punch server and registers `candidates`. A timed-out attempt (a lossy path
-/// can back QUIC's retransmissions off for seconds) is retried with a fresh connection,
-/// whose timers start over, up to [`REGISTER_ATTEMPTS`] times. Other failures (wrong key,
-/// refused) are returned at once. With `deadline`, a server that has not completed one
-/// QUIC handshake by then is [`StartError::Unreachable`]; once one handshake completed,
-/// the deadline no longer applies (the server answers; registration has its own timeout).
+/// Dials the punch server and registers the client's candidates. A timed-out attempt (a
+/// lossy path can back QUIC's retransmissions off for seconds) is retried with a fresh
+/// connection, whose timers start over, up to [`REGISTER_ATTEMPTS`] times. Other failures
+/// (wrong key, refused) are returned at once. With `deadline`, a server that has not
+/// completed one QUIC handshake by then is [`StartError::Unreachable`]; once one handshake
+/// completed, the deadline no longer applies (the server answers; registration has its
+/// own timeout).
 pub(super) async fn establish(
     connector: &Connector,
-    candidates: &[Candidate],
+    client: &mut ControlClient,
     settings: &ControlSettings,
     mut deadline: Option<Instant>,
 ) -> Result<Session, StartError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match establish_once(connector, candidates, settings, &mut deadline).await {
+        let result = match dial(connector, settings, &mut deadline).await {
+            Ok(server) => register_within(&server, client, settings).await,
+            Err(e) => Err(e),
+        };
+        match result {
             Err(
                 e
                 @ (StartError::RegisterTimeout(_) | StartError::Connect(ConnectError::Timeout(_))),
             ) if attempt < REGISTER_ATTEMPTS => {
+                client.registration_failed();
                 tracing::warn!(attempt, error = %e, "punch server registration timed out, retrying");
             }
             other => return other,
@@ -305,12 +320,14 @@ pub(super) async fn establish(
     }
 }
 
-async fn establish_once(
+/// Dials the punch server (its key checked unless insecure); with `deadline`, a server
+/// that completes no handshake by then is unreachable, and the deadline is cleared once
+/// one did.
+pub(super) async fn dial(
     connector: &Connector,
-    candidates: &[Candidate],
     settings: &ControlSettings,
     deadline: &mut Option<Instant>,
-) -> Result<Session, StartError> {
+) -> Result<PeerConnection, StartError> {
     let endpoint = &connector.endpoint;
     let connect = async {
         match connector.expected {
@@ -329,11 +346,18 @@ async fn establish_once(
     };
     let server = connected.map_err(StartError::Connect)?;
     *deadline = None;
-    let registered = tokio::time::timeout(
-        settings.register_timeout,
-        register(&server, candidates, settings),
-    )
-    .await;
+    Ok(server)
+}
+
+/// Registers on a connection to the server within the register timeout; the connection
+/// is closed if that fails.
+pub(super) async fn register_within(
+    server: &PeerConnection,
+    client: &mut ControlClient,
+    settings: &ControlSettings,
+) -> Result<Session, StartError> {
+    let registered =
+        tokio::time::timeout(settings.register_timeout, register(server, client)).await;
     let result = match registered {
         Ok(Ok(session)) => Ok(session),
         Ok(Err(e)) => Err(StartError::Control(e)),
@@ -345,66 +369,36 @@ async fn establish_once(
     result
 }
 
-/// Opens the stream on the connection to `server`, sends `Register` (and the policy), and
-/// waits for `Registered`: the session then starts.
+/// Opens the stream on the connection to `server`, sends the client's hello (see
+/// [`super::client`], step 1) and runs the client until `Registered`: the session then
+/// starts. What the client queued after it (requests sent again) is written too; its
+/// events stay queued for the control task.
 async fn register(
     server: &PeerConnection,
-    candidates: &[Candidate],
-    settings: &ControlSettings,
+    client: &mut ControlClient,
 ) -> Result<Session, ControlError> {
     let (mut send, mut recv) = server
         .connection
         .open_bi()
         .await
         .map_err(|e| ControlError::from_connection(&e))?;
-    // Before `Register`, so no introduction ever carries the address.
-    if settings.hide_address {
-        write_msg(&mut send, &ClientMsg::HideAddress).await?;
-    }
-    let register = ClientMsg::Register {
-        candidates: candidates.to_vec(),
-    };
-    write_msg(&mut send, &register).await?;
-    // Accepting everyone anyway: say so in advance and save the server a round trip per
-    // connect (it sends `Go` at once instead of `Incoming`).
-    if settings.incoming == IncomingPolicy::AcceptAll {
-        write_msg(&mut send, &ClientMsg::Policy { accept_all: true }).await?;
-    }
-    if settings.park {
-        write_msg(&mut send, &ClientMsg::Capabilities { park: true }).await?;
-    }
-    let mut decoder = FrameDecoder::<ServerMsg>::new();
+    client.start_session();
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
-        while let Some(msg) = decoder.pop() {
-            match msg? {
-                ServerMsg::Registered { observed_addr, .. } => {
-                    return Ok(Session {
-                        connection: server.connection.clone(),
-                        server: server.peer_id,
-                        send,
-                        recv,
-                        decoder,
-                        observed_addr,
-                    });
-                }
-                ServerMsg::Ping { ts } => write_msg(&mut send, &ClientMsg::Pong { ts }).await?,
-                ServerMsg::Error { kind, detail, .. } if settings.hide_address => {
-                    return Err(ControlError::Server {
-                        kind,
-                        detail: format!(
-                            "{detail} (relay-only needs a punch server that can hide addresses)"
-                        ),
-                    })
-                }
-                ServerMsg::Error { kind, detail, .. } => {
-                    return Err(ControlError::Server { kind, detail })
-                }
-                other => tracing::debug!(?other, "ignored before registration"),
-            }
+        while let Some(msg) = client.poll_transmit() {
+            write_msg(&mut send, &msg).await?;
+        }
+        if let Some(observed_addr) = client.session_observed() {
+            return Ok(Session {
+                connection: server.connection.clone(),
+                server: server.peer_id,
+                send,
+                recv,
+                observed_addr,
+            });
         }
         match recv.read(&mut buf).await {
-            Ok(Some(n)) => decoder.push(buf.get(..n).unwrap_or_default()),
+            Ok(Some(n)) => client.handle_input(Instant::now(), buf.get(..n).unwrap_or_default())?,
             Ok(None) => return Err(ControlError::Lost("stream finished".into())),
             Err(e) => return Err(read_error(e)),
         }

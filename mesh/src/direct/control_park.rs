@@ -22,7 +22,6 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::control::Command;
 use super::control_task::ControlTask;
 use super::sleep_until_opt;
 use crate::coord::{ParkEvent, ParkKeeper, ParkKey, ParkLost};
@@ -101,16 +100,13 @@ impl ControlTask {
                     let datagram = datagram?;
                     keeper.handle_datagram(Instant::now(), datagram.from, &datagram.data);
                 }
-                command = self.commands.recv() => match command? {
-                    Command::Register { candidates } => {
-                        self.sent_candidates = candidates;
-                        return Some(Unpark::Needed);
-                    }
-                    command => {
-                        self.queued.push(command);
-                        return Some(Unpark::Needed);
-                    }
-                },
+                command = self.commands.recv() => {
+                    // Registered with, or sent on, the next session (see
+                    // `ControlClient::session_lost`).
+                    self.on_command(command?);
+                    self.dispatch_events();
+                    return Some(Unpark::Needed);
+                }
                 changed = self.allow_changes.changed() => {
                     // The server holds the policy of the parked connection: sync it.
                     if changed.is_ok() && self.settings.allow.is_open() != open {

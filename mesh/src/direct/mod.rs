@@ -24,6 +24,7 @@
 
 mod allow;
 mod candidates;
+mod client;
 mod config;
 mod control;
 mod control_park;
@@ -37,6 +38,7 @@ mod route;
 mod supervise;
 
 pub use allow::{Allowlist, HOLD as ALLOWLIST_HOLD};
+pub use client::{ClientEvent, ClientSettings, ControlClient, RequestId};
 pub use config::{DirectConfig, IncomingPolicy};
 pub use control::Registration;
 pub use error::{ControlError, DialError, StartError};

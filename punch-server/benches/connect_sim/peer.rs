@@ -4,10 +4,9 @@
 //! Datagrams are demultiplexed as the real socket does ([`classify`]): STUN to the prober,
 //! QUIC to the quinn-proto endpoint. The dialer starts its QUIC handshake toward the remote
 //! address of [`ProbeEvent::Nominated`] at the instant the event is reported; the listener's
-//! endpoint accepts every incoming handshake. On the control stream a peer behaves as the
-//! real client (`mesh::direct::control`) with the `AcceptAll` policy: it may announce it
-//! with `Policy { accept_all: true }` right after `Register`, and answers any `Incoming`
-//! with `Accept` at once.
+//! endpoint accepts every incoming handshake. The control stream is the real client's
+//! sans-IO core ([`ControlClient`], as `mesh::direct`'s control task drives it): its hello,
+//! its requests and their deadlines, its answers to `Incoming` by the configured policy.
 
 use std::iter;
 use std::net::SocketAddr;
@@ -15,7 +14,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use mesh::coord::{encode, ClientMsg, FrameDecoder, ServerMsg};
+use mesh::coord::{encode, ClientMsg, Go};
+use mesh::direct::{ClientEvent, ClientSettings, ControlClient};
 use mesh::identity::PeerId;
 use mesh::punch::{Candidate, CandidateKind, ProbeConfig, ProbeEvent, Prober};
 use mesh::socket::demux::{classify, DatagramKind};
@@ -71,7 +71,7 @@ pub struct Dial {
 pub struct Peer {
     /// Its socket's address on its LAN (its host candidate).
     pub local: SocketAddr,
-    decoder: FrameDecoder<ServerMsg>,
+    control: ControlClient,
     srflx: Option<SocketAddr>,
     probe: ProbeConfig,
     prober: Option<Prober>,
@@ -86,9 +86,10 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// A peer at `local`; `dial` is set for the dialer.
+    /// A peer at `local` whose control client has `control`; `dial` is set for the dialer.
     pub fn new(
         local: SocketAddr,
+        control: ClientSettings,
         endpoint_config: Arc<EndpointConfig>,
         server: Arc<ServerConfig>,
         dial: Option<Dial>,
@@ -97,7 +98,13 @@ impl Peer {
     ) -> Self {
         Self {
             local,
-            decoder: FrameDecoder::new(),
+            control: ControlClient::new(
+                control,
+                vec![mesh::coord::Candidate::new(
+                    mesh::coord::CandidateKind::Host,
+                    local,
+                )],
+            ),
             srflx: None,
             probe,
             prober: None,
@@ -117,79 +124,74 @@ impl Peer {
         self.dial_on_request = on;
     }
 
-    /// What the real client sends when its control stream is up: `Register` with its host
-    /// candidate (the server adds the reflexive one), then, if `accept_all`,
-    /// `Policy { accept_all: true }` so that connects to it skip `Incoming`/`Accept`.
-    pub fn register(&self, accept_all: bool, out: &mut Out) {
-        out.msg(&ClientMsg::Register {
-            candidates: vec![mesh::coord::Candidate::new(
-                mesh::coord::CandidateKind::Host,
-                self.local,
-            )],
-        });
-        if accept_all {
-            out.msg(&ClientMsg::Policy { accept_all: true });
-        }
+    /// The control stream is up: the client sends its hello (`Register` with the host
+    /// candidate, the server adds the reflexive one; `Policy` under `AcceptAll`).
+    pub fn register(&mut self, out: &mut Out) {
+        self.control.start_session();
+        self.flush_control(out);
     }
 
     /// The application calls `connect(target)`.
-    pub fn connect(&self, target: PeerId, out: &mut Out) {
-        out.msg(&ClientMsg::Connect {
-            request_id: 1,
-            target,
-        });
+    pub fn connect(&mut self, now: Instant, target: PeerId, out: &mut Out) {
+        if let Err(e) = self.control.connect(now, target) {
+            self.errors.push(format!("connect: {e}"));
+        }
+        self.flush_control(out);
     }
 
     /// Control-stream bytes from the server.
     pub fn on_ctrl(&mut self, now: Instant, bytes: &[u8], out: &mut Out) {
-        self.decoder.push(bytes);
-        // Bounded: a pipe delivery carries one frame; a few spare rounds for safety.
-        for _ in 0..64 {
-            let Some(msg) = self.decoder.pop() else {
-                break;
-            };
-            match msg {
-                Ok(msg) => self.on_msg(now, msg, out),
-                Err(e) => self.errors.push(format!("control decode: {e}")),
-            }
+        if let Err(e) = self.control.handle_input(now, bytes) {
+            self.errors.push(format!("control: {e}"));
         }
         self.poll(now, out);
     }
 
-    fn on_msg(&mut self, now: Instant, msg: ServerMsg, out: &mut Out) {
-        match msg {
-            ServerMsg::Registered { observed_addr, .. } => self.srflx = Some(observed_addr),
-            ServerMsg::Ping { ts } => out.msg(&ClientMsg::Pong { ts }),
-            // The `AcceptAll` policy: accept every request at once (asked only when the
-            // peer did not announce it with `Policy`).
-            ServerMsg::Incoming { request_id, .. } => out.msg(&ClientMsg::Accept { request_id }),
-            ServerMsg::Go(go) => {
-                let mut local = vec![Candidate::new(self.local, CandidateKind::Host)];
-                if let Some(s) = self.srflx {
-                    local.push(Candidate::new(s, CandidateKind::ServerReflexive));
-                }
-                let start_at = go.start_at(now);
-                self.marks.go = Some(now);
-                self.marks.start_at = Some(start_at);
-                self.prober = Some(Prober::new(
-                    now,
-                    self.probe.clone(),
-                    go.role,
-                    go.credentials.clone(),
-                    &local,
-                    &go.probe_candidates(),
-                    start_at,
-                ));
-            }
-            ServerMsg::Error { kind, detail, .. } => {
-                self.errors.push(format!("server error {kind}: {detail}"))
-            }
-            // This simulated peer never offers parking and uses no relays.
-            ServerMsg::Cancelled { .. }
-            | ServerMsg::Pong { .. }
-            | ServerMsg::Relays { .. }
-            | ServerMsg::Park { .. } => {}
+    /// Sends what the control client queued and acts on its events.
+    fn flush_control(&mut self, out: &mut Out) {
+        for msg in iter::from_fn(|| self.control.poll_transmit()).take(MAX_DRAIN) {
+            out.msg(&msg);
         }
+        for _ in 0..MAX_DRAIN {
+            let Some(event) = self.control.poll_event() else {
+                break;
+            };
+            match event {
+                ClientEvent::SessionUp { observed_addr }
+                | ClientEvent::Registered { observed_addr } => self.srflx = Some(observed_addr),
+                ClientEvent::Answered {
+                    result: Ok(go),
+                    received,
+                    ..
+                }
+                | ClientEvent::Accepted { go, received } => self.start_probing(go, received),
+                ClientEvent::Answered { result: Err(e), .. } => {
+                    self.errors.push(format!("request failed: {e}"))
+                }
+                // This simulated peer uses no relays.
+                ClientEvent::Relays(_) => {}
+            }
+        }
+    }
+
+    /// A `Go` arrived at `now`: probe from the common start it names.
+    fn start_probing(&mut self, go: Go, now: Instant) {
+        let mut local = vec![Candidate::new(self.local, CandidateKind::Host)];
+        if let Some(s) = self.srflx {
+            local.push(Candidate::new(s, CandidateKind::ServerReflexive));
+        }
+        let start_at = go.start_at(now);
+        self.marks.go = Some(now);
+        self.marks.start_at = Some(start_at);
+        self.prober = Some(Prober::new(
+            now,
+            self.probe.clone(),
+            go.role,
+            go.credentials.clone(),
+            &local,
+            &go.probe_candidates(),
+            start_at,
+        ));
     }
 
     /// A datagram arrived at the socket from `from`.
@@ -244,18 +246,19 @@ impl Peer {
         }
     }
 
-    /// The earliest timer of the prober and the QUIC connection.
+    /// The earliest timer of the control client, the prober and the QUIC connection.
     pub fn next_timeout(&mut self) -> Option<Instant> {
+        let c = self.control.poll_timeout();
         let p = self.prober.as_ref().and_then(Prober::poll_timeout);
         let q = self.quic.as_mut().and_then(|(_, c)| c.poll_timeout());
-        match (p, q) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [c, p, q].into_iter().flatten().min()
     }
 
     /// Runs the timers due at `now`.
     pub fn on_timeout(&mut self, now: Instant, out: &mut Out) {
+        if self.control.poll_timeout().is_some_and(|t| t <= now) {
+            self.control.handle_timeout(now);
+        }
         if let Some(p) = &mut self.prober {
             if p.poll_timeout().is_some_and(|t| t <= now) {
                 p.handle_timeout(now);
@@ -269,8 +272,10 @@ impl Peer {
         self.poll(now, out);
     }
 
-    /// Drains the prober and the QUIC connection: datagrams to send, events.
+    /// Drains the control client, the prober and the QUIC connection: messages and
+    /// datagrams to send, events.
     fn poll(&mut self, now: Instant, out: &mut Out) {
+        self.flush_control(out);
         let mut nominated = None;
         if let Some(p) = &mut self.prober {
             for t in iter::from_fn(|| p.poll_transmit()).take(MAX_DRAIN) {

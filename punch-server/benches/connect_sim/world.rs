@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesh::coord::encode;
+use mesh::direct::{Allowlist, ClientSettings, IncomingPolicy};
 use mesh::identity::PeerId;
 use mesh::punch::ProbeConfig;
 use punch_server::coordinator::{ConnId, CoordConfig, Coordinator};
@@ -182,9 +183,28 @@ pub fn run(setup: &Setup, keys: &Keys, base: Instant, seed: u64) -> Outcome {
         config: keys.client.0.clone(),
         server_name: keys.client.1.clone(),
     };
+    // The dialer only dials; the listener accepts everyone, announcing it with `Policy`
+    // when the scenario says so, or else answering `Incoming` (the allowlist's answer
+    // for a listed peer).
+    let control = |incoming| ClientSettings {
+        incoming,
+        allow: Arc::new(Allowlist::default()),
+        request_timeout: Duration::from_secs(10),
+        max_pending: 4,
+        park: false,
+        hide_address: false,
+    };
+    let listener = if setup.listener_policy {
+        control(IncomingPolicy::AcceptAll)
+    } else {
+        let c = control(IncomingPolicy::Allowlist);
+        c.allow.allow(keys.ids[D]);
+        c
+    };
     let peers = [
         Peer::new(
             locals[D],
+            control(IncomingPolicy::RefuseAll),
             keys.endpoint.clone(),
             keys.server[D].clone(),
             Some(dial),
@@ -193,6 +213,7 @@ pub fn run(setup: &Setup, keys: &Keys, base: Instant, seed: u64) -> Outcome {
         ),
         Peer::new(
             locals[L],
+            listener,
             keys.endpoint.clone(),
             keys.server[L].clone(),
             None,
@@ -222,7 +243,7 @@ pub fn run(setup: &Setup, keys: &Keys, base: Instant, seed: u64) -> Outcome {
             w.coord.handle_rtt(w.conns[i], sample);
         }
         let mut out = Out::default();
-        w.peers[i].register(i == L && setup.listener_policy, &mut out);
+        w.peers[i].register(&mut out);
         w.send(base, i, out);
     }
     w.flush_coord(base);
@@ -248,7 +269,7 @@ pub fn run(setup: &Setup, keys: &Keys, base: Instant, seed: u64) -> Outcome {
         if !connect_sent && now >= connect {
             connect_sent = true;
             let mut out = Out::default();
-            w.peers[D].connect(keys.ids[L], &mut out);
+            w.peers[D].connect(now, keys.ids[L], &mut out);
             w.send(now, D, out);
         }
         // Bounded: at most this many arrivals at one instant.
