@@ -212,10 +212,24 @@ fn a_relay_only_dialer_is_seen_at_the_proxy_only() -> Result<()> {
 
 /// `peer dial` with a transfer long enough to watch paths change, as a process.
 fn long_dial(lab: &Lab, servers: &Servers, l: &Listener, bytes: usize) -> Result<LabProcess> {
+    idle_dial(lab, servers, l, bytes, Duration::ZERO)
+}
+
+/// `peer dial` that keeps the connection idle for `idle` before its echo, as a process.
+fn idle_dial(
+    lab: &Lab,
+    servers: &Servers,
+    l: &Listener,
+    bytes: usize,
+    idle: Duration,
+) -> Result<LabProcess> {
     let punch = servers.punch.punch_addr();
     let bytes = bytes.to_string();
+    let idle = idle.as_millis().to_string();
     let args = [
         "dial",
+        "--idle-ms",
+        &idle,
         "--punch",
         &punch,
         "--no-upnp",
@@ -304,5 +318,44 @@ fn a_direct_pair_falls_back_to_the_relay_when_blocked_mid_transfer() -> Result<(
         eprintln!("dialer stderr: {}", d.stderr());
     })?;
     assert_eq!(echo["bytes"], 64 << 20);
+    Ok(())
+}
+
+/// An idle connection (nothing sent by the game) whose direct path is blocked: consent
+/// checks (RFC 7675) go unanswered and the connection moves to the relay within seconds,
+/// not at the next QUIC keep-alive; the echo after the idle time completes on the relay.
+#[test]
+fn an_idle_direct_pair_falls_back_to_the_relay_when_blocked() -> Result<()> {
+    let test = "an_idle_direct_pair_falls_back_to_the_relay_when_blocked";
+    if natlab::skip_requested(test) {
+        return Ok(());
+    }
+    let lab = lab(
+        test,
+        "ridle",
+        NatType::PortRestricted,
+        NatType::PortRestricted,
+    )?;
+    let servers = start_servers(&lab)?;
+    let l = listener(&lab, &servers)?;
+    let mut d = idle_dial(&lab, &servers, &l, 1 << 20, Duration::from_secs(12))?;
+    let connected = wait_event(&mut d, "connected", Duration::from_secs(30))?;
+    if connected["path"] == "relay" {
+        let changed = wait_event(&mut d, "path_changed", Duration::from_secs(10))?;
+        assert_eq!(changed["path"], "direct", "{changed}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    lab.block_peer(Router::A, lab.wan_ip(Router::B))?;
+    let blocked = Instant::now();
+    let changed = wait_event(&mut d, "path_changed", Duration::from_secs(9))?;
+    let took = blocked.elapsed();
+    assert_eq!(changed["path"], "relay", "{changed}");
+    eprintln!("idle downgrade: on the relay {took:?} after the block");
+    assert!(
+        took < Duration::from_secs(6),
+        "idle downgrade took {took:?}"
+    );
+    let echo = wait_event(&mut d, "echo_ok", Duration::from_secs(40))?;
+    assert_eq!(echo["bytes"], 1 << 20);
     Ok(())
 }

@@ -119,8 +119,13 @@ impl PathManager {
     /// A relayed path is ready (the TURN server confirmed the allocation, the permission
     /// and the channel): it is validated, and active at once if no live path is.
     pub fn add_relay(&mut self, now: Instant, server: SocketAddr, channel: u16) -> PathId {
+        self.add_relayed(now, PathKind::Relay { server, channel })
+    }
+
+    /// A relayed path of any kind ([`PathKind::Relay`] on this node's allocation,
+    /// [`PathKind::RelayedPeer`] to the peer's) is ready: as [`PathManager::add_relay`].
+    pub fn add_relayed(&mut self, now: Instant, kind: PathKind) -> PathId {
         self.now = self.now.max(now);
-        let kind = PathKind::Relay { server, channel };
         let id = self.insert(kind);
         if self.active.is_none() {
             let reason = self.first_or_fallback();
@@ -158,6 +163,39 @@ impl PathManager {
         self.pump();
     }
 
+    /// Runs a direct round built by the driver (its probe settings scaled to the measured
+    /// RTTs), as [`PathManager::start_direct_round`]; also takes over a round that started
+    /// before the connection existed (the first introduction's).
+    pub fn adopt_round(&mut self, now: Instant, round: Prober) {
+        self.now = self.now.max(now);
+        self.round = Some(round);
+        self.next_round_at = None;
+        self.round_started = self.now;
+        self.pump();
+    }
+
+    /// A direct path validated before the connection existed (the first introduction's
+    /// round nominated `remote`). With its `round`, the core answers the peer's consent
+    /// checks and sends its own; without it, only received datagrams keep it alive.
+    pub fn adopt_direct(&mut self, now: Instant, remote: SocketAddr, round: Option<Prober>) {
+        self.now = self.now.max(now);
+        match round {
+            Some(round) => {
+                self.round = Some(round);
+                self.on_nominated(remote);
+            }
+            None => {
+                let id = self.insert(PathKind::Direct { remote });
+                let reason = match self.active() {
+                    None => self.first_or_fallback(),
+                    Some((current, _)) if current == id => return,
+                    Some(_) => SwitchReason::Upgrade,
+                };
+                self.activate(id, reason);
+            }
+        }
+    }
+
     /// Offers a received STUN datagram (a check, an answer, a consent check). `true` if a
     /// round of this connection took it.
     pub fn handle_input(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
@@ -180,11 +218,11 @@ impl PathManager {
         taken
     }
 
-    /// A datagram (QUIC or STUN) arrived on `path`: it is alive.
-    pub fn on_receive(&mut self, now: Instant, path: PathId) {
-        self.now = self.now.max(now);
+    /// A datagram (QUIC or STUN) arrived on `path` at `at`: it is alive.
+    pub fn on_receive(&mut self, at: Instant, path: PathId) {
+        self.now = self.now.max(at);
         if let Some(e) = self.paths.iter_mut().find(|e| e.id == path && e.alive) {
-            e.last_rx = e.last_rx.max(self.now);
+            e.last_rx = e.last_rx.max(at);
         }
     }
 

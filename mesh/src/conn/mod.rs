@@ -62,6 +62,12 @@ pub enum PathKind {
         /// The channel number bound to the peer.
         channel: u16,
     },
+    /// To the peer's relayed address (its allocation on a TURN server), from this node's
+    /// own address: the relay is the peer's.
+    RelayedPeer {
+        /// The peer's relayed address.
+        remote: SocketAddr,
+    },
 }
 
 impl PathKind {

@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{ConnConfig, ConnEvent, PathKind, PathManager, SwitchReason};
-use crate::punch::{Candidate, CandidateKind, Credentials, ProbeConfig, Role};
+use crate::punch::{Candidate, CandidateKind, Credentials, ProbeConfig, Prober, Role};
 
 const TICK: Duration = Duration::from_millis(5);
 /// One-way delay of every link.
@@ -152,6 +152,46 @@ impl Sim {
         );
     }
 
+    /// Both sides take over a round that started before the connection existed (the
+    /// introduction's, as the engine hands it to a live connection's core).
+    fn adopt_first_round(&mut self) {
+        self.round_no += 1;
+        let creds = Credentials {
+            local_ufrag: "first".into(),
+            local_pwd: "firstpasswordxxxxxxxxxxx".into(),
+            remote_ufrag: "other".into(),
+            remote_pwd: "otherpasswordxxxxxxxxxxx".into(),
+        };
+        let start_at = self.now + 3 * DELAY;
+        let cand = |addr| Candidate::new(addr, CandidateKind::Host);
+        let (a, b) = (a_addr(), b_addr());
+        let probe = |seed| ProbeConfig {
+            seed: Some(seed),
+            ..ProbeConfig::default()
+        };
+        let now = self.now;
+        let first = Prober::new(
+            now,
+            probe(1),
+            Role::Controlling,
+            creds.clone(),
+            &[cand(a)],
+            &[cand(b)],
+            start_at,
+        );
+        let second = Prober::new(
+            now,
+            probe(2),
+            Role::Controlled,
+            creds.swapped(),
+            &[cand(b)],
+            &[cand(a)],
+            start_at,
+        );
+        self.sides[0].core.adopt_round(now, first);
+        self.sides[1].core.adopt_round(now, second);
+    }
+
     fn run_until(&mut self, until: Duration) {
         while self.elapsed() < until {
             self.step();
@@ -255,7 +295,7 @@ impl Sim {
                         self.elapsed()
                     );
                 }
-                PathKind::Relay { .. } => {
+                PathKind::Relay { .. } | PathKind::RelayedPeer { .. } => {
                     assert!(self.relay_up, "switch to a relay that is down");
                 }
             }
@@ -431,4 +471,69 @@ fn without_a_relay_the_first_direct_path_is_the_first_path() {
     sim.run_until(Duration::from_secs(20));
     assert_eq!(sim.active_kind(0), Some(true), "consent keeps an idle path");
     assert_eq!(sim.sides[0].events.len(), before, "no switch while idle");
+}
+
+#[test]
+fn an_adopted_first_round_moves_both_sides_to_direct_without_a_new_round() {
+    let mut took = Vec::new();
+    for seed in 0..SEEDS {
+        let loss = if seed % 2 == 0 { 0.0 } else { 0.05 };
+        let mut sim = Sim::new(seed, loss, true, true);
+        sim.adopt_first_round();
+        sim.run_until(Duration::from_secs(5));
+        for side in 0..2 {
+            assert_eq!(sim.active_kind(side), Some(true), "seed {seed} side {side}");
+            took.push(
+                sim.switched_at(side, true, Duration::ZERO)
+                    .expect("switched"),
+            );
+        }
+        assert!(
+            sim.rounds_due.is_empty(),
+            "seed {seed}: the adopted round sufficed"
+        );
+        // Idle afterwards: the adopted round's consent checks keep the path.
+        for side in &mut sim.sides {
+            side.next_traffic = sim.start + Duration::from_secs(3600);
+        }
+        let before = sim.sides[0].events.len();
+        sim.run_until(Duration::from_secs(25));
+        assert_eq!(
+            sim.active_kind(0),
+            Some(true),
+            "seed {seed}: consent keeps it"
+        );
+        assert_eq!(sim.sides[0].events.len(), before, "seed {seed}: no switch");
+        // The direct link fails while idle: consent checks go unanswered, both sides fall
+        // back to the relay within the dead time and a check interval.
+        sim.direct_up = false;
+        let cut = sim.elapsed();
+        sim.run_until(cut + Duration::from_secs(6));
+        for side in 0..2 {
+            let back = sim.switched_at(side, false, cut).expect("fell back");
+            assert!(
+                back - cut <= Duration::from_millis(4100),
+                "seed {seed}: {:?}",
+                back - cut
+            );
+        }
+    }
+    let (p50, max) = spread(took);
+    println!("FIGURE adopted first round -> direct: p50 {p50:?} max {max:?}");
+}
+
+#[test]
+fn a_direct_path_adopted_without_its_round_lives_on_traffic_only() {
+    let mut sim = Sim::new(9, 0.0, true, true);
+    // Validated by a round outside the cores (checks crossed just now).
+    sim.last_direct_stun = Some(sim.now);
+    let b = b_addr();
+    sim.sides[0].core.adopt_direct(sim.now, b, None);
+    assert_eq!(sim.active_kind(0), Some(true));
+    // No consent checks can be sent without the round's credentials: while traffic
+    // flows the path lives; the controlling side asks for no round meanwhile.
+    sim.sides[1].core.adopt_direct(sim.now, a_addr(), None);
+    sim.run_until(Duration::from_secs(5));
+    assert_eq!(sim.active_kind(0), Some(true));
+    assert!(sim.rounds_due.is_empty());
 }

@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::conn_slots::{ConnCmd, ConnSlots};
 use super::{deadline_from, queue_bound, sleep_until_opt};
+use crate::conn::ConnConfig;
 use crate::coord::Go;
 use crate::identity::PeerId;
 use crate::punch::{Candidate, NoDirectPath, ProbeConfig, ProbeEvent, Prober};
@@ -46,6 +48,9 @@ pub(crate) enum AttemptOutcome {
     NoDirectPath(NoDirectPath),
     /// The engine already runs its maximum number of attempts.
     Busy(usize),
+    /// The peer's live connection took the round into its path core
+    /// ([`super::conn_slots`]): its task reports the outcome as a path change.
+    Adopted,
     /// The engine stopped.
     Closed,
 }
@@ -77,10 +82,21 @@ impl Attempt {
     }
 }
 
+/// What the engine task is asked to do.
+#[derive(Debug)]
+enum EngineCmd {
+    /// A new attempt.
+    Attempt(Start),
+    /// A round of a peer that may have a live connection (run in its core if so).
+    Round(Start),
+    /// About a live connection's core.
+    Conn(ConnCmd),
+}
+
 /// Handle on the engine task.
 #[derive(Debug, Clone)]
 pub(crate) struct Engine {
-    starts: mpsc::Sender<Start>,
+    starts: mpsc::Sender<EngineCmd>,
 }
 
 impl std::fmt::Debug for Start {
@@ -98,6 +114,8 @@ pub(crate) struct EngineSettings {
     /// `to_control` (keep-alive answers and wake-ups of a parked node).
     pub server: SocketAddr,
     pub to_control: mpsc::Sender<StunDatagram>,
+    /// The live connections' path cores.
+    pub conns: ConnConfig,
 }
 
 impl Engine {
@@ -113,6 +131,7 @@ impl Engine {
         let task = EngineTask {
             socket,
             local,
+            conns: ConnSlots::new(settings.conns.clone()),
             settings,
             attempts: Vec::new(),
             unmatched: 0,
@@ -128,6 +147,27 @@ impl Engine {
         received: Instant,
         server_rtt: Duration,
     ) -> AttemptOutcome {
+        self.ask(EngineCmd::Attempt, go, received, server_rtt).await
+    }
+
+    /// A later round with a peer: run in its live connection's core
+    /// ([`AttemptOutcome::Adopted`]), or as an attempt when it has none.
+    pub(crate) async fn round(
+        &self,
+        go: Go,
+        received: Instant,
+        server_rtt: Duration,
+    ) -> AttemptOutcome {
+        self.ask(EngineCmd::Round, go, received, server_rtt).await
+    }
+
+    async fn ask(
+        &self,
+        cmd: fn(Start) -> EngineCmd,
+        go: Go,
+        received: Instant,
+        server_rtt: Duration,
+    ) -> AttemptOutcome {
         let (reply, rx) = oneshot::channel();
         let start = Start {
             go,
@@ -135,10 +175,17 @@ impl Engine {
             server_rtt,
             reply: Some(reply),
         };
-        if self.starts.send(start).await.is_err() {
+        if self.starts.send(cmd(start)).await.is_err() {
             return AttemptOutcome::Closed;
         }
         rx.await.unwrap_or(AttemptOutcome::Closed)
+    }
+
+    /// Tells the engine about a live connection's core ([`ConnCmd`]).
+    pub(crate) async fn conn(&self, cmd: ConnCmd) {
+        if self.starts.send(EngineCmd::Conn(cmd)).await.is_err() {
+            tracing::debug!("engine stopped");
+        }
     }
 
     /// Starts probing for `go` without waiting for the outcome (the accepting side: the
@@ -150,7 +197,7 @@ impl Engine {
             server_rtt,
             reply: None,
         };
-        if self.starts.try_send(start).is_err() {
+        if self.starts.try_send(EngineCmd::Attempt(start)).is_err() {
             tracing::warn!("punch attempt dropped: engine queue full");
         }
     }
@@ -161,21 +208,23 @@ struct EngineTask {
     local: watch::Receiver<Vec<Candidate>>,
     settings: EngineSettings,
     attempts: Vec<Attempt>,
+    conns: ConnSlots,
     unmatched: u64,
 }
 
 impl EngineTask {
-    async fn run(mut self, mut stun: StunReceiver, mut starts: mpsc::Receiver<Start>) {
+    async fn run(mut self, mut stun: StunReceiver, mut starts: mpsc::Receiver<EngineCmd>) {
         loop {
-            let wake = self.attempts.iter().filter_map(Attempt::next_wake).min();
+            let attempts = self.attempts.iter().filter_map(Attempt::next_wake).min();
+            let wake = attempts.into_iter().chain(self.conns.next_wake()).min();
             tokio::select! {
                 datagram = stun.recv() => {
                     let Some(d) = datagram else { break };
                     self.on_datagram(Instant::now(), d);
                 }
-                start = starts.recv() => {
-                    let Some(start) = start else { break };
-                    self.on_start(Instant::now(), start);
+                cmd = starts.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    self.on_cmd(Instant::now(), cmd);
                 }
                 _ = sleep_until_opt(wake) => {
                     let now = Instant::now();
@@ -184,6 +233,7 @@ impl EngineTask {
                             a.prober.handle_timeout(now);
                         }
                     }
+                    self.conns.handle_timeout(now, &self.socket.paths());
                 }
             }
             self.flush().await;
@@ -195,15 +245,45 @@ impl EngineTask {
         }
     }
 
-    fn on_start(&mut self, now: Instant, start: Start) {
-        if self.attempts.len() >= self.settings.max_attempts {
-            tracing::warn!(peer = %start.go.peer.short(), "too many punch attempts");
-            if let Some(reply) = start.reply {
-                let _ = reply.send(AttemptOutcome::Busy(self.attempts.len()));
+    fn on_cmd(&mut self, now: Instant, cmd: EngineCmd) {
+        match cmd {
+            EngineCmd::Attempt(start) => self.on_start(now, start),
+            EngineCmd::Round(start) if self.conns.has(&start.go.peer) => {
+                let peer = start.go.peer;
+                let prober = self.prober_for(now, &start);
+                tracing::debug!(peer = %peer.short(), "round in the connection's path core");
+                self.conns.round(now, &peer, prober);
+                if let Some(reply) = start.reply {
+                    let _ = reply.send(AttemptOutcome::Adopted);
+                }
             }
-            return;
+            EngineCmd::Round(start) => self.on_start(now, start),
+            EngineCmd::Conn(ConnCmd::Adopt(adoption)) => {
+                let round = self.take_attempt(&adoption.peer);
+                self.conns.adopt(now, adoption, round);
+            }
+            EngineCmd::Conn(ConnCmd::Relay { peer, kind }) => {
+                self.conns.add_relay(now, &peer, kind);
+            }
         }
-        let go = start.go;
+    }
+
+    /// The newest attempt with `peer` that nominated or is still probing, taken out of
+    /// the attempts (whoever waits for it hears [`AttemptOutcome::Adopted`]).
+    fn take_attempt(&mut self, peer: &PeerId) -> Option<Prober> {
+        let i = self.attempts.iter().rposition(|a| {
+            a.peer == *peer && (a.linger_until.is_none() || a.prober.nominated().is_some())
+        })?;
+        let a = self.attempts.remove(i);
+        if let Some(reply) = a.reply {
+            let _ = reply.send(AttemptOutcome::Adopted);
+        }
+        Some(a.prober)
+    }
+
+    /// The prober of `start`, from the node's current local candidates.
+    fn prober_for(&self, now: Instant, start: &Start) -> Prober {
+        let go = &start.go;
         let local = self.local.borrow().clone();
         // A pair the socket cannot send to (IPv6 from an IPv4-only socket) is never checked.
         let family = self.socket.family();
@@ -216,7 +296,7 @@ impl EngineTask {
             ?remote,
             "punch attempt"
         );
-        let prober = Prober::new(
+        Prober::new(
             now,
             probe_config(&self.settings.probe, start.server_rtt, go.start_in),
             go.role,
@@ -224,9 +304,20 @@ impl EngineTask {
             &local,
             &remote,
             go.start_at(start.received),
-        );
+        )
+    }
+
+    fn on_start(&mut self, now: Instant, start: Start) {
+        if self.attempts.len() >= self.settings.max_attempts {
+            tracing::warn!(peer = %start.go.peer.short(), "too many punch attempts");
+            if let Some(reply) = start.reply {
+                let _ = reply.send(AttemptOutcome::Busy(self.attempts.len()));
+            }
+            return;
+        }
+        let prober = self.prober_for(now, &start);
         self.attempts.push(Attempt {
-            peer: go.peer,
+            peer: start.go.peer,
             prober,
             reply: start.reply,
             linger_until: None,
@@ -239,6 +330,9 @@ impl EngineTask {
             if a.prober.handle_input(now, from, data) {
                 return;
             }
+        }
+        if self.conns.offer(now, from, data) {
+            return;
         }
         if from == self.settings.server {
             // Not a probe: the control task's (parking). It drops what it cannot use.
@@ -279,6 +373,11 @@ impl EngineTask {
         }
         self.attempts
             .retain(|a| a.linger_until.is_none_or(|until| until > now));
+        for t in self.conns.drain() {
+            if let Err(e) = self.socket.send_stun(t.destination, &t.contents).await {
+                tracing::debug!(to = %t.destination, error = %e, "check send failed");
+            }
+        }
     }
 }
 

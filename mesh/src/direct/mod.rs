@@ -12,7 +12,9 @@
 //!    offered by the punch server, set up a relayed path at the same time (`race`); QUIC
 //!    runs on whichever is ready first, pinned to the target's key. A relayed connection
 //!    moves to a direct pair when one validates, and back to the relay when the direct
-//!    path dies (`supervise`); [`DirectConnection::path`] reports each move. The target's
+//!    path dies: each live connection's path core ([`crate::conn::PathManager`], hosted
+//!    by the engine, `conn_slots`; applied by `supervise`), with consent checks on a
+//!    silent direct path; [`DirectConnection::path`] reports each move. The target's
 //!    [`DirectNode::accept`] yields the connection.
 //! 4. Failures are typed ([`DialError`]): unknown target, refused, timeout, no direct
 //!    path (with every pair tried), handshake failures.
@@ -26,6 +28,7 @@ mod allow;
 mod candidates;
 mod client;
 mod config;
+mod conn_slots;
 mod control;
 mod control_park;
 mod control_task;
@@ -48,7 +51,7 @@ pub use relays::{
     RELEASE_WAIT, RESOLVE_TIMEOUT,
 };
 pub use route::{ActivePath, PathType, MAX_WATCHED_PATHS};
-pub use supervise::{DEAD_AFTER, EARLY_PHASE, FOLLOW_AFTER, RETRY_EARLY, RETRY_MAX, TICK};
+pub use supervise::{DEAD_AFTER, EARLY_PHASE, RETRY_EARLY, RETRY_MAX, TICK};
 
 use std::time::{Duration, Instant};
 

@@ -30,7 +30,8 @@
 //! [`DirectNode::connect`]: `Connect` to the server, wait for its `Go`, then probe and set
 //! up the relayed path at once ([`super::race`]); the QUIC handshake (the target's key
 //! pinned) runs on whichever is ready first, a relayed connection moves to a direct pair
-//! when one validates, and back when it dies ([`super::supervise`]).
+//! when one validates, and back when it dies (the connection's path core, driven by
+//! [`super::supervise`]).
 //! [`DirectNode::accept`]: incoming requests are answered by the node's policy and raced
 //! the same way in the background; the dialer's handshake arrives on the relayed path or
 //! the pair its prober nominated. [`DirectConnection::path`] tells which, as it changes.
@@ -48,6 +49,7 @@ use tokio::task::JoinHandle;
 use super::allow::Allowlist;
 use super::candidates::{host_addrs, probe_candidates, publish_candidates, registered_relay};
 use super::config::DirectConfig;
+use super::conn_slots::ConnSlots;
 use super::control::{AcceptedGo, Connector, Control, ControlSettings, Registration};
 use super::engine::{Engine, EngineSettings};
 use super::error::{DialError, StartError};
@@ -55,7 +57,7 @@ use super::queue_bound;
 use super::race::{self, RaceCtx};
 use super::relays::{RelayError, RelayStatus, RelayedAddr, Relays};
 use super::route::{ActivePath, PathType, PathWatches};
-use super::supervise::supervise;
+use super::supervise::{self, RETRY_EARLY};
 use crate::coord::{Candidate as WireCandidate, CandidateKind as WireKind, RelayCredential};
 use crate::identity::{Identity, PeerId};
 use crate::socket::{ConnectError, Endpoint, Path, PeerConnection, INITIAL_RTT};
@@ -196,6 +198,7 @@ impl DirectNode {
                 linger: config.linger,
                 server,
                 to_control,
+                conns: ConnSlots::config(RETRY_EARLY),
             },
         );
         let relays = config
@@ -489,14 +492,8 @@ async fn accept_loop(
                             remote: path.remote(),
                         },
                     );
-                    if race.binder.is_some() && !race.relay_only {
-                        tokio::spawn(supervise(
-                            race.clone(),
-                            peer.peer_id,
-                            peer.synthetic_addr,
-                            peer.connection.clone(),
-                            None,
-                        ));
+                    if !race.relay_only {
+                        supervise::spawn(&race, &peer, None);
                     }
                     let remote = path.borrow().remote;
                     DirectConnection {

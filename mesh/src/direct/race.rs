@@ -32,7 +32,7 @@ use super::engine::{AttemptOutcome, Engine};
 use super::error::DialError;
 use super::relays::{RelayBinder, RelayError};
 use super::route::{ActivePath, PathType, PathWatches, RelayPlan};
-use super::supervise::{supervise, Rounds};
+use super::supervise;
 use crate::coord::{CandidateKind, Go};
 use crate::identity::PeerId;
 use crate::socket::{Endpoint, Path, PeerConnection};
@@ -207,9 +207,11 @@ pub(crate) async fn dial(
                 .await
                 .map_err(DialError::Handshake)?;
             let path = ctx.watches.set(target, direct(remote));
+            let synthetic = peer.synthetic_addr;
             if !relay_failed {
+                // The relayed path becomes a standby when it is ready; the connection's
+                // task tells its core.
                 let ctx = ctx.clone();
-                let (synthetic, connection) = (peer.synthetic_addr, peer.connection.clone());
                 tokio::spawn(async move {
                     let Ok((standby, _)) = relay.await else {
                         return;
@@ -217,13 +219,9 @@ pub(crate) async fn dial(
                     ctx.endpoint.socket().paths().add_path(&synthetic, standby);
                     ctx.watches
                         .set_relay(target, standby, relayed(plan, standby).remote);
-                    let rounds = Rounds {
-                        control: ctx.control.clone(),
-                        first: None,
-                    };
-                    supervise(ctx, target, synthetic, connection, Some(rounds)).await;
                 });
             }
+            supervise::spawn(ctx, &peer, Some(ctx.control.clone()));
             Ok(Dialed { peer, path })
         }
         First::Relay(path, rtt, probing) => {
@@ -233,19 +231,11 @@ pub(crate) async fn dial(
             standby_candidates(&ctx.endpoint, target, path, &candidates);
             let Dialed { peer, path: watch } =
                 connect_relayed(ctx, target, plan, path, rtt).await?;
-            // The first attempt goes on (if it has not failed yet); then new rounds.
-            let rounds = Rounds {
-                control: ctx.control.clone(),
-                first: probing.then_some(attempt),
-            };
-            let (synthetic, connection) = (peer.synthetic_addr, peer.connection.clone());
-            tokio::spawn(supervise(
-                ctx.clone(),
-                target,
-                synthetic,
-                connection,
-                Some(rounds),
-            ));
+            // The first attempt goes on in the connection's core (if it has not failed
+            // yet); then new rounds.
+            tracing::debug!(probing, "path core takes over");
+            drop(attempt);
+            supervise::spawn(ctx, &peer, Some(ctx.control.clone()));
             Ok(Dialed { peer, path: watch })
         }
     }
@@ -264,13 +254,14 @@ pub(crate) async fn accept(
         None => RelayPlan::decide(None, &go.peer_candidates),
     };
     let dialer = go.peer;
-    // A round of a live connection (the dialer probes again from the relay): probe only;
-    // a nominated pair becomes the active path.
+    // A round of a live connection (the dialer probes again from the relay): probe only,
+    // in the connection's core (which moves the path); a nominated pair becomes the
+    // active path here only for a connection without one.
     if ctx.watches.is_live(dialer) {
         if ctx.relay_only {
             return;
         }
-        let outcome = ctx.engine.attempt(go, received, server_rtt).await;
+        let outcome = ctx.engine.round(go, received, server_rtt).await;
         let AttemptOutcome::Nominated { remote, .. } = outcome else {
             return;
         };

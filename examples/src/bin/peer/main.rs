@@ -87,6 +87,10 @@ enum Command {
         /// Connects tried in all when an echo stalls or a handshake fails.
         #[arg(long, default_value_t = 3)]
         attempts: u32,
+        /// Keep the connection idle this long (milliseconds) before the echo; path
+        /// changes are still reported.
+        #[arg(long, env = "PEER_IDLE_MS", default_value_t = 0)]
+        idle_ms: u64,
     },
     /// Print this host's NAT behaviour (RFC 5780), and with `--punch` the registration,
     /// the RTT to the punch server and the UPnP result, as one JSON line.
@@ -231,9 +235,14 @@ async fn run(command: Command, stop: Stop) -> ExitCode {
             bytes,
             echo_timeout_ms,
             attempts,
+            idle_ms,
         } => {
-            let echo_timeout = Duration::from_millis(echo_timeout_ms);
-            punch::dial(node, &peer, bytes, echo_timeout, attempts, &stop).await
+            let echo = punch::Echo {
+                bytes,
+                timeout: Duration::from_millis(echo_timeout_ms),
+                idle: Duration::from_millis(idle_ms),
+            };
+            punch::dial(node, &peer, echo, attempts, &stop).await
         }
         Command::Doctor {
             punch: Some(punch),

@@ -360,8 +360,7 @@ async fn echo(conn: quinn::Connection) -> String {
 pub async fn dial(
     args: NodeArgs,
     target: &str,
-    bytes: usize,
-    echo_timeout: Duration,
+    echo: Echo,
     attempts: u32,
     stop: &Stop,
 ) -> ExitCode {
@@ -373,20 +372,30 @@ pub async fn dial(
         Ok(node) => node,
         Err(code) => return code,
     };
-    let dialing = dial_attempts(&node, target, bytes, echo_timeout, attempts.max(1));
+    let dialing = dial_attempts(&node, target, echo, attempts.max(1));
     let code = stop.until(dialing).await.unwrap_or_else(interrupted);
     bounded_cleanup(node.shutdown()).await;
     code
 }
 
+/// The echo of `peer dial`.
+#[derive(Debug, Clone, Copy)]
+pub struct Echo {
+    /// Bytes sent on one stream and expected back.
+    pub bytes: usize,
+    /// Longest time for the echo of one attempt.
+    pub timeout: Duration,
+    /// How long the connection stays idle before the echo.
+    pub idle: Duration,
+}
+
 /// The connect-and-echo attempts of `peer dial`.
-async fn dial_attempts(
-    node: &DirectNode,
-    target: PeerId,
-    bytes: usize,
-    echo_timeout: Duration,
-    attempts: u32,
-) -> ExitCode {
+async fn dial_attempts(node: &DirectNode, target: PeerId, echo: Echo, attempts: u32) -> ExitCode {
+    let Echo {
+        bytes,
+        timeout: echo_timeout,
+        idle,
+    } = echo;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -394,6 +403,7 @@ async fn dial_attempts(
             Ok(conn) => {
                 emit(&connected_line(&conn));
                 let paths = tokio::spawn(report_path_changes(target, conn.path.clone()));
+                tokio::time::sleep(idle).await;
                 let result = tokio::time::timeout(echo_timeout, echo_check(&conn, bytes)).await;
                 paths.abort();
                 conn.peer.connection.close(0u32.into(), b"done");
