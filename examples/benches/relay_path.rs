@@ -71,11 +71,11 @@ async fn main() -> Result<()> {
         server: proxy_addr,
         channel: 0x4000,
     };
-    let relayed = connect(&a, &b, relay, Path::Direct(a.relayed)).await?;
+    let relayed = connect(&a, &b, relay, Path::direct(a.relayed)).await?;
     // Direct: two more endpoints (their allocations stay unused).
     let c = Side::start(proxy_addr, "carol").await?;
     let d = Side::start(proxy_addr, "dave").await?;
-    let direct = connect(&c, &d, Path::Direct(d.direct()?), Path::Direct(c.direct()?)).await?;
+    let direct = connect(&c, &d, Path::direct(d.direct()?), Path::direct(c.direct()?)).await?;
 
     let len = mib << 20;
     let mut figures: [Vec<f64>; 2] = [Vec::new(), Vec::new()];

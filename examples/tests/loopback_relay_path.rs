@@ -29,7 +29,7 @@ async fn quic_over_the_relay_then_direct_and_back_under_one_connection() -> Resu
         channel: 0x4000,
     };
     // B reaches A only at A's relayed address.
-    let relay_b = Path::Direct(a.relayed);
+    let relay_b = Path::direct(a.relayed);
     let a_id = a.endpoint.peer_id();
     let b_id = b.endpoint.peer_id();
     let synthetic_a = b
@@ -76,11 +76,11 @@ async fn quic_over_the_relay_then_direct_and_back_under_one_connection() -> Resu
         a.endpoint
             .socket()
             .paths()
-            .set_path(&synthetic_b, Path::Direct(direct_b));
+            .set_path(&synthetic_b, Path::direct(direct_b));
         b.endpoint
             .socket()
             .paths()
-            .set_path(&synthetic_a, Path::Direct(direct_a));
+            .set_path(&synthetic_a, Path::direct(direct_a));
         tokio::time::sleep(Duration::from_millis(60)).await;
         a.endpoint.socket().paths().set_path(&synthetic_b, relay_a);
         b.endpoint.socket().paths().set_path(&synthetic_a, relay_b);
@@ -102,7 +102,7 @@ async fn quic_over_the_relay_then_direct_and_back_under_one_connection() -> Resu
     assert_eq!(b.endpoint.socket().paths().len(), 1);
     assert_eq!(
         b.endpoint.socket().paths().paths_of(&synthetic_a),
-        vec![relay_b, Path::Direct(direct_a)]
+        vec![relay_b, Path::direct(direct_a)]
     );
     Ok(())
 }

@@ -83,18 +83,37 @@ async fn mutual_tls_connect_and_exchange_a_stream() -> anyhow::Result<()> {
     assert_eq!(sa.unroutable_tx + sb.unroutable_tx, 0, "{sa:?} {sb:?}");
     assert_eq!(sa.unknown_rx + sb.unknown_rx, 0);
 
+    // A path from another local socket is not sent from this one: dropped and counted.
+    let elsewhere = mesh::socket::Path::Direct {
+        remote: a_addr,
+        local: mesh::socket::LocalSocket(1),
+    };
+    assert!(b
+        .socket()
+        .paths()
+        .set_path(&dialed.synthetic_addr, elsewhere));
+    let mut stream = dialed.connection.open_uni().await?;
+    stream.write_all(b"not sent").await?;
+    wait_unroutable(&b, 1).await?;
     // Once B forgets the path, quinn's packets to the synthetic address are dropped and
     // counted, never sent anywhere.
     assert!(b.socket().paths().remove(&dialed.synthetic_addr).is_some());
+    let before = b.stats().unroutable_tx;
     dialed.connection.close(0u32.into(), b"done");
+    wait_unroutable(&b, before + 1).await?;
+    a.close(0, b"bye");
+    b.close(0, b"bye");
+    Ok(())
+}
+
+/// Waits until `e` counted at least `at_least` datagrams it had no path for.
+async fn wait_unroutable(e: &Endpoint, at_least: u64) -> anyhow::Result<()> {
     timeout(STEP, async {
-        while b.stats().unroutable_tx == 0 {
+        while e.stats().unroutable_tx < at_least {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
     .await?;
-    a.close(0, b"bye");
-    b.close(0, b"bye");
     Ok(())
 }
 
@@ -288,7 +307,7 @@ async fn a_live_connection_moves_to_a_new_path() -> anyhow::Result<()> {
     assert!(b
         .socket()
         .paths()
-        .set_path(&dialed.synthetic_addr, mesh::socket::Path::Direct(a_addr)));
+        .set_path(&dialed.synthetic_addr, mesh::socket::Path::direct(a_addr)));
     relay.abort();
     assert_eq!(
         echo_round_trip(&dialed, b"direct now").await?,

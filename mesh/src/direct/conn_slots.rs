@@ -72,7 +72,7 @@ pub(crate) struct ConnSlots {
 /// The socket's path for a core's path.
 pub(crate) fn socket_path(kind: PathKind) -> Path {
     match kind {
-        PathKind::Direct { remote } | PathKind::RelayedPeer { remote } => Path::Direct(remote),
+        PathKind::Direct { remote } | PathKind::RelayedPeer { remote } => Path::direct(remote),
         PathKind::Relay { server, channel } => Path::Relay { server, channel },
     }
 }

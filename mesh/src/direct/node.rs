@@ -481,7 +481,7 @@ async fn accept_loop(
                         .socket()
                         .paths()
                         .resolve(&peer.synthetic_addr)
-                        .unwrap_or(Path::Direct(peer.synthetic_addr));
+                        .unwrap_or(Path::direct(peer.synthetic_addr));
                     let go = lock(&go_times).remove(&peer.peer_id);
                     // A relayed path was reported when the race set it up; anything
                     // else is the direct path the dialer's handshake came from.

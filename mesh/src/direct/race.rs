@@ -78,7 +78,7 @@ async fn relay_path_timed(
             }
             None => Err(RelayError::NoRelay),
         },
-        RelayPlan::PeerRelayed { relayed } => Ok((Path::Direct(relayed), None)),
+        RelayPlan::PeerRelayed { relayed } => Ok((Path::direct(relayed), None)),
     }
 }
 
@@ -112,7 +112,7 @@ fn standby_candidates(endpoint: &Endpoint, peer: PeerId, path: Path, candidates:
     match paths.upsert_peer(Instant::now(), peer, path) {
         Ok(synthetic) => {
             for c in candidates {
-                paths.add_path(&synthetic, Path::Direct(*c));
+                paths.add_path(&synthetic, Path::direct(*c));
             }
         }
         Err(e) => tracing::warn!(error = %e, "no path table entry for the peer"),
@@ -268,7 +268,7 @@ pub(crate) async fn accept(
         let mut paths = ctx.endpoint.socket().paths();
         if let Some(synthetic) = paths.synthetic_for_peer(&dialer) {
             if ctx.watches.update(dialer, direct(remote)) {
-                paths.set_path(&synthetic, Path::Direct(remote));
+                paths.set_path(&synthetic, Path::direct(remote));
                 tracing::info!(%remote, "moved from the relay to a direct path");
             }
         }
@@ -306,7 +306,7 @@ pub(crate) async fn accept(
                 let mut paths = socket.paths();
                 if let Some(synthetic) = paths.synthetic_for_peer(&dialer) {
                     if ctx.watches.update(dialer, direct(remote)) {
-                        paths.set_path(&synthetic, Path::Direct(remote));
+                        paths.set_path(&synthetic, Path::direct(remote));
                         tracing::info!(%remote, "moved from the relay to a direct path");
                     }
                 }
@@ -319,7 +319,7 @@ pub(crate) async fn accept(
                     // The dialer's entry is pinned to its key on the nominated pair (the
                     // entry learned from its handshake is adopted, or made for it), so
                     // the relay is its standby whether or not the handshake is done.
-                    let pinned = paths.upsert_peer(Instant::now(), dialer, Path::Direct(remote));
+                    let pinned = paths.upsert_peer(Instant::now(), dialer, Path::direct(remote));
                     if let Ok(synthetic) = pinned {
                         paths.add_path(&synthetic, path);
                         ctx.watches.get_or_set(dialer, direct(remote));

@@ -58,7 +58,7 @@ const EVENTS: usize = 32;
 /// relayed address, or a channel on our allocation).
 pub(crate) fn relay_kind(path: Path) -> PathKind {
     match path {
-        Path::Direct(remote) => PathKind::RelayedPeer { remote },
+        Path::Direct { remote, .. } => PathKind::RelayedPeer { remote },
         Path::Relay { server, channel } => PathKind::Relay { server, channel },
     }
 }

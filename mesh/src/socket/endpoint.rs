@@ -249,7 +249,7 @@ impl Endpoint {
         addr: SocketAddr,
         rtt: Option<Duration>,
     ) -> Result<PeerConnection, ConnectError> {
-        self.connect_via(peer, Path::Direct(addr), rtt).await
+        self.connect_via(peer, Path::direct(addr), rtt).await
     }
 
     /// Connects to `peer` over `path` (direct, or relayed through a TURN channel the caller
@@ -535,7 +535,7 @@ mod tests {
             let (accepted, _dialed) = (accepted?, dialed??);
             assert_eq!(accepted.peer_id, other.peer_id());
             let path = dual.socket().paths().resolve(&accepted.synthetic_addr);
-            assert_eq!(path, Some(Path::Direct(other_addr)), "{bind}");
+            assert_eq!(path, Some(Path::direct(other_addr)), "{bind}");
             // dual → other, on the path it already has.
             let (accepted, dialed) = tokio::join!(
                 async { anyhow::Ok(timeout(STEP, other.accept()).await?.context("closed")??) },
@@ -608,7 +608,7 @@ mod tests {
         assert!(matches!(err, ConnectError::Timeout(_)), "{err}");
         assert_eq!(
             a.socket().paths().resolve(&known.synthetic),
-            Some(Path::Direct(target))
+            Some(Path::direct(target))
         );
 
         // The one slot is taken and not idle: a full table is an error.

@@ -29,6 +29,6 @@ pub use endpoint::{
     PeerConnection, INITIAL_RTT,
 };
 pub use family::{bind_udp, canonical, SocketFamily};
-pub use path::{Path, PathTable};
+pub use path::{LocalSocket, Path, PathTable};
 pub use poller::{SharedUdpSocket, WritablePoller};
 pub use udp::{MeshSocket, RawSendError, SocketStats, StunDatagram, StunReceiver};

@@ -53,16 +53,33 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Most paths (the active one and standbys) one entry keeps.
 pub const MAX_PATHS_PER_PEER: usize = 4;
 
+/// One of the node's local UDP sockets, as a path names it. Today every node has one
+/// socket ([`LocalSocket::PRIMARY`]), which QUIC, STUN and the TURN allocations share;
+/// birthday probing opens more, and a direct path found from one of them names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct LocalSocket(pub u16);
+
+impl LocalSocket {
+    /// The node's main socket (the one it registered with the punch server).
+    pub const PRIMARY: LocalSocket = LocalSocket(0);
+}
+
 /// How datagrams for one synthetic address reach the peer.
 ///
 /// A router-member variant comes with routing through a session member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Path {
-    /// Straight to the peer's address.
-    Direct(SocketAddr),
+    /// Straight to the peer's address, from one of the node's sockets.
+    Direct {
+        /// The peer's address.
+        remote: SocketAddr,
+        /// The local socket the path uses.
+        local: LocalSocket,
+    },
     /// Through a TURN server on a channel bound to the peer (RFC 8656 section 12): each
-    /// datagram goes to `server` inside a ChannelData message of `channel`.
+    /// datagram goes to `server` inside a ChannelData message of `channel`. Allocations
+    /// live on the primary socket.
     Relay {
         /// The TURN server's address.
         server: SocketAddr,
@@ -72,10 +89,26 @@ pub enum Path {
 }
 
 impl Path {
+    /// A direct path to `remote` from the primary socket.
+    pub fn direct(remote: SocketAddr) -> Self {
+        Path::Direct {
+            remote,
+            local: LocalSocket::PRIMARY,
+        }
+    }
+
+    /// The local socket the path uses.
+    pub fn local(&self) -> LocalSocket {
+        match self {
+            Path::Direct { local, .. } => *local,
+            Path::Relay { .. } => LocalSocket::PRIMARY,
+        }
+    }
+
     /// The real address datagrams on this path are sent to (the TURN server for a relay).
     pub fn remote(&self) -> SocketAddr {
         match self {
-            Path::Direct(addr) => *addr,
+            Path::Direct { remote, .. } => *remote,
             Path::Relay { server, .. } => *server,
         }
     }
@@ -83,7 +116,7 @@ impl Path {
     /// The channel number of a relayed path.
     pub fn channel(&self) -> Option<u16> {
         match self {
-            Path::Direct(_) => None,
+            Path::Direct { .. } => None,
             Path::Relay { channel, .. } => Some(*channel),
         }
     }
@@ -92,7 +125,10 @@ impl Path {
     /// IPv4), as the table stores every path.
     pub fn canonical(self) -> Self {
         match self {
-            Path::Direct(addr) => Path::Direct(canonical(addr)),
+            Path::Direct { remote, local } => Path::Direct {
+                remote: canonical(remote),
+                local,
+            },
             Path::Relay { server, channel } => Path::Relay {
                 server: canonical(server),
                 channel,
@@ -266,13 +302,13 @@ impl PathTable {
     /// canonical already (the socket makes it so; this runs per packet).
     #[inline]
     pub fn on_incoming(&mut self, now: Instant, from: SocketAddr) -> Option<SocketAddr> {
-        if let Some(&id) = self.by_source.get(&Path::Direct(from)) {
+        if let Some(&id) = self.by_source.get(&Path::direct(from)) {
             if let Some(e) = self.entries.get_mut(&id) {
-                e.note_rx(Path::Direct(from), now);
+                e.note_rx(Path::direct(from), now);
                 return Some(synthetic_addr(id));
             }
         }
-        self.insert(now, Path::Direct(from), None).ok()
+        self.insert(now, Path::direct(from), None).ok()
     }
 
     /// The synthetic address of a datagram that arrived from TURN server `server` on
@@ -395,12 +431,12 @@ impl PathTable {
         remote: SocketAddr,
     ) -> Result<DialTarget, PathTableFull> {
         let remote = canonical(remote);
-        if let Some(&id) = self.by_source.get(&Path::Direct(remote)) {
+        if let Some(&id) = self.by_source.get(&Path::direct(remote)) {
             if self.entries.contains_key(&id) {
                 return Ok(DialTarget::existing(id));
             }
         }
-        self.insert(now, Path::Direct(remote), None)
+        self.insert(now, Path::direct(remote), None)
             .map(DialTarget::added)
     }
 

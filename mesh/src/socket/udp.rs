@@ -46,8 +46,8 @@ use tokio::sync::mpsc;
 
 use super::demux::{retain_quic, DatagramKind};
 use super::family::{bind_udp, canonical, SocketFamily};
-use super::path::Path;
 use super::path::{is_synthetic, PathTable};
+use super::path::{LocalSocket, Path};
 use super::poller::{SharedUdpSocket, WritablePoller};
 use super::relay::{self, RelaySegment, RelayedQueue, DEFAULT_RELAYED_QUEUE};
 use crate::stun::router::DEFAULT_MAX_PENDING;
@@ -481,6 +481,9 @@ impl AsyncUdpSocket for MeshSocket {
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
         let path = self.paths().resolve(&transmit.destination);
+        // This socket is the node's primary one: a path from another local socket is not
+        // sent from here.
+        let path = path.filter(|p| p.local() == LocalSocket::PRIMARY);
         let routed = path.and_then(|p| self.family.to_socket(p.remote()).map(|d| (p, d)));
         let Some((path, destination)) = routed else {
             self.counters.unroutable_tx.fetch_add(1, Ordering::Relaxed);
