@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use common::{
-    json_lines, next_json, proxy_bin, punchable, start_listener, start_punch_server_with,
-    wait_udp_listeners, Listener, PunchServer,
+    json_lines, next_json, proxy_bin, punchable, start_listener, start_listener_with,
+    start_punch_server_with, wait_udp_listeners, Listener, PunchServer,
 };
 use natlab::{Host, Lab, LabProcess, NatType, Router};
 use serde_json::Value;
@@ -357,5 +357,45 @@ fn an_idle_direct_pair_falls_back_to_the_relay_when_blocked() -> Result<()> {
     );
     let echo = wait_event(&mut d, "echo_ok", Duration::from_secs(40))?;
     assert_eq!(echo["bytes"], 1 << 20);
+    Ok(())
+}
+
+/// Only one end holds a relay and the other, without one, is behind a symmetric NAT:
+/// the holder's channel, bound to the reflexive address the punch server saw, is moved to
+/// the port that NAT maps toward the relay (learned from the relay's Data indications),
+/// whichever end dials.
+#[test]
+fn a_symmetric_peer_without_a_relay_reaches_one_that_holds_one() -> Result<()> {
+    let test = "a_symmetric_peer_without_a_relay_reaches_one_that_holds_one";
+    if natlab::skip_requested(test) {
+        return Ok(());
+    }
+    const BYTES: usize = 1 << 20;
+    // The symmetric end dials.
+    {
+        let lab = lab(test, "rsa", NatType::Symmetric, NatType::PortRestricted)?;
+        let servers = start_servers(&lab)?;
+        let l = listener(&lab, &servers)?;
+        let lines = dial(&lab, &servers, &l, BYTES, &["--no-relay"])?;
+        assert_eq!(event(&lines, "connected")?["path"], "relay", "{lines:?}");
+        assert_eq!(event(&lines, "echo_ok")?["bytes"], BYTES);
+        eprintln!(
+            "symmetric dialer without a relay: connected in {} ms",
+            event(&lines, "connected")?["ms"]
+        );
+    }
+    // The symmetric end listens.
+    {
+        let lab = lab(test, "rsb", NatType::PortRestricted, NatType::Symmetric)?;
+        let servers = start_servers(&lab)?;
+        let l = start_listener_with(&lab, Host::LanB1, &servers.punch, false, &["--no-relay"])?;
+        let lines = dial(&lab, &servers, &l, BYTES, &[])?;
+        assert_eq!(event(&lines, "connected")?["path"], "relay", "{lines:?}");
+        assert_eq!(event(&lines, "echo_ok")?["bytes"], BYTES);
+        eprintln!(
+            "symmetric listener without a relay: connected in {} ms",
+            event(&lines, "connected")?["ms"]
+        );
+    }
     Ok(())
 }

@@ -187,6 +187,17 @@ pub struct Listener {
 /// Starts `peer listen` on `host` (with UPnP if `upnp`) and waits for its `connecting`
 /// and `registered` lines.
 pub fn start_listener(lab: &Lab, host: Host, server: &PunchServer, upnp: bool) -> Result<Listener> {
+    start_listener_with(lab, host, server, upnp, &[])
+}
+
+/// [`start_listener`] with `extra` flags for `peer listen`.
+pub fn start_listener_with(
+    lab: &Lab,
+    host: Host,
+    server: &PunchServer,
+    upnp: bool,
+    extra: &[&str],
+) -> Result<Listener> {
     let punch = server.punch_addr();
     let mut args = vec![
         "listen",
@@ -198,6 +209,7 @@ pub fn start_listener(lab: &Lab, host: Host, server: &PunchServer, upnp: bool) -
     if !upnp {
         args.push("--no-upnp");
     }
+    args.extend_from_slice(extra);
     let mut process = lab.spawn(host, env!("CARGO_BIN_EXE_peer"), &args)?;
     let connecting = next_json(&mut process, Duration::from_secs(10), "connecting")?;
     anyhow::ensure!(

@@ -134,10 +134,21 @@ impl ConnSlots {
         );
     }
 
-    /// A relayed path for `peer`'s core.
+    /// A relayed path for `peer`'s core; it replaces the relayed path the core had (a
+    /// channel moved to the peer's learned port, see [`super::rebind`]).
     pub(crate) fn add_relay(&mut self, now: Instant, peer: &PeerId, kind: PathKind) {
-        if let Some(s) = self.slots.get_mut(peer) {
-            s.manager.add_relayed(now, kind);
+        let Some(s) = self.slots.get_mut(peer) else {
+            return;
+        };
+        let new = s.manager.add_relayed(now, kind);
+        let old: Vec<_> = s
+            .manager
+            .live_paths()
+            .filter(|(id, k)| *id != new && !k.is_direct())
+            .map(|(id, _)| id)
+            .collect();
+        for id in old {
+            s.manager.remove_path(now, id);
         }
     }
 

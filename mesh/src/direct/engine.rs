@@ -27,12 +27,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::conn_slots::{ConnCmd, ConnSlots};
+use super::rebind::Stray;
 use super::{deadline_from, queue_bound, sleep_until_opt};
 use crate::conn::ConnConfig;
 use crate::coord::Go;
 use crate::identity::PeerId;
 use crate::punch::{Candidate, NoDirectPath, ProbeConfig, ProbeEvent, Prober};
 use crate::socket::{MeshSocket, StunDatagram, StunReceiver};
+use crate::turn::msg::parse_data_indication;
 
 /// How one attempt ended.
 #[derive(Debug)]
@@ -116,6 +118,8 @@ pub(crate) struct EngineSettings {
     pub to_control: mpsc::Sender<StunDatagram>,
     /// The live connections' path cores.
     pub conns: ConnConfig,
+    /// Where unclaimed Data indications from relay servers go ([`super::rebind`]).
+    pub strays: Option<mpsc::Sender<Stray>>,
 }
 
 impl Engine {
@@ -333,6 +337,16 @@ impl EngineTask {
         }
         if self.conns.offer(now, from, data) {
             return;
+        }
+        if let Some(strays) = &self.settings.strays {
+            if self.socket.paths().is_relay_server(&from) {
+                if let Some((peer, _)) = parse_data_indication(data) {
+                    if strays.try_send(Stray { server: from, peer }).is_err() {
+                        tracing::trace!(%from, "stray Data indication dropped");
+                    }
+                    return;
+                }
+            }
         }
         if from == self.settings.server {
             // Not a probe: the control task's (parking). It drops what it cannot use.

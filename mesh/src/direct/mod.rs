@@ -36,6 +36,7 @@ mod engine;
 mod error;
 mod node;
 mod race;
+mod rebind;
 mod relays;
 mod route;
 mod supervise;

@@ -55,6 +55,7 @@ use super::engine::{Engine, EngineSettings};
 use super::error::{DialError, StartError};
 use super::queue_bound;
 use super::race::{self, RaceCtx};
+use super::rebind;
 use super::relays::{RelayError, RelayStatus, RelayedAddr, Relays};
 use super::route::{ActivePath, PathType, PathWatches};
 use super::supervise::{self, RETRY_EARLY};
@@ -188,6 +189,7 @@ impl DirectNode {
         )
         .await?;
         let (local_tx, local_rx) = watch::channel(probe_candidates(&host_candidates));
+        let (strays_tx, strays_rx) = mpsc::channel(rebind::STRAYS);
         let engine = Engine::start(
             endpoint.socket().clone(),
             stun,
@@ -199,6 +201,7 @@ impl DirectNode {
                 server,
                 to_control,
                 conns: ConnSlots::config(RETRY_EARLY),
+                strays: config.relays.is_some().then_some(strays_tx),
             },
         );
         let relays = config
@@ -232,6 +235,9 @@ impl DirectNode {
                 queue_bound(config.max_attempts),
             )),
         ];
+        if race.binder.is_some() {
+            tasks.push(tokio::spawn(rebind::run(strays_rx, race.clone())));
+        }
         let mut upnp = None;
         // UPnP IGD maps IPv4 ports: the IPv4 host address is the internal client.
         let host_v4 = host_candidates

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use super::control::Control;
 use super::engine::{AttemptOutcome, Engine};
 use super::error::DialError;
+use super::rebind;
 use super::relays::{RelayBinder, RelayError};
 use super::route::{ActivePath, PathType, PathWatches, RelayPlan};
 use super::supervise;
@@ -82,6 +83,16 @@ async fn relay_path_timed(
     }
 }
 
+/// Without a relay of our own, the peer's relay must see the port our datagrams come
+/// from (a symmetric NAT maps another one than the peer bound its channel to): a few
+/// hellos to its relayed address, in the background ([`super::rebind`]).
+fn send_hellos(ctx: &RaceCtx, plan: RelayPlan) {
+    if let RelayPlan::PeerRelayed { relayed } = plan {
+        let endpoint = ctx.endpoint.clone();
+        tokio::spawn(async move { rebind::hello(&endpoint, relayed).await });
+    }
+}
+
 fn relayed(plan: RelayPlan, path: Path) -> ActivePath {
     ActivePath {
         kind: PathType::Relay,
@@ -128,14 +139,16 @@ async fn connect_relayed(
     path: Path,
     rtt: Option<Duration>,
 ) -> Result<Dialed, DialError> {
+    // Watched before the handshake: a channel bound to the wrong port of the peer is
+    // moved while the handshake retransmits ([`super::rebind`]).
+    let active = relayed(plan, path);
+    let watch = ctx.watches.set(target, active);
+    ctx.watches.set_relay(target, path, active.remote);
     let peer = ctx
         .endpoint
         .connect_via(target, path, rtt)
         .await
         .map_err(DialError::Handshake)?;
-    let active = relayed(plan, path);
-    let watch = ctx.watches.set(target, active);
-    ctx.watches.set_relay(target, path, active.remote);
     Ok(Dialed { peer, path: watch })
 }
 
@@ -153,6 +166,7 @@ pub(crate) async fn dial(
     } else {
         RelayPlan::decide(None, &go.peer_candidates)
     };
+    send_hellos(ctx, plan);
     if ctx.relay_only {
         let no_relay = |detail: String| DialError::NoRelayedPath {
             peer: target,
@@ -276,6 +290,7 @@ pub(crate) async fn accept(
     }
     // A new introduction is a new connection: its path is reported afresh.
     ctx.watches.forget(dialer);
+    send_hellos(&ctx, plan);
     if plan == RelayPlan::None {
         ctx.engine.spawn_attempt(go, received, server_rtt);
         return;

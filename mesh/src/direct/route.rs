@@ -177,6 +177,25 @@ impl PathWatches {
         }
     }
 
+    /// The peers whose relayed path is a channel on `server` bound to an address of `ip`
+    /// other than `remote` (`remote` came from a port they were not bound to): with the
+    /// path and the bound address.
+    pub(crate) fn rebind_candidates(
+        &self,
+        server: SocketAddr,
+        remote: SocketAddr,
+    ) -> Vec<(PeerId, Path, SocketAddr)> {
+        self.lock()
+            .iter()
+            .filter_map(|(peer, w)| {
+                let (path, bound) = w.relay?;
+                let on_server = matches!(path, Path::Relay { server: s, .. } if s == server);
+                (on_server && bound.ip() == remote.ip() && bound != remote)
+                    .then_some((*peer, path, bound))
+            })
+            .collect()
+    }
+
     /// The relayed path of `peer`'s connection, if it has one.
     pub(crate) fn relay_of(&self, peer: PeerId) -> Option<(Path, SocketAddr)> {
         self.lock().get(&peer).and_then(|w| w.relay)

@@ -107,6 +107,17 @@ pub fn binding_request(txn: TransactionId) -> Vec<u8> {
     encode_request(BINDING, txn, Vec::new(), None)
 }
 
+/// A Binding indication (RFC 8489 section 6.3: no answer; used to open a NAT mapping).
+pub fn binding_indication() -> Vec<u8> {
+    encode(
+        BINDING,
+        MessageClass::Indication,
+        new_txn(),
+        Vec::new(),
+        None,
+    )
+}
+
 /// A Send indication carrying `data` to `peer`.
 pub fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
     let attrs = vec![XorPeerAddress::from(peer).into(), Data::new(data).into()];
