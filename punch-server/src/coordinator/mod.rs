@@ -47,6 +47,8 @@ mod tests_limits;
 #[cfg(test)]
 mod tests_park;
 #[cfg(test)]
+mod tests_props;
+#[cfg(test)]
 mod tests_relays;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
