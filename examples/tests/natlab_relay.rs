@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use common::{
-    json_lines, next_json, proxy_bin, punchable, start_listener, start_listener_with,
-    start_punch_server_with, wait_udp_listeners, Listener, PunchServer,
+    json_lines, next_json, pair_lab as lab, proxy_bin, punchable, start_listener,
+    start_listener_with, start_punch_server_with, wait_udp_listeners, Listener, PunchServer,
 };
 use natlab::{Host, Lab, LabProcess, NatType, Router};
 use serde_json::Value;
@@ -36,15 +36,6 @@ const MATRIX_BYTES: usize = 32 << 20;
 struct Servers {
     _proxy: LabProcess,
     punch: PunchServer,
-}
-
-fn lab(test: &str, label: &str, a: NatType, b: NatType) -> Result<Lab> {
-    Lab::builder()
-        .label(label)
-        .router_a(a)
-        .router_b(b)
-        .build()
-        .with_context(|| format!("test {test} needs the NAT lab (root)"))
 }
 
 fn start_servers(lab: &Lab) -> Result<Servers> {

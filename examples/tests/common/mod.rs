@@ -166,6 +166,17 @@ pub fn event<'a>(lines: &'a [Value], name: &str) -> Option<&'a Value> {
     lines.iter().find(|l| l["event"] == name)
 }
 
+/// A lab with routers A and B of types `a` and `b`, labelled `label`; the error names
+/// `test` (which needs root).
+pub fn pair_lab(test: &str, label: &str, a: NatType, b: NatType) -> Result<Lab> {
+    Lab::builder()
+        .label(label)
+        .router_a(a)
+        .router_b(b)
+        .build()
+        .with_context(|| format!("test {test} needs the NAT lab (root)"))
+}
+
 /// Whether hole punching can open a direct path between peers behind NATs of types `a`
 /// and `b`: every pair except symmetric x port-restricted and symmetric x symmetric.
 pub fn punchable(a: NatType, b: NatType) -> bool {

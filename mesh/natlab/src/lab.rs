@@ -334,7 +334,7 @@ impl Lab {
     fn load_router(&self, router: Router) -> Result<(), LabError> {
         let i = router_index(router);
         let ns = self.namespace(router_host(router));
-        let mut rules = router_ruleset(self.nat[i], self.loss[i]);
+        let mut rules = router_ruleset(self.nat[i], self.loss[i], self.wan_ip(router));
         if self.ipv6 {
             rules.push_str(&ipv6::firewall_ruleset(self.nat[i]));
         }

@@ -67,8 +67,12 @@ pub enum NatType {
     Restricted,
     /// Endpoint-independent mapping, address-and-port-dependent filtering.
     PortRestricted,
-    /// Address-and-port-dependent mapping and filtering.
+    /// Address-and-port-dependent mapping and filtering, public ports at random.
     Symmetric,
+    /// Address-and-port-dependent mapping and filtering, public UDP ports handed out in
+    /// sequence (one counter per router, one port per new flow): the NAT port prediction
+    /// guesses. Not in [`NatType::ALL`].
+    SymmetricSequential,
 }
 
 impl NatType {
@@ -90,6 +94,7 @@ impl NatType {
             NatType::Restricted => "restricted",
             NatType::PortRestricted => "port_restricted",
             NatType::Symmetric => "symmetric",
+            NatType::SymmetricSequential => "symmetric_sequential",
         }
     }
 }

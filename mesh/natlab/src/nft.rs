@@ -22,8 +22,14 @@
 //!    three lost ARP rounds, a hard "host unreachable", which is not what loss tests mean.
 
 use std::fmt::Write;
+use std::net::Ipv4Addr;
 
 use crate::NatType;
+
+/// First public port of a [`NatType::SymmetricSequential`] router.
+pub(crate) const SEQ_FIRST_PORT: u16 = 20000;
+/// How many ports it cycles through.
+pub(crate) const SEQ_PORTS: u16 = 1024;
 
 /// WAN interface name on every router.
 pub(crate) const WAN: &str = "wan0";
@@ -31,19 +37,33 @@ pub(crate) const WAN: &str = "wan0";
 pub(crate) const LAN: &str = "lan0";
 
 /// The ruleset of one router (fed to `nft -f -` inside its namespace).
-pub(crate) fn router_ruleset(nat: NatType, loss_percent: u8) -> String {
+pub(crate) fn router_ruleset(nat: NatType, loss_percent: u8, wan_ip: Ipv4Addr) -> String {
     let mut r = String::new();
     let wan_to_lan_new = match nat {
         NatType::None => "        iifname \"wan0\" oifname \"lan0\" accept\n",
         NatType::FullCone | NatType::Restricted => {
             "        iifname \"wan0\" oifname \"lan0\" ct status dnat accept\n"
         }
-        NatType::PortRestricted | NatType::Symmetric => "",
+        NatType::PortRestricted | NatType::Symmetric | NatType::SymmetricSequential => "",
     };
     let masquerade = match nat {
-        NatType::None => "",
-        NatType::Symmetric => "        oifname \"wan0\" masquerade fully-random\n",
-        _ => "        oifname \"wan0\" masquerade\n",
+        NatType::None => String::new(),
+        NatType::Symmetric => "        oifname \"wan0\" masquerade fully-random\n".into(),
+        // Each new UDP flow takes the next port of one counter (a rule runs for the first
+        // packet of a flow only); anything else is masqueraded. The counter goes through
+        // a map: a bare `numgen` is a host-order integer, which as a port would step by
+        // 256 on a little-endian machine.
+        NatType::SymmetricSequential => {
+            let ports: Vec<String> = (0..SEQ_PORTS)
+                .map(|i| format!("{i} : {}", SEQ_FIRST_PORT + i))
+                .collect();
+            format!(
+                "        oifname \"wan0\" meta l4proto udp snat to {wan_ip} : numgen inc mod {SEQ_PORTS} map {{ {} }}\n\
+                 \x20       oifname \"wan0\" masquerade\n",
+                ports.join(", ")
+            )
+        }
+        _ => "        oifname \"wan0\" masquerade\n".into(),
     };
     let _ = write!(
         r,
@@ -128,13 +148,20 @@ pub(crate) fn router_ruleset(nat: NatType, loss_percent: u8) -> String {
 mod tests {
     use super::*;
 
+    const WAN_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+
     #[test]
     fn rulesets_mention_their_mechanism() {
-        assert!(router_ruleset(NatType::Symmetric, 0).contains("fully-random"));
-        assert!(!router_ruleset(NatType::None, 0).contains("masquerade"));
-        assert!(router_ruleset(NatType::Restricted, 0).contains("@seen"));
-        assert!(router_ruleset(NatType::FullCone, 0).contains("@eim"));
-        assert!(!router_ruleset(NatType::FullCone, 0).contains("@seen"));
-        assert!(router_ruleset(NatType::PortRestricted, 20).contains("< 20 drop"));
+        assert!(router_ruleset(NatType::Symmetric, 0, WAN_IP).contains("fully-random"));
+        assert!(!router_ruleset(NatType::None, 0, WAN_IP).contains("masquerade"));
+        assert!(router_ruleset(NatType::Restricted, 0, WAN_IP).contains("@seen"));
+        assert!(router_ruleset(NatType::FullCone, 0, WAN_IP).contains("@eim"));
+        assert!(!router_ruleset(NatType::FullCone, 0, WAN_IP).contains("@seen"));
+        assert!(router_ruleset(NatType::PortRestricted, 20, WAN_IP).contains("< 20 drop"));
+        let seq = router_ruleset(NatType::SymmetricSequential, 0, WAN_IP);
+        assert!(
+            seq.contains("snat to 198.18.0.10 : numgen inc mod 1024 map { 0 : 20000, 1 : 20001"),
+            "{seq}"
+        );
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::control::Control;
 use super::relays::RelayedAddr;
-use crate::coord::{Candidate as WireCandidate, CandidateKind as WireKind};
+use crate::coord::{Candidate as WireCandidate, CandidateKind as WireKind, MAX_CANDIDATES};
 use crate::punch::{self, Candidate};
 use crate::socket::{canonical, SocketFamily};
 use crate::upnp::UpnpState;
@@ -34,17 +34,36 @@ pub(crate) fn registered_relay(control: &Control) -> Option<SocketAddr> {
         .map(|c| c.addr)
 }
 
-/// Registers the candidates again whenever the UPnP mapping or the relayed addresses
-/// change: the host candidates, the mapped one, and each relayed address.
+/// The sources of a node's candidates beyond its host addresses (each `None` when off).
+pub(crate) struct Sources {
+    pub mapped: Option<watch::Receiver<UpnpState>>,
+    pub relayed: Option<watch::Receiver<Vec<RelayedAddr>>>,
+    /// Predicted reflexive candidates ([`super::predicted`]).
+    pub predicted: Option<watch::Receiver<Option<Vec<WireCandidate>>>>,
+}
+
+impl Sources {
+    fn any(&self) -> bool {
+        self.mapped.is_some() || self.relayed.is_some() || self.predicted.is_some()
+    }
+}
+
+/// Registers the candidates again whenever the UPnP mapping, the relayed addresses or the
+/// predicted ports change: the host candidates, the mapped one, each relayed address and
+/// the predicted ones (at most [`MAX_CANDIDATES`] in all, predictions last).
 pub(crate) async fn publish_candidates(
-    mut mapped: Option<watch::Receiver<UpnpState>>,
-    mut relayed: Option<watch::Receiver<Vec<RelayedAddr>>>,
+    mut sources: Sources,
     control: Control,
     host: Vec<WireCandidate>,
     local: watch::Sender<Vec<Candidate>>,
 ) {
     let mut registered = host.clone();
     loop {
+        let Sources {
+            mapped,
+            relayed,
+            predicted,
+        } = &mut sources;
         let mut candidates = host.clone();
         if let Some(external) = mapped.as_mut().and_then(|m| m.borrow_and_update().mapped()) {
             candidates.push(WireCandidate::new(WireKind::Upnp, external));
@@ -54,6 +73,10 @@ pub(crate) async fn publish_candidates(
                 candidates.push(WireCandidate::new(WireKind::Relay, a.relayed));
             }
         }
+        if let Some(p) = predicted.as_mut() {
+            candidates.extend(p.borrow_and_update().iter().flatten().copied());
+        }
+        candidates.truncate(MAX_CANDIDATES);
         if candidates != registered {
             tracing::info!(?candidates, "registering candidates");
             let _ = local.send(probe_candidates(&candidates));
@@ -62,7 +85,7 @@ pub(crate) async fn publish_candidates(
             }
             registered = candidates;
         }
-        let (upnp_closed, relays_closed) = {
+        let (upnp_closed, relays_closed, predicted_closed) = {
             let upnp_changed = async {
                 match mapped.as_mut() {
                     Some(m) => m.changed().await.is_ok(),
@@ -75,18 +98,28 @@ pub(crate) async fn publish_candidates(
                     None => std::future::pending().await,
                 }
             };
+            let predicted_changed = async {
+                match predicted.as_mut() {
+                    Some(p) => p.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                ok = upnp_changed => (!ok, false),
-                ok = relays_changed => (false, !ok),
+                ok = upnp_changed => (!ok, false, false),
+                ok = relays_changed => (false, !ok, false),
+                ok = predicted_changed => (false, false, !ok),
             }
         };
         if upnp_closed {
-            mapped = None;
+            *mapped = None;
         }
         if relays_closed {
-            relayed = None;
+            *relayed = None;
         }
-        if mapped.is_none() && relayed.is_none() {
+        if predicted_closed {
+            *predicted = None;
+        }
+        if !sources.any() {
             return;
         }
     }

@@ -92,6 +92,13 @@ pub struct DirectConfig {
     /// players who hide their IP. Implies relays on (the default allocation config when
     /// [`DirectConfig::relays`] is `None`) and UPnP off. Default off.
     pub relay_only: bool,
+    /// Port prediction (`mesh::direct::predicted`): observe how the NAT allocates ports
+    /// for two fresh flows (against the punch server's RFC 5780 alternate address) at
+    /// start and a few seconds after each introduction, and offer a window of predicted
+    /// reflexive candidates when the allocation is sequential or has a fixed step.
+    /// Nothing is offered for an endpoint-independent or random NAT, or when the server
+    /// has no alternate address. Default on (off under `relay_only`).
+    pub predict: bool,
 }
 
 impl DirectConfig {
@@ -116,6 +123,7 @@ impl DirectConfig {
             park: true,
             relays: Some(AllocationConfig::default()),
             relay_only: false,
+            predict: true,
         }
     }
 }

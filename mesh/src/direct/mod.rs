@@ -4,7 +4,9 @@
 //! Flow (ICE-like, RFC 8445 ideas over the `mesh::coord` protocol):
 //! 1. [`DirectNode::start`] binds the one UDP socket, dials the punch server over QUIC from
 //!    it (key verified), registers its host candidate and learns its reflexive address;
-//!    UPnP adds a mapped candidate in the background.
+//!    UPnP adds a mapped candidate in the background, port prediction a window of
+//!    predicted reflexive candidates for a NAT that allocates ports in sequence
+//!    (`predicted`), and each offered TURN relay a relayed one.
 //! 2. [`DirectNode::connect`] asks the server for the target; the target's node accepts
 //!    (by [`IncomingPolicy`]); both get a `Go` with each other's candidates, fresh
 //!    credentials and a common start time.
@@ -35,6 +37,7 @@ mod control_task;
 mod engine;
 mod error;
 mod node;
+mod predicted;
 mod race;
 mod rebind;
 mod relays;
@@ -46,7 +49,7 @@ pub use client::{ClientEvent, ClientSettings, ControlClient, RequestId};
 pub use config::{DirectConfig, IncomingPolicy};
 pub use control::Registration;
 pub use error::{ControlError, DialError, StartError};
-pub use node::{DirectConnection, DirectNode, RELAY_OFFER_WAIT, RELAY_READY_WAIT};
+pub use node::{DirectConnection, DirectNode, PREDICT_WAIT, RELAY_OFFER_WAIT, RELAY_READY_WAIT};
 pub use relays::{
     RelayError, RelayState, RelayStatus, RelayedAddr, BIND_TIMEOUT, MAX_WAITING_BINDS,
     RELEASE_WAIT, RESOLVE_TIMEOUT,

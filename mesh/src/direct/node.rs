@@ -47,12 +47,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::allow::Allowlist;
-use super::candidates::{host_addrs, probe_candidates, publish_candidates, registered_relay};
+use super::candidates::{
+    host_addrs, probe_candidates, publish_candidates, registered_relay, Sources,
+};
 use super::config::DirectConfig;
 use super::conn_slots::ConnSlots;
 use super::control::{AcceptedGo, Connector, Control, ControlSettings, Registration};
 use super::engine::{Engine, EngineSettings};
 use super::error::{DialError, StartError};
+use super::predicted;
 use super::queue_bound;
 use super::race::{self, RaceCtx};
 use super::rebind;
@@ -69,6 +72,9 @@ const MAX_GO_TIMES: usize = 256;
 /// Longest wait of a dial for the punch server's relay offer (it comes right after the
 /// registration, or never).
 pub const RELAY_OFFER_WAIT: Duration = Duration::from_millis(300);
+/// Longest time from the start a dial waits for the first observation of the NAT's
+/// mappings and the predicted candidates' registration (port prediction).
+pub const PREDICT_WAIT: Duration = Duration::from_secs(1);
 /// Longest wait of a dial for an offered relay's address to be registered.
 pub const RELAY_READY_WAIT: Duration = Duration::from_secs(3);
 /// Bound of the queue of STUN datagrams from the punch server to the control task.
@@ -105,6 +111,9 @@ pub struct DirectNode {
     race: RaceCtx,
     /// When the node was started (registered).
     started: Instant,
+    /// The predicted candidates (`None` inside until the first observation ended; the
+    /// watch is `None` with prediction off).
+    predicted: Option<watch::Receiver<Option<Vec<WireCandidate>>>>,
     /// The control task, dispatch, accept loop and UPnP registration: each holds the
     /// endpoint or a control handle, so they are aborted on drop.
     tasks: Vec<JoinHandle<()>>,
@@ -214,6 +223,7 @@ impl DirectNode {
             binder: relays.as_ref().map(Relays::binder),
             watches: Arc::new(PathWatches::default()),
             relay_only: config.relay_only,
+            predict_again: Arc::new(tokio::sync::Notify::new()),
         };
         let go_times = Arc::new(Mutex::new(HashMap::new()));
         let control_lost = control.status();
@@ -251,12 +261,26 @@ impl DirectNode {
                 Err(e) => tracing::warn!(error = %e, "UPnP off"),
             }
         }
-        let mapped = upnp.as_ref().map(PortMapper::subscribe);
-        let relayed = relays.as_ref().map(Relays::relayed);
-        if mapped.is_some() || relayed.is_some() {
+        let predicted = (config.predict && !config.relay_only).then(|| {
+            let (tx, rx) = watch::channel(None);
+            let again = race.predict_again.clone();
+            tasks.push(tokio::spawn(predicted::run(
+                endpoint.clone(),
+                server,
+                again,
+                tx,
+            )));
+            rx
+        });
+        let predicted_rx = predicted.clone();
+        let sources = Sources {
+            mapped: upnp.as_ref().map(PortMapper::subscribe),
+            relayed: relays.as_ref().map(Relays::relayed),
+            predicted,
+        };
+        if sources.mapped.is_some() || sources.relayed.is_some() || sources.predicted.is_some() {
             tasks.push(tokio::spawn(publish_candidates(
-                mapped,
-                relayed,
+                sources,
                 control.clone(),
                 host_candidates,
                 local_tx,
@@ -272,6 +296,7 @@ impl DirectNode {
             relays,
             race,
             started: Instant::now(),
+            predicted: predicted_rx,
             tasks,
         })
     }
@@ -378,6 +403,7 @@ impl DirectNode {
     async fn dial(&self, target: PeerId) -> Result<DirectConnection, DialError> {
         let started = Instant::now();
         self.wait_relay_registered().await;
+        self.wait_predicted_registered().await;
         let (go, received) = self.control.connect(target).await?;
         let server_rtt = self.control.rtt();
         let own_relayed = registered_relay(&self.control);
@@ -419,6 +445,27 @@ impl DirectNode {
         };
         let mut registration = self.control.registration();
         let _ = tokio::time::timeout(wait, registration.wait_for(has_relay)).await;
+    }
+
+    /// A dial right after the start waits (at most [`PREDICT_WAIT`] from the node's
+    /// start) for the first observation of the NAT's mappings and, when it predicted
+    /// ports, for them to be registered, so the peer's `Go` carries them.
+    async fn wait_predicted_registered(&self) {
+        let Some(mut predicted) = self.predicted.clone() else {
+            return;
+        };
+        let wait = PREDICT_WAIT.saturating_sub(self.started.elapsed());
+        let wanted = match tokio::time::timeout(wait, predicted.wait_for(Option::is_some)).await {
+            Ok(Ok(observed)) => observed.clone().unwrap_or_default(),
+            _ => return,
+        };
+        if wanted.is_empty() {
+            return;
+        }
+        let has_all = |r: &Registration| wanted.iter().all(|c| r.candidates.contains(c));
+        let wait = PREDICT_WAIT.saturating_sub(self.started.elapsed());
+        let mut registration = self.control.registration();
+        let _ = tokio::time::timeout(wait, registration.wait_for(has_all)).await;
     }
 
     /// The next incoming connection (verified key); `None` once the node is closed. An

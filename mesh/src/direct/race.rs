@@ -50,6 +50,9 @@ pub(crate) struct RaceCtx {
     pub watches: Arc<PathWatches>,
     /// Relay-only: no probing; the relayed path is the only one.
     pub relay_only: bool,
+    /// Told after each introduction: the predicted ports are observed again
+    /// ([`super::predicted`]).
+    pub predict_again: Arc<tokio::sync::Notify>,
 }
 
 /// A dialed connection and the path it runs on.
@@ -167,6 +170,7 @@ pub(crate) async fn dial(
         RelayPlan::decide(None, &go.peer_candidates)
     };
     send_hellos(ctx, plan);
+    ctx.predict_again.notify_one();
     if ctx.relay_only {
         let no_relay = |detail: String| DialError::NoRelayedPath {
             peer: target,
@@ -291,6 +295,7 @@ pub(crate) async fn accept(
     // A new introduction is a new connection: its path is reported afresh.
     ctx.watches.forget(dialer);
     send_hellos(&ctx, plan);
+    ctx.predict_again.notify_one();
     if plan == RelayPlan::None {
         ctx.engine.spawn_attempt(go, received, server_rtt);
         return;

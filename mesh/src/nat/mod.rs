@@ -27,6 +27,7 @@
 
 mod discovery;
 mod driver;
+mod mappings;
 #[cfg(test)]
 mod sim_tests;
 mod stun;
@@ -37,6 +38,7 @@ use std::time::Duration;
 
 pub use discovery::{Lane, NatDiscovery, NatEvent, Transmit};
 pub use driver::{discover, discover_on};
+pub use mappings::{MappingEvent, MappingProbe};
 
 /// Mapping behaviour (RFC 4787 section 4.1), or no NAT at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

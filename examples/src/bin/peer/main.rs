@@ -265,6 +265,8 @@ async fn run(command: Command, stop: Stop) -> ExitCode {
                 // The doctor reports the node's own allocations (then frees them).
                 no_relay: false,
                 relay_only: false,
+                // The doctor runs its own NAT discovery.
+                no_predict: true,
                 upnp_search_ms: punch::DEFAULT_UPNP_SEARCH_MS,
                 budget_ms: punch::DEFAULT_BUDGET_MS,
                 connect_timeout_ms,

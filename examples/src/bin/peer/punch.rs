@@ -82,6 +82,10 @@ pub struct NodeArgs {
     /// sees).
     #[arg(long, env = "PEER_RELAY_ONLY")]
     pub relay_only: bool,
+    /// Do not offer predicted candidates (port prediction for NATs that allocate ports in
+    /// sequence).
+    #[arg(long, env = "PEER_NO_PREDICT")]
+    pub no_predict: bool,
     /// SSDP search timeout of the UPnP gateway discovery, in milliseconds.
     #[arg(long, default_value_t = DEFAULT_UPNP_SEARCH_MS)]
     pub upnp_search_ms: u64,
@@ -111,6 +115,7 @@ impl NodeArgs {
             config.relays = None;
         }
         config.relay_only = self.relay_only;
+        config.predict = !self.no_predict;
         config.probe.budget = Duration::from_millis(self.budget_ms.max(1));
         config.connect_timeout = Duration::from_millis(self.connect_timeout_ms.max(1));
         Ok(config)
@@ -217,6 +222,7 @@ pub async fn listen(
         tokio::spawn(report_upnp(node.clone())),
         tokio::spawn(report_control(node.clone())),
         tokio::spawn(report_relayed(node.clone())),
+        tokio::spawn(report_predicted(node.clone())),
     ];
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let signal = loop {
@@ -300,6 +306,30 @@ async fn report_upnp(node: Arc<DirectNode>) {
                 &json!({"event": "upnp", "state": "mapped", "external": upnp.map(|a| a.to_string())}),
             );
             reported = upnp;
+        }
+        if reg.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Prints a `predicted` line each time the registered predicted candidates change (port
+/// prediction: reflexive candidates this node registers itself; the one the punch server
+/// observes is never registered).
+async fn report_predicted(node: Arc<DirectNode>) {
+    let mut reg = node.registration();
+    let mut reported: Vec<String> = Vec::new();
+    loop {
+        let now: Vec<String> = reg
+            .borrow_and_update()
+            .candidates
+            .iter()
+            .filter(|c| c.kind == mesh::coord::CandidateKind::ServerReflexive)
+            .map(|c| c.addr.to_string())
+            .collect();
+        if now != reported {
+            emit(&json!({"event": "predicted", "candidates": now}));
+            reported = now;
         }
         if reg.changed().await.is_err() {
             return;
