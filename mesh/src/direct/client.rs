@@ -25,6 +25,11 @@
 //! 5. [`ControlClient::session_lost`]: after the server's `Park` the requests stay (they are
 //!    sent again on the next session, and requests made while parked wait for it); any
 //!    other loss fails them, and requests made before the next session fail at once.
+//! 6. Reconnects: [`ControlClient::next_dial`] says when to dial the server again: at once
+//!    after a park (the node is needed), else after `reconnect_min`, doubling per failed
+//!    attempt ([`ControlClient::registration_failed`]) up to `reconnect_max`, with ±25 %
+//!    jitter ([`crate::backoff::Backoff`]) so a restarted server is not hit by every peer
+//!    at once; a registered session starts the backoff over.
 //!
 //! Bounded: at most `max_pending` requests, [`super::allow::MAX_HELD`] held incoming
 //! requests; the outbox holds at most one message per input message or command.
@@ -34,10 +39,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
 use super::allow::{Allowlist, HOLD, MAX_HELD};
 use super::config::IncomingPolicy;
 use super::deadline_from;
 use super::error::{ControlError, DialError};
+use crate::backoff::Backoff;
 use crate::coord::{
     Candidate, ClientMsg, ErrorKind, FrameDecoder, Go, ParkKey, RelayCredential, Role, ServerMsg,
 };
@@ -58,6 +67,10 @@ pub struct ClientSettings {
     pub park: bool,
     /// Ask the server to withhold our reflexive address (`HideAddress`, relay-only).
     pub hide_address: bool,
+    /// First wait before dialing the server again after a loss (doubles per failure).
+    pub reconnect_min: Duration,
+    /// Longest wait between reconnection attempts.
+    pub reconnect_max: Duration,
 }
 
 /// Our id for one of our connect requests (unique for the client's life).
@@ -131,11 +144,19 @@ pub struct ControlClient {
     queue_offline: bool,
     outbox: VecDeque<ClientMsg>,
     events: VecDeque<ClientEvent>,
+    reconnect: Backoff,
+    /// When to dial the server next, while offline.
+    dial_at: Option<Instant>,
+    rng: StdRng,
 }
 
 impl ControlClient {
     /// A client that will register `candidates`; offline until [`Self::start_session`].
     pub fn new(settings: ClientSettings, candidates: Vec<Candidate>) -> Self {
+        let settings_reconnect = (
+            settings.reconnect_min,
+            settings.reconnect_max.max(settings.reconnect_min),
+        );
         Self {
             settings,
             phase: Phase::Offline,
@@ -150,7 +171,18 @@ impl ControlClient {
             queue_offline: false,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
+            reconnect: Backoff::new(settings_reconnect.0, settings_reconnect.1),
+            dial_at: None,
+            rng: StdRng::from_entropy(),
         }
+    }
+
+    /// When to dial the server again (step 6); `None` while a session is up or being
+    /// registered.
+    pub fn next_dial(&self) -> Option<Instant> {
+        (self.phase == Phase::Offline)
+            .then_some(self.dial_at)
+            .flatten()
     }
 
     /// The settings.
@@ -213,6 +245,11 @@ impl ControlClient {
         self.held.clear();
         let park = self.park.take();
         self.queue_offline = park.is_some();
+        // Parked: dialed again when needed (at once then); lost: after the first backoff.
+        self.dial_at = match park {
+            Some(_) => Some(now),
+            None => Some(deadline_from(now, self.reconnect.next(&mut self.rng))),
+        };
         if park.is_none() {
             for (id, _) in std::mem::take(&mut self.pending) {
                 self.answer(id, Err(error.clone().into()), now);
@@ -221,11 +258,12 @@ impl ControlClient {
         park
     }
 
-    /// A registration attempt failed before `Registered` (the stream is gone): offline
-    /// again, requests kept as they were.
-    pub fn registration_failed(&mut self) {
+    /// A dial or registration attempt failed before `Registered` (the stream is gone):
+    /// offline again, requests kept as they were, the next dial after the backoff.
+    pub fn registration_failed(&mut self, now: Instant) {
         self.phase = Phase::Offline;
         self.outbox.clear();
+        self.dial_at = Some(deadline_from(now, self.reconnect.next(&mut self.rng)));
     }
 
     /// New candidates: registered at once when a session is up, else with the next one.
@@ -337,6 +375,8 @@ impl ControlClient {
         match msg {
             ServerMsg::Registered { observed_addr, .. } => {
                 self.phase = Phase::Registered;
+                self.reconnect.reset();
+                self.dial_at = None;
                 self.observed_addr = Some(observed_addr);
                 self.events
                     .push_back(ClientEvent::SessionUp { observed_addr });

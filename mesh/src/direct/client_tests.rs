@@ -27,6 +27,8 @@ fn settings(incoming: IncomingPolicy) -> ClientSettings {
         max_pending: 2,
         park: true,
         hide_address: false,
+        reconnect_min: SECOND,
+        reconnect_max: 8 * SECOND,
     }
 }
 
@@ -245,7 +247,7 @@ fn after_a_park_requests_wait_for_the_next_session() {
     c.start_session();
     sent(&mut c);
     // A failed attempt keeps it.
-    c.registration_failed();
+    c.registration_failed(t0);
     assert!(c.has_pending());
     c.start_session();
     sent(&mut c);
@@ -329,4 +331,58 @@ fn an_error_before_registered_ends_the_session_with_the_reason() {
     };
     let err = feed(&mut c, Instant::now(), &[unknown]).expect_err("fatal");
     assert!(err.to_string().contains("relay-only"), "{err}");
+}
+
+#[test]
+fn reconnects_back_off_and_start_over_once_registered() {
+    let t0 = Instant::now();
+    let mut c = up(IncomingPolicy::AcceptAll, t0);
+    assert_eq!(c.next_dial(), None, "registered: no dial");
+    let lost = ControlError::Lost("gone".into());
+    assert_eq!(c.session_lost(t0, &lost), None);
+    let first = c.next_dial().expect("a dial") - t0;
+    assert!(
+        first >= SECOND * 3 / 4 && first <= SECOND * 5 / 4,
+        "{first:?}"
+    );
+    // Each failed attempt doubles the wait (jitter ±25 %), up to the maximum.
+    let mut waits = Vec::new();
+    for _ in 0..6 {
+        c.start_session();
+        c.registration_failed(t0);
+        waits.push(c.next_dial().expect("a dial") - t0);
+    }
+    assert!(waits[0] >= SECOND * 3 / 2, "{waits:?}");
+    assert!(waits.iter().all(|w| *w <= 10 * SECOND), "{waits:?}");
+    assert!(waits[5] >= 6 * SECOND, "{waits:?}");
+    // A registered session starts over.
+    c.start_session();
+    feed(&mut c, t0, &[registered()]).expect("ok");
+    assert_eq!(c.next_dial(), None);
+    c.session_lost(t0, &lost);
+    let again = c.next_dial().expect("a dial") - t0;
+    assert!(again <= SECOND * 5 / 4, "{again:?}");
+    // After a park the node dials as soon as it is needed.
+    let park = ServerMsg::Park {
+        key: ParkKey([1; 32]),
+        keepalive: SECOND,
+    };
+    c.start_session();
+    feed(&mut c, t0, &[registered(), park]).expect("ok");
+    assert!(c.session_lost(t0, &lost).is_some());
+    assert_eq!(c.next_dial(), Some(t0));
+}
+
+#[test]
+fn a_huge_backoff_still_gives_a_dial_time() {
+    let t0 = Instant::now();
+    let mut s = settings(IncomingPolicy::AcceptAll);
+    s.reconnect_min = Duration::MAX;
+    s.reconnect_max = Duration::MAX;
+    let mut c = ControlClient::new(s, vec![]);
+    c.start_session();
+    c.registration_failed(t0);
+    c.start_session();
+    c.registration_failed(t0);
+    assert!(c.next_dial().is_some_and(|t| t > t0));
 }

@@ -130,6 +130,8 @@ impl ControlSettings {
             max_pending: self.max_pending,
             park: self.park,
             hide_address: self.hide_address,
+            reconnect_min: self.reconnect_min,
+            reconnect_max: self.reconnect_max,
         }
     }
 }
@@ -312,7 +314,7 @@ pub(super) async fn establish(
                 e
                 @ (StartError::RegisterTimeout(_) | StartError::Connect(ConnectError::Timeout(_))),
             ) if attempt < REGISTER_ATTEMPTS => {
-                client.registration_failed();
+                client.registration_failed(Instant::now());
                 tracing::warn!(attempt, error = %e, "punch server registration timed out, retrying");
             }
             other => return other,

@@ -5,12 +5,12 @@
 //! 2. When the session ends, fail every waiting request with the [`ControlError`] and set
 //!    the status watch to its text. Stop if the node closed the connection, dropped its
 //!    handles, or the error is final ([`ControlError::is_final`]).
-//! 3. Otherwise dial again after `reconnect_min` (doubling up to `reconnect_max` per
-//!    failure, with ±25 % jitter so a restarted server is not hit by every peer at once; see
-//!    [`crate::backoff`]).
+//! 3. Otherwise dial again when the client says ([`ControlClient::next_dial`]: after
+//!    `reconnect_min`, doubling up to `reconnect_max` per failure, with ±25 % jitter so a
+//!    restarted server is not hit by every peer at once).
 //!    While offline, `Connect` fails at once and `Register` only updates the candidates.
 //! 4. On success, publish the new connection and registration, set the status back to
-//!    `None`, run the commands queued while parked, and serve again.
+//!    `None` (requests made while parked were sent with the hello), and serve again.
 //!
 //! A session that ended after the server's `Park` goes through [`ControlTask::parked`]
 //! instead of step 2 (see [`super::control`], step 4): keep-alives until woken or needed,
@@ -37,8 +37,7 @@ use super::control::{
 };
 use super::control_park::Unpark;
 use super::error::{ControlError, StartError};
-use super::{deadline_after, sleep_until_opt};
-use crate::backoff::Backoff;
+use super::sleep_until_opt;
 use crate::coord::{CloseCode, RelayCredential};
 use crate::socket::{PeerConnection, StunDatagram};
 
@@ -89,12 +88,12 @@ impl ControlTask {
             self.session
                 .connection
                 .close(0u32.into(), b"control connection lost");
-            let first_wait = match parked {
+            // When to dial again is the client's (at once after a park, else backoff).
+            match parked {
                 // Our `Connect` crossed the server's `Park`: the server never saw it (it
                 // parks only connections without requests). Dial again and send it anew.
                 Some(_) if self.client.has_pending() => {
                     tracing::debug!("parked with requests in flight");
-                    false
                 }
                 Some((key, interval)) => {
                     tracing::info!(keepalive = ?interval, "parked by the punch server");
@@ -111,7 +110,6 @@ impl ControlTask {
                             tracing::debug!("unparking to renew the relay credentials");
                         }
                     }
-                    false
                 }
                 None => {
                     tracing::warn!(error = %error, "control connection lost");
@@ -119,10 +117,9 @@ impl ControlTask {
                     if error.is_final() || self.closed.load(Ordering::Relaxed) {
                         return;
                     }
-                    true
                 }
-            };
-            let Some(session) = self.reconnect(first_wait).await else {
+            }
+            let Some(session) = self.reconnect().await else {
                 return;
             };
             tracing::info!(observed_addr = %session.observed_addr, "control connection restored");
@@ -248,16 +245,11 @@ impl ControlTask {
     }
 
     /// Dials until a session is registered; `None` if the node closed or went away, or
-    /// the server's answer makes retrying pointless.
-    /// Without `first_wait` (unparking) the first attempt starts at once, and connect
-    /// requests made meanwhile wait for the session (at most `max_pending`).
-    async fn reconnect(&mut self, first_wait: bool) -> Option<Session> {
-        let mut backoff = Backoff::new(self.settings.reconnect_min, self.settings.reconnect_max);
-        let mut next_try = if first_wait {
-            deadline_after(backoff.next(&mut rand::thread_rng()))
-        } else {
-            Instant::now()
-        };
+    /// the server's answer makes retrying pointless. The client says when to dial
+    /// ([`ControlClient::next_dial`]: at once when unparking, else with backoff), and
+    /// whether connect requests made meanwhile wait for the session (after a park) or fail
+    /// at once.
+    async fn reconnect(&mut self) -> Option<Session> {
         let mut attempt: Option<Dialing> = None;
         loop {
             if self.closed.load(Ordering::Relaxed) {
@@ -265,13 +257,14 @@ impl ControlTask {
             }
             self.dispatch_events();
             let timer = self.client.poll_timeout();
+            let next_try = self.client.next_dial();
             tokio::select! {
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command),
                     None => return None,
                 },
                 _ = sleep_until_opt(timer) => self.client.handle_timeout(Instant::now()),
-                _ = sleep_until_opt(Some(next_try)), if attempt.is_none() => {
+                _ = sleep_until_opt(next_try), if attempt.is_none() => {
                     let (connector, settings) = (self.connector.clone(), self.settings.clone());
                     attempt = Some(Box::pin(async move {
                         dial(&connector, &settings, &mut None).await
@@ -291,10 +284,10 @@ impl ControlTask {
                             return None;
                         }
                         Err(e) => {
-                            self.client.registration_failed();
-                            let retry_in = backoff.next(&mut rand::thread_rng());
+                            let now = Instant::now();
+                            self.client.registration_failed(now);
+                            let retry_in = self.client.next_dial().map(|t| t.saturating_duration_since(now));
                             tracing::info!(error = %e, ?retry_in, "reconnection failed");
-                            next_try = deadline_after(retry_in);
                         }
                     }
                 }
@@ -308,17 +301,5 @@ async fn poll_some(slot: &mut Option<Dialing>) -> Result<PeerConnection, StartEr
     match slot {
         Some(fut) => fut.await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_huge_backoff_still_gives_a_deadline() {
-        let mut backoff = Backoff::new(Duration::MAX, Duration::MAX);
-        let _ = deadline_after(backoff.next(&mut rand::thread_rng()));
-        let _ = deadline_after(backoff.next(&mut rand::thread_rng()));
     }
 }

@@ -193,6 +193,8 @@ pub fn run(setup: &Setup, keys: &Keys, base: Instant, seed: u64) -> Outcome {
         max_pending: 4,
         park: false,
         hide_address: false,
+        reconnect_min: Duration::from_millis(500),
+        reconnect_max: Duration::from_secs(30),
     };
     let listener = if setup.listener_policy {
         control(IncomingPolicy::AcceptAll)
