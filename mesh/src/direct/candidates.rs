@@ -50,7 +50,8 @@ impl Sources {
 
 /// Registers the candidates again whenever the UPnP mapping, the relayed addresses or the
 /// predicted ports change: the host candidates, the mapped one, each relayed address and
-/// the predicted ones (at most [`MAX_CANDIDATES`] in all, predictions last).
+/// the predicted ones (at most [`MAX_CANDIDATES`] - 1 in all, predictions last, so the
+/// reflexive address the server adds always fits).
 pub(crate) async fn publish_candidates(
     mut sources: Sources,
     control: Control,
@@ -76,7 +77,8 @@ pub(crate) async fn publish_candidates(
         if let Some(p) = predicted.as_mut() {
             candidates.extend(p.borrow_and_update().iter().flatten().copied());
         }
-        candidates.truncate(MAX_CANDIDATES);
+        // Room for the reflexive address the punch server adds.
+        candidates.truncate(MAX_CANDIDATES - 1);
         if candidates != registered {
             tracing::info!(?candidates, "registering candidates");
             let _ = local.send(probe_candidates(&candidates));
