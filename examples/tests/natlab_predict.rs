@@ -90,6 +90,7 @@ fn a_sequential_symmetric_nat_goes_direct_by_prediction() -> Result<()> {
         window.contains(&remote.port()),
         "the direct path is on a predicted port: {remote} not in {window:?}"
     );
+    anyhow::ensure!(connected["how"] == "predicted", "{connected}");
     let echo = d.event("echo_ok").context("no echo_ok")?;
     anyhow::ensure!(echo["bytes"] == ECHO_BYTES, "{echo}");
     Ok(())

@@ -318,5 +318,6 @@ fn upnp_mapping_rescues_symmetric_pair() -> Result<()> {
         connected["remote"] == external.as_str(),
         "expected the path through the UPnP mapping {external}, got {connected}"
     );
+    anyhow::ensure!(connected["how"] == "upnp", "found by UPnP: {connected}");
     Ok(())
 }

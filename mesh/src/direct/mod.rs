@@ -49,12 +49,15 @@ pub use client::{ClientEvent, ClientSettings, ControlClient, RequestId};
 pub use config::{DirectConfig, IncomingPolicy};
 pub use control::Registration;
 pub use error::{ControlError, DialError, StartError};
-pub use node::{DirectConnection, DirectNode, PREDICT_WAIT, RELAY_OFFER_WAIT, RELAY_READY_WAIT};
+pub use node::{
+    DirectConnection, DirectNode, PREDICT_WAIT, RELAY_OFFER_MIN_WAIT, RELAY_OFFER_WAIT,
+    RELAY_READY_WAIT,
+};
 pub use relays::{
     RelayError, RelayState, RelayStatus, RelayedAddr, BIND_TIMEOUT, MAX_WAITING_BINDS,
     RELEASE_WAIT, RESOLVE_TIMEOUT,
 };
-pub use route::{ActivePath, PathType, MAX_WATCHED_PATHS};
+pub use route::{ActivePath, How, HowFinder, PathType, MAX_WATCHED_PATHS};
 pub use supervise::{DEAD_AFTER, EARLY_PHASE, RETRY_EARLY, RETRY_MAX, TICK};
 
 use std::time::{Duration, Instant};

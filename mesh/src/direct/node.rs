@@ -60,7 +60,7 @@ use super::queue_bound;
 use super::race::{self, RaceCtx};
 use super::rebind;
 use super::relays::{RelayError, RelayStatus, RelayedAddr, Relays};
-use super::route::{ActivePath, PathType, PathWatches};
+use super::route::{ActivePath, How, HowFinder, PathType, PathWatches};
 use super::supervise::{self, RETRY_EARLY};
 use crate::coord::{Candidate as WireCandidate, CandidateKind as WireKind, RelayCredential};
 use crate::identity::{Identity, PeerId};
@@ -72,6 +72,9 @@ const MAX_GO_TIMES: usize = 256;
 /// Longest wait of a dial for the punch server's relay offer (it comes right after the
 /// registration, or never).
 pub const RELAY_OFFER_WAIT: Duration = Duration::from_millis(300);
+/// The server sends its relay offer in the same flight as `Registered`: after twice the
+/// RTT to it (at least this long) from the start, none is coming.
+pub const RELAY_OFFER_MIN_WAIT: Duration = Duration::from_millis(20);
 /// Longest time from the start a dial waits for the first observation of the NAT's
 /// mappings and the predicted candidates' registration (port prediction).
 pub const PREDICT_WAIT: Duration = Duration::from_secs(1);
@@ -94,6 +97,16 @@ pub struct DirectConnection {
     /// For a dial: from the call to `connect` to the established connection. For an
     /// accept: from the server's `Go` to the established connection (if it was seen).
     pub elapsed: Option<Duration>,
+    /// Tells how a direct path was found ([`DirectConnection::how`]).
+    pub how: HowFinder,
+}
+
+impl DirectConnection {
+    /// How the current direct path was found (`punch`, `predicted`, `upnp`, from the peer's
+    /// candidates in its latest introduction); `None` on a relayed path.
+    pub fn how(&self) -> Option<How> {
+        self.how.how(&self.path.borrow())
+    }
 }
 
 /// A node that reaches peers directly through a punch server (see the module docs).
@@ -409,19 +422,25 @@ impl DirectNode {
         let own_relayed = registered_relay(&self.control);
         let dialed = race::dial(&self.race, target, own_relayed, go, received, server_rtt).await?;
         let remote = dialed.path.borrow().remote;
+        let how = HowFinder {
+            peer: target,
+            watches: self.race.watches.clone(),
+        };
         Ok(DirectConnection {
             peer: dialed.peer,
             remote,
             path: dialed.path,
             elapsed: Some(started.elapsed()),
+            how,
         })
     }
 
     /// A fresh node may not have registered its relayed address yet; the peer must see it
     /// in its `Go` to set up its half of the relayed path. With relays on: wait up to
-    /// [`RELAY_OFFER_WAIT`] from the node's start for the punch server's offer (it follows
-    /// the registration at once, or never for a server without relays, whose dials
-    /// therefore wait only right after the start), then, if relays were offered, up to
+    /// twice the RTT to the punch server (at least [`RELAY_OFFER_MIN_WAIT`], at most
+    /// [`RELAY_OFFER_WAIT`]) from the node's start for the server's offer (it follows the
+    /// registration at once, or never for a server without relays, whose dials therefore
+    /// wait only right after the start), then, if relays were offered, up to
     /// [`RELAY_READY_WAIT`] (the request timeout for relay-only) for the relayed address
     /// to be registered.
     async fn wait_relay_registered(&self) {
@@ -433,7 +452,10 @@ impl DirectNode {
             return;
         }
         let mut offers = self.control.relays();
-        let offer_wait = RELAY_OFFER_WAIT.saturating_sub(self.started.elapsed());
+        let offer_due = (self.control.rtt().saturating_mul(2))
+            .max(RELAY_OFFER_MIN_WAIT)
+            .min(RELAY_OFFER_WAIT);
+        let offer_wait = offer_due.saturating_sub(self.started.elapsed());
         let offered = tokio::time::timeout(offer_wait, offers.wait_for(|o| !o.is_empty()));
         if !self.race.relay_only && !matches!(offered.await, Ok(Ok(_))) {
             return;
@@ -549,11 +571,16 @@ async fn accept_loop(
                         supervise::spawn(&race, &peer, None);
                     }
                     let remote = path.borrow().remote;
+                    let how = HowFinder {
+                        peer: peer.peer_id,
+                        watches: race.watches.clone(),
+                    };
                     DirectConnection {
                         remote,
                         path,
                         elapsed: go.map(|t| t.elapsed()),
                         peer,
+                        how,
                     }
                 });
             drop(slot);

@@ -171,6 +171,7 @@ pub(crate) async fn dial(
     };
     send_hellos(ctx, plan);
     ctx.predict_again.notify_one();
+    ctx.watches.set_offered(target, &go.peer_candidates);
     if ctx.relay_only {
         let no_relay = |detail: String| DialError::NoRelayedPath {
             peer: target,
@@ -272,6 +273,7 @@ pub(crate) async fn accept(
         None => RelayPlan::decide(None, &go.peer_candidates),
     };
     let dialer = go.peer;
+    ctx.watches.set_offered(dialer, &go.peer_candidates);
     // A round of a live connection (the dialer probes again from the relay): probe only,
     // in the connection's core (which moves the path); a nominated pair becomes the
     // active path here only for a connection without one.

@@ -66,6 +66,65 @@ pub struct ActivePath {
     pub remote: SocketAddr,
 }
 
+/// How a direct path was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// Hole punching to an address the peer offered or the punch server observed.
+    Punch,
+    /// One of the peer's predicted ports (port prediction).
+    Predicted,
+    /// The peer's UPnP-mapped port.
+    Upnp,
+}
+
+impl How {
+    /// `"punch"`, `"predicted"` or `"upnp"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            How::Punch => "punch",
+            How::Predicted => "predicted",
+            How::Upnp => "upnp",
+        }
+    }
+
+    /// How a direct path to `remote` was found, from the peer's candidates in its
+    /// latest `Go`: its UPnP address, or a reflexive one it registered itself (the
+    /// punch server's own observation is the last reflexive candidate it adds).
+    pub(crate) fn of(remote: SocketAddr, peer_candidates: &[Candidate]) -> How {
+        let reflexive: Vec<SocketAddr> = peer_candidates
+            .iter()
+            .filter(|c| c.kind == CandidateKind::ServerReflexive)
+            .map(|c| c.addr)
+            .collect();
+        let observed = reflexive.last().copied();
+        if peer_candidates
+            .iter()
+            .any(|c| c.kind == CandidateKind::Upnp && c.addr == remote)
+        {
+            How::Upnp
+        } else if reflexive.contains(&remote) && Some(remote) != observed {
+            How::Predicted
+        } else {
+            How::Punch
+        }
+    }
+}
+
+/// Tells how a path of one connection was found (see [`How`]); cheap to clone into a task
+/// that watches the connection's path.
+#[derive(Debug, Clone)]
+pub struct HowFinder {
+    pub(crate) peer: PeerId,
+    pub(crate) watches: std::sync::Arc<PathWatches>,
+}
+
+impl HowFinder {
+    /// How `path` was found: `None` for a relayed path.
+    pub fn how(&self, path: &ActivePath) -> Option<How> {
+        self.watches.how(self.peer, path)
+    }
+}
+
 /// How the relayed path of one introduction is set up (see the module docs, step 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RelayPlan {
@@ -121,11 +180,32 @@ struct Watched {
 #[derive(Debug, Default)]
 pub(crate) struct PathWatches {
     peers: Mutex<HashMap<PeerId, Watched>>,
+    /// Each peer's candidates from its latest `Go` (to tell how a direct path was found).
+    offered: Mutex<HashMap<PeerId, Vec<Candidate>>>,
 }
 
 impl PathWatches {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Watched>> {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers `peer`'s candidates from its latest `Go`.
+    pub(crate) fn set_offered(&self, peer: PeerId, candidates: &[Candidate]) {
+        let mut offered = self.offered.lock().unwrap_or_else(|p| p.into_inner());
+        if offered.len() >= MAX_WATCHED_PATHS && !offered.contains_key(&peer) {
+            offered.clear();
+        }
+        offered.insert(peer, candidates.to_vec());
+    }
+
+    /// How a direct path to `remote` of `peer` was found (`None` for a relayed path).
+    pub(crate) fn how(&self, peer: PeerId, path: &ActivePath) -> Option<How> {
+        if path.kind != PathType::Direct {
+            return None;
+        }
+        let offered = self.offered.lock().unwrap_or_else(|p| p.into_inner());
+        let candidates = offered.get(&peer).map(Vec::as_slice).unwrap_or_default();
+        Some(How::of(path.remote, candidates))
     }
 
     /// Starts watching `peer` afresh (a new connection) at `path`; returns a receiver.
@@ -219,6 +299,25 @@ mod tests {
 
     fn cand(kind: CandidateKind, a: &str) -> Candidate {
         Candidate::new(kind, addr(a))
+    }
+
+    #[test]
+    fn how_a_direct_path_was_found_follows_the_peers_candidates() {
+        let offered = [
+            cand(CandidateKind::Host, "10.0.1.2:4000"),
+            cand(CandidateKind::Upnp, "198.18.1.2:5000"),
+            cand(CandidateKind::ServerReflexive, "198.18.1.2:20003"),
+            cand(CandidateKind::ServerReflexive, "198.18.1.2:20004"),
+            // The punch server's observation comes last.
+            cand(CandidateKind::ServerReflexive, "198.18.1.2:20000"),
+        ];
+        assert_eq!(How::of(addr("198.18.1.2:5000"), &offered), How::Upnp);
+        assert_eq!(How::of(addr("198.18.1.2:20004"), &offered), How::Predicted);
+        assert_eq!(How::of(addr("198.18.1.2:20000"), &offered), How::Punch);
+        assert_eq!(How::of(addr("10.0.1.2:4000"), &offered), How::Punch);
+        // A peer-reflexive address (not offered at all) was punched.
+        assert_eq!(How::of(addr("198.18.1.2:31000"), &offered), How::Punch);
+        assert_eq!(How::of(addr("198.18.1.2:31000"), &[]), How::Punch);
     }
 
     #[test]

@@ -169,10 +169,11 @@ fn on_event(
             if round.as_ref().is_some_and(|r| !r.is_finished()) {
                 return;
             }
-            let engine = ctx.engine.clone();
+            let (engine, watches) = (ctx.engine.clone(), ctx.watches.clone());
             *round = Some(tokio::spawn(async move {
                 let introduce = async {
                     let (go, received) = control.connect(peer).await?;
+                    watches.set_offered(peer, &go.peer_candidates);
                     Ok::<_, super::error::DialError>(
                         engine.round(go, received, control.rtt()).await,
                     )

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use mesh::coord::PunchAddr;
 use mesh::direct::{
-    ActivePath, DialError, DirectConfig, DirectConnection, DirectNode, IncomingPolicy,
+    ActivePath, DialError, DirectConfig, DirectConnection, DirectNode, HowFinder, IncomingPolicy,
 };
 use mesh::identity::{Identity, PeerId};
 use mesh::socket::ConnectError;
@@ -182,26 +182,34 @@ fn registered_line(node: &DirectNode) -> Value {
 
 fn connected_line(c: &DirectConnection) -> Value {
     let path = *c.path.borrow();
-    json!({
+    let mut line = json!({
         "event": "connected",
         "peer": c.peer.peer_id.to_string(),
         "path": path.kind.as_str(),
         "remote": path.remote.to_string(),
         "ms": c.elapsed.map(ms),
-    })
+    });
+    if let Some(how) = c.how.how(&path) {
+        line["how"] = how.as_str().into();
+    }
+    line
 }
 
 /// Prints `path_changed` each time the connection moves to another path (the task is
-/// aborted when the connection is done).
-async fn report_path_changes(peer: PeerId, mut path: watch::Receiver<ActivePath>) {
+/// aborted when the connection is done); a direct path says `how` it was found.
+async fn report_path_changes(peer: PeerId, mut path: watch::Receiver<ActivePath>, how: HowFinder) {
     while path.changed().await.is_ok() {
         let p = *path.borrow_and_update();
-        emit(&json!({
+        let mut line = json!({
             "event": "path_changed",
             "peer": peer.to_string(),
             "path": p.kind.as_str(),
             "remote": p.remote.to_string(),
-        }));
+        });
+        if let Some(how) = how.how(&p) {
+            line["how"] = how.as_str().into();
+        }
+        emit(&line);
     }
 }
 
@@ -246,7 +254,11 @@ pub async fn listen(
         };
         emit(&connected_line(&conn));
         tokio::spawn(async move {
-            let paths = tokio::spawn(report_path_changes(conn.peer.peer_id, conn.path.clone()));
+            let paths = tokio::spawn(report_path_changes(
+                conn.peer.peer_id,
+                conn.path.clone(),
+                conn.how.clone(),
+            ));
             let reason = echo(conn.peer.connection.clone()).await;
             paths.abort();
             emit(
@@ -432,7 +444,11 @@ async fn dial_attempts(node: &DirectNode, target: PeerId, echo: Echo, attempts: 
         let (kind, detail) = match node.connect(target).await {
             Ok(conn) => {
                 emit(&connected_line(&conn));
-                let paths = tokio::spawn(report_path_changes(target, conn.path.clone()));
+                let paths = tokio::spawn(report_path_changes(
+                    target,
+                    conn.path.clone(),
+                    conn.how.clone(),
+                ));
                 tokio::time::sleep(idle).await;
                 let result = tokio::time::timeout(echo_timeout, echo_check(&conn, bytes)).await;
                 paths.abort();
