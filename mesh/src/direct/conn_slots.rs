@@ -175,16 +175,18 @@ impl ConnSlots {
             .any(|s| s.manager.handle_input(now, from, data))
     }
 
-    /// Step 2: reports the path table's receive times, then runs the due timers.
+    /// Step 2: for each core whose timer is due, reports the path table's receive times
+    /// (traffic may have made the timer moot), then runs the timer if it is still due.
     pub(crate) fn handle_timeout(&mut self, now: Instant, paths: &PathTable) {
-        for s in self.slots.values_mut() {
+        let due = |m: &PathManager| m.poll_timeout().is_some_and(|t| t <= now);
+        for s in self.slots.values_mut().filter(|s| due(&s.manager)) {
             let live: Vec<_> = s.manager.live_paths().collect();
             for (id, kind) in live {
                 if let Some(at) = paths.last_rx_on(&s.synthetic, socket_path(kind)) {
                     s.manager.on_receive(at.min(now), id);
                 }
             }
-            if s.manager.poll_timeout().is_some_and(|t| t <= now) {
+            if due(&s.manager) {
                 s.manager.handle_timeout(now);
             }
         }
