@@ -72,9 +72,10 @@ const MAX_GO_TIMES: usize = 256;
 /// Longest wait of a dial for the punch server's relay offer (it comes right after the
 /// registration, or never).
 pub const RELAY_OFFER_WAIT: Duration = Duration::from_millis(300);
-/// The server sends its relay offer in the same flight as `Registered`: after twice the
-/// RTT to it (at least this long) from the start, none is coming.
-pub const RELAY_OFFER_MIN_WAIT: Duration = Duration::from_millis(20);
+/// The server sends its relay offer in the same flight as `Registered` (it is usually
+/// read with it): after twice the RTT to the server (at least this long, in case the
+/// control task has not handed it on yet) from the start, none is coming.
+pub const RELAY_OFFER_MIN_WAIT: Duration = Duration::from_millis(5);
 /// Longest time from the start a dial waits for the first observation of the NAT's
 /// mappings and the predicted candidates' registration (port prediction).
 pub const PREDICT_WAIT: Duration = Duration::from_secs(1);
