@@ -141,6 +141,8 @@ fn a_sequential_symmetric_dialer_goes_direct_by_prediction() -> Result<()> {
         "sequential dialer: connected directly in {} ms",
         connected["ms"]
     );
+    // The dialer's own predicted port carried the pair: the dialer says so too.
+    anyhow::ensure!(connected["how"] == "predicted", "{connected}");
     let echo = d.event("echo_ok").context("no echo_ok")?;
     anyhow::ensure!(echo["bytes"] == ECHO_BYTES, "{echo}");
     Ok(())

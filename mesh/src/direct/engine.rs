@@ -45,6 +45,8 @@ pub(crate) enum AttemptOutcome {
         remote: SocketAddr,
         /// Round-trip time of the check that validated it.
         rtt: Duration,
+        /// This node's address as the peer saw it (the latest answer's mapped address).
+        seen_as: Option<SocketAddr>,
     },
     /// Probing found nothing within the budget.
     NoDirectPath(NoDirectPath),
@@ -371,8 +373,13 @@ impl EngineTask {
             while let Some(event) = a.prober.poll_event() {
                 let outcome = match event {
                     ProbeEvent::Nominated { remote, rtt } => {
-                        tracing::info!(peer = %a.peer.short(), %remote, ?rtt, "direct path nominated");
-                        AttemptOutcome::Nominated { remote, rtt }
+                        let seen_as = a.prober.seen_as();
+                        tracing::info!(peer = %a.peer.short(), %remote, ?rtt, ?seen_as, "direct path nominated");
+                        AttemptOutcome::Nominated {
+                            remote,
+                            rtt,
+                            seen_as,
+                        }
                     }
                     ProbeEvent::Failed(no_path) => {
                         tracing::info!(peer = %a.peer.short(), tried = no_path.tried.len(), "no direct path");

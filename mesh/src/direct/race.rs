@@ -96,6 +96,22 @@ fn send_hellos(ctx: &RaceCtx, plan: RelayPlan) {
     }
 }
 
+/// Remembers that the pair to `remote` was found on one of this node's predicted ports:
+/// the peer saw this node at an address it registered as predicted (`how: predicted` on
+/// this side too).
+fn note_predicted(ctx: &RaceCtx, peer: PeerId, remote: SocketAddr, seen_as: Option<SocketAddr>) {
+    let Some(seen) = seen_as else { return };
+    let registration = ctx.control.registration();
+    let predicted = registration
+        .borrow()
+        .candidates
+        .iter()
+        .any(|c| c.kind == CandidateKind::ServerReflexive && c.addr == seen);
+    if predicted {
+        ctx.watches.set_reached_on_predicted(peer, remote);
+    }
+}
+
 fn relayed(plan: RelayPlan, path: Path) -> ActivePath {
     ActivePath {
         kind: PathType::Relay,
@@ -196,7 +212,8 @@ pub(crate) async fn dial(
         tokio::select! {
             outcome = &mut attempt => {
                 let outcome = outcome.unwrap_or(AttemptOutcome::Closed);
-                if let AttemptOutcome::Nominated { remote, rtt } = outcome {
+                if let AttemptOutcome::Nominated { remote, rtt, seen_as } = outcome {
+                    note_predicted(ctx, target, remote, seen_as);
                     break First::Direct(remote, rtt);
                 }
                 let relayed = if relay_failed { None } else { (&mut relay).await.ok() };
@@ -282,9 +299,13 @@ pub(crate) async fn accept(
             return;
         }
         let outcome = ctx.engine.round(go, received, server_rtt).await;
-        let AttemptOutcome::Nominated { remote, .. } = outcome else {
+        let AttemptOutcome::Nominated {
+            remote, seen_as, ..
+        } = outcome
+        else {
             return;
         };
+        note_predicted(&ctx, dialer, remote, seen_as);
         let mut paths = ctx.endpoint.socket().paths();
         if let Some(synthetic) = paths.synthetic_for_peer(&dialer) {
             if ctx.watches.update(dialer, direct(remote)) {
@@ -321,7 +342,8 @@ pub(crate) async fn accept(
         tokio::select! {
             outcome = &mut attempt, if !attempt_done => {
                 attempt_done = true;
-                let AttemptOutcome::Nominated { remote, .. } = outcome else { continue };
+                let AttemptOutcome::Nominated { remote, seen_as, .. } = outcome else { continue };
+                note_predicted(&ctx, dialer, remote, seen_as);
                 nominated = Some(remote);
                 // Only an entry this task made on the relay moves; otherwise the
                 // dialer's handshake is learned from its source as usual.

@@ -180,9 +180,15 @@ struct Watched {
 #[derive(Debug, Default)]
 pub(crate) struct PathWatches {
     peers: Mutex<HashMap<PeerId, Watched>>,
-    /// Each peer's candidates from its latest `Go` (to tell how a direct path was found).
-    offered: Mutex<HashMap<PeerId, Vec<Candidate>>>,
+    /// Each peer's candidates from its latest `Go` (to tell how a direct path was found),
+    /// and the peer's address on a path the peer reached at one of this node's predicted
+    /// ports.
+    offered: Mutex<HashMap<PeerId, Offered>>,
 }
+
+/// A peer's candidates from its latest `Go`, and its address on a path it reached at one
+/// of this node's predicted ports.
+type Offered = (Vec<Candidate>, Option<SocketAddr>);
 
 impl PathWatches {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Watched>> {
@@ -195,7 +201,16 @@ impl PathWatches {
         if offered.len() >= MAX_WATCHED_PATHS && !offered.contains_key(&peer) {
             offered.clear();
         }
-        offered.insert(peer, candidates.to_vec());
+        offered.insert(peer, (candidates.to_vec(), None));
+    }
+
+    /// The direct path to `remote` of `peer` was found on one of this node's predicted
+    /// ports (the peer saw this node at one of them).
+    pub(crate) fn set_reached_on_predicted(&self, peer: PeerId, remote: SocketAddr) {
+        let mut offered = self.offered.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = offered.get_mut(&peer) {
+            o.1 = Some(remote);
+        }
     }
 
     /// How a direct path to `remote` of `peer` was found (`None` for a relayed path).
@@ -204,7 +219,12 @@ impl PathWatches {
             return None;
         }
         let offered = self.offered.lock().unwrap_or_else(|p| p.into_inner());
-        let candidates = offered.get(&peer).map(Vec::as_slice).unwrap_or_default();
+        let Some((candidates, ours)) = offered.get(&peer) else {
+            return Some(How::Punch);
+        };
+        if *ours == Some(path.remote) {
+            return Some(How::Predicted);
+        }
         Some(How::of(path.remote, candidates))
     }
 
@@ -299,6 +319,37 @@ mod tests {
 
     fn cand(kind: CandidateKind, a: &str) -> Candidate {
         Candidate::new(kind, addr(a))
+    }
+
+    #[test]
+    fn a_path_reached_on_our_predicted_port_reads_predicted() {
+        let w = PathWatches::default();
+        let peer = PeerId::from_bytes([7; 32]);
+        let remote = addr("198.18.2.2:5000");
+        let path = ActivePath {
+            kind: PathType::Direct,
+            remote,
+        };
+        assert_eq!(
+            w.how(peer, &path),
+            Some(How::Punch),
+            "nothing known: punched"
+        );
+        w.set_offered(
+            peer,
+            &[cand(CandidateKind::ServerReflexive, "198.18.2.2:5000")],
+        );
+        assert_eq!(w.how(peer, &path), Some(How::Punch));
+        w.set_reached_on_predicted(peer, remote);
+        assert_eq!(w.how(peer, &path), Some(How::Predicted));
+        let relayed = ActivePath {
+            kind: PathType::Relay,
+            remote,
+        };
+        assert_eq!(w.how(peer, &relayed), None);
+        // A new introduction starts over.
+        w.set_offered(peer, &[]);
+        assert_eq!(w.how(peer, &path), Some(How::Punch));
     }
 
     #[test]
