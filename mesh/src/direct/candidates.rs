@@ -43,7 +43,8 @@ pub(crate) struct Sources {
 }
 
 impl Sources {
-    fn any(&self) -> bool {
+    /// Whether any source is on.
+    pub(crate) fn any(&self) -> bool {
         self.mapped.is_some() || self.relayed.is_some() || self.predicted.is_some()
     }
 }

@@ -21,10 +21,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::supervise::{DEAD_AFTER, EARLY_PHASE, RETRY_EARLY, RETRY_MAX};
 use crate::conn::{ConnConfig, ConnEvent, PathKind, PathManager};
 use crate::identity::PeerId;
 use crate::punch::{Prober, Role, Transmit};
@@ -86,12 +87,16 @@ impl ConnSlots {
         }
     }
 
-    /// The settings the cores use by default: rounds every `retry_early` during the first
-    /// minute (then backed off to 60 s), a consent check after 1 s of silence, dead after
-    /// 3 s.
-    pub(crate) fn config(retry_early: Duration) -> ConnConfig {
+    /// The settings a node's cores use: the timings [`super::supervise`] publishes
+    /// (rounds every [`RETRY_EARLY`] during the first [`EARLY_PHASE`], then backed off to
+    /// [`RETRY_MAX`]; dead after [`DEAD_AFTER`] of silence), the rest as
+    /// [`ConnConfig::default`] (a consent check after 1 s of silence).
+    pub(crate) fn config() -> ConnConfig {
         ConnConfig {
-            retry_early,
+            retry_early: RETRY_EARLY,
+            early_phase: EARLY_PHASE,
+            retry_max: RETRY_MAX,
+            dead_after: DEAD_AFTER,
             ..ConnConfig::default()
         }
     }

@@ -61,7 +61,7 @@ use super::race::{self, RaceCtx};
 use super::rebind;
 use super::relays::{RelayError, RelayStatus, RelayedAddr, Relays};
 use super::route::{ActivePath, How, HowFinder, PathType, PathWatches};
-use super::supervise::{self, RETRY_EARLY};
+use super::supervise;
 use crate::coord::{Candidate as WireCandidate, CandidateKind as WireKind, RelayCredential};
 use crate::identity::{Identity, PeerId};
 use crate::socket::{ConnectError, Endpoint, Path, PeerConnection, INITIAL_RTT};
@@ -223,7 +223,7 @@ impl DirectNode {
                 linger: config.linger,
                 server,
                 to_control,
-                conns: ConnSlots::config(RETRY_EARLY),
+                conns: ConnSlots::config(),
                 strays: config.relays.is_some().then_some(strays_tx),
             },
         );
@@ -292,7 +292,7 @@ impl DirectNode {
             relayed: relays.as_ref().map(Relays::relayed),
             predicted,
         };
-        if sources.mapped.is_some() || sources.relayed.is_some() || sources.predicted.is_some() {
+        if sources.any() {
             tasks.push(tokio::spawn(publish_candidates(
                 sources,
                 control.clone(),

@@ -18,6 +18,9 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use super::stun::{binding_request, parse_response, response_transaction_id, Change, Response};
 use crate::punch::Transmit;
 
@@ -54,7 +57,8 @@ pub struct MappingProbe {
     transmits: VecDeque<Transmit>,
     event: Option<MappingEvent>,
     done: bool,
-    next_id: u64,
+    /// Transaction ids.
+    rng: StdRng,
 }
 
 #[derive(Debug)]
@@ -78,7 +82,7 @@ impl MappingProbe {
             transmits: VecDeque::new(),
             event: None,
             done: false,
-            next_id: seed,
+            rng: StdRng::seed_from_u64(seed),
         };
         probe.ask(now, server);
         probe
@@ -90,13 +94,7 @@ impl MappingProbe {
     }
 
     fn ask(&mut self, now: Instant, to: SocketAddr) {
-        self.next_id = self
-            .next_id
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1);
-        let mut id = [0u8; 12];
-        id[..8].copy_from_slice(&self.next_id.to_be_bytes());
-        id[8..].copy_from_slice(b"maps");
+        let id: [u8; 12] = self.rng.gen();
         self.current = Some(Pending {
             to,
             id,
