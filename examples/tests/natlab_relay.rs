@@ -21,49 +21,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use common::{
-    json_lines, next_json, pair_lab as lab, proxy_bin, punchable, start_listener,
-    start_listener_with, start_punch_server_with, wait_udp_listeners, Listener, PunchServer,
+    json_lines, next_json, pair_lab as lab, punchable, start_listener, start_listener_with,
+    start_relay_servers, Listener, Servers,
 };
 use natlab::{Host, Lab, LabProcess, NatType, Router};
 use serde_json::Value;
 
-const SECRET: &str = "natlab-relay-secret";
-const PROXY_PORT: u16 = 3479;
 const ECHO_BYTES: usize = 256 * 1024;
 const MATRIX_BYTES: usize = 32 << 20;
 
-/// The proxy and the punch server offering it.
-struct Servers {
-    _proxy: LabProcess,
-    punch: PunchServer,
-}
-
 fn start_servers(lab: &Lab) -> Result<Servers> {
-    let proxy_addr = format!("{}:{PROXY_PORT}", lab.server_ip(0));
-    let relay_ip = lab.server_ip(0).to_string();
-    let bin = proxy_bin()?;
-    let args = [
-        "--listen",
-        &proxy_addr,
-        "--relay-ip",
-        &relay_ip,
-        "--auth-secret",
-        SECRET,
-        // The default 1 MB/s per allocation would make the long transfers take minutes.
-        "--bandwidth-per-allocation",
-        "500000000",
-    ];
-    let mut proxy = lab.spawn(Host::Server, &bin.to_string_lossy(), &args)?;
-    let line = proxy.wait_for_line("listening", Duration::from_secs(15))?;
-    anyhow::ensure!(line.contains(&proxy_addr), "proxy: {line}");
-    wait_udp_listeners(lab, std::slice::from_ref(&proxy_addr), &mut proxy)?;
-    let uri = format!("turn:{proxy_addr}");
-    let turn = ["--turn-uri", &uri, "--turn-secret", SECRET];
-    let punch = start_punch_server_with(lab, false, &turn)?;
-    Ok(Servers {
-        _proxy: proxy,
-        punch,
-    })
+    start_relay_servers(lab, false)
 }
 
 /// The next line of `process` with `event` == `name` (other lines are skipped).

@@ -113,6 +113,47 @@ pub fn start_punch_server_with(lab: &Lab, alt: bool, extra: &[&str]) -> Result<P
     })
 }
 
+/// The shared secret of the lab's proxy and punch server.
+pub const LAB_TURN_SECRET: &str = "natlab-relay-secret";
+/// The lab proxy's port on the server's first address (next to the punch server's
+/// primary and alternate ports).
+pub const LAB_PROXY_PORT: u16 = 3480;
+
+/// The lab's proxy (TURN) and a punch server offering it.
+pub struct Servers {
+    /// The proxy (killed on drop).
+    pub proxy: LabProcess,
+    /// The punch server.
+    pub punch: PunchServer,
+}
+
+/// Starts `proxy` on the lab server and a punch server offering it (with its RFC 5780
+/// alternate address if `alt`).
+pub fn start_relay_servers(lab: &Lab, alt: bool) -> Result<Servers> {
+    let proxy_addr = format!("{}:{LAB_PROXY_PORT}", lab.server_ip(0));
+    let relay_ip = lab.server_ip(0).to_string();
+    let bin = proxy_bin()?;
+    let args = [
+        "--listen",
+        &proxy_addr,
+        "--relay-ip",
+        &relay_ip,
+        "--auth-secret",
+        LAB_TURN_SECRET,
+        // The default 1 MB/s per allocation would make the long transfers take minutes.
+        "--bandwidth-per-allocation",
+        "500000000",
+    ];
+    let mut proxy = lab.spawn(Host::Server, &bin.to_string_lossy(), &args)?;
+    let line = proxy.wait_for_line("listening", Duration::from_secs(15))?;
+    anyhow::ensure!(line.contains(&proxy_addr), "proxy: {line}");
+    wait_udp_listeners(lab, std::slice::from_ref(&proxy_addr), &mut proxy)?;
+    let uri = format!("turn:{proxy_addr}");
+    let turn = ["--turn-uri", &uri, "--turn-secret", LAB_TURN_SECRET];
+    let punch = start_punch_server_with(lab, alt, &turn)?;
+    Ok(Servers { proxy, punch })
+}
+
 /// The four RFC 5780 server addresses: both server IPs, each on the primary and the
 /// alternate port.
 pub fn all_four(lab: &Lab) -> Vec<String> {

@@ -11,6 +11,7 @@ use rand::SeedableRng;
 use super::{ConnConfig, ConnEvent, PathId, PathKind, SwitchReason};
 use crate::backoff::Backoff;
 use crate::punch::{Candidate, Credentials, ProbeEvent, Prober, Role, Transmit};
+use crate::socket::LocalSocket;
 
 /// Most queued STUN datagrams; beyond this, the oldest are dropped.
 const MAX_QUEUED: usize = 64;
@@ -107,7 +108,9 @@ impl PathManager {
     pub fn direct_path_to(&self, remote: SocketAddr) -> Option<PathId> {
         self.paths
             .iter()
-            .find(|e| e.alive && e.kind == PathKind::Direct { remote })
+            .find(|e| {
+                e.alive && matches!(e.kind, PathKind::Direct { remote: r, .. } if r == remote)
+            })
             .map(|e| e.id)
     }
 
@@ -184,16 +187,22 @@ impl PathManager {
                 self.round = Some(round);
                 self.on_nominated(remote);
             }
-            None => {
-                let id = self.insert(PathKind::Direct { remote });
-                let reason = match self.active() {
-                    None => self.first_or_fallback(),
-                    Some((current, _)) if current == id => return,
-                    Some(_) => SwitchReason::Upgrade,
-                };
-                self.activate(id, reason);
-            }
+            None => self.add_direct(now, remote, LocalSocket::PRIMARY),
         }
+    }
+
+    /// A direct path validated outside this core's rounds (birthday probing, from local
+    /// socket `local`): it takes over as an upgrade. Only received datagrams keep it alive
+    /// here ([`PathManager::on_receive`]); its finder keeps the pair's consent.
+    pub fn add_direct(&mut self, now: Instant, remote: SocketAddr, local: LocalSocket) {
+        self.now = self.now.max(now);
+        let id = self.insert(PathKind::Direct { remote, local });
+        let reason = match self.active() {
+            None => self.first_or_fallback(),
+            Some((current, _)) if current == id => return,
+            Some(_) => SwitchReason::Upgrade,
+        };
+        self.activate(id, reason);
     }
 
     /// Offers a received STUN datagram (a check, an answer, a consent check). `true` if a
@@ -410,7 +419,10 @@ impl PathManager {
         let Some(round) = self.round.take() else {
             return;
         };
-        let id = self.insert(PathKind::Direct { remote });
+        let id = self.insert(PathKind::Direct {
+            remote,
+            local: LocalSocket::PRIMARY,
+        });
         self.held = Some((id, round));
         let reason = match self.active() {
             None => self.first_or_fallback(),

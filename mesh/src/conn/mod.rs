@@ -40,6 +40,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::punch::{NoDirectPath, ProbeConfig};
+use crate::socket::LocalSocket;
 
 pub use manager::PathManager;
 
@@ -54,6 +55,8 @@ pub enum PathKind {
     Direct {
         /// The peer's address.
         remote: SocketAddr,
+        /// The node's socket the path leaves from (an extra one after birthday probing).
+        local: LocalSocket,
     },
     /// Through a TURN server (RFC 8656), on a bound channel.
     Relay {

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use super::codec::{CodecError, Reader, WireMessage, Writer};
-use super::msg::{Candidate, CandidateKind, ClientMsg, Credentials, ErrorKind, Go, Role};
+use super::msg::{
+    Candidate, CandidateKind, ClientMsg, Credentials, ErrorKind, Go, NatMapping, Role,
+};
 use super::park::ParkKey;
 use super::{ServerMsg, MAX_CANDIDATES, MAX_RELAYS};
 use crate::turn::{RelayCredential, TurnUri};
@@ -56,6 +58,10 @@ fn read_micros(r: &mut Reader<'_>) -> Result<Duration, CodecError> {
     Ok(Duration::from_micros(u64::from(r.u32()?)))
 }
 
+fn read_mapping(r: &mut Reader<'_>) -> Result<NatMapping, CodecError> {
+    NatMapping::from_code(r.u8()?).ok_or(CodecError::InvalidValue("nat mapping"))
+}
+
 fn read_flag(r: &mut Reader<'_>) -> Result<bool, CodecError> {
     match r.u8()? {
         0 => Ok(false),
@@ -76,6 +82,7 @@ impl WireMessage for ClientMsg {
             Self::Policy { .. } => 0x07,
             Self::Capabilities { .. } => 0x08,
             Self::HideAddress => 0x09,
+            Self::NatMapping { .. } => 0x0A,
         }
     }
 
@@ -91,6 +98,7 @@ impl WireMessage for ClientMsg {
             Self::Policy { accept_all } => w.u8(u8::from(*accept_all)),
             Self::Capabilities { park } => w.u8(u8::from(*park)),
             Self::HideAddress => {}
+            Self::NatMapping { mapping } => w.u8(mapping.code()),
         }
         Ok(())
     }
@@ -119,6 +127,9 @@ impl WireMessage for ClientMsg {
                 park: read_flag(r)?,
             },
             0x09 => Self::HideAddress,
+            0x0A => Self::NatMapping {
+                mapping: read_mapping(r)?,
+            },
             other => return Err(CodecError::UnknownType(other)),
         })
     }
@@ -202,6 +213,7 @@ fn read_go(r: &mut Reader<'_>) -> Result<Go, CodecError> {
             1 => Role::Controlled,
             _ => return Err(CodecError::InvalidValue("role")),
         },
+        peer_mapping: None,
     })
 }
 
@@ -217,6 +229,7 @@ impl WireMessage for ServerMsg {
             Self::Pong { .. } => 0x87,
             Self::Relays { .. } => 0x88,
             Self::Park { .. } => 0x89,
+            Self::PeerMapping { .. } => 0x8A,
         }
     }
 
@@ -259,6 +272,13 @@ impl WireMessage for ServerMsg {
                 w.raw(&key.0);
                 write_micros(w, *keepalive);
             }
+            Self::PeerMapping {
+                request_id,
+                mapping,
+            } => {
+                w.u64(*request_id);
+                w.u8(mapping.code());
+            }
         }
         Ok(())
     }
@@ -295,6 +315,10 @@ impl WireMessage for ServerMsg {
             0x89 => Self::Park {
                 key: ParkKey(r.array()?),
                 keepalive: read_micros(r)?,
+            },
+            0x8A => Self::PeerMapping {
+                request_id: r.u64()?,
+                mapping: read_mapping(r)?,
             },
             other => return Err(CodecError::UnknownType(other)),
         })

@@ -89,8 +89,8 @@ pub use addr::{ParsePunchAddrError, PunchAddr};
 pub use close::CloseCode;
 pub use codec::{decode_frame, encode, CodecError, FrameDecoder, Reader, WireMessage, Writer};
 pub use msg::{
-    Candidate, CandidateKind, ClientMsg, Credentials, ErrorKind, Go, RelayCredential, Role,
-    ServerMsg,
+    Candidate, CandidateKind, ClientMsg, Credentials, ErrorKind, Go, NatMapping, RelayCredential,
+    Role, ServerMsg,
 };
 pub use park::ParkKey;
 pub use park_keeper::{ParkEvent, ParkKeeper, ParkLost};

@@ -57,6 +57,40 @@ impl Candidate {
     }
 }
 
+/// How a peer's NAT maps its socket to public ports, as the peer's own RFC 5780 probe
+/// found it ([`crate::nat::MappingProbe`]): what decides birthday probing
+/// ([`crate::punch::birthday`]) between two peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NatMapping {
+    /// One public port for every destination (RFC 4787 endpoint-independent mapping, or
+    /// no NAT). Wire code 1.
+    EndpointIndependent,
+    /// A new port per destination, in a pattern (sequential or a fixed step): port
+    /// prediction covers it. Wire code 2.
+    Predictable,
+    /// A new random port per destination: a "hard" side for birthday probing. Wire code 3.
+    Random,
+}
+
+impl NatMapping {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Self::EndpointIndependent => 1,
+            Self::Predictable => 2,
+            Self::Random => 3,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => Self::EndpointIndependent,
+            2 => Self::Predictable,
+            3 => Self::Random,
+            _ => return None,
+        })
+    }
+}
+
 /// Per-attempt credentials and roles are the prober's own types, carried as they are
 /// (wire codes of [`Role`]: 0 = controlling (the requester), 1 = controlled (the target)).
 pub use crate::punch::{Credentials, Role};
@@ -200,6 +234,14 @@ pub enum ClientMsg {
     /// `Error { Malformed }` (unknown type) before `Registered`, which a relay-only peer
     /// treats as "this server cannot hide my address".
     HideAddress,
+    /// How this peer's NAT maps ([`NatMapping`]), from its own probe. Type 0x0A, sent after
+    /// `Register` and again when it changes. The server passes it on to the peers this one
+    /// is introduced to ([`ServerMsg::PeerMapping`]), and from then on sends this peer the
+    /// mappings of its own peers. An older server skips it (unknown type).
+    NatMapping {
+        /// The mapping behaviour.
+        mapping: NatMapping,
+    },
 }
 
 /// The instruction to start probing, sent to both sides of an accepted request.
@@ -219,6 +261,10 @@ pub struct Go {
     pub start_in: Duration,
     /// This side's role.
     pub role: Role,
+    /// How the other side's NAT maps, when the server knows it: not part of the `Go` body,
+    /// but taken from the [`ServerMsg::PeerMapping`] the server sends just before it (for
+    /// the same request id). `None` from a server or peer that does not tell.
+    pub peer_mapping: Option<NatMapping>,
 }
 
 /// A message from the punch server to a peer.
@@ -282,6 +328,14 @@ pub enum ServerMsg {
         key: ParkKey,
         /// Send a keep-alive this often (whole microseconds in a u32).
         keepalive: Duration,
+    },
+    /// How the other side of a request maps ([`ClientMsg::NatMapping`]), sent right before
+    /// the request's `Go`, and only to peers that sent `NatMapping` themselves. Type 0x8A.
+    PeerMapping {
+        /// The id this side knows the request by (as in the `Go` that follows).
+        request_id: u64,
+        /// The other side's mapping behaviour.
+        mapping: NatMapping,
     },
 }
 

@@ -56,6 +56,12 @@ fn client_msgs() -> Vec<ClientMsg> {
         ClientMsg::Capabilities { park: true },
         ClientMsg::Capabilities { park: false },
         ClientMsg::HideAddress,
+        ClientMsg::NatMapping {
+            mapping: NatMapping::Random,
+        },
+        ClientMsg::NatMapping {
+            mapping: NatMapping::EndpointIndependent,
+        },
     ]
 }
 
@@ -83,6 +89,7 @@ fn server_msgs() -> Vec<ServerMsg> {
             credentials: creds(),
             start_in: Duration::from_micros(42_000),
             role: Role::Controlled,
+            peer_mapping: None,
         }),
         ServerMsg::Cancelled { request_id: 77 },
         ServerMsg::Error {
@@ -105,6 +112,10 @@ fn server_msgs() -> Vec<ServerMsg> {
             key: crate::coord::ParkKey([0xa5; 32]),
             keepalive: Duration::from_secs(15),
         },
+        ServerMsg::PeerMapping {
+            request_id: 5,
+            mapping: NatMapping::Predictable,
+        },
     ]
 }
 
@@ -121,7 +132,7 @@ fn relay(uri: &str) -> RelayCredential {
 fn a_message_type_the_receiver_does_not_know_is_skipped_in_sync() {
     // The version rule: a new message type needs no version bump, because a receiver
     // skips a type it does not know without losing the stream. `Relays` (0x88) was such a
-    // type to peers before it; here a later one (0x8A, unknown to this version) stands
+    // type to peers before it; here a later one (0x8F, unknown to this version) stands
     // in for it. The real binary is tested with a decoder from before `Relays` in
     // punch-server's `coord_quic` tests.
     let registered = ServerMsg::Registered {
@@ -135,7 +146,7 @@ fn a_message_type_the_receiver_does_not_know_is_skipped_in_sync() {
     encode(&registered, &mut stream).unwrap();
     let future = stream.len();
     encode(&relays, &mut stream).unwrap();
-    stream[future + 3] = 0x8A;
+    stream[future + 3] = 0x8F;
     encode(&ServerMsg::Ping { ts: 7 }, &mut stream).unwrap();
     let mut d = FrameDecoder::<ServerMsg>::new();
     d.push(&stream);
@@ -144,11 +155,11 @@ fn a_message_type_the_receiver_does_not_know_is_skipped_in_sync() {
         got,
         vec![
             Ok(registered),
-            Err(CodecError::UnknownType(0x8A)),
+            Err(CodecError::UnknownType(0x8F)),
             Ok(ServerMsg::Ping { ts: 7 }),
         ]
     );
-    assert!(!CodecError::UnknownType(0x8A).is_fatal() && !d.is_failed());
+    assert!(!CodecError::UnknownType(0x8F).is_fatal() && !d.is_failed());
 }
 
 #[test]
@@ -318,6 +329,7 @@ fn bad_enum_codes_and_limits_are_rejected() {
         credentials: long,
         start_in: Duration::ZERO,
         role: Role::Controlling,
+        peer_mapping: None,
     });
     assert!(matches!(
         encode(&go, &mut out),
@@ -463,6 +475,7 @@ fn go_converts_for_the_prober() {
         credentials: creds(),
         start_in: Duration::from_millis(40),
         role: Role::Controlled,
+        peer_mapping: None,
     };
     let probe = go.probe_candidates();
     assert_eq!(probe.len(), 2, "relay left out");

@@ -9,7 +9,7 @@
 //!    anything that could be introduced), `Register` with the latest candidates,
 //!    `Policy { accept_all: true }` under [`IncomingPolicy::AcceptAll`] (connects to us skip
 //!    the `Incoming` round trip), and `Capabilities { park: true }` when parking is
-//!    offered.
+//!    offered, then `NatMapping` once this node's own probe found how its NAT maps.
 //! 2. Until `Registered` arrives, `Ping` is answered and an `Error` ends the session
 //!    (fatal); other messages are ignored. `Registered` reports
 //!    [`ClientEvent::SessionUp`], sends the allowlist's openness if it differs from what the
@@ -18,7 +18,8 @@
 //!    `Incoming` is answered by the policy (allowlisted peers at once, others held for
 //!    [`super::allow::HOLD`] in case they are allowed, then refused); a controlling `Go`
 //!    answers one of our requests ([`ClientEvent::Answered`]), a controlled one is an
-//!    accepted request ([`ClientEvent::Accepted`]); an `Error` with one of our request ids
+//!    accepted request ([`ClientEvent::Accepted`]); a `PeerMapping` just before a `Go` is
+//!    put into it ([`Go::peer_mapping`], for birthday probing); an `Error` with one of our request ids
 //!    fails it; `Park` is remembered for [`ControlClient::session_lost`].
 //! 4. Every request has a deadline (`request_timeout`) that runs across sessions;
 //!    [`ControlClient::poll_timeout`] names the next one.
@@ -48,7 +49,8 @@ use super::deadline_from;
 use super::error::{ControlError, DialError};
 use crate::backoff::Backoff;
 use crate::coord::{
-    Candidate, ClientMsg, ErrorKind, FrameDecoder, Go, ParkKey, RelayCredential, Role, ServerMsg,
+    Candidate, ClientMsg, ErrorKind, FrameDecoder, Go, NatMapping, ParkKey, RelayCredential, Role,
+    ServerMsg,
 };
 use crate::identity::PeerId;
 
@@ -132,6 +134,10 @@ pub struct ControlClient {
     phase: Phase,
     decoder: FrameDecoder<ServerMsg>,
     candidates: Vec<Candidate>,
+    /// This node's NAT mapping, once its probe found it (sent after `Register`).
+    mapping: Option<NatMapping>,
+    /// Peers' mappings by request id, from `PeerMapping`, until the request's `Go`.
+    peer_mappings: VecDeque<(u64, NatMapping)>,
     observed_addr: Option<SocketAddr>,
     pending: BTreeMap<u64, Pending>,
     /// Incoming requests from peers not (yet) allowed: server request id to (peer, until).
@@ -162,6 +168,8 @@ impl ControlClient {
             phase: Phase::Offline,
             decoder: FrameDecoder::new(),
             candidates,
+            mapping: None,
+            peer_mappings: VecDeque::new(),
             observed_addr: None,
             pending: BTreeMap::new(),
             held: BTreeMap::new(),
@@ -222,6 +230,10 @@ impl ControlClient {
         self.outbox.push_back(ClientMsg::Register {
             candidates: self.candidates.clone(),
         });
+        self.peer_mappings.clear();
+        if let Some(mapping) = self.mapping {
+            self.outbox.push_back(ClientMsg::NatMapping { mapping });
+        }
         self.policy_open = self.settings.incoming == IncomingPolicy::AcceptAll;
         if self.policy_open {
             self.outbox
@@ -273,6 +285,18 @@ impl ControlClient {
             self.outbox.push_back(ClientMsg::Register {
                 candidates: self.candidates.clone(),
             });
+        }
+    }
+
+    /// This node's NAT mapping (from its own probe): sent at once when a session is up and
+    /// it changed, else with the next session's hello.
+    pub fn set_mapping(&mut self, mapping: NatMapping) {
+        if self.mapping == Some(mapping) {
+            return;
+        }
+        self.mapping = Some(mapping);
+        if self.phase != Phase::Offline {
+            self.outbox.push_back(ClientMsg::NatMapping { mapping });
         }
     }
 
@@ -435,7 +459,17 @@ impl ControlClient {
                 tracing::debug!(request_id, "incoming request cancelled");
             }
             // The requester is controlling: a controlling Go answers one of our requests.
-            ServerMsg::Go(go) if go.role == Role::Controlling => {
+            ServerMsg::PeerMapping {
+                request_id,
+                mapping,
+            } => {
+                self.peer_mappings.push_back((request_id, mapping));
+                while self.peer_mappings.len() > MAX_PEER_MAPPINGS {
+                    self.peer_mappings.pop_front();
+                }
+            }
+            ServerMsg::Go(mut go) if go.role == Role::Controlling => {
+                go.peer_mapping = self.take_peer_mapping(go.request_id);
                 let id = go.request_id;
                 match self.pending.remove(&id) {
                     Some(p) if p.target == go.peer => self.answer(id, Ok(go), now),
@@ -450,9 +484,11 @@ impl ControlClient {
                     None => tracing::debug!(request_id = id, "Go for no request"),
                 }
             }
-            ServerMsg::Go(go) => self
-                .events
-                .push_back(ClientEvent::Accepted { go, received: now }),
+            ServerMsg::Go(mut go) => {
+                go.peer_mapping = self.take_peer_mapping(go.request_id);
+                self.events
+                    .push_back(ClientEvent::Accepted { go, received: now })
+            }
             ServerMsg::Error {
                 request_id,
                 kind,
@@ -460,6 +496,12 @@ impl ControlClient {
             } => self.on_error(now, request_id, kind, detail)?,
         }
         Ok(())
+    }
+
+    /// The mapping the server sent for request `id` just before its `Go`.
+    fn take_peer_mapping(&mut self, id: u64) -> Option<NatMapping> {
+        let i = self.peer_mappings.iter().position(|(r, _)| *r == id)?;
+        self.peer_mappings.remove(i).map(|(_, m)| m)
     }
 
     fn on_incoming(&mut self, now: Instant, request_id: u64, from: PeerId) {
@@ -559,6 +601,10 @@ impl ControlClient {
         }
     }
 }
+
+/// Most peer mappings held for `Go`s still to come (the server sends each right before its
+/// `Go`, so one or two are ever waiting).
+const MAX_PEER_MAPPINGS: usize = 16;
 
 #[cfg(test)]
 #[path = "client_tests.rs"]

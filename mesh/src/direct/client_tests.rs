@@ -73,6 +73,7 @@ fn go(request_id: u64, from: PeerId, role: Role) -> ServerMsg {
         },
         start_in: Duration::from_millis(20),
         role,
+        peer_mapping: None,
     })
 }
 
@@ -385,4 +386,61 @@ fn a_huge_backoff_still_gives_a_dial_time() {
     c.start_session();
     c.registration_failed(t0);
     assert!(c.next_dial().is_some_and(|t| t > t0));
+}
+
+#[test]
+fn the_nat_mapping_is_told_and_a_peer_mapping_reaches_its_go() {
+    let t0 = Instant::now();
+    let mut c = up(IncomingPolicy::AcceptAll, t0);
+    c.set_mapping(NatMapping::Random);
+    assert_eq!(
+        sent(&mut c),
+        vec![ClientMsg::NatMapping {
+            mapping: NatMapping::Random
+        }]
+    );
+    c.set_mapping(NatMapping::Random);
+    assert!(sent(&mut c).is_empty(), "told once");
+    // The next session's hello repeats it after Register.
+    c.start_session();
+    let hello = sent(&mut c);
+    assert!(matches!(hello[0], ClientMsg::Register { .. }));
+    assert_eq!(
+        hello[1],
+        ClientMsg::NatMapping {
+            mapping: NatMapping::Random
+        }
+    );
+    feed(&mut c, t0, &[registered()]).expect("registered");
+    events(&mut c);
+    // A peer's mapping is put into the Go of its request only.
+    let easy = NatMapping::EndpointIndependent;
+    let hint = |request_id| ServerMsg::PeerMapping {
+        request_id,
+        mapping: easy,
+    };
+    let id = c.connect(t0, peer(2)).expect("sent");
+    feed(
+        &mut c,
+        t0,
+        &[
+            hint(99),
+            go(99, peer(4), Role::Controlled),
+            go(98, peer(6), Role::Controlled),
+            hint(id.0),
+            go(id.0, peer(2), Role::Controlling),
+        ],
+    )
+    .expect("ok");
+    let evs = events(&mut c);
+    assert!(matches!(&evs[0], ClientEvent::Accepted { go, .. } if go.peer_mapping == Some(easy)));
+    assert!(matches!(&evs[1], ClientEvent::Accepted { go, .. } if go.peer_mapping.is_none()));
+    assert!(
+        matches!(&evs[2], ClientEvent::Answered { result: Ok(go), .. } if go.peer_mapping == Some(easy))
+    );
+    // Hints for Gos that never come are bounded.
+    for i in 0..100 {
+        feed(&mut c, t0, &[hint(1000 + i)]).expect("ok");
+    }
+    assert!(c.peer_mappings.len() <= MAX_PEER_MAPPINGS);
 }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::coord::PunchAddr;
+use crate::punch::birthday::BirthdayConfig;
 use crate::punch::ProbeConfig;
 use crate::socket::EndpointOptions;
 use crate::turn::allocation::AllocationConfig;
@@ -99,6 +100,15 @@ pub struct DirectConfig {
     /// Nothing is offered for an endpoint-independent or random NAT, or when the server
     /// has no alternate address. Default on (off under `relay_only`).
     pub predict: bool,
+    /// Birthday probing ([`crate::punch::birthday`]) with these settings: between a node
+    /// behind a random-port NAT and one behind an endpoint-independent mapping, the first
+    /// opens `hard_sockets` extra sockets (256) and the second sends up to `max_probes`
+    /// (1024) paced checks to random ports, while the connection rides its relay; the
+    /// pair that validates carries the connection. Needs the same observation of the
+    /// NAT's mappings as port prediction (run even when `predict` is off), and a punch
+    /// server that passes mappings on. `None` turns it off. Default on (off under
+    /// `relay_only`).
+    pub birthday: Option<BirthdayConfig>,
 }
 
 impl DirectConfig {
@@ -124,6 +134,7 @@ impl DirectConfig {
             relays: Some(AllocationConfig::default()),
             relay_only: false,
             predict: true,
+            birthday: Some(BirthdayConfig::default()),
         }
     }
 }

@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::birthdays::Found;
 use super::supervise::{DEAD_AFTER, EARLY_PHASE, RETRY_EARLY, RETRY_MAX};
 use crate::conn::{ConnConfig, ConnEvent, PathKind, PathManager};
 use crate::identity::PeerId;
@@ -70,10 +71,19 @@ pub(crate) struct ConnSlots {
     config: ConnConfig,
 }
 
+/// The core's path of a birthday pair.
+fn direct_kind(found: Found) -> PathKind {
+    PathKind::Direct {
+        remote: found.remote,
+        local: found.local,
+    }
+}
+
 /// The socket's path for a core's path.
 pub(crate) fn socket_path(kind: PathKind) -> Path {
     match kind {
-        PathKind::Direct { remote } | PathKind::RelayedPeer { remote } => Path::direct(remote),
+        PathKind::Direct { remote, local } => Path::Direct { remote, local },
+        PathKind::RelayedPeer { remote } => Path::direct(remote),
         PathKind::Relay { server, channel } => Path::Relay { server, channel },
     }
 }
@@ -166,6 +176,48 @@ impl ConnSlots {
             }
             None => Some(round),
         }
+    }
+
+    /// A direct pair birthday probing found for `peer` ([`super::birthdays`]): the core
+    /// takes it over as an upgrade. `false` when the peer has no core (yet).
+    pub(crate) fn add_direct(&mut self, now: Instant, peer: &PeerId, found: Found) -> bool {
+        let Some(s) = self.slots.get_mut(peer) else {
+            return false;
+        };
+        s.manager.add_direct(now, found.remote, found.local);
+        true
+    }
+
+    /// The peer was heard on a birthday pair at `now` (its consent check or answer).
+    pub(crate) fn heard(&mut self, now: Instant, peer: &PeerId, found: Found) {
+        let Some(s) = self.slots.get_mut(peer) else {
+            return;
+        };
+        let kind = direct_kind(found);
+        let id = s
+            .manager
+            .live_paths()
+            .find(|(_, k)| *k == kind)
+            .map(|(id, _)| id);
+        if let Some(id) = id {
+            s.manager.on_receive(now, id);
+        }
+    }
+
+    /// Whether `peer`'s core has the birthday pair `found` as a live path.
+    pub(crate) fn uses(&self, peer: &PeerId, found: &Found) -> bool {
+        let kind = direct_kind(*found);
+        self.slots
+            .get(peer)
+            .is_some_and(|s| s.manager.live_paths().any(|(_, k)| k == kind))
+    }
+
+    /// Whether `peer`'s connection runs on a direct path now.
+    pub(crate) fn runs_direct(&self, peer: &PeerId) -> bool {
+        self.slots
+            .get(peer)
+            .and_then(|s| s.manager.active())
+            .is_some_and(|(_, k)| k.is_direct())
     }
 
     /// Whether `peer` has a core.

@@ -47,7 +47,7 @@ use super::client::{ClientSettings, ControlClient};
 use super::config::IncomingPolicy;
 use super::control_task::ControlTask;
 use super::error::{ControlError, DialError, StartError};
-use crate::coord::{encode, Candidate, ClientMsg, Go, RelayCredential};
+use crate::coord::{encode, Candidate, ClientMsg, Go, NatMapping, RelayCredential};
 use crate::identity::PeerId;
 use crate::socket::{ConnectError, Endpoint, PeerConnection, StunDatagram};
 
@@ -88,6 +88,7 @@ pub(super) type ConnectReply = oneshot::Sender<Result<(Go, Instant), DialError>>
 pub(super) enum Command {
     Connect { target: PeerId, reply: ConnectReply },
     Register { candidates: Vec<Candidate> },
+    Mapping(NatMapping),
 }
 
 impl std::fmt::Debug for Command {
@@ -95,6 +96,7 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Connect { target, .. } => write!(f, "Connect({})", target.short()),
             Command::Register { candidates } => write!(f, "Register({candidates:?})"),
+            Command::Mapping(m) => write!(f, "Mapping({m:?})"),
         }
     }
 }
@@ -259,6 +261,13 @@ impl Control {
             .send(Command::Register { candidates })
             .await
             .map_err(|_| ControlError::Lost("control task ended".into()))
+    }
+
+    /// Tells the server how this node's NAT maps (kept for later sessions).
+    pub(crate) async fn set_mapping(&self, mapping: NatMapping) {
+        if self.commands.send(Command::Mapping(mapping)).await.is_err() {
+            tracing::debug!("control task ended");
+        }
     }
 
     /// Asks the server to introduce us to `target`; resolves with its `Go` and when it

@@ -221,6 +221,7 @@ impl ControlTask {
     pub(super) fn on_command(&mut self, command: Command) {
         match command {
             Command::Register { candidates } => self.client.register(candidates),
+            Command::Mapping(mapping) => self.client.set_mapping(mapping),
             Command::Connect { target, reply } => {
                 match self.client.connect(Instant::now(), target) {
                     Ok(id) => {

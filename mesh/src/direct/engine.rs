@@ -19,6 +19,11 @@
 //!    `Failed` with [`NoDirectPath`].
 //! 5. A prober keeps answering its peer's checks for [`super::DirectConfig::linger`] after
 //!    its outcome, then is dropped. The number of attempts is bounded.
+//! 6. Birthday probing ([`super::birthdays`]): a `Go` between a random-port NAT and an
+//!    endpoint-independent one also starts a birthday round (the hard side opens its
+//!    extra sockets here). Datagrams on extra sockets go to the rounds only; on the
+//!    primary socket the rounds see them before the attempts and cores. A validated pair goes
+//!    to the peer's core (or waits for it), its `how` is noted as birthday.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,14 +31,18 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::birthdays::{side_for, BirthdayOutput, BirthdayStats, Birthdays};
 use super::conn_slots::{ConnCmd, ConnSlots};
 use super::rebind::Stray;
+use super::route::PathWatches;
 use super::{deadline_from, queue_bound, sleep_until_opt};
 use crate::conn::ConnConfig;
-use crate::coord::Go;
+use crate::coord::{Go, NatMapping};
 use crate::identity::PeerId;
+use crate::punch::birthday::{BirthdayConfig, BirthdaySide};
 use crate::punch::{Candidate, NoDirectPath, ProbeConfig, ProbeEvent, Prober};
-use crate::socket::{MeshSocket, StunDatagram, StunReceiver};
+use crate::socket::{LocalSocket, MeshSocket, StunDatagram, StunReceiver};
+use crate::stun::StunOwner;
 use crate::turn::msg::parse_data_indication;
 
 /// How one attempt ended.
@@ -122,6 +131,14 @@ pub(crate) struct EngineSettings {
     pub conns: ConnConfig,
     /// Where unclaimed Data indications from relay servers go ([`super::rebind`]).
     pub strays: Option<mpsc::Sender<Stray>>,
+    /// Birthday rounds' settings; `None` turns birthday probing off.
+    pub birthday: Option<BirthdayConfig>,
+    /// This node's NAT mapping, once its own probe found it.
+    pub mapping: watch::Receiver<Option<NatMapping>>,
+    /// The connections' path watches (a birthday pair's `how`).
+    pub watches: Arc<PathWatches>,
+    /// Counters of the birthday rounds.
+    pub birthday_stats: Arc<BirthdayStats>,
 }
 
 impl Engine {
@@ -138,6 +155,7 @@ impl Engine {
             socket,
             local,
             conns: ConnSlots::new(settings.conns.clone()),
+            birthdays: Birthdays::new(settings.birthday.clone().unwrap_or_default()),
             settings,
             attempts: Vec::new(),
             unmatched: 0,
@@ -215,6 +233,7 @@ struct EngineTask {
     settings: EngineSettings,
     attempts: Vec<Attempt>,
     conns: ConnSlots,
+    birthdays: Birthdays,
     unmatched: u64,
 }
 
@@ -222,7 +241,11 @@ impl EngineTask {
     async fn run(mut self, mut stun: StunReceiver, mut starts: mpsc::Receiver<EngineCmd>) {
         loop {
             let attempts = self.attempts.iter().filter_map(Attempt::next_wake).min();
-            let wake = attempts.into_iter().chain(self.conns.next_wake()).min();
+            let wake = attempts
+                .into_iter()
+                .chain(self.conns.next_wake())
+                .chain(self.birthdays.next_wake())
+                .min();
             tokio::select! {
                 datagram = stun.recv() => {
                     let Some(d) = datagram else { break };
@@ -240,6 +263,9 @@ impl EngineTask {
                         }
                     }
                     self.conns.handle_timeout(now, &self.socket.paths());
+                    self.birthdays.handle_timeout(now);
+                    let conns = &self.conns;
+                    self.birthdays.keep(now, |peer, found| conns.uses(peer, found));
                 }
             }
             self.flush().await;
@@ -252,6 +278,9 @@ impl EngineTask {
     }
 
     fn on_cmd(&mut self, now: Instant, cmd: EngineCmd) {
+        if let EngineCmd::Attempt(start) | EngineCmd::Round(start) = &cmd {
+            self.maybe_birthday(now, start);
+        }
         match cmd {
             EngineCmd::Attempt(start) => self.on_start(now, start),
             EngineCmd::Round(start) if self.conns.has(&start.go.peer) => {
@@ -265,13 +294,56 @@ impl EngineTask {
             }
             EngineCmd::Round(start) => self.on_start(now, start),
             EngineCmd::Conn(ConnCmd::Adopt(adoption)) => {
-                let round = self.take_attempt(&adoption.peer);
+                let peer = adoption.peer;
+                let round = self.take_attempt(&peer);
                 self.conns.adopt(now, adoption, round);
+                if let Some(found) = self.birthdays.take_found(&peer) {
+                    self.conns.add_direct(now, &peer, found);
+                }
             }
             EngineCmd::Conn(ConnCmd::Relay { peer, kind }) => {
                 self.conns.add_relay(now, &peer, kind);
             }
         }
+    }
+
+    /// Step 6: starts a birthday round for `start` when the two NATs call for one.
+    fn maybe_birthday(&mut self, now: Instant, start: &Start) {
+        if self.settings.birthday.is_none() {
+            return;
+        }
+        let go = &start.go;
+        let own = *self.settings.mapping.borrow();
+        let Some(side) = side_for(own, go) else {
+            return;
+        };
+        let family = self.socket.family();
+        let target = match side {
+            BirthdaySide::Hard { easy } => easy,
+            BirthdaySide::Easy { hard_ip } => std::net::SocketAddr::new(hard_ip, 1),
+        };
+        if !family.reaches(target)
+            || self.conns.runs_direct(&go.peer)
+            || !self.birthdays.admits(now, &go.peer)
+        {
+            return;
+        }
+        let sockets = match side {
+            BirthdaySide::Easy { .. } => vec![LocalSocket::PRIMARY],
+            BirthdaySide::Hard { .. } => {
+                match self.socket.open_extra(self.birthdays.config().hard_sockets) {
+                    Ok(sockets) => sockets,
+                    Err(e) => {
+                        tracing::warn!(peer = %go.peer.short(), error = %e, "no birthday round");
+                        return;
+                    }
+                }
+            }
+        };
+        let start_at = go.start_at(start.received);
+        self.birthdays
+            .start(now, go.peer, side, go, start_at, sockets);
+        self.settings.birthday_stats.started();
     }
 
     /// The newest attempt with `peer` that nominated or is still probing, taken out of
@@ -332,6 +404,24 @@ impl EngineTask {
 
     fn on_datagram(&mut self, now: Instant, d: StunDatagram) {
         let (from, data) = (d.from, &d.data);
+        // Birthday rounds first: an extra socket carries nothing else, and on the primary
+        // socket the easy side's round must see the hard side's checks (a check from a
+        // port the round's probe opened is its hit, even when the probe itself was
+        // dropped because it came before the hard side's mapping).
+        match self.birthdays.offer(now, d.local, from, data) {
+            Some(heard) => {
+                if let Some((peer, found)) = heard {
+                    self.conns.heard(now, &peer, found);
+                }
+                self.birthdays.after_input(now);
+                return;
+            }
+            None if d.local != LocalSocket::PRIMARY => {
+                self.unmatched += 1;
+                return;
+            }
+            None => {}
+        }
         for a in &mut self.attempts {
             if a.prober.handle_input(now, from, data) {
                 return;
@@ -340,6 +430,7 @@ impl EngineTask {
         if self.conns.offer(now, from, data) {
             return;
         }
+
         if let Some(strays) = &self.settings.strays {
             if self.socket.paths().is_relay_server(&from) {
                 if let Some((peer, _)) = parse_data_indication(data) {
@@ -397,6 +488,35 @@ impl EngineTask {
         for t in self.conns.drain() {
             if let Err(e) = self.socket.send_stun(t.destination, &t.contents).await {
                 tracing::debug!(to = %t.destination, error = %e, "check send failed");
+            }
+        }
+        self.flush_birthdays(now).await;
+    }
+
+    /// Step 6: the rounds' checks and answers go out from their sockets; a validated
+    /// pair goes to its connection's core.
+    async fn flush_birthdays(&mut self, now: Instant) {
+        while let Some(t) = self.birthdays.poll_transmit() {
+            let sent = self
+                .socket
+                .send_stun_from(t.local, StunOwner::Default, t.destination, &t.contents)
+                .await;
+            if let Err(e) = sent {
+                tracing::trace!(to = %t.destination, error = %e, "birthday check not sent");
+            }
+        }
+        while let Some(output) = self.birthdays.poll_output() {
+            self.settings.birthday_stats.count(&output);
+            match output {
+                BirthdayOutput::Validated { peer, found, .. } => {
+                    self.settings.watches.set_birthday(peer, found.remote);
+                    if self.conns.add_direct(now, &peer, found) {
+                        // The core has it; the found pair is not needed any more.
+                        self.birthdays.take_found(&peer);
+                    }
+                }
+                BirthdayOutput::Failed { .. } => {}
+                BirthdayOutput::Close(sockets) => self.socket.close_extra(&sockets),
             }
         }
     }

@@ -27,6 +27,7 @@
 //!    while peer connections already handed out stay up.
 
 mod allow;
+mod birthdays;
 mod candidates;
 mod client;
 mod config;
@@ -45,6 +46,7 @@ mod route;
 mod supervise;
 
 pub use allow::{Allowlist, HOLD as ALLOWLIST_HOLD};
+pub use birthdays::BirthdaySnapshot;
 pub use client::{ClientEvent, ClientSettings, ControlClient, RequestId};
 pub use config::{DirectConfig, IncomingPolicy};
 pub use control::Registration;

@@ -47,6 +47,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::allow::Allowlist;
+use super::birthdays::{BirthdaySnapshot, BirthdayStats};
 use super::candidates::{
     host_addrs, probe_candidates, publish_candidates, registered_relay, Sources,
 };
@@ -128,6 +129,8 @@ pub struct DirectNode {
     /// The predicted candidates (`None` inside until the first observation ended; the
     /// watch is `None` with prediction off).
     predicted: Option<watch::Receiver<Option<Vec<WireCandidate>>>>,
+    /// Counters of the birthday rounds.
+    birthday_stats: Arc<BirthdayStats>,
     /// The control task, dispatch, accept loop and UPnP registration: each holds the
     /// endpoint or a control handle, so they are aborted on drop.
     tasks: Vec<JoinHandle<()>>,
@@ -213,6 +216,10 @@ impl DirectNode {
         .await?;
         let (local_tx, local_rx) = watch::channel(probe_candidates(&host_candidates));
         let (strays_tx, strays_rx) = mpsc::channel(rebind::STRAYS);
+        let watches = Arc::new(PathWatches::default());
+        let birthday_stats = Arc::new(BirthdayStats::default());
+        let (mapping_tx, mapping_rx) = watch::channel(None);
+        let birthday = config.birthday.clone().filter(|_| !config.relay_only);
         let engine = Engine::start(
             endpoint.socket().clone(),
             stun,
@@ -225,6 +232,10 @@ impl DirectNode {
                 to_control,
                 conns: ConnSlots::config(),
                 strays: config.relays.is_some().then_some(strays_tx),
+                birthday: birthday.clone(),
+                mapping: mapping_rx,
+                watches: watches.clone(),
+                birthday_stats: birthday_stats.clone(),
             },
         );
         let relays = config
@@ -235,7 +246,7 @@ impl DirectNode {
             engine,
             control: control.clone(),
             binder: relays.as_ref().map(Relays::binder),
-            watches: Arc::new(PathWatches::default()),
+            watches,
             relay_only: config.relay_only,
             predict_again: Arc::new(tokio::sync::Notify::new()),
         };
@@ -275,7 +286,9 @@ impl DirectNode {
                 Err(e) => tracing::warn!(error = %e, "UPnP off"),
             }
         }
-        let predicted = (config.predict && !config.relay_only).then(|| {
+        // The mappings are observed for prediction and for birthday probing.
+        let observe = (config.predict || birthday.is_some()) && !config.relay_only;
+        let predicted = observe.then(|| {
             let (tx, rx) = watch::channel(None);
             let again = race.predict_again.clone();
             tasks.push(tokio::spawn(predicted::run(
@@ -283,9 +296,11 @@ impl DirectNode {
                 server,
                 again,
                 tx,
+                (mapping_tx, control.clone()),
             )));
             rx
         });
+        let predicted = predicted.filter(|_| config.predict);
         let predicted_rx = predicted.clone();
         let sources = Sources {
             mapped: upnp.as_ref().map(PortMapper::subscribe),
@@ -311,6 +326,7 @@ impl DirectNode {
             race,
             started: Instant::now(),
             predicted: predicted_rx,
+            birthday_stats,
             tasks,
         })
     }
@@ -319,6 +335,11 @@ impl DirectNode {
     /// joiners of a session; open while this node hosts).
     pub fn allowlist(&self) -> &Allowlist {
         &self.allow
+    }
+
+    /// Counters of this node's birthday rounds (see [`DirectConfig::birthday`]).
+    pub fn birthday_stats(&self) -> BirthdaySnapshot {
+        self.birthday_stats.snapshot()
     }
 
     /// This node's peer id.

@@ -14,6 +14,10 @@
 //!    next `Go` a peer gets carries them and its prober checks them like any other
 //!    candidate. A wrong guess costs a few unanswered checks.
 //!
+//! 4. The same observation says how the NAT maps ([`mapping_of`]): the node tells the
+//!    punch server (`NatMapping`, for birthday probing, [`super::birthdays`]) and its
+//!    punch engine.
+//!
 //! A server without an alternate address (not in RFC 5780 mode) ends the task: there is
 //! nothing to observe.
 
@@ -23,8 +27,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify};
 
+use super::control::Control;
 use super::sleep_until_opt;
-use crate::coord::{Candidate as WireCandidate, CandidateKind as WireKind};
+use crate::coord::{Candidate as WireCandidate, CandidateKind as WireKind, NatMapping};
 use crate::nat::{MappingEvent, MappingProbe};
 use crate::punch::predict::{predict, Observed, PredictConfig, Prediction};
 use crate::socket::Endpoint;
@@ -62,6 +67,21 @@ pub(crate) fn candidates_of(event: &MappingEvent, config: PredictConfig) -> Vec<
     }
 }
 
+/// How the NAT maps, from a [`MappingEvent`] (step 4): `None` without an observation.
+pub(crate) fn mapping_of(event: &MappingEvent, config: PredictConfig) -> Option<NatMapping> {
+    let MappingEvent::Observed { fresh, .. } = event else {
+        return None;
+    };
+    let observed = Observed {
+        ports: fresh.clone(),
+    };
+    Some(match predict(&observed, config) {
+        Prediction::Stable(_) => NatMapping::EndpointIndependent,
+        Prediction::Ports { .. } => NatMapping::Predictable,
+        Prediction::Unpredictable => NatMapping::Random,
+    })
+}
+
 /// Runs one probe on the node's socket (step 1).
 async fn observe(endpoint: &Endpoint, server: SocketAddr) -> MappingEvent {
     let (tx, mut answers) = mpsc::channel(ANSWERS);
@@ -96,18 +116,25 @@ async fn observe(endpoint: &Endpoint, server: SocketAddr) -> MappingEvent {
         .unwrap_or_else(|_| MappingEvent::Failed("timed out".into()))
 }
 
-/// Keeps `out` at the current prediction (steps 1-3) until the node goes away (`None`
-/// until the first observation ended); `again` is notified after each introduction.
+/// Keeps `out` at the current prediction (steps 1-3) and `mapping` at the NAT's mapping
+/// (step 4, also told to the punch server through `control`) until the node goes away
+/// (`None` until the first observation ended); `again` is notified after each
+/// introduction.
 pub(crate) async fn run(
     endpoint: Arc<Endpoint>,
     server: SocketAddr,
     again: Arc<Notify>,
     out: watch::Sender<Option<Vec<WireCandidate>>>,
+    (mapping, control): (watch::Sender<Option<NatMapping>>, Control),
 ) {
     loop {
         let event = observe(&endpoint, server).await;
         let candidates = Some(candidates_of(&event, PredictConfig::default()));
         tracing::debug!(?event, ?candidates, "NAT mappings observed");
+        if let Some(found) = mapping_of(&event, PredictConfig::default()) {
+            mapping.send_if_modified(|m| m.replace(found) != Some(found));
+            control.set_mapping(found).await;
+        }
         out.send_if_modified(|c| std::mem::replace(c, candidates.clone()) != candidates);
         if event == MappingEvent::NoAlternate {
             return;
@@ -135,6 +162,19 @@ mod tests {
         assert!(c.iter().all(|c| c.kind == WireKind::ServerReflexive));
         assert_eq!(c[0].addr, "198.18.0.20:20003".parse().expect("addr"));
         assert_eq!(c[7].addr, "198.18.0.20:20010".parse().expect("addr"));
+    }
+
+    #[test]
+    fn the_mapping_follows_the_observed_ports() {
+        let config = PredictConfig::default();
+        let of = |ports| mapping_of(&observed(ports), config);
+        assert_eq!(
+            of(vec![20000, 20000]),
+            Some(NatMapping::EndpointIndependent)
+        );
+        assert_eq!(of(vec![20001, 20002]), Some(NatMapping::Predictable));
+        assert_eq!(of(vec![20001, 41234]), Some(NatMapping::Random));
+        assert_eq!(mapping_of(&MappingEvent::NoAlternate, config), None);
     }
 
     #[test]

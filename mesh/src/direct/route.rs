@@ -75,15 +75,18 @@ pub enum How {
     Predicted,
     /// The peer's UPnP-mapped port.
     Upnp,
+    /// Birthday probing between a random-port NAT and an endpoint-independent one.
+    Birthday,
 }
 
 impl How {
-    /// `"punch"`, `"predicted"` or `"upnp"`.
+    /// `"punch"`, `"predicted"`, `"upnp"` or `"birthday"`.
     pub fn as_str(self) -> &'static str {
         match self {
             How::Punch => "punch",
             How::Predicted => "predicted",
             How::Upnp => "upnp",
+            How::Birthday => "birthday",
         }
     }
 
@@ -184,11 +187,16 @@ pub(crate) struct PathWatches {
     /// and the peer's address on a path the peer reached at one of this node's predicted
     /// ports.
     offered: Mutex<HashMap<PeerId, Offered>>,
+    /// The peer's address on the pair birthday probing found with it.
+    birthday: Mutex<HashMap<PeerId, SocketAddr>>,
 }
 
 /// A peer's candidates from its latest `Go`, and its address on a path it reached at one
 /// of this node's predicted ports.
 type Offered = (Vec<Candidate>, Option<SocketAddr>);
+
+/// Most peers whose birthday pair is remembered.
+const MAX_BIRTHDAY_PAIRS: usize = MAX_WATCHED_PATHS;
 
 impl PathWatches {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Watched>> {
@@ -213,11 +221,25 @@ impl PathWatches {
         }
     }
 
+    /// Birthday probing found a pair with `peer`, at its address `remote`.
+    pub(crate) fn set_birthday(&self, peer: PeerId, remote: SocketAddr) {
+        let mut pairs = self.birthday.lock().unwrap_or_else(|p| p.into_inner());
+        if pairs.len() >= MAX_BIRTHDAY_PAIRS && !pairs.contains_key(&peer) {
+            pairs.clear();
+        }
+        pairs.insert(peer, remote);
+    }
+
     /// How a direct path to `remote` of `peer` was found (`None` for a relayed path).
     pub(crate) fn how(&self, peer: PeerId, path: &ActivePath) -> Option<How> {
         if path.kind != PathType::Direct {
             return None;
         }
+        let birthday = self.birthday.lock().unwrap_or_else(|p| p.into_inner());
+        if birthday.get(&peer) == Some(&path.remote) {
+            return Some(How::Birthday);
+        }
+        drop(birthday);
         let offered = self.offered.lock().unwrap_or_else(|p| p.into_inner());
         let Some((candidates, ours)) = offered.get(&peer) else {
             return Some(How::Punch);

@@ -146,7 +146,7 @@ fn on_event(
                 paths.set_path(&synthetic, path);
             }
             let active = match kind {
-                PathKind::Direct { remote } => ActivePath {
+                PathKind::Direct { remote, .. } => ActivePath {
                     kind: PathType::Direct,
                     remote,
                 },

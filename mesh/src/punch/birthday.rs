@@ -27,6 +27,10 @@
 //! With `n` mapped ports among `N` possible ones and `k` distinct probes, the chance that
 //! no probe hits is `C(N-n, k) / C(N, k)`, close to `exp(-k n / N)`: 256 sockets and 1024
 //! probes over 64,512 ports succeed about 98.3 % of the time ([`success_probability`]).
+//! After the hit, [`BirthdayProber::consent`] sends a check on the validated pair (the
+//! driver calls it while the path lives, RFC 7675): the answers keep the pair's NAT
+//! mappings open and tell the driver the path is alive on an idle connection.
+//!
 //! Checks are STUN Binding requests with the per-attempt short-term credentials of
 //! RFC 8445 (only peers the coordinator introduced can validate anything); answers to
 //! requests that do not authenticate are never sent.
@@ -165,6 +169,8 @@ pub struct BirthdayProber {
     events: VecDeque<BirthdayEvent>,
     counters: BirthdayCounters,
     done: bool,
+    /// The validated pair.
+    validated: Option<(SocketIndex, SocketAddr)>,
 }
 
 impl BirthdayProber {
@@ -192,6 +198,7 @@ impl BirthdayProber {
             events: VecDeque::new(),
             counters: BirthdayCounters::default(),
             done: false,
+            validated: None,
             rng,
             start_at,
             side,
@@ -270,6 +277,7 @@ impl BirthdayProber {
                 };
                 if !self.done {
                     self.done = true;
+                    self.validated = Some((socket, from));
                     self.events.push_back(BirthdayEvent::Validated {
                         socket,
                         remote: from,
@@ -279,6 +287,36 @@ impl BirthdayProber {
                 true
             }
         }
+    }
+
+    /// The validated pair (local socket, remote), once there is one.
+    pub fn validated(&self) -> Option<(SocketIndex, SocketAddr)> {
+        self.validated
+    }
+
+    /// Sends one consent check on the validated pair (nothing before it validated). The
+    /// driver paces these; they are not counted against the probing caps.
+    pub fn consent(&mut self, now: Instant) {
+        let Some((socket, remote)) = self.validated else {
+            return;
+        };
+        let transaction: [u8; 12] = self.rng.gen();
+        let priority = Candidate::priority_of(CandidateKind::PeerReflexive, u16::MAX);
+        let contents = encode_request(
+            &transaction,
+            &self.username_out,
+            self.creds.remote_pwd.as_bytes(),
+            priority,
+            RoleAttr::Controlling(self.tie_breaker),
+            false,
+        );
+        self.remember(InFlight {
+            transaction,
+            socket,
+            destination: remote,
+            sent: now,
+        });
+        self.queue(socket, remote, contents);
     }
 
     /// Sends the checks that are due; gives up at the budget.
@@ -379,18 +417,23 @@ impl BirthdayProber {
             role,
             false,
         );
-        self.in_flight.push_back(InFlight {
+        self.remember(InFlight {
             transaction,
             socket,
             destination,
             sent: now,
         });
+        self.counters.checks_sent += 1;
+        self.queue(socket, destination, contents);
+    }
+
+    /// Keeps a check's transaction for its answer (bounded: the oldest go first).
+    fn remember(&mut self, flight: InFlight) {
+        self.in_flight.push_back(flight);
         let cap = self.config.hard_sockets.max(self.config.max_probes) * 2 + 16;
         while self.in_flight.len() > cap {
             self.in_flight.pop_front();
         }
-        self.counters.checks_sent += 1;
-        self.queue(socket, destination, contents);
     }
 
     fn queue(&mut self, socket: SocketIndex, destination: SocketAddr, contents: Vec<u8>) {

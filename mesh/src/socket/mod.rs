@@ -18,6 +18,7 @@
 
 pub mod demux;
 pub mod endpoint;
+pub mod extra;
 pub mod family;
 pub mod path;
 pub mod poller;
@@ -28,6 +29,7 @@ pub use endpoint::{
     default_transport, endpoint_config, BindError, ConnectError, Endpoint, EndpointOptions,
     PeerConnection, INITIAL_RTT,
 };
+pub use extra::{ExtraSocketError, MAX_EXTRA_SOCKETS};
 pub use family::{bind_udp, canonical, SocketFamily};
 pub use path::{LocalSocket, Path, PathTable};
 pub use poller::{SharedUdpSocket, WritablePoller};

@@ -302,13 +302,29 @@ impl PathTable {
     /// canonical already (the socket makes it so; this runs per packet).
     #[inline]
     pub fn on_incoming(&mut self, now: Instant, from: SocketAddr) -> Option<SocketAddr> {
-        if let Some(&id) = self.by_source.get(&Path::direct(from)) {
+        self.on_incoming_on(now, from, LocalSocket::PRIMARY)
+    }
+
+    /// [`PathTable::on_incoming`] for a datagram that arrived on local socket `local`: a
+    /// path is a (remote, local socket) pair.
+    #[inline]
+    pub fn on_incoming_on(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        local: LocalSocket,
+    ) -> Option<SocketAddr> {
+        let path = Path::Direct {
+            remote: from,
+            local,
+        };
+        if let Some(&id) = self.by_source.get(&path) {
             if let Some(e) = self.entries.get_mut(&id) {
-                e.note_rx(Path::direct(from), now);
+                e.note_rx(path, now);
                 return Some(synthetic_addr(id));
             }
         }
-        self.insert(now, Path::direct(from), None).ok()
+        self.insert(now, path, None).ok()
     }
 
     /// The synthetic address of a datagram that arrived from TURN server `server` on

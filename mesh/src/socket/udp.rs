@@ -26,6 +26,10 @@
 //!    queued under the peer's synthetic address and handed to quinn at the next receive.
 //!    Sends on a relayed path get a ChannelData header per segment.
 //!
+//! 6. Extra local sockets ([`super::extra`], birthday probing): polled after the primary
+//!    one with the same demux, their datagrams tagged with their [`LocalSocket`]; a path
+//!    naming one is sent from it.
+//!
 //! Per direct packet there is no allocation except copying a STUN datagram into its queue;
 //! a relayed datagram is copied once each way.
 
@@ -35,7 +39,7 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -45,6 +49,7 @@ use tokio::io::Interest;
 use tokio::sync::mpsc;
 
 use super::demux::{retain_quic, DatagramKind};
+use super::extra::{ExtraSocket, ExtraSocketError, ExtraSockets};
 use super::family::{bind_udp, canonical, SocketFamily};
 use super::path::{is_synthetic, PathTable};
 use super::path::{LocalSocket, Path};
@@ -61,6 +66,8 @@ pub const DEFAULT_STUN_QUEUE: usize = 256;
 pub struct StunDatagram {
     /// The real address it came from.
     pub from: SocketAddr,
+    /// The local socket it arrived on.
+    pub local: LocalSocket,
     /// The whole datagram.
     pub data: Bytes,
 }
@@ -144,6 +151,9 @@ pub enum RawSendError {
     /// The socket is of the other address family (an IPv4-only socket cannot reach IPv6).
     #[error("{0} is not reachable from a socket of family {1:?}")]
     WrongFamily(SocketAddr, SocketFamily),
+    /// No extra local socket has that id (closed).
+    #[error("no local socket {0:?}")]
+    NoSuchSocket(LocalSocket),
     /// The socket failed.
     #[error("send failed: {0}")]
     Io(#[from] io::Error),
@@ -157,6 +167,7 @@ pub struct MeshSocket {
     paths: Mutex<PathTable>,
     relayed: Mutex<RelayedQueue>,
     stun: Mutex<StunQueues>,
+    extras: ExtraSockets,
     counters: Counters,
 }
 
@@ -194,6 +205,7 @@ impl MeshSocket {
             paths: Mutex::new(paths),
             relayed: Mutex::new(RelayedQueue::new(DEFAULT_RELAYED_QUEUE)),
             stun: Mutex::new(stun),
+            extras: ExtraSockets::default(),
             counters: Counters::default(),
         };
         Ok((Arc::new(socket), StunReceiver(stun_rx)))
@@ -202,6 +214,26 @@ impl MeshSocket {
     /// The real local address of the socket.
     pub fn real_local_addr(&self) -> io::Result<SocketAddr> {
         self.io.local_addr()
+    }
+
+    /// Opens `n` extra local sockets on this socket's IP ([`super::extra`]); their ids.
+    pub fn open_extra(&self, n: usize) -> Result<Vec<LocalSocket>, ExtraSocketError> {
+        self.extras.open(self.io.local_addr()?, n)
+    }
+
+    /// Closes extra local sockets (unknown ids are ignored).
+    pub fn close_extra(&self, ids: &[LocalSocket]) {
+        self.extras.close(ids);
+    }
+
+    /// How many extra local sockets are open.
+    pub fn extra_count(&self) -> usize {
+        self.extras.len()
+    }
+
+    /// The real local address of extra socket `id`, if open.
+    pub fn extra_local_addr(&self, id: LocalSocket) -> Option<SocketAddr> {
+        self.extras.local_addr(id)
     }
 
     /// The address families the socket reaches.
@@ -262,6 +294,19 @@ impl MeshSocket {
         dest: SocketAddr,
         data: &[u8],
     ) -> Result<(), RawSendError> {
+        self.send_stun_from(LocalSocket::PRIMARY, owner, dest, data)
+            .await
+    }
+
+    /// Sends one raw datagram like [`Self::send_stun_as`] from local socket `local` (an
+    /// extra socket's datagram that would block is dropped: it is a probe).
+    pub async fn send_stun_from(
+        &self,
+        local: LocalSocket,
+        owner: StunOwner,
+        dest: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), RawSendError> {
         if is_synthetic(&dest) {
             return Err(RawSendError::SyntheticDestination(dest));
         }
@@ -278,6 +323,15 @@ impl MeshSocket {
         self.stun_queues()
             .router
             .on_send(Instant::now(), owner, data);
+        if local != LocalSocket::PRIMARY {
+            let Some(extra) = self.extras.get(local) else {
+                return Err(RawSendError::NoSuchSocket(local));
+            };
+            return match extra.state.send((&extra.io).into(), &transmit) {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e.into()),
+                _ => Ok(()),
+            };
+        }
         loop {
             self.io.writable().await?;
             match self.io.try_io(Interest::WRITABLE, || {
@@ -321,14 +375,87 @@ impl MeshSocket {
         Ok(())
     }
 
+    /// Sends a transmit from extra socket `local` (a closed socket's packet is dropped and
+    /// counted, as is one that would block: quinn's poller watches the primary socket).
+    fn send_extra(
+        &self,
+        transmit: &Transmit<'_>,
+        local: LocalSocket,
+        remote: SocketAddr,
+    ) -> io::Result<()> {
+        let extra = self.extras.get(local);
+        let routed = extra.and_then(|e| self.family.to_socket(remote).map(|d| (e, d)));
+        let Some((extra, destination)) = routed else {
+            self.counters.unroutable_tx.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(?local, %remote, "no such local socket, dropped");
+            return Ok(());
+        };
+        let real = Transmit {
+            destination,
+            ecn: transmit.ecn,
+            contents: transmit.contents,
+            segment_size: transmit.segment_size,
+            src_ip: transmit.src_ip,
+        };
+        match extra.state.send((&extra.io).into(), &real) {
+            Ok(()) => {
+                self.counters.quic_tx.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.counters.unroutable_tx.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// One receive poll of the extra sockets: `Ready(n)` with `n > 0` when one delivered
+    /// QUIC, `Ready(0)` when some was readable (poll again), `Pending` when none was.
+    fn poll_recv_extra(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        if self.extras.is_empty() {
+            return Poll::Pending;
+        }
+        let extras = self.extras.read();
+        let mut readable = false;
+        for extra in extras.iter() {
+            let ExtraSocket { id, io, state } = extra.as_ref();
+            match io.poll_recv_ready(cx) {
+                Poll::Pending => continue,
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(?id, error = %e, "extra socket failed");
+                    continue;
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            readable = true;
+            let received = io.try_io(Interest::READABLE, || state.recv(io.into(), bufs, meta));
+            let Ok(n) = received else { continue };
+            let kept = self.filter_batch(bufs, meta, n, *id);
+            if kept > 0 {
+                return Poll::Ready(Ok(kept));
+            }
+        }
+        if readable {
+            Poll::Ready(Ok(0))
+        } else {
+            Poll::Pending
+        }
+    }
+
     /// Routes one STUN datagram to its owner's queue, copying it only when there is one.
-    fn queue_stun(&self, from: SocketAddr, data: &[u8]) {
+    fn queue_stun(&self, from: SocketAddr, local: LocalSocket, data: &[u8]) {
         let queued = {
             let mut stun = self.stun_queues();
             match stun.router.route(Instant::now(), data) {
                 Route::To(owner) => stun.owners[owner.index()].as_ref().map(|queue| {
                     let datagram = StunDatagram {
                         from,
+                        local,
                         data: Bytes::copy_from_slice(data),
                     };
                     queue.try_send(datagram).is_ok()
@@ -355,9 +482,15 @@ impl MeshSocket {
 
     /// Demultiplexes one received datagram or GRO batch in place (see [`retain_quic`]);
     /// returns the number of QUIC bytes left at the start of `buf`.
-    fn demux_in_place(&self, buf: &mut [u8], stride: usize, from: SocketAddr) -> usize {
+    fn demux_in_place(
+        &self,
+        buf: &mut [u8],
+        stride: usize,
+        from: SocketAddr,
+        local: LocalSocket,
+    ) -> usize {
         let (kept, segments) = retain_quic(buf, stride, |kind, data| match kind {
-            DatagramKind::Stun => self.queue_stun(from, data),
+            DatagramKind::Stun => self.queue_stun(from, local, data),
             _ => {
                 self.counters.unknown_rx.fetch_add(1, Ordering::Relaxed);
                 tracing::trace!(%from, len = data.len(), first = ?data.first(), "unknown datagram dropped");
@@ -381,7 +514,7 @@ impl MeshSocket {
     ) {
         let mut queue = self.relayed.lock().unwrap_or_else(|p| p.into_inner());
         relay::split(buf, stride, |segment| match segment {
-            RelaySegment::Stun(data) => self.queue_stun(server, data),
+            RelaySegment::Stun(data) => self.queue_stun(server, LocalSocket::PRIMARY, data),
             RelaySegment::Channel { channel, payload } => {
                 let queued = table
                     .on_relayed(now, server, channel)
@@ -434,7 +567,13 @@ impl MeshSocket {
     }
 
     /// Post-processes a received batch in place; returns how many entries quinn gets.
-    fn filter_batch(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta], n: usize) -> usize {
+    fn filter_batch(
+        &self,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+        n: usize,
+        local: LocalSocket,
+    ) -> usize {
         let now = Instant::now();
         let mut kept = 0;
         let mut paths: Option<MutexGuard<'_, PathTable>> = None;
@@ -443,15 +582,15 @@ impl MeshSocket {
             let from = canonical(m.addr);
             let len = m.len.min(bufs[i].len());
             let table = paths.get_or_insert_with(|| self.paths());
-            if table.is_relay_server(&from) {
+            if local == LocalSocket::PRIMARY && table.is_relay_server(&from) {
                 self.unwrap_relayed(table, now, from, &bufs[i][..len], m.stride);
                 continue;
             }
-            let quic_len = self.demux_in_place(&mut bufs[i][..len], m.stride, from);
+            let quic_len = self.demux_in_place(&mut bufs[i][..len], m.stride, from, local);
             if quic_len == 0 {
                 continue;
             }
-            let Some(synthetic) = table.on_incoming(now, from) else {
+            let Some(synthetic) = table.on_incoming_on(now, from, local) else {
                 self.counters.table_full.fetch_add(1, Ordering::Relaxed);
                 tracing::trace!(%from, "path table full, datagram dropped");
                 continue;
@@ -481,9 +620,11 @@ impl AsyncUdpSocket for MeshSocket {
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
         let path = self.paths().resolve(&transmit.destination);
-        // This socket is the node's primary one: a path from another local socket is not
-        // sent from here.
-        let path = path.filter(|p| p.local() == LocalSocket::PRIMARY);
+        if let Some(Path::Direct { remote, local }) =
+            path.filter(|p| p.local() != LocalSocket::PRIMARY)
+        {
+            return self.send_extra(transmit, local, remote);
+        }
         let routed = path.and_then(|p| self.family.to_socket(p.remote()).map(|d| (p, d)));
         let Some((path, destination)) = routed else {
             self.counters.unroutable_tx.fetch_add(1, Ordering::Relaxed);
@@ -519,14 +660,21 @@ impl AsyncUdpSocket for MeshSocket {
             if relayed > 0 {
                 return Poll::Ready(Ok(relayed));
             }
-            ready!(self.io.poll_recv_ready(cx))?;
+            let primary = match self.io.poll_recv_ready(cx) {
+                Poll::Ready(ready) => ready,
+                Poll::Pending => match self.poll_recv_extra(cx, bufs, meta) {
+                    Poll::Ready(Ok(0)) => continue,
+                    other => return other,
+                },
+            };
+            primary?;
             let received = self.io.try_io(Interest::READABLE, || {
                 self.state.recv((&self.io).into(), bufs, meta)
             });
             // As quinn's own tokio socket: on an error (readiness cleared on WouldBlock), poll
             // again.
             let Ok(n) = received else { continue };
-            let kept = self.filter_batch(bufs, meta, n);
+            let kept = self.filter_batch(bufs, meta, n, LocalSocket::PRIMARY);
             if kept > 0 {
                 return Poll::Ready(Ok(kept));
             }

@@ -15,7 +15,9 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use mesh::coord::{Candidate, CandidateKind, ClientMsg, FrameDecoder, ServerMsg, MAX_CANDIDATES};
+use mesh::coord::{
+    Candidate, CandidateKind, ClientMsg, FrameDecoder, NatMapping, ServerMsg, MAX_CANDIDATES,
+};
 use mesh::identity::PeerId;
 
 use super::config::CoordConfig;
@@ -57,6 +59,9 @@ pub(crate) struct Conn {
     /// The peer asked to keep its address from other peers (`HideAddress`): its observed
     /// address is not handed out as a reflexive candidate.
     pub(crate) hide_observed: bool,
+    /// How the peer's NAT maps (`NatMapping`): passed on before each `Go` of its peers, and
+    /// the peer is sent its peers' mappings (it understands `PeerMapping`).
+    pub(crate) mapping: Option<NatMapping>,
     /// The last message other than a ping or pong (or the connect).
     pub(crate) last_active: Instant,
     /// The connection's park timer entry, if one is set.
@@ -92,6 +97,7 @@ impl Conn {
             incoming: Vec::new(),
             parkable: false,
             hide_observed: false,
+            mapping: None,
             last_active: now,
             park_at: None,
             deferred: Vec::new(),

@@ -349,6 +349,11 @@ impl Coordinator {
                     c.hide_observed = true;
                 }
             }
+            ClientMsg::NatMapping { mapping } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.mapping = Some(mapping);
+                }
+            }
         }
     }
 

@@ -355,6 +355,7 @@ impl Coordinator {
         let plan = plan_start(&req.rtt, &tgt.rtt, &self.config);
         let (req_peer, req_cands) = (req.peer, req.candidates_for_peer());
         let (tgt_peer, tgt_cands) = (tgt.peer, tgt.candidates_for_peer());
+        let (req_mapping, tgt_mapping) = (req.mapping, tgt.mapping);
         for c in [p.requester, conn] {
             if let Some(c) = self.conns.get_mut(&c) {
                 c.limits.attempts.take(now);
@@ -375,7 +376,28 @@ impl Coordinator {
             credentials: credentials.swapped(),
             start_in: plan.start_in_target,
             role: Role::Controlled,
+            peer_mapping: None,
         };
+        // Each side that told its own mapping learns the other's (birthday probing).
+        if let (Some(_), Some(mapping)) = (req_mapping, tgt_mapping) {
+            let request_id = p.requester_request;
+            self.send(
+                p.requester,
+                ServerMsg::PeerMapping {
+                    request_id,
+                    mapping,
+                },
+            );
+        }
+        if let (Some(_), Some(mapping)) = (tgt_mapping, req_mapping) {
+            self.send(
+                conn,
+                ServerMsg::PeerMapping {
+                    request_id: id,
+                    mapping,
+                },
+            );
+        }
         self.send(
             p.requester,
             ServerMsg::Go(Go {
@@ -385,6 +407,7 @@ impl Coordinator {
                 credentials,
                 start_in: plan.start_in_requester,
                 role: Role::Controlling,
+                peer_mapping: None,
             }),
         );
         self.send(conn, ServerMsg::Go(target_go));

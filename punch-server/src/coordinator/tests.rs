@@ -14,7 +14,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mesh::coord::{
-    encode, Candidate, CandidateKind, ClientMsg, ErrorKind, Go, Role, ServerMsg, PROTOCOL_VERSION,
+    encode, Candidate, CandidateKind, ClientMsg, ErrorKind, Go, NatMapping, Role, ServerMsg,
+    PROTOCOL_VERSION,
 };
 use mesh::identity::PeerId;
 
@@ -180,6 +181,47 @@ fn happy_path() {
     encode(&ServerMsg::Go(a), &mut buf).unwrap();
     assert_eq!(h.c.stats().accepted, 2);
     assert_eq!(h.c.pending_requests(), 0);
+}
+
+#[test]
+fn nat_mappings_are_passed_on_to_peers_that_tell_their_own() {
+    let mut h = two_peers();
+    let (hard, easy) = (NatMapping::Random, NatMapping::EndpointIndependent);
+    // Only the target tells: the requester (an older peer) is sent nothing new.
+    h.msg(2, ClientMsg::NatMapping { mapping: easy });
+    let id = h.request(7);
+    h.msg(2, ClientMsg::Accept { request_id: id });
+    let (a, b) = gos(h.drain());
+    assert_eq!((a.peer_mapping, b.peer_mapping), (None, None));
+    // Both tell: each gets the other's, right before its Go, under its own request id.
+    h.msg(1, ClientMsg::NatMapping { mapping: hard });
+    let id = h.request(8);
+    h.msg(2, ClientMsg::Accept { request_id: id });
+    let out = h.drain();
+    let hint = |conn: u64| {
+        out.iter()
+            .position(|(c, m)| *c == conn && matches!(m, ServerMsg::PeerMapping { .. }))
+    };
+    let go_at = |conn: u64| {
+        out.iter()
+            .position(|(c, m)| *c == conn && matches!(m, ServerMsg::Go(_)))
+    };
+    let (h1, h2) = (hint(1).expect("hint 1"), hint(2).expect("hint 2"));
+    assert!(h1 < go_at(1).expect("go 1") && h2 < go_at(2).expect("go 2"));
+    assert_eq!(
+        out[h1].1,
+        ServerMsg::PeerMapping {
+            request_id: 8,
+            mapping: easy
+        }
+    );
+    assert_eq!(
+        out[h2].1,
+        ServerMsg::PeerMapping {
+            request_id: id,
+            mapping: hard
+        }
+    );
 }
 
 #[test]

@@ -91,6 +91,9 @@ enum Command {
         /// changes are still reported.
         #[arg(long, env = "PEER_IDLE_MS", default_value_t = 0)]
         idle_ms: u64,
+        /// End `--idle-ms` early once the connection runs on a direct path.
+        #[arg(long, env = "PEER_UNTIL_DIRECT")]
+        until_direct: bool,
     },
     /// Print this host's NAT behaviour (RFC 5780), and with `--punch` the registration,
     /// the RTT to the punch server and the UPnP result, as one JSON line.
@@ -236,11 +239,13 @@ async fn run(command: Command, stop: Stop) -> ExitCode {
             echo_timeout_ms,
             attempts,
             idle_ms,
+            until_direct,
         } => {
             let echo = punch::Echo {
                 bytes,
                 timeout: Duration::from_millis(echo_timeout_ms),
                 idle: Duration::from_millis(idle_ms),
+                until_direct,
             };
             punch::dial(node, &peer, echo, attempts, &stop).await
         }
@@ -267,6 +272,7 @@ async fn run(command: Command, stop: Stop) -> ExitCode {
                 relay_only: false,
                 // The doctor runs its own NAT discovery.
                 no_predict: true,
+                no_birthday: true,
                 upnp_search_ms: punch::DEFAULT_UPNP_SEARCH_MS,
                 budget_ms: punch::DEFAULT_BUDGET_MS,
                 connect_timeout_ms,

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use mesh::coord::PunchAddr;
 use mesh::direct::{
     ActivePath, DialError, DirectConfig, DirectConnection, DirectNode, HowFinder, IncomingPolicy,
+    PathType,
 };
 use mesh::identity::{Identity, PeerId};
 use mesh::socket::ConnectError;
@@ -86,6 +87,10 @@ pub struct NodeArgs {
     /// sequence).
     #[arg(long, env = "PEER_NO_PREDICT")]
     pub no_predict: bool,
+    /// Do not run birthday probing (many sockets and random-port probes between a
+    /// random-port NAT and an endpoint-independent one).
+    #[arg(long, env = "PEER_NO_BIRTHDAY")]
+    pub no_birthday: bool,
     /// SSDP search timeout of the UPnP gateway discovery, in milliseconds.
     #[arg(long, default_value_t = DEFAULT_UPNP_SEARCH_MS)]
     pub upnp_search_ms: u64,
@@ -116,6 +121,9 @@ impl NodeArgs {
         }
         config.relay_only = self.relay_only;
         config.predict = !self.no_predict;
+        if self.no_birthday {
+            config.birthday = None;
+        }
         config.probe.budget = Duration::from_millis(self.budget_ms.max(1));
         config.connect_timeout = Duration::from_millis(self.connect_timeout_ms.max(1));
         Ok(config)
@@ -196,8 +204,10 @@ fn connected_line(c: &DirectConnection) -> Value {
 }
 
 /// Prints `path_changed` each time the connection moves to another path (the task is
-/// aborted when the connection is done); a direct path says `how` it was found.
+/// aborted when the connection is done), with `after_ms` since the task started (when the
+/// connection was up); a direct path says `how` it was found.
 async fn report_path_changes(peer: PeerId, mut path: watch::Receiver<ActivePath>, how: HowFinder) {
+    let since = Instant::now();
     while path.changed().await.is_ok() {
         let p = *path.borrow_and_update();
         let mut line = json!({
@@ -205,6 +215,7 @@ async fn report_path_changes(peer: PeerId, mut path: watch::Receiver<ActivePath>
             "peer": peer.to_string(),
             "path": p.kind.as_str(),
             "remote": p.remote.to_string(),
+            "after_ms": ms(since.elapsed()),
         });
         if let Some(how) = how.how(&p) {
             line["how"] = how.as_str().into();
@@ -429,6 +440,8 @@ pub struct Echo {
     pub timeout: Duration,
     /// How long the connection stays idle before the echo.
     pub idle: Duration,
+    /// Ends the idle time early once the connection runs on a direct path.
+    pub until_direct: bool,
 }
 
 /// The connect-and-echo attempts of `peer dial`.
@@ -437,6 +450,7 @@ async fn dial_attempts(node: &DirectNode, target: PeerId, echo: Echo, attempts: 
         bytes,
         timeout: echo_timeout,
         idle,
+        until_direct,
     } = echo;
     let mut attempt = 0;
     loop {
@@ -449,7 +463,13 @@ async fn dial_attempts(node: &DirectNode, target: PeerId, echo: Echo, attempts: 
                     conn.path.clone(),
                     conn.how.clone(),
                 ));
-                tokio::time::sleep(idle).await;
+                let mut path = conn.path.clone();
+                if until_direct {
+                    let direct = path.wait_for(|p| p.kind == PathType::Direct);
+                    let _ = tokio::time::timeout(idle, direct).await;
+                } else {
+                    tokio::time::sleep(idle).await;
+                }
                 let result = tokio::time::timeout(echo_timeout, echo_check(&conn, bytes)).await;
                 paths.abort();
                 conn.peer.connection.close(0u32.into(), b"done");
@@ -459,6 +479,7 @@ async fn dial_attempts(node: &DirectNode, target: PeerId, echo: Echo, attempts: 
                         emit(
                             &json!({"event": "echo_ok", "bytes": bytes, "mbit_s": (mbit_s * 100.0).round() / 100.0, "attempt": attempt}),
                         );
+                        report_birthday(node);
                         return ExitCode::SUCCESS;
                     }
                     Ok(Err(detail)) => ("echo_failed", detail),
@@ -482,6 +503,23 @@ async fn dial_attempts(node: &DirectNode, target: PeerId, echo: Echo, attempts: 
         }
         emit(&json!({"event": "retry", "attempt": attempt, "kind": kind, "detail": detail}));
     }
+}
+
+/// Prints a `birthday` line with the node's birthday rounds, if it ran any: rounds,
+/// validated, failed, checks sent and the latest pair's time from its round's start.
+fn report_birthday(node: &DirectNode) {
+    let b = node.birthday_stats();
+    if b.rounds == 0 {
+        return;
+    }
+    emit(&json!({
+        "event": "birthday",
+        "rounds": b.rounds,
+        "validated": b.validated,
+        "failed": b.failed,
+        "checks": b.checks,
+        "last_after_ms": ms(b.last_after),
+    }));
 }
 
 /// Sends `bytes` bytes on a new stream and checks the echo; returns the seconds it took.

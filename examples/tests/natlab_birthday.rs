@@ -1,0 +1,177 @@
+//! NAT lab tests of birthday probing: `peer` nodes across real NAT routers in network
+//! namespaces, one behind a symmetric NAT that picks random ports (`masquerade
+//! fully-random`), the other behind a port-restricted one (endpoint-independent mapping),
+//! with our `proxy` and a `punch-server` in RFC 5780 mode offering it. **These tests need
+//! root** (see `natlab_punch.rs`); each builds its own lab.
+//!
+//! Flow of each test:
+//! 1. Build the lab; start the proxy and the punch server (alternate address on, so both
+//!    nodes observe how their NAT maps and tell the server); start `peer listen` behind B
+//!    and wait for its `relayed` line.
+//! 2. Dial from behind A [`RUNS`] times (a fresh node each time), each dial holding the
+//!    connection idle until it runs direct (at most [`WAIT_DIRECT`]) before its echo.
+//!    Hole punching alone never opens this pair, so each connection starts on the relay;
+//!    birthday probing runs meanwhile and, when a probe lands, the connection moves to
+//!    the pair: `path_changed` to `direct` with `how: birthday`.
+//! 3. Every echo completes (on the relay when the round found nothing), and most runs go
+//!    direct; the rate, the time to the direct path and the checks spent are printed.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use common::{
+    json_lines, next_json, pair_lab as lab, start_listener, start_relay_servers, Listener, Servers,
+};
+use natlab::{Host, Lab, NatType};
+
+/// Dials per direction (20 in all).
+const RUNS: usize = 10;
+/// Longest idle wait for the direct path before the echo.
+const WAIT_DIRECT: Duration = Duration::from_secs(8);
+const ECHO_BYTES: usize = 256 * 1024;
+
+/// `peer listen` behind B with its relayed address registered.
+fn listener(lab: &Lab, servers: &Servers) -> Result<Listener> {
+    let mut l = start_listener(lab, Host::LanB1, &servers.punch, false)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let v = next_json(&mut l.process, left, "relayed")?;
+        if v["event"] == "relayed" {
+            return Ok(l);
+        }
+    }
+}
+
+/// One dial's outcome.
+struct Run {
+    /// `after_ms` of the `path_changed` to a birthday pair.
+    direct_after_ms: Option<f64>,
+    /// Checks the dialer sent in its rounds.
+    checks: u64,
+}
+
+/// Runs one `peer dial` behind A and checks what a player would: connected, echoed.
+fn dial_once(lab: &Lab, servers: &Servers, l: &Listener) -> Result<Run> {
+    let punch = servers.punch.punch_addr();
+    let bytes = ECHO_BYTES.to_string();
+    let idle = WAIT_DIRECT.as_millis().to_string();
+    let args = [
+        "dial",
+        "--punch",
+        &punch,
+        "--no-upnp",
+        "--bytes",
+        &bytes,
+        "--idle-ms",
+        &idle,
+        "--until-direct",
+        "--attempts",
+        "1",
+        &l.peer,
+    ];
+    let out = lab.run(
+        Host::LanA1,
+        env!("CARGO_BIN_EXE_peer"),
+        &args,
+        Duration::from_secs(60),
+    )?;
+    let lines = json_lines(&out.stdout);
+    for line in &lines {
+        eprintln!("dial: {line}");
+    }
+    anyhow::ensure!(
+        out.success(),
+        "dial failed: {lines:?}; stderr {}",
+        out.stderr
+    );
+    let find = |name: &str| lines.iter().find(|l| l["event"] == name);
+    let connected = find("connected").with_context(|| format!("no connected: {lines:?}"))?;
+    anyhow::ensure!(
+        connected["path"] == "relay",
+        "starts on the relay: {connected}"
+    );
+    let echo = find("echo_ok").context("no echo_ok")?;
+    anyhow::ensure!(echo["bytes"] == ECHO_BYTES, "{echo}");
+    let direct = lines
+        .iter()
+        .find(|l| l["event"] == "path_changed" && l["path"] == "direct");
+    if let Some(d) = direct {
+        anyhow::ensure!(
+            d["how"] == "birthday",
+            "a direct path here is a birthday pair: {d}; stderr {}",
+            out.stderr
+        );
+    }
+    let checks = find("birthday")
+        .and_then(|b| b["checks"].as_u64())
+        .unwrap_or(0);
+    Ok(Run {
+        direct_after_ms: direct.and_then(|d| d["after_ms"].as_f64()),
+        checks,
+    })
+}
+
+/// [`RUNS`] dials from behind a port-restricted (`a`) or symmetric NAT to a listener
+/// behind the other; returns the runs.
+fn runs(test: &str, label: &str, a: NatType, b: NatType) -> Result<Vec<Run>> {
+    let lab = lab(test, label, a, b)?;
+    let servers = start_relay_servers(&lab, true)?;
+    let l = listener(&lab, &servers)?;
+    let mut out = Vec::new();
+    for _ in 0..RUNS {
+        match dial_once(&lab, &servers, &l) {
+            Ok(run) => out.push(run),
+            Err(e) => anyhow::bail!("{e:#}\nlistener stderr: {}", l.process.stderr()),
+        }
+    }
+    Ok(out)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or(f64::NAN)
+}
+
+/// Symmetric (random ports) x port-restricted, both ways: most runs go direct by birthday
+/// probing, every echo completes.
+#[test]
+fn symmetric_and_port_restricted_go_direct_by_birthday_probing() -> Result<()> {
+    let test = "symmetric_and_port_restricted_go_direct_by_birthday_probing";
+    if natlab::skip_requested(test) {
+        return Ok(());
+    }
+    let mut all = runs(test, "bday", NatType::PortRestricted, NatType::Symmetric)?;
+    let hard_listener = all.len();
+    all.extend(runs(
+        test,
+        "bdayd",
+        NatType::Symmetric,
+        NatType::PortRestricted,
+    )?);
+    let mut times: Vec<f64> = all.iter().filter_map(|r| r.direct_after_ms).collect();
+    times.sort_by(f64::total_cmp);
+    let direct = times.len();
+    let listener_direct = all[..hard_listener]
+        .iter()
+        .filter(|r| r.direct_after_ms.is_some())
+        .count();
+    let checks: Vec<u64> = all.iter().map(|r| r.checks).collect();
+    eprintln!(
+        "birthday: {direct}/{} runs direct ({listener_direct}/{hard_listener} with the \
+         symmetric listener); relay to direct p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+         dialer checks per run {checks:?}",
+        all.len(),
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times.last().copied().unwrap_or(f64::NAN),
+    );
+    anyhow::ensure!(
+        direct * 2 > all.len(),
+        "most runs go direct: {direct}/{}",
+        all.len()
+    );
+    Ok(())
+}
