@@ -20,9 +20,10 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use common::{
-    json_lines, next_json, pair_lab as lab, start_listener, start_relay_servers, Listener, Servers,
+    dial_until_direct, next_json, pair_lab as lab, start_listener, start_relay_servers, Listener,
+    Servers, UntilDirect,
 };
 use natlab::{Host, Lab, NatType};
 
@@ -45,78 +46,27 @@ fn listener(lab: &Lab, servers: &Servers) -> Result<Listener> {
     }
 }
 
-/// One dial's outcome.
-struct Run {
-    /// `after_ms` of the `path_changed` to a birthday pair.
-    direct_after_ms: Option<f64>,
-    /// Checks the dialer sent in its rounds.
-    checks: u64,
-}
-
-/// Runs one `peer dial` behind A and checks what a player would: connected, echoed.
-fn dial_once(lab: &Lab, servers: &Servers, l: &Listener) -> Result<Run> {
-    let punch = servers.punch.punch_addr();
-    let bytes = ECHO_BYTES.to_string();
-    let idle = WAIT_DIRECT.as_millis().to_string();
-    let args = [
-        "dial",
-        "--punch",
-        &punch,
-        "--no-upnp",
-        "--bytes",
-        &bytes,
-        "--idle-ms",
-        &idle,
-        "--until-direct",
-        "--attempts",
-        "1",
-        &l.peer,
-    ];
-    let out = lab.run(
-        Host::LanA1,
-        env!("CARGO_BIN_EXE_peer"),
-        &args,
-        Duration::from_secs(60),
-    )?;
-    let lines = json_lines(&out.stdout);
-    for line in &lines {
-        eprintln!("dial: {line}");
-    }
+/// Runs one dial behind A and checks what a player would: connected on the relay,
+/// echoed, and a direct path (if any) found by birthday probing.
+fn dial_once(lab: &Lab, servers: &Servers, l: &Listener) -> Result<UntilDirect> {
+    let run = dial_until_direct(lab, &servers.punch, &l.peer, ECHO_BYTES, WAIT_DIRECT)?;
     anyhow::ensure!(
-        out.success(),
-        "dial failed: {lines:?}; stderr {}",
-        out.stderr
+        run.connected["path"] == "relay",
+        "starts on the relay: {}",
+        run.connected
     );
-    let find = |name: &str| lines.iter().find(|l| l["event"] == name);
-    let connected = find("connected").with_context(|| format!("no connected: {lines:?}"))?;
-    anyhow::ensure!(
-        connected["path"] == "relay",
-        "starts on the relay: {connected}"
-    );
-    let echo = find("echo_ok").context("no echo_ok")?;
-    anyhow::ensure!(echo["bytes"] == ECHO_BYTES, "{echo}");
-    let direct = lines
-        .iter()
-        .find(|l| l["event"] == "path_changed" && l["path"] == "direct");
-    if let Some(d) = direct {
+    if let Some(d) = &run.direct {
         anyhow::ensure!(
             d["how"] == "birthday",
-            "a direct path here is a birthday pair: {d}; stderr {}",
-            out.stderr
+            "a direct path here is a birthday pair: {d}"
         );
     }
-    let checks = find("birthday")
-        .and_then(|b| b["checks"].as_u64())
-        .unwrap_or(0);
-    Ok(Run {
-        direct_after_ms: direct.and_then(|d| d["after_ms"].as_f64()),
-        checks,
-    })
+    Ok(run)
 }
 
 /// [`RUNS`] dials from behind a port-restricted (`a`) or symmetric NAT to a listener
 /// behind the other; returns the runs.
-fn runs(test: &str, label: &str, a: NatType, b: NatType) -> Result<Vec<Run>> {
+fn runs(test: &str, label: &str, a: NatType, b: NatType) -> Result<Vec<UntilDirect>> {
     let lab = lab(test, label, a, b)?;
     let servers = start_relay_servers(&lab, true)?;
     let l = listener(&lab, &servers)?;
@@ -151,14 +101,17 @@ fn symmetric_and_port_restricted_go_direct_by_birthday_probing() -> Result<()> {
         NatType::Symmetric,
         NatType::PortRestricted,
     )?);
-    let mut times: Vec<f64> = all.iter().filter_map(|r| r.direct_after_ms).collect();
+    let mut times: Vec<f64> = all
+        .iter()
+        .filter_map(UntilDirect::direct_after_ms)
+        .collect();
     times.sort_by(f64::total_cmp);
     let direct = times.len();
     let listener_direct = all[..hard_listener]
         .iter()
-        .filter(|r| r.direct_after_ms.is_some())
+        .filter(|r| r.direct.is_some())
         .count();
-    let checks: Vec<u64> = all.iter().map(|r| r.checks).collect();
+    let checks: Vec<u64> = all.iter().map(UntilDirect::checks).collect();
     eprintln!(
         "birthday: {direct}/{} runs direct ({listener_direct}/{hard_listener} with the \
          symmetric listener); relay to direct p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \

@@ -342,3 +342,89 @@ pub fn require_miniupnpd() -> Result<()> {
     }
     Ok(())
 }
+
+/// One `peer dial` that waits (idle) for a direct path before its echo: its lines.
+pub struct UntilDirect {
+    /// Every JSON line.
+    pub lines: Vec<Value>,
+    /// The `connected` line.
+    pub connected: Value,
+    /// The first `path_changed` to `direct`, if the connection got one.
+    pub direct: Option<Value>,
+    /// The `birthday` line (the dialer's rounds), if it ran any.
+    pub birthday: Option<Value>,
+}
+
+impl UntilDirect {
+    /// `after_ms` of the move to the direct path (from the established connection).
+    pub fn direct_after_ms(&self) -> Option<f64> {
+        self.direct.as_ref().and_then(|d| d["after_ms"].as_f64())
+    }
+
+    /// Checks the dialer sent in its birthday rounds (0 without any).
+    pub fn checks(&self) -> u64 {
+        self.birthday
+            .as_ref()
+            .and_then(|b| b["checks"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+/// Runs `peer dial` behind A to `peer` (no UPnP, one attempt), holding the connection idle
+/// until it runs direct (at most `wait`), then echoing `bytes`; fails unless the echo
+/// completed.
+pub fn dial_until_direct(
+    lab: &Lab,
+    server: &PunchServer,
+    peer: &str,
+    bytes: usize,
+    wait: Duration,
+) -> Result<UntilDirect> {
+    let punch = server.punch_addr();
+    let bytes_arg = bytes.to_string();
+    let idle = wait.as_millis().to_string();
+    let args = [
+        "dial",
+        "--punch",
+        &punch,
+        "--no-upnp",
+        "--bytes",
+        &bytes_arg,
+        "--idle-ms",
+        &idle,
+        "--until-direct",
+        "--attempts",
+        "1",
+        peer,
+    ];
+    let out = lab.run(
+        Host::LanA1,
+        env!("CARGO_BIN_EXE_peer"),
+        &args,
+        Duration::from_secs(60),
+    )?;
+    let lines = json_lines(&out.stdout);
+    for line in &lines {
+        eprintln!("dial: {line}");
+    }
+    anyhow::ensure!(
+        out.success(),
+        "dial failed: {lines:?}; stderr {}",
+        out.stderr
+    );
+    let find = |name: &str| lines.iter().find(|l| l["event"] == name).cloned();
+    let connected = find("connected").with_context(|| format!("no connected: {lines:?}"))?;
+    let echo = find("echo_ok").with_context(|| format!("no echo_ok: {lines:?}"))?;
+    anyhow::ensure!(echo["bytes"] == bytes, "{echo}");
+    let direct = lines
+        .iter()
+        .find(|l| l["event"] == "path_changed" && l["path"] == "direct")
+        .cloned();
+    let birthday = find("birthday");
+    Ok(UntilDirect {
+        lines,
+        connected,
+        direct,
+        birthday,
+    })
+}

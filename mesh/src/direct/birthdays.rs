@@ -424,3 +424,7 @@ impl Birthdays {
         self.collect(now);
     }
 }
+
+#[cfg(test)]
+#[path = "birthdays_tests.rs"]
+mod tests;
