@@ -58,8 +58,11 @@ const EVENTS: usize = 32;
 /// relayed address, or a channel on our allocation).
 pub(crate) fn relay_kind(path: Path) -> PathKind {
     match path {
-        Path::Direct { remote, .. } => PathKind::RelayedPeer { remote },
         Path::Relay { server, channel } => PathKind::Relay { server, channel },
+        // Routed paths are not the path cores' (yet): as the peer's address.
+        other => PathKind::RelayedPeer {
+            remote: other.remote(),
+        },
     }
 }
 

@@ -23,6 +23,7 @@ pub mod family;
 pub mod path;
 pub mod poller;
 pub mod relay;
+pub mod routed;
 pub mod udp;
 
 pub use endpoint::{
@@ -31,6 +32,7 @@ pub use endpoint::{
 };
 pub use extra::{ExtraSocketError, MAX_EXTRA_SOCKETS};
 pub use family::{bind_udp, canonical, SocketFamily};
-pub use path::{LocalSocket, Path, PathTable};
+pub use path::{LocalSocket, Path, PathTable, RouteId};
 pub use poller::{SharedUdpSocket, WritablePoller};
+pub use routed::RoutedDatagram;
 pub use udp::{MeshSocket, RawSendError, SocketStats, StunDatagram, StunReceiver};

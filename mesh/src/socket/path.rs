@@ -64,9 +64,12 @@ impl LocalSocket {
     pub const PRIMARY: LocalSocket = LocalSocket(0);
 }
 
+/// A route through another member of the mesh ([`crate::route`]): the id both the
+/// socket and the route hub name it by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteId(pub u32);
+
 /// How datagrams for one synthetic address reach the peer.
-///
-/// A router-member variant comes with routing through a session member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Path {
@@ -86,6 +89,13 @@ pub enum Path {
         /// The channel number (0x4000-0x4FFF).
         channel: u16,
     },
+    /// Through another member that forwards between the two ends ([`crate::route`]): each
+    /// datagram goes out as a QUIC datagram of the connection to that member, with a
+    /// routing header; the inner connection stays end to end.
+    Router {
+        /// The route.
+        route: RouteId,
+    },
 }
 
 impl Path {
@@ -101,22 +111,24 @@ impl Path {
     pub fn local(&self) -> LocalSocket {
         match self {
             Path::Direct { local, .. } => *local,
-            Path::Relay { .. } => LocalSocket::PRIMARY,
+            Path::Relay { .. } | Path::Router { .. } => LocalSocket::PRIMARY,
         }
     }
 
-    /// The real address datagrams on this path are sent to (the TURN server for a relay).
+    /// The real address datagrams on this path are sent to (the TURN server for a relay;
+    /// the unspecified address `0.0.0.0:0` for a routed path, which has none).
     pub fn remote(&self) -> SocketAddr {
         match self {
             Path::Direct { remote, .. } => *remote,
             Path::Relay { server, .. } => *server,
+            Path::Router { .. } => SocketAddr::from(([0, 0, 0, 0], 0)),
         }
     }
 
     /// The channel number of a relayed path.
     pub fn channel(&self) -> Option<u16> {
         match self {
-            Path::Direct { .. } => None,
+            Path::Direct { .. } | Path::Router { .. } => None,
             Path::Relay { channel, .. } => Some(*channel),
         }
     }
@@ -133,6 +145,7 @@ impl Path {
                 server: canonical(server),
                 channel,
             },
+            routed @ Path::Router { .. } => routed,
         }
     }
 }
@@ -340,6 +353,17 @@ impl PathTable {
         let id = *self.by_source.get(&Path::Relay { server, channel })?;
         let e = self.entries.get_mut(&id)?;
         e.note_rx(Path::Relay { server, channel }, now);
+        Some(synthetic_addr(id))
+    }
+
+    /// The synthetic address of a datagram that arrived on `route` (per packet); `None` if
+    /// no live path uses it (drop it: routed sources are never learned).
+    #[inline]
+    pub fn on_routed(&mut self, now: Instant, route: RouteId) -> Option<SocketAddr> {
+        let path = Path::Router { route };
+        let id = *self.by_source.get(&path)?;
+        let e = self.entries.get_mut(&id)?;
+        e.note_rx(path, now);
         Some(synthetic_addr(id))
     }
 

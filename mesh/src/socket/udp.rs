@@ -30,6 +30,10 @@
 //!    one with the same demux, their datagrams tagged with their [`LocalSocket`]; a path
 //!    naming one is sent from it.
 //!
+//! 7. Routed paths ([`super::routed`]): a transmit on a route goes to the route hub's
+//!    queue, segment by segment; datagrams the hub injects are handed to quinn like
+//!    relayed ones.
+//!
 //! Per direct packet there is no allocation except copying a STUN datagram into its queue;
 //! a relayed datagram is copied once each way.
 
@@ -51,10 +55,12 @@ use tokio::sync::mpsc;
 use super::demux::{retain_quic, DatagramKind};
 use super::extra::{ExtraSocket, ExtraSocketError, ExtraSockets};
 use super::family::{bind_udp, canonical, SocketFamily};
+use super::path::RouteId;
 use super::path::{is_synthetic, PathTable};
 use super::path::{LocalSocket, Path};
 use super::poller::{SharedUdpSocket, WritablePoller};
 use super::relay::{self, RelaySegment, RelayedQueue, DEFAULT_RELAYED_QUEUE};
+use super::routed::{RoutedDatagram, RoutedPlane};
 use crate::stun::router::DEFAULT_MAX_PENDING;
 use crate::stun::{Route, StunOwner, StunRouter};
 
@@ -102,6 +108,9 @@ struct Counters {
     relayed_dropped: AtomicU64,
     relayed_tx: AtomicU64,
     stun_unclaimed: AtomicU64,
+    routed_rx: AtomicU64,
+    routed_tx: AtomicU64,
+    routed_dropped: AtomicU64,
 }
 
 /// A snapshot of the shared socket's counters.
@@ -132,6 +141,12 @@ pub struct SocketStats {
     pub stun_unclaimed: u64,
     /// STUN transactions forgotten early because the router's table was full.
     pub stun_evicted: u64,
+    /// Datagrams of routed paths handed to quinn.
+    pub routed_rx: u64,
+    /// Datagrams of routed paths handed to the route hub.
+    pub routed_tx: u64,
+    /// Datagrams of routed paths dropped: no route in the table, a full queue, no hub.
+    pub routed_dropped: u64,
 }
 
 /// The STUN side of the socket: the transaction router and each owner's queue.
@@ -168,6 +183,7 @@ pub struct MeshSocket {
     relayed: Mutex<RelayedQueue>,
     stun: Mutex<StunQueues>,
     extras: ExtraSockets,
+    routed: RoutedPlane,
     counters: Counters,
 }
 
@@ -206,6 +222,7 @@ impl MeshSocket {
             relayed: Mutex::new(RelayedQueue::new(DEFAULT_RELAYED_QUEUE)),
             stun: Mutex::new(stun),
             extras: ExtraSockets::default(),
+            routed: RoutedPlane::default(),
             counters: Counters::default(),
         };
         Ok((Arc::new(socket), StunReceiver(stun_rx)))
@@ -234,6 +251,31 @@ impl MeshSocket {
     /// The real local address of extra socket `id`, if open.
     pub fn extra_local_addr(&self, id: LocalSocket) -> Option<SocketAddr> {
         self.extras.local_addr(id)
+    }
+
+    /// Attaches the route hub: datagrams of routed paths go to `out` ([`super::routed`]).
+    pub fn route_out(&self, out: mpsc::Sender<RoutedDatagram>) {
+        self.routed.set_out(out);
+    }
+
+    /// Hands quinn a datagram that arrived on `route` (the route hub calls this); `false`
+    /// if it was dropped (no live path on the route, or the queue is full).
+    pub fn inject_routed(&self, route: RouteId, datagram: &[u8]) -> bool {
+        let synthetic = self.paths().on_routed(Instant::now(), route);
+        let queued = synthetic.is_some_and(|from| {
+            let mut queue = self
+                .routed
+                .inbound
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            queue.push(from, datagram)
+        });
+        if queued {
+            self.routed.wake();
+        } else {
+            self.counters.routed_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        queued
     }
 
     /// The address families the socket reaches.
@@ -277,6 +319,9 @@ impl MeshSocket {
             relayed_tx: get(&c.relayed_tx),
             stun_unclaimed: get(&c.stun_unclaimed),
             stun_evicted,
+            routed_rx: get(&c.routed_rx),
+            routed_tx: get(&c.routed_tx),
+            routed_dropped: get(&c.routed_dropped),
         }
     }
 
@@ -535,9 +580,33 @@ impl MeshSocket {
         });
     }
 
-    /// Hands queued relayed datagrams to quinn, one per buffer; returns how many.
+    /// Hands queued relayed and routed datagrams to quinn, one per buffer; returns how
+    /// many.
     fn deliver_relayed(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> usize {
-        let mut queue = self.relayed.lock().unwrap_or_else(|p| p.into_inner());
+        let n = Self::deliver_queue(&self.relayed, &self.counters.relayed_dropped, bufs, meta);
+        if n > 0 || !self.routed.is_armed() {
+            return n;
+        }
+        let n = Self::deliver_queue(
+            &self.routed.inbound,
+            &self.counters.routed_dropped,
+            bufs,
+            meta,
+        );
+        self.counters
+            .routed_rx
+            .fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// Hands the datagrams of `queue` to quinn, one per buffer; returns how many.
+    fn deliver_queue(
+        queue: &Mutex<RelayedQueue>,
+        dropped: &AtomicU64,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> usize {
+        let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
         if queue.is_empty() {
             return 0;
         }
@@ -548,9 +617,7 @@ impl MeshSocket {
             };
             let Some(dst) = bufs[n].get_mut(..payload.len()) else {
                 // Larger than quinn's receive buffer: cannot be a valid QUIC datagram.
-                self.counters
-                    .relayed_dropped
-                    .fetch_add(1, Ordering::Relaxed);
+                dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
             dst.copy_from_slice(&payload);
@@ -625,6 +692,18 @@ impl AsyncUdpSocket for MeshSocket {
         {
             return self.send_extra(transmit, local, remote);
         }
+        if let Some(Path::Router { route }) = path {
+            let dropped = self
+                .routed
+                .send(route, transmit.contents, transmit.segment_size);
+            self.counters.routed_tx.fetch_add(1, Ordering::Relaxed);
+            if dropped > 0 {
+                self.counters
+                    .routed_dropped
+                    .fetch_add(dropped, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
         let routed = path.and_then(|p| self.family.to_socket(p.remote()).map(|d| (p, d)));
         let Some((path, destination)) = routed else {
             self.counters.unroutable_tx.fetch_add(1, Ordering::Relaxed);
@@ -655,6 +734,7 @@ impl AsyncUdpSocket for MeshSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        self.routed.register(cx.waker());
         loop {
             let relayed = self.deliver_relayed(bufs, meta);
             if relayed > 0 {
