@@ -53,9 +53,11 @@ fn spawn_peer(lab: &Lab, host: Host, name: &str, args: &[&str]) -> Result<Proc> 
     Proc::from_command(name, command).with_context(|| format!("{name} on {host:?}"))
 }
 
-/// The two servers on the lab's server host.
+/// The servers on the lab's server host.
 struct Servers {
     _master: LabProcess,
+    /// The TURN proxy, when the punch server offers one.
+    _proxy: Option<LabProcess>,
     /// `http://IP:PORT` of the master server.
     master_url: String,
     punch: PunchServer,
@@ -64,6 +66,13 @@ struct Servers {
 /// Starts `master-server` (SQLite in the lab directory, no rate limit: every peer behind
 /// one NAT has the same address) and `punch-server` on the server host.
 fn start_servers(lab: &Lab) -> Result<Servers> {
+    start_servers_with(lab, false)
+}
+
+/// [`start_servers`], with `proxy` on the server's second address (198.18.0.2, so a
+/// router rule can cut a peer off the proxy and nothing else) offered by the punch
+/// server.
+fn start_servers_with(lab: &Lab, proxy: bool) -> Result<Servers> {
     let db = format!("sqlite:{}", lab.dir().join("master.db").display());
     let listen = format!("{}:0", lab.server_ip(0));
     let bin = master_server_bin()?;
@@ -77,9 +86,34 @@ fn start_servers(lab: &Lab) -> Result<Servers> {
         .with_context(|| format!("master-server stderr: {}", master.stderr()))?;
     let v: Value = serde_json::from_str(&line).with_context(|| format!("line {line:?}"))?;
     let master_url = format!("http://{}", str_of(&v, "addr")?);
-    let punch = start_punch_server(lab, false)?;
+    let (proxy, punch) = if proxy {
+        let proxy_addr = format!("{}:{}", lab.server_ip(1), common::LAB_PROXY_PORT);
+        let relay_ip = lab.server_ip(1).to_string();
+        let args = [
+            "--listen",
+            proxy_addr.as_str(),
+            "--relay-ip",
+            relay_ip.as_str(),
+            "--auth-secret",
+            common::LAB_TURN_SECRET,
+        ];
+        let mut p = lab.spawn(Host::Server, &common::proxy_bin()?.to_string_lossy(), &args)?;
+        p.wait_for_line("listening", LINE_TIMEOUT)?;
+        common::wait_udp_listeners(lab, std::slice::from_ref(&proxy_addr), &mut p)?;
+        let uri = format!("turn:{proxy_addr}");
+        let turn = [
+            "--turn-uri",
+            uri.as_str(),
+            "--turn-secret",
+            common::LAB_TURN_SECRET,
+        ];
+        (Some(p), common::start_punch_server_with(lab, false, &turn)?)
+    } else {
+        (None, start_punch_server(lab, false)?)
+    };
     Ok(Servers {
         _master: master,
+        _proxy: proxy,
         master_url,
         punch,
     })
@@ -122,7 +156,19 @@ impl Servers {
 
     /// `peer join --session ID` on `host` (without waiting for anything).
     fn join(&self, lab: &Lab, host: Host, name: &str, session: &str) -> Result<Proc> {
-        let args = [
+        self.join_with(lab, host, name, session, &[])
+    }
+
+    /// [`Servers::join`] with `extra` flags.
+    fn join_with(
+        &self,
+        lab: &Lab,
+        host: Host,
+        name: &str,
+        session: &str,
+        extra: &[&str],
+    ) -> Result<Proc> {
+        let mut args = vec![
             "join",
             "--session",
             session,
@@ -132,6 +178,7 @@ impl Servers {
             "--game",
             GAME,
         ];
+        args.extend_from_slice(extra);
         spawn_peer(lab, host, name, &args)
     }
 }
@@ -261,8 +308,9 @@ fn join_fails_naming_the_unreachable_member() -> Result<()> {
     );
     host.wait_event("member_joined", "peer", &member_id, LINE_TIMEOUT)?;
 
-    // 2. The joiner on C1 cannot reach the member on B1.
-    let mut joiner = servers.join(&lab, Host::LanC1, "join@c1", &session)?;
+    // 2. The joiner on C1 cannot reach the member on B1 (and is told not to ask the host
+    //    to route between them).
+    let mut joiner = servers.join_with(&lab, Host::LanC1, "join@c1", &session, &["--no-route"])?;
     let deadline = Instant::now() + JOIN_TIMEOUT;
     let code = joiner.wait_exit(deadline)?;
     let failed_after = joiner.started.elapsed();
@@ -345,6 +393,102 @@ fn join_fails_naming_the_unreachable_member() -> Result<()> {
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     for p in [&mut host, &mut member] {
+        let code = p.wait_exit(deadline)?;
+        ensure!(code == Some(0), "{} exited with {code:?}", p.name);
+    }
+    eprintln!("test done in {:?}", started.elapsed());
+    Ok(())
+}
+
+/// A 4-peer session where one pair reaches each other neither directly nor through the
+/// proxy (router C drops everything to B's NAT and to the proxy's address): the last
+/// joiner gets in through a router member, messages flow both ways through it, and once
+/// the rules are lifted the pair's path core moves the link to a direct path.
+#[test]
+fn a_pair_cut_from_each_other_talks_through_a_router_member() -> Result<()> {
+    let test = "a_pair_cut_from_each_other_talks_through_a_router_member";
+    if natlab::skip_requested(test) {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let (a, b, c) = (
+        NatType::FullCone,
+        NatType::Restricted,
+        NatType::PortRestricted,
+    );
+    ensure!(
+        punchable(b, c),
+        "{b} x {c}: punchable once the rules are lifted"
+    );
+    let lab = build_lab("sess_route", a, b, c)?;
+    let servers = start_servers_with(&lab, true)?;
+
+    // Host on A1, members on A2 and B1.
+    let (host, host_id, session) = servers.host(&lab, Host::LanA1, "host@a1")?;
+    let mut peers = vec![host];
+    let mut ids = vec![host_id.clone()];
+    for (h, name) in [(Host::LanA2, "join@a2"), (Host::LanB1, "join@b1")] {
+        let mut p = servers.join(&lab, h, name, &session)?;
+        let joined = p.wait("joined", JOIN_TIMEOUT, |v| v["event"] == "joined")?;
+        let id = str_of(&joined, "peer")?;
+        for earlier in &mut peers {
+            earlier.wait_event("member_joined", "peer", &id, LINE_TIMEOUT)?;
+        }
+        ids.push(id);
+        peers.push(p);
+    }
+    let b1 = ids[2].clone();
+
+    // C1 is cut from B1: no direct path, no proxy.
+    let (b_wan, proxy_ip) = (lab.wan_ip(Router::B), lab.server_ip(1));
+    lab.block_peer(Router::C, b_wan)?;
+    lab.block_peer(Router::C, proxy_ip)?;
+    let mut c1 = servers.join(&lab, Host::LanC1, "join@c1", &session)?;
+    let joined = c1.wait("joined", JOIN_TIMEOUT, |v| v["event"] == "joined")?;
+    let join_took = c1.started.elapsed();
+    let c1_id = str_of(&joined, "peer")?;
+    ids.push(c1_id.clone());
+    ensure!(members_of(&joined)? == sorted(ids.clone()), "{joined}");
+    for p in &mut peers {
+        p.wait_event("member_joined", "peer", &c1_id, LINE_TIMEOUT)?;
+    }
+    let routed = c1.wait("path to b1 through a router", LINE_TIMEOUT, |v| {
+        v["event"] == "path" && v["peer"] == b1.as_str() && v["path"] == "router"
+    })?;
+    let via = str_of(&routed, "via")?;
+    ensure!(
+        via == ids[0] || via == ids[1],
+        "the router is a member that reaches both: {routed}"
+    );
+    eprintln!("ROUTED JOIN join@c1: {join_took:?} wall, b1 through {via}");
+
+    // Messages both ways through the router.
+    c1.send_line("through the router")?;
+    let m = peers[2].wait_event("message", "text", "through the router", LINE_TIMEOUT)?;
+    ensure!(m["from"] == c1_id.as_str(), "{m}");
+    peers[2].send_line("and back")?;
+    c1.wait_event("message", "text", "and back", LINE_TIMEOUT)?;
+
+    // The rules go: the link moves to a direct path.
+    lab.unblock_peer(Router::C, b_wan)?;
+    lab.unblock_peer(Router::C, proxy_ip)?;
+    let lifted = Instant::now();
+    c1.wait("path to b1 direct", Duration::from_secs(40), |v| {
+        v["event"] == "path" && v["peer"] == b1.as_str() && v["path"] == "direct"
+    })?;
+    eprintln!(
+        "ROUTE REPLACED: direct {:?} after the rules were lifted",
+        lifted.elapsed()
+    );
+    c1.send_line("direct now")?;
+    peers[2].wait_event("message", "text", "direct now", LINE_TIMEOUT)?;
+
+    peers.push(c1);
+    for p in &mut peers {
+        p.close_stdin();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for p in &mut peers {
         let code = p.wait_exit(deadline)?;
         ensure!(code == Some(0), "{} exited with {code:?}", p.name);
     }

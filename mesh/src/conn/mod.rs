@@ -40,7 +40,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::punch::{NoDirectPath, ProbeConfig};
-use crate::socket::LocalSocket;
+use crate::socket::{LocalSocket, RouteId};
 
 pub use manager::PathManager;
 
@@ -70,6 +70,12 @@ pub enum PathKind {
     RelayedPeer {
         /// The peer's relayed address.
         remote: SocketAddr,
+    },
+    /// Through another member of the mesh that forwards ([`crate::route`]); treated as a
+    /// relayed path.
+    Routed {
+        /// The route.
+        route: RouteId,
     },
 }
 

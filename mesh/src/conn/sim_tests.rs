@@ -295,7 +295,7 @@ impl Sim {
                         self.elapsed()
                     );
                 }
-                PathKind::Relay { .. } | PathKind::RelayedPeer { .. } => {
+                PathKind::Relay { .. } | PathKind::RelayedPeer { .. } | PathKind::Routed { .. } => {
                     assert!(self.relay_up, "switch to a relay that is down");
                 }
             }

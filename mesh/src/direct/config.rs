@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::coord::PunchAddr;
 use crate::punch::birthday::BirthdayConfig;
 use crate::punch::ProbeConfig;
+use crate::route::ForwardConfig;
 use crate::socket::EndpointOptions;
 use crate::turn::allocation::AllocationConfig;
 use crate::upnp::UpnpConfig;
@@ -109,6 +110,10 @@ pub struct DirectConfig {
     /// server that passes mappings on. `None` turns it off. Default on (off under
     /// `relay_only`).
     pub birthday: Option<BirthdayConfig>,
+    /// What this node forwards for other members of its session as a router
+    /// ([`crate::route`]): per-route budgets and the number of routes. Default
+    /// [`ForwardConfig::default`] (2 MB/s and 4000 datagrams/s per route, 64 routes).
+    pub router: ForwardConfig,
 }
 
 impl DirectConfig {
@@ -135,6 +140,7 @@ impl DirectConfig {
             relay_only: false,
             predict: true,
             birthday: Some(BirthdayConfig::default()),
+            router: ForwardConfig::default(),
         }
     }
 }

@@ -84,6 +84,7 @@ pub(crate) fn socket_path(kind: PathKind) -> Path {
     match kind {
         PathKind::Direct { remote, local } => Path::Direct { remote, local },
         PathKind::RelayedPeer { remote } => Path::direct(remote),
+        PathKind::Routed { route } => Path::Router { route },
         PathKind::Relay { server, channel } => Path::Relay { server, channel },
     }
 }

@@ -122,6 +122,15 @@ pub enum DialError {
         /// Why.
         detail: String,
     },
+    /// No route through the named member (no link to it, its datagrams too small, or
+    /// too many routes).
+    #[error("no route to peer {peer}: {detail}")]
+    NoRoute {
+        /// The target.
+        peer: PeerId,
+        /// Why.
+        detail: String,
+    },
     /// The punch server rejected the request (rate limit, limits, ...).
     #[error("punch server refused the request: {kind}: {detail}")]
     Server {
@@ -156,6 +165,7 @@ impl DialError {
             Self::Timeout { .. } => "timeout",
             Self::NoDirectPath { .. } => "no_direct_path",
             Self::NoRelayedPath { .. } => "no_relayed_path",
+            Self::NoRoute { .. } => "no_route",
             Self::Server { .. } => "server_error",
             Self::Busy(_) => "busy",
             Self::Control(_) => "control_lost",

@@ -61,10 +61,11 @@ use super::queue_bound;
 use super::race::{self, RaceCtx};
 use super::rebind;
 use super::relays::{RelayError, RelayStatus, RelayedAddr, Relays};
-use super::route::{ActivePath, How, HowFinder, PathType, PathWatches};
+use super::route::{ActivePath, How, HowFinder, PathWatches};
 use super::supervise;
 use crate::coord::{Candidate as WireCandidate, CandidateKind as WireKind, RelayCredential};
 use crate::identity::{Identity, PeerId};
+use crate::route::RouteHub;
 use crate::socket::{ConnectError, Endpoint, Path, PeerConnection, INITIAL_RTT};
 use crate::upnp::{PortMapper, UpnpState};
 
@@ -249,6 +250,7 @@ impl DirectNode {
             watches,
             relay_only: config.relay_only,
             predict_again: Arc::new(tokio::sync::Notify::new()),
+            routes: RouteHub::start(endpoint.socket().clone(), config.router.clone()),
         };
         let go_times = Arc::new(Mutex::new(HashMap::new()));
         let control_lost = control.status();
@@ -340,6 +342,92 @@ impl DirectNode {
     /// Counters of this node's birthday rounds (see [`DirectConfig::birthday`]).
     pub fn birthday_stats(&self) -> BirthdaySnapshot {
         self.birthday_stats.snapshot()
+    }
+
+    /// The node's routes through other members, and its forwarding for them
+    /// ([`crate::route`]); the session layer feeds it its links and the members' asks.
+    pub fn routes(&self) -> &RouteHub {
+        &self.race.routes
+    }
+
+    /// Connects to `target` through member `via` on the route this node opened with
+    /// [`RouteHub::open_end`] (both ends asked `via`, which opened the route). The route
+    /// is the connection's relayed path: its path core probes for a direct path in the
+    /// background and moves the connection when one validates, as for a relayed start.
+    pub async fn connect_routed(
+        &self,
+        target: PeerId,
+        via: PeerId,
+    ) -> Result<DirectConnection, DialError> {
+        let started = Instant::now();
+        let route = self
+            .race
+            .routes
+            .open_end(via, target)
+            .map_err(|e| DialError::NoRoute {
+                peer: target,
+                detail: e.to_string(),
+            })?;
+        let path = Path::Router { route };
+        let peer = self
+            .endpoint
+            .connect_via(target, path, None)
+            .await
+            .map_err(DialError::Handshake)?;
+        let watch = self.race.watches.set(target, ActivePath::routed(Some(via)));
+        self.race.watches.set_relay(target, path, path.remote());
+        if !self.race.relay_only {
+            supervise::spawn(&self.race, &peer, Some(self.control.clone()));
+        }
+        let how = HowFinder {
+            peer: target,
+            watches: self.race.watches.clone(),
+        };
+        let remote = watch.borrow().remote;
+        Ok(DirectConnection {
+            remote,
+            path: watch,
+            elapsed: Some(started.elapsed()),
+            peer,
+            how,
+        })
+    }
+
+    /// Moves the live connection to `target` onto a new route through `via` (its router
+    /// left): the route becomes the connection's relayed path, and its active path if it
+    /// ran on a route.
+    pub async fn reroute(&self, target: PeerId, via: PeerId) -> Result<(), DialError> {
+        let on_route = self
+            .race
+            .watches
+            .current(target)
+            .is_some_and(|p| p.kind == super::route::PathType::Router);
+        let route = self
+            .race
+            .routes
+            .open_end_as(via, target, false)
+            .map_err(|e| DialError::NoRoute {
+                peer: target,
+                detail: e.to_string(),
+            })?;
+        let path = Path::Router { route };
+        self.race.watches.set_relay(target, path, path.remote());
+        if on_route {
+            self.race
+                .watches
+                .update(target, ActivePath::routed(Some(via)));
+        }
+        let kind = crate::conn::PathKind::Routed { route };
+        self.race
+            .engine
+            .conn(super::conn_slots::ConnCmd::Relay { peer: target, kind })
+            .await;
+        Ok(())
+    }
+
+    /// The path the connection to `peer` runs on now, if one is watched.
+    pub fn path_of(&self, peer: &PeerId) -> Option<ActivePath> {
+        self.race.watches.current(*peer)
     }
 
     /// This node's peer id.
@@ -580,15 +668,19 @@ async fn accept_loop(
                         .resolve(&peer.synthetic_addr)
                         .unwrap_or(Path::direct(peer.synthetic_addr));
                     let go = lock(&go_times).remove(&peer.peer_id);
-                    // A relayed path was reported when the race set it up; anything
-                    // else is the direct path the dialer's handshake came from.
-                    let path = race.watches.get_or_set(
-                        peer.peer_id,
-                        ActivePath {
-                            kind: PathType::Direct,
-                            remote: path.remote(),
-                        },
-                    );
+                    // A relayed path was reported when the race set it up; a route
+                    // through a member is named by its router; anything else is the
+                    // direct path the dialer's handshake came from.
+                    let active = match path {
+                        Path::Router { route } => ActivePath::routed(race.routes.via(route)),
+                        _ => ActivePath::direct(path.remote()),
+                    };
+                    let watch = race.watches.get_or_set(peer.peer_id, active);
+                    if let Path::Router { .. } = path {
+                        // The route is the connection's relayed path for its path core.
+                        race.watches.set_relay(peer.peer_id, path, path.remote());
+                    }
+                    let path = watch;
                     if !race.relay_only {
                         supervise::spawn(&race, &peer, None);
                     }

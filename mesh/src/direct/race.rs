@@ -32,7 +32,7 @@ use super::engine::{AttemptOutcome, Engine};
 use super::error::DialError;
 use super::rebind;
 use super::relays::{RelayBinder, RelayError};
-use super::route::{ActivePath, PathType, PathWatches, RelayPlan};
+use super::route::{ActivePath, PathWatches, RelayPlan};
 use super::supervise;
 use crate::coord::{CandidateKind, Go};
 use crate::identity::PeerId;
@@ -53,6 +53,8 @@ pub(crate) struct RaceCtx {
     /// Told after each introduction: the predicted ports are observed again
     /// ([`super::predicted`]).
     pub predict_again: Arc<tokio::sync::Notify>,
+    /// Routes through other members ([`crate::route`]).
+    pub routes: crate::route::RouteHub,
 }
 
 /// A dialed connection and the path it runs on.
@@ -113,17 +115,11 @@ fn note_predicted(ctx: &RaceCtx, peer: PeerId, remote: SocketAddr, seen_as: Opti
 }
 
 fn relayed(plan: RelayPlan, path: Path) -> ActivePath {
-    ActivePath {
-        kind: PathType::Relay,
-        remote: plan.remote().unwrap_or_else(|| path.remote()),
-    }
+    ActivePath::relay(plan.remote().unwrap_or_else(|| path.remote()))
 }
 
 fn direct(remote: SocketAddr) -> ActivePath {
-    ActivePath {
-        kind: PathType::Direct,
-        remote,
-    }
+    ActivePath::direct(remote)
 }
 
 /// The peer's candidates that are its own addresses (not relayed).
@@ -265,8 +261,30 @@ pub(crate) async fn dial(
             // The peer may answer from a direct candidate (its prober nominated a pair
             // first): those sources map to the same entry.
             standby_candidates(&ctx.endpoint, target, path, &candidates);
-            let Dialed { peer, path: watch } =
-                connect_relayed(ctx, target, plan, path, rtt).await?;
+            // A pair nominated while the handshake runs takes it over: a relayed path
+            // that is ready at once (the peer's relayed address) may still be cut.
+            let connecting = connect_relayed(ctx, target, plan, path, rtt);
+            tokio::pin!(connecting);
+            let mut probing_now = probing;
+            let Dialed { peer, path: watch } = loop {
+                tokio::select! {
+                    dialed = &mut connecting => break dialed?,
+                    outcome = &mut attempt, if probing_now => {
+                        probing_now = false;
+                        if let Ok(AttemptOutcome::Nominated { remote, seen_as, .. }) = outcome {
+                            note_predicted(ctx, target, remote, seen_as);
+                            let mut paths = ctx.endpoint.socket().paths();
+                            if let Some(synthetic) = paths.synthetic_for_peer(&target) {
+                                paths.add_path(&synthetic, Path::direct(remote));
+                                paths.set_path(&synthetic, Path::direct(remote));
+                                drop(paths);
+                                ctx.watches.update(target, direct(remote));
+                                tracing::info!(%remote, "handshake moved from the relay to a direct path");
+                            }
+                        }
+                    }
+                }
+            };
             // The first attempt goes on in the connection's core (if it has not failed
             // yet); then new rounds.
             tracing::debug!(probing, "path core takes over");

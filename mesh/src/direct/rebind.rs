@@ -111,10 +111,7 @@ async fn switch(ctx: &RaceCtx, peer: PeerId, old: Path, new: Path, remote: Socke
     ctx.watches.set_relay(peer, new, remote);
     if let Some(active) = ctx.watches.current(peer) {
         if active.kind == super::route::PathType::Relay {
-            let moved = super::route::ActivePath {
-                kind: active.kind,
-                remote,
-            };
+            let moved = super::route::ActivePath { remote, ..active };
             ctx.watches.update(peer, moved);
         }
     }

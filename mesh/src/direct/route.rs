@@ -38,14 +38,17 @@ pub enum PathType {
     Direct,
     /// Through a TURN relay.
     Relay,
+    /// Through another member of the mesh that forwards ([`crate::route`]).
+    Router,
 }
 
 impl PathType {
-    /// `"direct"` or `"relay"`.
+    /// `"direct"`, `"relay"` or `"router"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Direct => "direct",
             Self::Relay => "relay",
+            Self::Router => "router",
         }
     }
 }
@@ -59,11 +62,43 @@ impl std::fmt::Display for PathType {
 /// The path a connection runs on now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ActivePath {
-    /// Direct or relayed.
+    /// Direct, relayed or routed.
     pub kind: PathType,
     /// The peer's address on that path: its own address for a direct path, the address
-    /// the relay forwards to (the peer's relayed or reflexive address) for a relayed one.
+    /// the relay forwards to (the peer's relayed or reflexive address) for a relayed one,
+    /// the unspecified address for a routed one.
     pub remote: SocketAddr,
+    /// The member that forwards, on a routed path.
+    pub via: Option<PeerId>,
+}
+
+impl ActivePath {
+    /// A direct path to `remote`.
+    pub fn direct(remote: SocketAddr) -> Self {
+        Self {
+            kind: PathType::Direct,
+            remote,
+            via: None,
+        }
+    }
+
+    /// A relayed path to the peer's `remote` address.
+    pub fn relay(remote: SocketAddr) -> Self {
+        Self {
+            kind: PathType::Relay,
+            remote,
+            via: None,
+        }
+    }
+
+    /// A path through member `via` (`None` if the route is gone already).
+    pub fn routed(via: Option<PeerId>) -> Self {
+        Self {
+            kind: PathType::Router,
+            remote: SocketAddr::from(([0, 0, 0, 0], 0)),
+            via,
+        }
+    }
 }
 
 /// How a direct path was found.
@@ -348,10 +383,7 @@ mod tests {
         let w = PathWatches::default();
         let peer = PeerId::from_bytes([7; 32]);
         let remote = addr("198.18.2.2:5000");
-        let path = ActivePath {
-            kind: PathType::Direct,
-            remote,
-        };
+        let path = ActivePath::direct(remote);
         assert_eq!(
             w.how(peer, &path),
             Some(How::Punch),
@@ -364,10 +396,7 @@ mod tests {
         assert_eq!(w.how(peer, &path), Some(How::Punch));
         w.set_reached_on_predicted(peer, remote);
         assert_eq!(w.how(peer, &path), Some(How::Predicted));
-        let relayed = ActivePath {
-            kind: PathType::Relay,
-            remote,
-        };
+        let relayed = ActivePath::relay(remote);
         assert_eq!(w.how(peer, &relayed), None);
         // A new introduction starts over.
         w.set_offered(peer, &[]);
@@ -435,14 +464,8 @@ mod tests {
     fn watches_report_changes_only() {
         let w = PathWatches::default();
         let peer = PeerId::from_bytes([7; 32]);
-        let relay = ActivePath {
-            kind: PathType::Relay,
-            remote: addr("198.18.0.9:50002"),
-        };
-        let direct = ActivePath {
-            kind: PathType::Direct,
-            remote: addr("198.18.2.2:5000"),
-        };
+        let relay = ActivePath::relay(addr("198.18.0.9:50002"));
+        let direct = ActivePath::direct(addr("198.18.2.2:5000"));
         assert!(!w.update(peer, direct), "not watched yet");
         let mut rx = w.set(peer, relay);
         assert_eq!(*rx.borrow_and_update(), relay);

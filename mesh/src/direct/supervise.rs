@@ -59,7 +59,7 @@ const EVENTS: usize = 32;
 pub(crate) fn relay_kind(path: Path) -> PathKind {
     match path {
         Path::Relay { server, channel } => PathKind::Relay { server, channel },
-        // Routed paths are not the path cores' (yet): as the peer's address.
+        Path::Router { route } => PathKind::Routed { route },
         other => PathKind::RelayedPeer {
             remote: other.remote(),
         },
@@ -149,17 +149,13 @@ fn on_event(
                 paths.set_path(&synthetic, path);
             }
             let active = match kind {
-                PathKind::Direct { remote, .. } => ActivePath {
-                    kind: PathType::Direct,
-                    remote,
-                },
-                _ => ActivePath {
-                    kind: PathType::Relay,
-                    remote: ctx
-                        .watches
+                PathKind::Direct { remote, .. } => ActivePath::direct(remote),
+                PathKind::Routed { route } => ActivePath::routed(ctx.routes.via(route)),
+                _ => ActivePath::relay(
+                    ctx.watches
                         .relay_of(peer)
                         .map_or(path.remote(), |(_, remote)| remote),
-                },
+                ),
             };
             if ctx.watches.update(peer, active) {
                 tracing::info!(path = ?active.kind, remote = %active.remote, ?reason, "path changed");

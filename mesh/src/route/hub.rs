@@ -159,6 +159,18 @@ impl RouteHub {
 
     /// Step 3: a route to `target` through `via`; the target's path becomes the route.
     pub fn open_end(&self, via: PeerId, target: PeerId) -> Result<RouteId, RouteError> {
+        self.open_end_as(via, target, true)
+    }
+
+    /// [`Self::open_end`] for a connection that may run on another path now: the route
+    /// becomes the target's active path only if `activate` or the active path is a route
+    /// (a router that left); otherwise it is a standby.
+    pub fn open_end_as(
+        &self,
+        via: PeerId,
+        target: PeerId,
+        activate: bool,
+    ) -> Result<RouteId, RouteError> {
         let mut s = self.lock();
         if let Some(id) = s.by_pair.get(&(via, target)) {
             return Ok(*id);
@@ -177,14 +189,43 @@ impl RouteHub {
         let id = RouteId(s.next_route);
         s.next_route = s.next_route.wrapping_add(1).max(1);
         let path = Path::Router { route: id };
-        self.socket
-            .paths()
-            .upsert_peer(Instant::now(), target, path)
-            .map_err(|_| RouteError::TableFull)?;
+        {
+            let mut paths = self.socket.paths();
+            let current = paths
+                .synthetic_for_peer(&target)
+                .map(|s| (s, paths.resolve(&s)));
+            match current {
+                Some((synthetic, Some(active)))
+                    if !activate && !matches!(active, Path::Router { .. }) =>
+                {
+                    paths.add_path(&synthetic, path);
+                }
+                _ => {
+                    paths
+                        .upsert_peer(Instant::now(), target, path)
+                        .map_err(|_| RouteError::TableFull)?;
+                }
+            }
+        }
         s.ends.insert(id, (via, target));
         s.by_pair.insert((via, target), id);
         tracing::info!(via = %via.short(), target = %target.short(), ?id, "route opened");
         Ok(id)
+    }
+
+    /// The other ends of the routes this node ends through `via`.
+    pub fn ends_via(&self, via: &PeerId) -> Vec<PeerId> {
+        self.lock()
+            .ends
+            .values()
+            .filter(|(v, _)| v == via)
+            .map(|(_, target)| *target)
+            .collect()
+    }
+
+    /// The router of route `id` (`None` once the route ended).
+    pub fn via(&self, id: RouteId) -> Option<PeerId> {
+        self.lock().ends.get(&id).map(|(via, _)| *via)
     }
 
     /// Ends route `id` at this end (the path table keeps whatever path it has now).

@@ -441,6 +441,8 @@ pub struct Session {
     pub(super) ending: Option<Option<SessionEvent>>,
     pub(super) joined: Option<tokio::sync::oneshot::Receiver<Result<(), JoinFailure>>>,
     pub(super) task: Option<tokio::task::JoinHandle<()>>,
+    /// The node (weak: the session task owns it and shuts it down at the end).
+    pub(super) node: std::sync::Weak<crate::direct::DirectNode>,
 }
 
 impl Drop for Session {
@@ -458,6 +460,13 @@ impl Session {
     /// This peer's id.
     pub fn local_id(&self) -> PeerId {
         self.local
+    }
+
+    /// The path the link to `peer` runs on now (direct, relayed, or through a member:
+    /// [`crate::direct::ActivePath::via`]); `None` without a link or once the session
+    /// ended.
+    pub fn path_of(&self, peer: &PeerId) -> Option<crate::direct::ActivePath> {
+        self.node.upgrade()?.path_of(peer)
     }
 
     /// The members in join order (the host first).

@@ -30,6 +30,7 @@ use super::shared::Shared;
 use super::SessionMsg;
 use crate::coord::FrameDecoder;
 use crate::identity::PeerId;
+use crate::route::RouteHub;
 
 /// Longest a message waits for the view that admits its sender.
 pub(crate) const ADMIT_WAIT: Duration = Duration::from_secs(20);
@@ -41,11 +42,17 @@ pub(crate) struct AppSink {
     pub messages: mpsc::Sender<SessionEvent>,
     /// The published membership (which links are current members).
     pub shared: Arc<Shared>,
+    /// The node's route hub: the links' datagrams also carry routed traffic.
+    pub routes: RouteHub,
 }
 
 impl AppSink {
-    /// Hands a datagram to the game if its sender is admitted and there is room.
+    /// Sorts a datagram of the link to `peer`: routed traffic to the route hub, a game
+    /// datagram to the game if its sender is admitted and there is room.
     pub fn datagram(&self, peer: PeerId, link: u64, bytes: Bytes) {
+        let Some(bytes) = self.routes.on_datagram(peer, bytes) else {
+            return;
+        };
         let stats = &self.shared.stats;
         if !self.shared.is_current(&peer, link) {
             stats.messages_refused.fetch_add(1, Ordering::Relaxed);

@@ -48,6 +48,9 @@ pub struct MembershipConfig {
     pub election_timeout: Duration,
     /// Most joins the host runs at once (more get [`super::RejectReason::Busy`]). Default 8.
     pub max_pending_joins: usize,
+    /// When a dial to a member fails, ask another member to route between the two
+    /// ([`crate::route`]) before giving up on it. Default on.
+    pub route_through_members: bool,
 }
 
 impl Default for MembershipConfig {
@@ -60,6 +63,7 @@ impl Default for MembershipConfig {
             decision_timeout: Duration::from_secs(2),
             election_timeout: Duration::from_secs(6),
             max_pending_joins: 8,
+            route_through_members: true,
         }
     }
 }
@@ -245,6 +249,16 @@ impl Membership {
             .collect()
     }
 
+    /// The peers a member may route between ([`crate::route`]): the members, the joiners
+    /// the host announced, and (on the host) the joiners in progress.
+    pub fn routable(&self) -> Vec<PeerId> {
+        let mut peers: Vec<PeerId> = self.view.members.clone();
+        peers.extend(self.expected.iter().copied());
+        peers.extend(self.guests.keys().copied());
+        peers.push(self.local);
+        peers
+    }
+
     /// A connection to `peer` is up.
     pub fn handle_link_up(&mut self, now: Instant, peer: PeerId) {
         if peer == self.local || self.is_ended() {
@@ -325,7 +339,13 @@ impl Membership {
         msg: SessionMsg,
     ) -> Result<(), &'static str> {
         match msg {
-            SessionMsg::Heartbeat | SessionMsg::App { .. } => Ok(()),
+            // App messages and routing (the driver's) count as liveness only.
+            SessionMsg::Heartbeat
+            | SessionMsg::App { .. }
+            | SessionMsg::RouteAsk { .. }
+            | SessionMsg::RouteWanted { .. }
+            | SessionMsg::RouteReady { .. }
+            | SessionMsg::RouteRefused { .. } => Ok(()),
             SessionMsg::Leave => {
                 self.link_down(now, from, LeaveReason::Left);
                 Ok(())

@@ -98,6 +98,8 @@ struct SessionTask {
     held_joins: Vec<PeerId>,
     /// Members that said `Leave` (at most `MAX_MEMBERS`: only current members count).
     said_leave: Vec<PeerId>,
+    /// Routes through members in progress (`driver_routes.rs`).
+    routing: routes::Routing,
 }
 
 /// Starts the session task for `core` on `node`.
@@ -123,6 +125,8 @@ pub(crate) fn spawn(
     let (messages_tx, messages) = mpsc::channel(event_queue.max(16));
     let (joined_tx, joined_rx) = oneshot::channel();
     let joining = !core.is_member();
+    let routes = node.routes().clone();
+    let task_node = node.clone();
     let task = SessionTask {
         core,
         node,
@@ -135,6 +139,7 @@ pub(crate) fn spawn(
         sink: AppSink {
             messages: messages_tx,
             shared: shared.clone(),
+            routes,
         },
         joined: joining.then_some(joined_tx),
         keeper: None,
@@ -142,6 +147,7 @@ pub(crate) fn spawn(
         leaving: None,
         held_joins: Vec::new(),
         said_leave: Vec::new(),
+        routing: routes::Routing::default(),
     };
     let span = tracing::info_span!("session", peer = %local.short());
     let handle = tokio::spawn(tracing::Instrument::instrument(
@@ -149,6 +155,7 @@ pub(crate) fn spawn(
         span,
     ));
     Session {
+        node: Arc::downgrade(&task_node),
         local,
         shared,
         commands,
@@ -162,6 +169,9 @@ pub(crate) fn spawn(
 
 #[path = "driver_listing.rs"]
 mod listing_sync;
+
+#[path = "driver_routes.rs"]
+mod routes;
 
 use listing_sync::keeper_changed;
 
@@ -194,6 +204,9 @@ impl SessionTask {
                     None => self.core.leave(Instant::now()),
                 },
                 _ = sleep_until_opt(deadline) => self.core.handle_timeout(Instant::now()),
+                _ = sleep_until_opt(self.routing.next_deadline()) => {
+                    self.route_timeouts(Instant::now());
+                }
                 Some(status) = keeper_changed(&mut self.keeper) => self.on_keeper_status(status),
             }
         }
@@ -232,6 +245,7 @@ impl SessionTask {
                     // Game messages travel on the app stream.
                     self.violation(now, peer, "a game message on the membership stream");
                 } else {
+                    self.on_route_msg(now, peer, &msg);
                     if msg == SessionMsg::Leave
                         && self.core.view().contains(&peer)
                         && !self.said_leave.contains(&peer)
@@ -287,6 +301,8 @@ impl SessionTask {
                     old.close();
                     self.core.handle_link_down(now, peer);
                 }
+                self.node.routes().add_link(peer, conn.clone());
+                self.routing.forget(&peer);
                 let handle = link::spawn(
                     peer,
                     conn,
@@ -300,6 +316,9 @@ impl SessionTask {
             }
             Wake::DialFailed { peer, reason } => {
                 tracing::info!(peer = %peer.short(), %reason, "dial failed");
+                if self.try_route(now, peer) {
+                    return;
+                }
                 self.core.handle_link_down(now, peer);
             }
         }
@@ -336,24 +355,42 @@ impl SessionTask {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(peer);
+        let routes = self.node.routes();
+        let through = routes.ends_via(peer);
+        routes.remove_link(peer);
+        if !through.is_empty() {
+            self.reroute_from(Instant::now(), *peer, through);
+        }
         Some(link)
     }
 
     fn dial(&self, peer: PeerId) {
         let node = self.node.clone();
         let wakes = self.wake_tx.clone();
-        let budget = self.core_join_timeout();
+        // With another member linked, a route through it is the fallback: leave it half
+        // the join's time (a dial whose direct and relayed paths are both cut waits for
+        // its QUIC handshake to time out otherwise).
+        let router_available =
+            self.core.config().route_through_members && self.links.keys().any(|p| *p != peer);
+        let budget = if router_available {
+            self.core_join_timeout() / 2
+        } else {
+            self.core_join_timeout()
+        };
         tokio::spawn(async move {
             let wake = match tokio::time::timeout(budget, node.connect(peer)).await {
-                Ok(Ok(c)) => match link::open(&c.peer.connection, STREAM_TIMEOUT).await {
-                    Ok((send, recv)) => Wake::Connected {
-                        peer,
-                        conn: c.peer.connection,
-                        send,
-                        recv,
-                    },
-                    Err(reason) => Wake::DialFailed { peer, reason },
-                },
+                Ok(Ok(c)) => {
+                    let conn = hold_path(c);
+                    match link::open(&conn, STREAM_TIMEOUT).await {
+                        Ok((send, recv)) => Wake::Connected {
+                            peer,
+                            conn,
+                            send,
+                            recv,
+                        },
+                        Err(reason) => Wake::DialFailed { peer, reason },
+                    }
+                }
                 Ok(Err(e)) => Wake::DialFailed {
                     peer,
                     reason: e.to_string(),
@@ -504,6 +541,7 @@ impl SessionTask {
         self.node
             .allowlist()
             .set_open(is_host && !self.core.view().locked);
+        self.node.routes().set_members(self.core.routable());
         self.sync_listing(is_host, self.core.view().members.len());
     }
 
@@ -545,6 +583,19 @@ impl SessionTask {
         }
     }
 }
+/// Keeps the connection's path watch for as long as the connection lives (the node
+/// treats a connection nobody watches as gone: a later probing round with the peer would
+/// be taken for a new introduction); returns the connection.
+pub(crate) fn hold_path(c: crate::direct::DirectConnection) -> quinn::Connection {
+    let conn = c.peer.connection;
+    let (watch, closed) = (c.path, conn.clone());
+    tokio::spawn(async move {
+        closed.closed().await;
+        drop(watch);
+    });
+    conn
+}
+
 /// Aborts its task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -558,10 +609,10 @@ impl Drop for AbortOnDrop {
 async fn accept_loop(node: Arc<DirectNode>, wakes: mpsc::Sender<Wake>) {
     while let Some(result) = node.accept().await {
         let Ok(c) = result else { continue };
+        let peer = c.peer.peer_id;
+        let conn = hold_path(c);
         let wakes = wakes.clone();
         tokio::spawn(async move {
-            let peer = c.peer.peer_id;
-            let conn = c.peer.connection;
             match link::accept(&conn, STREAM_TIMEOUT).await {
                 Ok((send, recv)) => {
                     let _ = wakes

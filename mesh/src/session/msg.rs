@@ -187,6 +187,29 @@ pub enum SessionMsg {
     Heartbeat,
     /// The sender leaves the session. Type 0x0d.
     Leave,
+    /// End to a member that reaches both: forward between me and `to` (routing through
+    /// a member, [`crate::route`]). Type 0x10.
+    RouteAsk {
+        /// The other end.
+        to: PeerId,
+    },
+    /// Router to the other end: `from` asked for a route to you through me; ask too to
+    /// open it. Type 0x11.
+    RouteWanted {
+        /// The end that asked.
+        from: PeerId,
+    },
+    /// Router to both ends: the route to `with` through me is open. Type 0x12.
+    RouteReady {
+        /// The other end.
+        with: PeerId,
+    },
+    /// Router to an end: no route to `with` through me (not a member, too many routes,
+    /// the other end cannot take it). Type 0x13.
+    RouteRefused {
+        /// The other end.
+        with: PeerId,
+    },
     /// A reliable game message (at most [`MAX_RELIABLE_MESSAGE`] bytes). Type 0x40.
     App {
         /// The game's bytes.
@@ -342,6 +365,10 @@ impl WireMessage for SessionMsg {
             Self::Down { .. } => 0x0b,
             Self::Heartbeat => 0x0c,
             Self::Leave => 0x0d,
+            Self::RouteAsk { .. } => 0x10,
+            Self::RouteWanted { .. } => 0x11,
+            Self::RouteReady { .. } => 0x12,
+            Self::RouteRefused { .. } => 0x13,
             Self::App { .. } => 0x40,
         }
     }
@@ -391,6 +418,10 @@ impl WireMessage for SessionMsg {
                 write_ids(w, down)?;
             }
             Self::Heartbeat | Self::Leave => {}
+            Self::RouteAsk { to: p }
+            | Self::RouteWanted { from: p }
+            | Self::RouteReady { with: p }
+            | Self::RouteRefused { with: p } => w.peer_id(p),
             Self::App { data } => {
                 check_len("message", data.len(), MAX_RELIABLE_MESSAGE)?;
                 w.bytes16("message", data)?;
@@ -452,6 +483,10 @@ impl WireMessage for SessionMsg {
             },
             0x0c => Self::Heartbeat,
             0x0d => Self::Leave,
+            0x10 => Self::RouteAsk { to: r.peer_id()? },
+            0x11 => Self::RouteWanted { from: r.peer_id()? },
+            0x12 => Self::RouteReady { with: r.peer_id()? },
+            0x13 => Self::RouteRefused { with: r.peer_id()? },
             0x40 => Self::App {
                 data: bounded_bytes(r, "message", MAX_RELIABLE_MESSAGE)?,
             },

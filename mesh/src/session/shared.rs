@@ -185,8 +185,10 @@ fn encode_app(bytes: &[u8]) -> Result<Bytes, SendError> {
     Ok(Bytes::from(buf))
 }
 
+/// Sends a game datagram behind its one-byte tag ([`crate::route::wire`]: the link's
+/// datagrams also carry routed traffic).
 fn send_datagram(link: &LinkHandle, bytes: Bytes) -> Result<(), SendError> {
-    let max = link.conn.max_datagram_size().unwrap_or(0);
+    let max = link.conn.max_datagram_size().unwrap_or(0).saturating_sub(1);
     if bytes.len() > max {
         return Err(SendError::TooLarge {
             len: bytes.len(),
@@ -194,6 +196,6 @@ fn send_datagram(link: &LinkHandle, bytes: Bytes) -> Result<(), SendError> {
         });
     }
     link.conn
-        .send_datagram(bytes)
+        .send_datagram(crate::route::wire::game(&bytes))
         .map_err(|e| SendError::Datagram(e.to_string()))
 }

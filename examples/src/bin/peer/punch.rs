@@ -200,6 +200,9 @@ fn connected_line(c: &DirectConnection) -> Value {
     if let Some(how) = c.how.how(&path) {
         line["how"] = how.as_str().into();
     }
+    if let Some(via) = path.via {
+        line["via"] = via.to_string().into();
+    }
     line
 }
 
@@ -219,6 +222,9 @@ async fn report_path_changes(peer: PeerId, mut path: watch::Receiver<ActivePath>
         });
         if let Some(how) = how.how(&p) {
             line["how"] = how.as_str().into();
+        }
+        if let Some(via) = p.via {
+            line["via"] = via.to_string().into();
         }
         emit(&line);
     }

@@ -13,13 +13,16 @@
 //! 1. A thread reads stdin line by line; each line is broadcast to every member as a
 //!    reliable, ordered message.
 //! 2. Session events become JSON lines: `member_joined`, `member_left`, `host_changed`
-//!    (plus `listing` when this peer becomes host), `message`, `ended`. Join requests are
+//!    (plus `listing` when this peer becomes host), `message`, `ended`, and `path` when a
+//!    member's link moves (`direct`, `relay`, or `router` with `via`, the member that
+//!    forwards). Join requests are
 //!    accepted at once (the core still turns joiners away when locked or full).
 //! 3. EOF on stdin, SIGINT or SIGTERM leave gracefully (`Session::leave`), print `left`
 //!    (with `signal` after a signal) and exit 0; the session ending by itself prints
 //!    `ended` and exits 0 if it was a leave, 1 otherwise. A signal before the session is
 //!    up prints `error {kind: "interrupted"}` and exits 1.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,7 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh::coord::PunchAddr;
-use mesh::identity::Identity;
+use mesh::direct::ActivePath;
+use mesh::identity::{Identity, PeerId};
 use mesh::listing::{Filter, ListingClient, ListingId, SessionRow};
 use mesh::session::{
     JoinTarget, Mesh, MeshConfig, Reliability, Session, SessionConfig, SessionEnd, SessionEvent,
@@ -68,6 +72,10 @@ pub struct SessionArgs {
     /// in milliseconds; then `error {kind: "unreachable"}`.
     #[arg(long, env = "PEER_CONNECT_TIMEOUT_MS", default_value_t = crate::punch::DEFAULT_CONNECT_TIMEOUT_MS)]
     pub connect_timeout_ms: u64,
+    /// Do not ask another member to route to a member this peer cannot reach (the join
+    /// then fails naming it).
+    #[arg(long, env = "PEER_NO_ROUTE")]
+    pub no_route: bool,
 }
 
 impl SessionArgs {
@@ -86,6 +94,7 @@ impl SessionArgs {
         }
         config.direct.connect_timeout = Duration::from_millis(self.connect_timeout_ms.max(1));
         config.request_timeout = REQUEST_TIMEOUT;
+        config.membership.route_through_members = !self.no_route;
         Mesh::new(Arc::new(identity), config).map_err(|e| (e.kind(), e.to_string()))
     }
 }
@@ -280,8 +289,14 @@ enum Next {
 async fn run(mut session: Session, stop: &Stop) -> ExitCode {
     let local = session.local_id();
     let mut stdin = stdin_lines();
+    let mut paths = HashMap::new();
+    let mut path_check = tokio::time::interval(PATH_CHECK);
     loop {
         let next = tokio::select! {
+            _ = path_check.tick() => {
+                report_paths(&session, &mut paths);
+                continue;
+            }
             line = stdin.recv() => line.map_or(Next::Eof, Next::Line),
             event = session.next_event() => event.map_or(Next::Closed, Next::Event),
             signal = stop.wait() => Next::Signal(signal),
@@ -316,6 +331,34 @@ async fn run(mut session: Session, stop: &Stop) -> ExitCode {
             }
             Next::Event(event) => on_event(&session, event),
         }
+    }
+}
+
+/// How often the members' paths are looked at.
+const PATH_CHECK: Duration = Duration::from_millis(200);
+
+/// Prints a `path` line for each member whose link moved to another path since the last
+/// look: `path` (`direct`, `relay` or `router`), `remote`, and `via` for a router.
+fn report_paths(session: &Session, last: &mut HashMap<PeerId, ActivePath>) {
+    let local = session.local_id();
+    last.retain(|p, _| session.members().contains(p));
+    for member in session.members().into_iter().filter(|m| *m != local) {
+        let Some(path) = session.path_of(&member) else {
+            continue;
+        };
+        if last.insert(member, path) == Some(path) {
+            continue;
+        }
+        let mut line = json!({
+            "event": "path",
+            "peer": member.to_string(),
+            "path": path.kind.as_str(),
+            "remote": path.remote.to_string(),
+        });
+        if let Some(via) = path.via {
+            line["via"] = via.to_string().into();
+        }
+        emit(&line);
     }
 }
 

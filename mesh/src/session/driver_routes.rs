@@ -1,0 +1,239 @@
+//! The session driver's routing through a member ([`crate::route`]): verified joins and
+//! links that reach a member neither directly nor through a relay get a route through a
+//! member that reaches both.
+//!
+//! Steps:
+//! 1. **Ask.** A dial to `peer` failed (the joiner's dial to a member, say): instead of
+//!    reporting the link down, the end asks the linked member with the lowest RTT (other
+//!    than `peer`) for a route ([`SessionMsg::RouteAsk`]) and waits up to [`ROUTE_WAIT`].
+//!    Only one route is tried per peer; a failed one reports the link down as before (the
+//!    join then fails naming the member).
+//! 2. **Router.** A member asked for a route records the ask in its hub's forwarder
+//!    (members, announced joiners and joiners in progress only) and tells the other end
+//!    ([`SessionMsg::RouteWanted`]); when the other end asks too, the route is open and
+//!    both hear [`SessionMsg::RouteReady`]; a refused ask gets
+//!    [`SessionMsg::RouteRefused`].
+//! 3. **Other end.** On `RouteWanted` from a peer it may talk to, an end opens its side
+//!    (its entry for the asker points at the route) and asks the router too.
+//! 4. **Connect.** On `RouteReady`, the asking end opens its side and dials over the
+//!    route ([`DirectNode::connect_routed`]); the link comes up like any other and its
+//!    path core keeps probing for a direct path, moving the connection when one
+//!    validates. An end whose link to the peer is up already (a reroute) only moves it.
+//! 5. **Reroute.** When a router's link goes, the end with the lower id asks another
+//!    member for a new route for each link that ran through it; the inner connection
+//!    moves to the new route without a new handshake.
+//!
+//! The router is the linked member with the lowest RTT from the asking end; the RTT
+//! between the router and the other end is not known here.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use super::{link, SessionMsg, SessionTask, Wake, STREAM_TIMEOUT};
+use crate::identity::PeerId;
+
+/// How long an end waits for its route.
+pub(crate) const ROUTE_WAIT: Duration = Duration::from_secs(8);
+
+/// An end's routes in progress (bounded by the members: one per peer).
+#[derive(Debug, Default)]
+pub(crate) struct Routing {
+    /// Peer -> (router asked, deadline, whether the link is up already: a reroute).
+    pending: HashMap<PeerId, (PeerId, Instant, bool)>,
+    /// Peers a route was tried for (never twice).
+    tried: HashSet<PeerId>,
+}
+
+impl Routing {
+    /// `peer`'s link is up: no route pending for it any more.
+    pub(crate) fn forget(&mut self, peer: &PeerId) {
+        self.pending.remove(peer);
+    }
+
+    /// The next deadline of a pending route.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.pending.values().map(|(_, at, _)| *at).min()
+    }
+}
+
+impl SessionTask {
+    /// Step 1: a dial to `peer` failed; `true` if a route is being tried instead.
+    pub(crate) fn try_route(&mut self, now: Instant, peer: PeerId) -> bool {
+        let allowed = self.core.config().route_through_members;
+        if !allowed || self.routing.tried.contains(&peer) || self.core.is_ended() {
+            return false;
+        }
+        let Some(router) = self.best_router(&peer) else {
+            return false;
+        };
+        self.ask_route(now, peer, router)
+    }
+
+    /// The linked member (not `peer`) with the lowest RTT.
+    fn best_router(&self, peer: &PeerId) -> Option<PeerId> {
+        self.links
+            .iter()
+            .filter(|(p, _)| *p != peer)
+            .min_by_key(|(_, l)| l.conn.rtt())
+            .map(|(p, _)| *p)
+    }
+
+    fn ask_route(&mut self, now: Instant, peer: PeerId, router: PeerId) -> bool {
+        let Some(link) = self.links.get(&router) else {
+            return false;
+        };
+        if !link.send(&SessionMsg::RouteAsk { to: peer }) {
+            return false;
+        }
+        tracing::info!(peer = %peer.short(), router = %router.short(), "asking for a route");
+        self.routing.tried.insert(peer);
+        let linked = self.links.contains_key(&peer);
+        self.routing
+            .pending
+            .insert(peer, (router, now + ROUTE_WAIT, linked));
+        true
+    }
+
+    /// Steps 2-4: a routing message from `from`.
+    pub(crate) fn on_route_msg(&mut self, now: Instant, from: PeerId, msg: &SessionMsg) {
+        let routes = self.node.routes().clone();
+        match *msg {
+            SessionMsg::RouteAsk { to } => {
+                let answer = match routes.ask(from, to) {
+                    Ok(crate::route::Asked::Waiting) => {
+                        let told = self
+                            .links
+                            .get(&to)
+                            .is_some_and(|l| l.send(&SessionMsg::RouteWanted { from }));
+                        (!told).then_some(SessionMsg::RouteRefused { with: to })
+                    }
+                    Ok(crate::route::Asked::Open) => {
+                        if let Some(l) = self.links.get(&to) {
+                            l.send(&SessionMsg::RouteReady { with: from });
+                        }
+                        Some(SessionMsg::RouteReady { with: to })
+                    }
+                    Err(e) => {
+                        tracing::info!(from = %from.short(), to = %to.short(), error = %e, "route refused");
+                        Some(SessionMsg::RouteRefused { with: to })
+                    }
+                };
+                if let (Some(answer), Some(l)) = (answer, self.links.get(&from)) {
+                    l.send(&answer);
+                }
+            }
+            SessionMsg::RouteWanted { from: asker } => {
+                if !self.node.allowlist().allows(&asker) && !self.core.view().contains(&asker) {
+                    return;
+                }
+                // A peer already linked (a reroute) keeps its path unless it ran on a route.
+                let linked = self.links.contains_key(&asker);
+                match routes.open_end_as(from, asker, !linked) {
+                    Ok(_) => {
+                        if let Some(l) = self.links.get(&from) {
+                            l.send(&SessionMsg::RouteAsk { to: asker });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::info!(asker = %asker.short(), error = %e, "cannot take the route")
+                    }
+                }
+            }
+            SessionMsg::RouteReady { with } => {
+                let Some((router, _, _)) = self.routing.pending.remove(&with) else {
+                    return;
+                };
+                if router != from {
+                    return;
+                }
+                if self.links.contains_key(&with) {
+                    let node = self.node.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = node.reroute(with, router).await {
+                            tracing::info!(peer = %with.short(), error = %e, "reroute failed");
+                        }
+                    });
+                } else {
+                    self.dial_routed(with, router);
+                }
+            }
+            SessionMsg::RouteRefused { with } => {
+                if let Some((router, _, linked)) = self.routing.pending.get(&with).copied() {
+                    if router == from {
+                        self.routing.pending.remove(&with);
+                        tracing::info!(peer = %with.short(), router = %from.short(), "route refused");
+                        if !linked {
+                            self.core.handle_link_down(now, with);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Step 4: dials `peer` over the route through `via` (in its own task).
+    fn dial_routed(&self, peer: PeerId, via: PeerId) {
+        let node = self.node.clone();
+        let wakes = self.wake_tx.clone();
+        let budget = self.core_join_timeout();
+        tokio::spawn(async move {
+            let dial = tokio::time::timeout(budget, node.connect_routed(peer, via));
+            let wake = match dial.await {
+                Ok(Ok(c)) => {
+                    let conn = super::hold_path(c);
+                    match link::open(&conn, STREAM_TIMEOUT).await {
+                        Ok((send, recv)) => Wake::Connected {
+                            peer,
+                            conn,
+                            send,
+                            recv,
+                        },
+                        Err(reason) => Wake::DialFailed { peer, reason },
+                    }
+                }
+                Ok(Err(e)) => Wake::DialFailed {
+                    peer,
+                    reason: format!("through {}: {e}", via.short()),
+                },
+                Err(_) => Wake::DialFailed {
+                    peer,
+                    reason: "routed dial timed out".into(),
+                },
+            };
+            let _ = wakes.send(wake).await;
+        });
+    }
+
+    /// Ends pending routes past their deadline: the link is down.
+    pub(crate) fn route_timeouts(&mut self, now: Instant) {
+        let expired: Vec<(PeerId, bool)> = self
+            .routing
+            .pending
+            .iter()
+            .filter(|(_, (_, at, _))| *at <= now)
+            .map(|(p, (_, _, linked))| (*p, *linked))
+            .collect();
+        for (peer, linked) in expired {
+            self.routing.pending.remove(&peer);
+            tracing::info!(peer = %peer.short(), "no route in time");
+            if !linked {
+                self.core.handle_link_down(now, peer);
+            }
+        }
+    }
+
+    /// Step 5: the link to `router` went; reroute the links that ran through it.
+    pub(crate) fn reroute_from(&mut self, now: Instant, router: PeerId, through: Vec<PeerId>) {
+        let local = self.core.local_id();
+        for peer in through {
+            if local >= peer || !self.links.contains_key(&peer) || peer == router {
+                continue;
+            }
+            self.routing.tried.remove(&peer);
+            if let Some(next) = self.best_router(&peer).filter(|r| *r != router) {
+                self.ask_route(now, peer, next);
+            }
+        }
+    }
+}
