@@ -402,8 +402,9 @@ fn join_fails_naming_the_unreachable_member() -> Result<()> {
 
 /// A 4-peer session where one pair reaches each other neither directly nor through the
 /// proxy (router C drops everything to B's NAT and to the proxy's address): the last
-/// joiner gets in through a router member, messages flow both ways through it, and once
-/// the rules are lifted the pair's path core moves the link to a direct path.
+/// joiner gets in through a router member, messages flow both ways through it; when the
+/// router leaves, the pair moves to a route through the remaining member; once the rules
+/// are lifted the pair's path core moves the link to a direct path.
 #[test]
 fn a_pair_cut_from_each_other_talks_through_a_router_member() -> Result<()> {
     let test = "a_pair_cut_from_each_other_talks_through_a_router_member";
@@ -469,6 +470,26 @@ fn a_pair_cut_from_each_other_talks_through_a_router_member() -> Result<()> {
     peers[2].send_line("and back")?;
     c1.wait_event("message", "text", "and back", LINE_TIMEOUT)?;
 
+    // The router leaves: the pair moves to a route through the other member of A.
+    let router_index = if via == ids[0] { 0 } else { 1 };
+    let other = ids[1 - router_index].clone();
+    peers[router_index].close_stdin();
+    let left = Instant::now();
+    let rerouted = c1.wait("path to b1 through the other router", LINE_TIMEOUT, |v| {
+        v["event"] == "path" && v["peer"] == b1.as_str() && v["via"] == other.as_str()
+    })?;
+    eprintln!(
+        "REROUTED: {:?} after the router left: {rerouted}",
+        left.elapsed()
+    );
+    c1.send_line("through the new router")?;
+    peers[2].wait_event("message", "text", "through the new router", LINE_TIMEOUT)?;
+    peers[2].send_line("still here")?;
+    c1.wait_event("message", "text", "still here", LINE_TIMEOUT)?;
+    let gone = peers.remove(router_index);
+    // B1 is now second (the router was one of the two before it).
+    let b1_at = 1;
+
     // The rules go: the link moves to a direct path.
     lab.unblock_peer(Router::C, b_wan)?;
     lab.unblock_peer(Router::C, proxy_ip)?;
@@ -481,12 +502,13 @@ fn a_pair_cut_from_each_other_talks_through_a_router_member() -> Result<()> {
         lifted.elapsed()
     );
     c1.send_line("direct now")?;
-    peers[2].wait_event("message", "text", "direct now", LINE_TIMEOUT)?;
+    peers[b1_at].wait_event("message", "text", "direct now", LINE_TIMEOUT)?;
 
     peers.push(c1);
     for p in &mut peers {
         p.close_stdin();
     }
+    drop(gone);
     let deadline = Instant::now() + Duration::from_secs(30);
     for p in &mut peers {
         let code = p.wait_exit(deadline)?;

@@ -71,8 +71,11 @@ async fn recv_plain(socket: &std::net::UdpSocket) -> anyhow::Result<(Vec<u8>, So
 async fn connect_with_echo(
     a: &Endpoint,
     b: &Endpoint,
-) -> anyhow::Result<(PeerConnection, PeerConnection, tokio::task::JoinHandle<anyhow::Result<()>>)>
-{
+) -> anyhow::Result<(
+    PeerConnection,
+    PeerConnection,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+)> {
     let a_addr = loopback_addr(a)?;
     let (accepted, dialed) = tokio::join!(
         async { anyhow::Ok(timeout(STEP, a.accept()).await?.context("closed")??) },
@@ -118,13 +121,17 @@ async fn stun_on_an_extra_socket_carries_its_id_and_leaves_from_its_port() -> an
     let probe = plain_socket()?;
     let probe_addr = probe.local_addr()?;
     probe.send_to(&stun_binding_request(1), extra_addr)?;
-    let got = timeout(STEP, a_stun.recv()).await?.context("queue closed")?;
+    let got = timeout(STEP, a_stun.recv())
+        .await?
+        .context("queue closed")?;
     assert_eq!(got.local, extra);
     assert_eq!(got.from, probe_addr);
     assert_eq!(&got.data[..], &stun_binding_request(1)[..]);
     // The primary socket's datagrams still say so.
     probe.send_to(&stun_binding_request(2), a_addr)?;
-    let got = timeout(STEP, a_stun.recv()).await?.context("queue closed")?;
+    let got = timeout(STEP, a_stun.recv())
+        .await?
+        .context("queue closed")?;
     assert_eq!((got.local, got.from), (LocalSocket::PRIMARY, probe_addr));
 
     // Out: a request sent from the extra socket leaves from its port...
@@ -141,7 +148,9 @@ async fn stun_on_an_extra_socket_carries_its_id_and_leaves_from_its_port() -> an
     assert_eq!(from, extra_addr);
     // ... and its answer, back on the extra socket, reaches the owner tagged with it.
     probe.send_to(&stun_binding_success(3), extra_addr)?;
-    let got = timeout(STEP, a_stun.recv()).await?.context("queue closed")?;
+    let got = timeout(STEP, a_stun.recv())
+        .await?
+        .context("queue closed")?;
     assert_eq!(&got.data[..], &stun_binding_success(3)[..]);
     assert_eq!((got.local, got.from), (extra, probe_addr));
 
@@ -158,7 +167,10 @@ async fn a_live_connection_moves_to_a_path_from_an_extra_socket() -> anyhow::Res
     let (b, _b_stun) = endpoint()?;
     let a_addr = loopback_addr(&a)?;
     let (accepted, dialed, server) = connect_with_echo(&a, &b).await?;
-    assert_eq!(echo_round_trip(&dialed, b"from the primary").await?, b"from the primary");
+    assert_eq!(
+        echo_round_trip(&dialed, b"from the primary").await?,
+        b"from the primary"
+    );
 
     // B moves A's synthetic address to a path from one of its extra sockets.
     let extra = *b.socket().open_extra(2)?.first().context("two ids")?;
@@ -181,10 +193,13 @@ async fn a_live_connection_moves_to_a_path_from_an_extra_socket() -> anyhow::Res
     assert!(b_stats.quic_tx > b_quic_tx, "{b_stats:?}");
     assert_eq!(b_stats.unroutable_tx, 0, "{b_stats:?}");
     // B's table saw the answers on the extra socket's path of the same entry.
-    let paths = b.socket().paths();
-    assert_eq!(paths.resolve(&dialed.synthetic_addr), Some(moved));
-    assert!(paths.last_rx_on(&dialed.synthetic_addr, moved).is_some());
-    drop(paths);
+    let (resolved, heard) = {
+        let paths = b.socket().paths();
+        let heard = paths.last_rx_on(&dialed.synthetic_addr, moved);
+        (paths.resolve(&dialed.synthetic_addr), heard)
+    };
+    assert_eq!(resolved, Some(moved));
+    assert!(heard.is_some());
 
     // A learned the new source and its connection moved there.
     let a_view = accepted.connection.remote_address();
@@ -196,6 +211,91 @@ async fn a_live_connection_moves_to_a_path_from_an_extra_socket() -> anyhow::Res
 
     dialed.connection.close(0u32.into(), b"done");
     timeout(STEP, server).await???;
+    Ok(())
+}
+
+/// As the engine moves a connection onto a birthday pair: both tables name the pair (B's
+/// side from its extra socket, A's side to that socket's address), so quinn sees no new
+/// address on either side. B's endpoint is idle on its primary socket once it moved, so
+/// this stalls while opening an extra socket does not wake the pending receive (see
+/// [`an_extra_socket_opened_on_an_idle_endpoint_is_heard`]; one datagram on B's primary
+/// socket after the move makes it pass).
+#[tokio::test]
+async fn both_sides_move_a_live_connection_onto_an_extra_socket_pair() -> anyhow::Result<()> {
+    let (a, _a_stun) = endpoint()?;
+    let (b, _b_stun) = endpoint()?;
+    let a_addr = loopback_addr(&a)?;
+    let (accepted, dialed, server) = connect_with_echo(&a, &b).await?;
+    assert_eq!(echo_round_trip(&dialed, b"before").await?, b"before");
+
+    let extra = *b.socket().open_extra(1)?.first().context("one id")?;
+    let extra_addr = b.socket().extra_local_addr(extra).context("extra open")?;
+    let b_path = Path::Direct {
+        remote: a_addr,
+        local: extra,
+    };
+    assert!(b.socket().paths().set_path(&dialed.synthetic_addr, b_path));
+    assert!(a
+        .socket()
+        .paths()
+        .set_path(&accepted.synthetic_addr, Path::direct(extra_addr)));
+    let (a_rx, b_rx) = (a.stats().quic_rx, b.stats().quic_rx);
+
+    for round in 0..3u8 {
+        let payload = vec![round; 50_000];
+        assert_eq!(echo_round_trip(&dialed, &payload).await?, payload);
+    }
+    // Nobody migrated: both connections keep their synthetic addresses, and the datagrams
+    // after the move came over the pair.
+    assert_eq!(
+        accepted.connection.remote_address(),
+        accepted.synthetic_addr
+    );
+    assert_eq!(dialed.connection.remote_address(), dialed.synthetic_addr);
+    assert!(a.stats().quic_rx > a_rx && b.stats().quic_rx > b_rx);
+    assert!(b
+        .socket()
+        .paths()
+        .last_rx_on(&dialed.synthetic_addr, b_path)
+        .is_some());
+    assert!(a
+        .socket()
+        .paths()
+        .last_rx_on(&accepted.synthetic_addr, Path::direct(extra_addr))
+        .is_some());
+    assert_eq!(a.stats().unroutable_tx + b.stats().unroutable_tx, 0);
+
+    dialed.connection.close(0u32.into(), b"done");
+    timeout(STEP, server).await???;
+    Ok(())
+}
+
+/// An endpoint whose receive side already waits (a running node) opens an extra socket:
+/// the next datagram on it must be read without any traffic on the primary socket. Today
+/// nothing wakes quinn's receive task when a socket is added, so the datagram waits for
+/// the primary socket's next datagram (or forever on an idle node).
+#[tokio::test]
+async fn an_extra_socket_opened_on_an_idle_endpoint_is_heard() -> anyhow::Result<()> {
+    let (a, mut a_stun) = endpoint()?;
+    let a_addr = loopback_addr(&a)?;
+    let probe = plain_socket()?;
+    let probe_addr = probe.local_addr()?;
+    // The endpoint has received once and waits again.
+    probe.send_to(&stun_binding_request(1), a_addr)?;
+    let got = timeout(STEP, a_stun.recv())
+        .await?
+        .context("queue closed")?;
+    assert_eq!((got.local, got.from), (LocalSocket::PRIMARY, probe_addr));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let extra = *a.socket().open_extra(1)?.first().context("one id")?;
+    let extra_addr = a.socket().extra_local_addr(extra).context("extra open")?;
+    probe.send_to(&stun_binding_request(2), extra_addr)?;
+    let got = timeout(Duration::from_secs(2), a_stun.recv())
+        .await
+        .context("the extra socket's datagram was never read")?
+        .context("queue closed")?;
+    assert_eq!((got.local, got.from), (extra, probe_addr));
     Ok(())
 }
 
@@ -232,7 +332,12 @@ async fn a_closed_extra_socket_is_unknown() -> anyhow::Result<()> {
     // The one left still works, and the primary socket is untouched.
     let kept = kept[0];
     a.socket()
-        .send_stun_from(kept, StunOwner::Default, probe_addr, &stun_binding_request(5))
+        .send_stun_from(
+            kept,
+            StunOwner::Default,
+            probe_addr,
+            &stun_binding_request(5),
+        )
         .await?;
     let (_, from) = recv_plain(&probe).await?;
     assert_eq!(Some(from), a.socket().extra_local_addr(kept));

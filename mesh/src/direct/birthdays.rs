@@ -299,6 +299,7 @@ impl Birthdays {
     /// a pair unused for [`KEEP_GRACE`] is dropped and its socket closed.
     pub fn keep(&mut self, now: Instant, uses: impl Fn(&PeerId, &Found) -> bool) {
         let mut closed = Vec::new();
+        let waiting = &mut self.found;
         self.runs.retain_mut(|run| {
             let Some((found, _, unused_since)) = &mut run.kept else {
                 return true;
@@ -312,6 +313,10 @@ impl Birthdays {
                 return true;
             }
             tracing::debug!(peer = %run.peer.short(), ?found, "birthday pair dropped");
+            // A pair still waiting for its core is gone too (its socket closes now).
+            if waiting.get(&run.peer) == Some(&*found) {
+                waiting.remove(&run.peer);
+            }
             closed.push(found.local);
             false
         });

@@ -396,7 +396,7 @@ impl DirectNode {
     /// Moves the live connection to `target` onto a new route through `via` (its router
     /// left): the route becomes the connection's relayed path, and its active path if it
     /// ran on a route.
-    pub async fn reroute(&self, target: PeerId, via: PeerId) -> Result<(), DialError> {
+    pub fn reroute(&self, target: PeerId, via: PeerId) -> Result<(), DialError> {
         let on_route = self
             .race
             .watches
@@ -418,10 +418,12 @@ impl DirectNode {
                 .update(target, ActivePath::routed(Some(via)));
         }
         let kind = crate::conn::PathKind::Routed { route };
-        self.race
-            .engine
-            .conn(super::conn_slots::ConnCmd::Relay { peer: target, kind })
-            .await;
+        let engine = self.race.engine.clone();
+        tokio::spawn(async move {
+            engine
+                .conn(super::conn_slots::ConnCmd::Relay { peer: target, kind })
+                .await;
+        });
         Ok(())
     }
 

@@ -36,6 +36,8 @@ const COMMAND_QUEUE: usize = 256;
 const MEMBERSHIP_EVENTS: usize = 1024;
 /// Longest a link's stream setup may take.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest dial to a member while another member could route to it.
+const DIAL_BEFORE_ROUTE: Duration = Duration::from_secs(6);
 /// How long the last member waits for the delisting to be confirmed.
 const DELIST_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a host that leaves listens for the other members leaving too (then nobody
@@ -367,13 +369,14 @@ impl SessionTask {
     fn dial(&self, peer: PeerId) {
         let node = self.node.clone();
         let wakes = self.wake_tx.clone();
-        // With another member linked, a route through it is the fallback: leave it half
-        // the join's time (a dial whose direct and relayed paths are both cut waits for
-        // its QUIC handshake to time out otherwise).
+        // With another member linked, a route through it is the fallback: a dial whose
+        // direct and relayed paths are both cut would wait for its QUIC handshake to time
+        // out, so it gets `DIAL_BEFORE_ROUTE` (at most half the join's time). A slow dial
+        // cut short still ends direct: the routed link's path core keeps probing.
         let router_available =
             self.core.config().route_through_members && self.links.keys().any(|p| *p != peer);
         let budget = if router_available {
-            self.core_join_timeout() / 2
+            DIAL_BEFORE_ROUTE.min(self.core_join_timeout() / 2)
         } else {
             self.core_join_timeout()
         };

@@ -127,9 +127,16 @@ impl SessionTask {
                     return;
                 }
                 // A peer already linked (a reroute) keeps its path unless it ran on a route.
-                let linked = self.links.contains_key(&asker);
-                match routes.open_end_as(from, asker, !linked) {
-                    Ok(_) => {
+                let opened = if self.links.contains_key(&asker) {
+                    self.node.reroute(asker, from).map_err(|e| e.to_string())
+                } else {
+                    routes
+                        .open_end(from, asker)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                };
+                match opened {
+                    Ok(()) => {
                         if let Some(l) = self.links.get(&from) {
                             l.send(&SessionMsg::RouteAsk { to: asker });
                         }
@@ -147,12 +154,9 @@ impl SessionTask {
                     return;
                 }
                 if self.links.contains_key(&with) {
-                    let node = self.node.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = node.reroute(with, router).await {
-                            tracing::info!(peer = %with.short(), error = %e, "reroute failed");
-                        }
-                    });
+                    if let Err(e) = self.node.reroute(with, router) {
+                        tracing::info!(peer = %with.short(), error = %e, "reroute failed");
+                    }
                 } else {
                     self.dial_routed(with, router);
                 }

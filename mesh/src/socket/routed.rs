@@ -11,11 +11,10 @@
 //! 3. Receive: the hub hands each datagram the router forwarded to
 //!    [`super::MeshSocket::inject_routed`]; the path table names its synthetic source
 //!    (routed sources are never learned), the datagram waits in a bounded queue and the
-//!    socket's receive task is woken to hand it to quinn.
+//!    socket wakes its receive task to hand it to quinn.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::task::Waker;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -42,7 +41,6 @@ pub(crate) struct RoutedPlane {
     armed: AtomicBool,
     out: Mutex<Option<mpsc::Sender<RoutedDatagram>>>,
     pub(crate) inbound: Mutex<RelayedQueue>,
-    waker: Mutex<Option<Waker>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -56,7 +54,6 @@ impl Default for RoutedPlane {
             armed: AtomicBool::new(false),
             out: Mutex::new(None),
             inbound: Mutex::new(RelayedQueue::new(DEFAULT_ROUTED_QUEUE)),
-            waker: Mutex::new(None),
         }
     }
 }
@@ -92,24 +89,5 @@ impl RoutedPlane {
             }
         }
         dropped
-    }
-
-    /// Step 3: remembers the receive task to wake.
-    pub(crate) fn register(&self, waker: &Waker) {
-        if !self.is_armed() {
-            return;
-        }
-        let mut slot = lock(&self.waker);
-        match slot.as_ref() {
-            Some(w) if w.will_wake(waker) => {}
-            _ => *slot = Some(waker.clone()),
-        }
-    }
-
-    /// Step 3: wakes the receive task (a datagram was queued).
-    pub(crate) fn wake(&self) {
-        if let Some(w) = lock(&self.waker).take() {
-            w.wake();
-        }
     }
 }

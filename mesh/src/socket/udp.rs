@@ -43,7 +43,7 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -184,6 +184,9 @@ pub struct MeshSocket {
     stun: Mutex<StunQueues>,
     extras: ExtraSockets,
     routed: RoutedPlane,
+    /// The receive task's waker: opening extra sockets and injecting routed datagrams
+    /// wake it (nothing else would: the task waits on the sockets' readiness).
+    recv_waker: Mutex<Option<Waker>>,
     counters: Counters,
 }
 
@@ -223,6 +226,7 @@ impl MeshSocket {
             stun: Mutex::new(stun),
             extras: ExtraSockets::default(),
             routed: RoutedPlane::default(),
+            recv_waker: Mutex::new(None),
             counters: Counters::default(),
         };
         Ok((Arc::new(socket), StunReceiver(stun_rx)))
@@ -235,7 +239,31 @@ impl MeshSocket {
 
     /// Opens `n` extra local sockets on this socket's IP ([`super::extra`]); their ids.
     pub fn open_extra(&self, n: usize) -> Result<Vec<LocalSocket>, ExtraSocketError> {
-        self.extras.open(self.io.local_addr()?, n)
+        let ids = self.extras.open(self.io.local_addr()?, n)?;
+        // The receive task may be waiting on the other sockets only: poll the new ones.
+        self.wake_recv();
+        Ok(ids)
+    }
+
+    /// Keeps the receive task's waker (at the start of every receive poll, before any
+    /// queue or socket is looked at, so no wake-up falls between).
+    fn register_recv_waker(&self, cx: &Context<'_>) {
+        let mut slot = self.recv_waker.lock().unwrap_or_else(|p| p.into_inner());
+        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *slot = Some(cx.waker().clone());
+        }
+    }
+
+    /// Wakes the receive task (something to read outside the primary socket).
+    fn wake_recv(&self) {
+        let waker = self
+            .recv_waker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Closes extra local sockets (unknown ids are ignored).
@@ -271,7 +299,7 @@ impl MeshSocket {
             queue.push(from, datagram)
         });
         if queued {
-            self.routed.wake();
+            self.wake_recv();
         } else {
             self.counters.routed_dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -734,7 +762,7 @@ impl AsyncUdpSocket for MeshSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        self.routed.register(cx.waker());
+        self.register_recv_waker(cx);
         loop {
             let relayed = self.deliver_relayed(bufs, meta);
             if relayed > 0 {
