@@ -246,7 +246,7 @@ mod tests {
         f.set_members([peer(1), peer(3)]);
         assert_eq!(f.forward(t0, peer(1), peer(2), 100), Err(Refused::NoRoute));
         assert_eq!(f.stats().forwarded, 2);
-        assert_eq!(f.stats().no_route, 3);
+        assert_eq!(f.stats().no_route, 4);
     }
 
     #[test]
