@@ -58,6 +58,11 @@ impl TokenBucket {
         true
     }
 
+    /// The latest time the bucket was refilled or spent (it refills from then on).
+    pub fn last_used(&self) -> Instant {
+        self.last
+    }
+
     /// Whether the bucket is full at `now` (an unlimited one always is).
     pub fn is_full(&mut self, now: Instant) -> bool {
         if self.is_unlimited() {

@@ -31,7 +31,7 @@ use stun_rs::attributes::turn::{
 };
 use stun_rs::{AddressFamily, MessageClass, StunAttribute, StunMessage};
 
-use super::allocation::{Allocation, TokenBucket};
+use super::allocation::{bytes_bucket, Allocation};
 use super::{Authed, Command, Quota, Req, Server};
 
 /// How many ports are tried when the driver cannot bind the picked one.
@@ -193,7 +193,7 @@ impl Server {
                 active: false,
                 permissions: Vec::new(),
                 channels: Vec::new(),
-                bucket: TokenBucket::new(self.config.limits.bandwidth_per_allocation, now),
+                bucket: bytes_bucket(self.config.limits.bandwidth_per_allocation, now),
                 pending: Some(pending),
             },
         );

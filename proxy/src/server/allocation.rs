@@ -50,44 +50,13 @@ pub(crate) enum BindError {
     Full,
 }
 
-/// A token bucket in bytes, refilled at `rate` per second up to one second's worth.
-#[derive(Debug, Clone)]
-pub(crate) struct TokenBucket {
-    /// Bytes per second; 0 = unlimited.
-    rate: u64,
-    tokens: u64,
-    last: Instant,
-}
+/// The workspace's token bucket ([`mesh::limit`]), in bytes: refilled at the allocation's
+/// rate per second up to one second's worth ([`bytes_bucket`]).
+pub(crate) use mesh::limit::TokenBucket;
 
-impl TokenBucket {
-    pub fn new(rate: u64, now: Instant) -> Self {
-        Self {
-            rate,
-            tokens: rate,
-            last: now,
-        }
-    }
-
-    /// Takes `bytes` tokens if there are enough; `false` means drop the packet.
-    pub fn take(&mut self, bytes: usize, now: Instant) -> bool {
-        if self.rate == 0 {
-            return true;
-        }
-        let elapsed = now.saturating_duration_since(self.last);
-        if !elapsed.is_zero() {
-            let refill = (elapsed.as_nanos() * u128::from(self.rate) / 1_000_000_000) as u64;
-            if refill > 0 {
-                self.tokens = self.tokens.saturating_add(refill).min(self.rate);
-                self.last = now;
-            }
-        }
-        let bytes = bytes as u64;
-        if self.tokens < bytes {
-            return false;
-        }
-        self.tokens -= bytes;
-        true
-    }
+/// A full bucket of `rate` bytes per second holding one second's worth (0 = unlimited).
+pub(crate) fn bytes_bucket(rate: u64, now: Instant) -> TokenBucket {
+    TokenBucket::new(rate, rate, now)
 }
 
 /// An allocation (the 5-tuple is the client address and the listening socket).
@@ -245,7 +214,7 @@ mod tests {
             active: true,
             permissions: Vec::new(),
             channels: Vec::new(),
-            bucket: TokenBucket::new(0, now),
+            bucket: bytes_bucket(0, now),
             pending: None,
         }
     }
@@ -253,18 +222,18 @@ mod tests {
     #[test]
     fn bucket_refills_at_its_rate_up_to_one_second() {
         let t0 = Instant::now();
-        let mut b = TokenBucket::new(1000, t0);
-        assert!(b.take(600, t0));
-        assert!(!b.take(600, t0), "400 left");
-        assert!(b.take(600, t0 + Duration::from_millis(200)), "400 + 200");
-        assert!(!b.take(1, t0 + Duration::from_millis(200)));
+        let mut b = bytes_bucket(1000, t0);
+        assert!(b.take(t0, 600));
+        assert!(!b.take(t0, 600), "400 left");
+        assert!(b.take(t0 + Duration::from_millis(200), 600), "400 + 200");
+        assert!(!b.take(t0 + Duration::from_millis(200), 1));
         assert!(
-            b.take(1000, t0 + Duration::from_secs(100)),
+            b.take(t0 + Duration::from_secs(100), 1000),
             "capped at one second"
         );
-        assert!(!b.take(1, t0 + Duration::from_secs(100)));
-        let mut unlimited = TokenBucket::new(0, t0);
-        assert!(unlimited.take(usize::MAX, t0));
+        assert!(!b.take(t0 + Duration::from_secs(100), 1));
+        let mut unlimited = bytes_bucket(0, t0);
+        assert!(unlimited.take(t0, u64::MAX));
     }
 
     #[test]

@@ -67,7 +67,7 @@ impl Server {
         if to_relay == Some(Err(())) {
             return ClientInput::Dropped(DropReason::OwnAddress);
         }
-        if !a.bucket.take(cd.payload.len(), now) {
+        if !a.bucket.take(now, cd.payload.len() as u64) {
             return ClientInput::Dropped(DropReason::Bandwidth);
         }
         self.stats.to_peer.add(cd.payload.len());
@@ -151,7 +151,7 @@ impl Server {
             return ClientInput::Dropped(DropReason::OwnAddress);
         }
         let bytes = data.as_bytes();
-        if !a.bucket.take(bytes.len(), now) {
+        if !a.bucket.take(now, bytes.len() as u64) {
             return ClientInput::Dropped(DropReason::Bandwidth);
         }
         self.stats.to_peer.add(bytes.len());
@@ -187,7 +187,7 @@ impl Server {
         if bytes.len() + DATA_INDICATION_OVERHEAD > MAX_UDP_PAYLOAD {
             return PeerInput::Dropped(DropReason::TooLarge);
         }
-        if !a.bucket.take(bytes.len(), now) {
+        if !a.bucket.take(now, bytes.len() as u64) {
             return PeerInput::Dropped(DropReason::Bandwidth);
         }
         let client = a.client;

@@ -21,7 +21,7 @@ use mesh::coord::{
 use mesh::identity::PeerId;
 
 use super::config::CoordConfig;
-use super::limits::{PeerLimits, TokenBucket};
+use super::limits::{bucket, PeerLimits, TokenBucket};
 use super::timing::RttEstimator;
 use super::{ConnId, Coordinator, Timer};
 
@@ -89,7 +89,7 @@ impl Conn {
             ping_ts: None,
             next_ping: now,
             next_relays: None,
-            messages: TokenBucket::new(c.message_rate, now),
+            messages: bucket(c.message_rate, now),
             limits,
             malformed: 0,
             decoder: FrameDecoder::new(),

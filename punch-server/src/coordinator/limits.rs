@@ -19,59 +19,14 @@ use mesh::identity::PeerId;
 
 use super::config::{CoordConfig, Rate};
 
-/// Tokens refill at `rate.per_sec`, up to `rate.burst`; a zero rate never limits.
-#[derive(Debug, Clone)]
-pub(crate) struct TokenBucket {
-    rate: Rate,
-    tokens: f64,
-    last: Instant,
-}
+/// The workspace's token bucket ([`mesh::limit`]), one token per connect, attempt or
+/// message.
+pub(crate) use mesh::limit::TokenBucket;
 
-impl TokenBucket {
-    /// A full bucket.
-    pub(crate) fn new(rate: Rate, now: Instant) -> Self {
-        Self {
-            rate,
-            tokens: f64::from(rate.burst),
-            last: now,
-        }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = self.last.max(now);
-        self.tokens =
-            (self.tokens + elapsed * f64::from(self.rate.per_sec)).min(f64::from(self.rate.burst));
-    }
-
-    /// Whether a token is available now (without taking it).
-    pub(crate) fn ready(&mut self, now: Instant) -> bool {
-        if self.rate.per_sec == 0 {
-            return true;
-        }
-        self.refill(now);
-        self.tokens >= 1.0
-    }
-
-    /// Whether the bucket is full at `now` (a zero rate always is).
-    fn is_full(&mut self, now: Instant) -> bool {
-        if self.rate.per_sec == 0 {
-            return true;
-        }
-        self.refill(now);
-        self.tokens >= f64::from(self.rate.burst)
-    }
-
-    /// Takes a token if one is available.
-    pub(crate) fn take(&mut self, now: Instant) -> bool {
-        if !self.ready(now) {
-            return false;
-        }
-        if self.rate.per_sec != 0 {
-            self.tokens -= 1.0;
-        }
-        true
-    }
+/// A full bucket of `rate` (tokens refill at `rate.per_sec` up to `rate.burst`; a zero rate
+/// never limits).
+pub(crate) fn bucket(rate: Rate, now: Instant) -> TokenBucket {
+    TokenBucket::new(u64::from(rate.per_sec), u64::from(rate.burst), now)
 }
 
 /// How long an empty bucket of `rate` takes to fill up; `None` for no limit.
@@ -93,8 +48,8 @@ impl PeerLimits {
     /// Full buckets.
     pub(crate) fn new(config: &CoordConfig, now: Instant) -> Self {
         Self {
-            connects: TokenBucket::new(config.connect_rate, now),
-            attempts: TokenBucket::new(config.attempt_rate, now),
+            connects: bucket(config.connect_rate, now),
+            attempts: bucket(config.attempt_rate, now),
         }
     }
 
@@ -105,7 +60,7 @@ impl PeerLimits {
 
     /// The last time either bucket was used: they only refill from then on.
     fn touched(&self) -> Instant {
-        self.connects.last.max(self.attempts.last)
+        self.connects.last_used().max(self.attempts.last_used())
     }
 }
 
@@ -257,18 +212,18 @@ mod tests {
     #[test]
     fn burst_then_rate() {
         let t0 = Instant::now();
-        let mut b = TokenBucket::new(rate(2, 3), t0);
-        assert!((0..3).all(|_| b.take(t0)));
-        assert!(!b.take(t0));
-        assert!(!b.take(t0 + Duration::from_millis(400)));
-        assert!(b.take(t0 + Duration::from_millis(500)));
+        let mut b = bucket(rate(2, 3), t0);
+        assert!((0..3).all(|_| b.take(t0, 1)));
+        assert!(!b.take(t0, 1));
+        assert!(!b.take(t0 + Duration::from_millis(400), 1));
+        assert!(b.take(t0 + Duration::from_millis(500), 1));
         // Never more than the burst, and a clock going backwards does no harm.
         let later = t0 + Duration::from_secs(100);
-        assert!((0..3).all(|_| b.take(later)));
-        assert!(!b.take(later));
-        assert!(!b.take(t0));
-        let mut free = TokenBucket::new(rate(0, 0), t0);
-        assert!((0..1000).all(|_| free.take(t0)));
+        assert!((0..3).all(|_| b.take(later, 1)));
+        assert!(!b.take(later, 1));
+        assert!(!b.take(t0, 1));
+        let mut free = bucket(rate(0, 0), t0);
+        assert!((0..1000).all(|_| free.take(t0, 1)));
     }
 
     #[test]
@@ -277,13 +232,13 @@ mod tests {
         let s = Duration::from_secs;
         let mut d = Departed::new(&config());
         let mut limits = PeerLimits::new(&config(), t0);
-        assert!((0..4).all(|_| limits.connects.take(t0)));
+        assert!((0..4).all(|_| limits.connects.take(t0, 1)));
         d.insert(peer(1), limits.clone(), t0);
         // Just before the longer fill time (4 s) the spent buckets come back...
         let mut back = d.take(&peer(1), t0 + s(4) - Duration::from_millis(1));
         assert!(back
             .as_mut()
-            .is_some_and(|l| !l.connects.take(t0 + s(1) / 2)));
+            .is_some_and(|l| !l.connects.take(t0 + s(1) / 2, 1)));
         assert_eq!(d.sizes(), (0, 1), "taken: only a stale queue item is left");
         // ...from then on they would be full anyway: the entry is dropped.
         d.insert(peer(1), limits.clone(), t0);
@@ -294,7 +249,7 @@ mod tests {
         assert!(d.take(&peer(3), t0 + s(4)).is_none());
         assert_eq!(d.sizes(), (1, 1));
         // Kept from the buckets' last use if the departure time given is older.
-        assert!(limits.connects.ready(t0 + s(2)));
+        assert!(limits.connects.ready(t0 + s(2), 1));
         d.insert(peer(3), limits, t0);
         assert!(d.take(&peer(3), t0 + s(5)).is_some());
         // Full buckets are not kept either: a new connection gets the same.
@@ -318,7 +273,7 @@ mod tests {
         let mut d = Departed::new(&config());
         let mut limits = PeerLimits::new(&config(), t0);
         // Only spent limits are worth keeping.
-        assert!(limits.attempts.take(t0));
+        assert!(limits.attempts.take(t0, 1));
         for n in 1..=3 {
             d.insert(peer(n), limits.clone(), t0);
         }

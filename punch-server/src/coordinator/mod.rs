@@ -322,7 +322,7 @@ impl Coordinator {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if !c.messages.take(now) {
+        if !c.messages.take(now, 1) {
             self.stats.rate_limited += 1;
             return;
         }

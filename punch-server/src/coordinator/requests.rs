@@ -98,7 +98,7 @@ impl Coordinator {
         if c.candidates.is_none() {
             return Err((ErrorKind::NotRegistered, "register before connecting"));
         }
-        if !c.limits.connects.take(now) {
+        if !c.limits.connects.take(now, 1) {
             return Err((ErrorKind::RateLimited, "too many connect requests"));
         }
         if c.peer == target {
@@ -330,7 +330,7 @@ impl Coordinator {
         let within_rate = |this: &mut Self, c: ConnId| {
             this.conns
                 .get_mut(&c)
-                .is_some_and(|c| c.limits.attempts.ready(now))
+                .is_some_and(|c| c.limits.attempts.ready(now, 1))
         };
         if !within_rate(self, p.requester) || !within_rate(self, p.target) {
             let detail = "too many punch attempts, try again later";
@@ -358,7 +358,7 @@ impl Coordinator {
         let (req_mapping, tgt_mapping) = (req.mapping, tgt.mapping);
         for c in [p.requester, conn] {
             if let Some(c) = self.conns.get_mut(&c) {
-                c.limits.attempts.take(now);
+                c.limits.attempts.take(now, 1);
             }
         }
         let credentials = Credentials {
