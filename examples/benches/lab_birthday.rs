@@ -26,14 +26,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use natlab::{Host, Lab, NatType};
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 fn measure(a: NatType, b: NatType, runs: usize) -> Result<Vec<common::UntilDirect>> {
     let lab = Lab::builder()
         .label("bbench")
@@ -61,17 +53,7 @@ fn measure(a: NatType, b: NatType, runs: usize) -> Result<Vec<common::UntilDirec
 }
 
 fn main() -> Result<()> {
-    let mut runs = 20usize;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == "--runs" {
-            runs = args
-                .next()
-                .context("--runs needs a number")?
-                .parse()
-                .context("--runs")?;
-        }
-    }
+    let runs = common::runs_arg(20)?;
     println!("direction                          direct  p50 ms  p99 ms  max ms  checks p50/max");
     for (a, b, name) in [
         (
@@ -97,10 +79,10 @@ fn main() -> Result<()> {
             "{name:<34} {:>3}/{:<3} {:>7.1} {:>7.1} {:>7.1}  {:>6.0}/{:.0}",
             times.len(),
             all.len(),
-            percentile(&times, 50.0),
-            percentile(&times, 99.0),
+            common::percentile(&times, 50.0),
+            common::percentile(&times, 99.0),
             times.last().copied().unwrap_or(f64::NAN),
-            percentile(&checks, 50.0),
+            common::percentile(&checks, 50.0),
             checks.last().copied().unwrap_or(f64::NAN),
         );
     }

@@ -24,14 +24,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use natlab::{Host, Lab, NatType};
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 fn measure(a: NatType, b: NatType, runs: usize) -> Result<Vec<f64>> {
     let lab = Lab::builder()
         .label("bench")
@@ -57,14 +49,7 @@ fn measure(a: NatType, b: NatType, runs: usize) -> Result<Vec<f64>> {
 }
 
 fn main() -> Result<()> {
-    let mut runs = 30usize;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--runs" {
-            runs = args.next().context("--runs N")?.parse()?;
-        }
-    }
-    let runs = runs.clamp(1, 1000);
+    let runs = common::runs_arg(30)?;
     println!(
         "connect time in the NAT lab, {runs} dials per pair (ms from connect() to established)"
     );
@@ -79,8 +64,8 @@ fn main() -> Result<()> {
                 "{:>15} x {:<15} p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>6.2} ms",
                 a.name(),
                 b.name(),
-                percentile(&t, 50.0),
-                percentile(&t, 99.0),
+                common::percentile(&t, 50.0),
+                common::percentile(&t, 99.0),
                 t.last().copied().unwrap_or(f64::NAN)
             );
             all.extend(t);
@@ -90,8 +75,8 @@ fn main() -> Result<()> {
     println!(
         "all punchable pairs ({} dials): p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
         all.len(),
-        percentile(&all, 50.0),
-        percentile(&all, 99.0),
+        common::percentile(&all, 50.0),
+        common::percentile(&all, 99.0),
         all.last().copied().unwrap_or(f64::NAN)
     );
     Ok(())

@@ -80,11 +80,6 @@ fn runs(test: &str, label: &str, a: NatType, b: NatType) -> Result<Vec<UntilDire
     Ok(out)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied().unwrap_or(f64::NAN)
-}
-
 /// Symmetric (random ports) x port-restricted, both ways: most runs go direct by birthday
 /// probing, every echo completes.
 #[test]
@@ -117,8 +112,8 @@ fn symmetric_and_port_restricted_go_direct_by_birthday_probing() -> Result<()> {
          symmetric listener); relay to direct p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
          dialer checks per run {checks:?}",
         all.len(),
-        percentile(&times, 0.5),
-        percentile(&times, 0.99),
+        common::percentile(&times, 50.0),
+        common::percentile(&times, 99.0),
         times.last().copied().unwrap_or(f64::NAN),
     );
     anyhow::ensure!(

@@ -428,3 +428,24 @@ pub fn dial_until_direct(
         birthday,
     })
 }
+
+/// The `p`-th percentile (0-100) of `sorted` by nearest rank; NaN when empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// A lab bench's `--runs N` (default `default`, clamped to 1-1000).
+pub fn runs_arg(default: usize) -> Result<usize> {
+    let mut runs = default;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--runs" {
+            runs = args.next().context("--runs N")?.parse()?;
+        }
+    }
+    Ok(runs.clamp(1, 1000))
+}

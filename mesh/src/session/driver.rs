@@ -381,29 +381,11 @@ impl SessionTask {
             self.core_join_timeout()
         };
         tokio::spawn(async move {
-            let wake = match tokio::time::timeout(budget, node.connect(peer)).await {
-                Ok(Ok(c)) => {
-                    let conn = hold_path(c);
-                    match link::open(&conn, STREAM_TIMEOUT).await {
-                        Ok((send, recv)) => Wake::Connected {
-                            peer,
-                            conn,
-                            send,
-                            recv,
-                        },
-                        Err(reason) => Wake::DialFailed { peer, reason },
-                    }
-                }
-                Ok(Err(e)) => Wake::DialFailed {
-                    peer,
-                    reason: e.to_string(),
-                },
-                Err(_) => Wake::DialFailed {
-                    peer,
-                    reason: "dial timed out".into(),
-                },
+            let dialed = match tokio::time::timeout(budget, node.connect(peer)).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err("dial timed out".into()),
             };
-            let _ = wakes.send(wake).await;
+            let _ = wakes.send(open_link(peer, dialed).await).await;
         });
     }
 
@@ -586,10 +568,27 @@ impl SessionTask {
         }
     }
 }
+/// The wake of a finished dial: the link with its session stream, or why not.
+async fn open_link(peer: PeerId, dialed: Result<crate::direct::DirectConnection, String>) -> Wake {
+    let conn = match dialed {
+        Ok(c) => hold_path(c),
+        Err(reason) => return Wake::DialFailed { peer, reason },
+    };
+    match link::open(&conn, STREAM_TIMEOUT).await {
+        Ok((send, recv)) => Wake::Connected {
+            peer,
+            conn,
+            send,
+            recv,
+        },
+        Err(reason) => Wake::DialFailed { peer, reason },
+    }
+}
+
 /// Keeps the connection's path watch for as long as the connection lives (the node
 /// treats a connection nobody watches as gone: a later probing round with the peer would
 /// be taken for a new introduction); returns the connection.
-pub(crate) fn hold_path(c: crate::direct::DirectConnection) -> quinn::Connection {
+fn hold_path(c: crate::direct::DirectConnection) -> quinn::Connection {
     let conn = c.peer.connection;
     let (watch, closed) = (c.path, conn.clone());
     tokio::spawn(async move {

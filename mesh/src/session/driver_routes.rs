@@ -29,7 +29,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use super::{link, SessionMsg, SessionTask, Wake, STREAM_TIMEOUT};
+use super::{SessionMsg, SessionTask};
 use crate::identity::PeerId;
 
 /// How long an end waits for its route.
@@ -183,29 +183,11 @@ impl SessionTask {
         let budget = self.core_join_timeout();
         tokio::spawn(async move {
             let dial = tokio::time::timeout(budget, node.connect_routed(peer, via));
-            let wake = match dial.await {
-                Ok(Ok(c)) => {
-                    let conn = super::hold_path(c);
-                    match link::open(&conn, STREAM_TIMEOUT).await {
-                        Ok((send, recv)) => Wake::Connected {
-                            peer,
-                            conn,
-                            send,
-                            recv,
-                        },
-                        Err(reason) => Wake::DialFailed { peer, reason },
-                    }
-                }
-                Ok(Err(e)) => Wake::DialFailed {
-                    peer,
-                    reason: format!("through {}: {e}", via.short()),
-                },
-                Err(_) => Wake::DialFailed {
-                    peer,
-                    reason: "routed dial timed out".into(),
-                },
+            let dialed = match dial.await {
+                Ok(result) => result.map_err(|e| format!("through {}: {e}", via.short())),
+                Err(_) => Err("routed dial timed out".into()),
             };
-            let _ = wakes.send(wake).await;
+            let _ = wakes.send(super::open_link(peer, dialed).await).await;
         });
     }
 
