@@ -575,7 +575,9 @@ fn hard_and_easy_nodes_both_validate_a_pair_over_many_seeds() {
         assert_eq!(*peer, easy_id(), "seed {seed}");
         assert_eq!(found.remote, easy_public, "seed {seed}");
         assert!(hard_ids().contains(&found.local), "seed {seed}: {found:?}");
-        assert_eq!(*rtt, 2 * ONE_WAY, "seed {seed}");
+        // The hard side follows the nomination: its RTT is its latest answered check's,
+        // zero when none was answered before the nomination came.
+        assert!(*rtt == 2 * ONE_WAY || rtt.is_zero(), "seed {seed}: {rtt:?}");
         assert_eq!(*after, hard_at - sim.start_at, "seed {seed}");
         assert_eq!(*close_at, hard_at, "seed {seed}");
         let mut losers = closed.clone();
@@ -620,7 +622,8 @@ fn hard_and_easy_nodes_both_validate_a_pair_over_many_seeds() {
         assert_eq!(*rtt, 2 * ONE_WAY, "seed {seed}");
         assert_eq!(*after, easy_at - sim.start_at, "seed {seed}");
         let (requests, answers) = sim.easy.sent_until(easy_at);
-        assert_eq!(*checks, requests, "seed {seed}");
+        // The probes, and the nomination of the pair sent when it validated.
+        assert_eq!(*checks + 1, requests, "seed {seed}");
         assert!(
             *checks <= MAX_PROBES as u64 + answers,
             "seed {seed}: {checks} checks"
@@ -832,15 +835,11 @@ fn a_pair_used_again_within_the_grace_is_kept() {
 
 /// The pair is one pair: the easy side's remote is the public mapping of the hard side's
 /// socket towards the easy side (otherwise the easy side sends to a socket the hard side
-/// closed as a loser). Each side validates on the first answer it gets, and a hit from
-/// each direction within one round trip (an easy probe landing on hard socket `i` while a
-/// check from hard socket `j` comes through a port the easy side probed earlier) makes the
-/// hard side keep `j` and the easy side `i`: 7 of these 50 seeds (narrow port range), about
-/// 1 in 300 with the default 256 sockets x 1024 probes over 64,512 ports. A fix needs the
-/// prober to nominate (e.g. the easy side's choice, RFC 8445 USE-CANDIDATE, followed by the
-/// hard side) and lives in `punch::birthday`.
+/// closed as a loser). Hits from each direction can cross within one round trip (an easy
+/// probe landing on hard socket `i` while a check from hard socket `j` comes through a port
+/// the easy side probed earlier): before the easy side nominated its pair (USE-CANDIDATE)
+/// and the hard side followed, 7 of these 50 seeds ended with two different pairs.
 #[test]
-#[ignore = "known bug: the two sides can validate different pairs (see the doc comment)"]
 fn both_sides_name_the_same_pair() {
     let easy_public = addr(EASY_PUBLIC);
     let mut mismatched = Vec::new();

@@ -9,7 +9,9 @@
 //!    claimed to this task as a [`Stray`] (bounded queue; dropped when full). The peer
 //!    without a relay sends a few hellos to the relayed address as soon as it plans that
 //!    path ([`hello`]), so the first one comes before QUIC needs the path.
-//! 2. The connections whose channel on that server is bound to the same IP at another
+//! 2. A datagram from an address on this node's own relayed IP comes from another
+//!    allocation on the same relay (a peer that relays too), never from a NAT: ignored.
+//!    The connections whose channel on that server is bound to the same IP at another
 //!    port are looked up ([`super::route::PathWatches::rebind_candidates`]); with exactly
 //!    one, a channel is bound to the new address (one try per address per
 //!    [`RETRY_AFTER`]; at most [`MAX_TRIED`] addresses remembered).
@@ -72,6 +74,13 @@ pub(crate) async fn run(mut strays: mpsc::Receiver<Stray>, ctx: RaceCtx) {
             .get(&stray.peer)
             .is_some_and(|at| now.saturating_duration_since(*at) < RETRY_AFTER)
         {
+            continue;
+        }
+        // Another allocation on the same relay (a peer relaying too) is not a symmetric
+        // NAT's new port: relayed addresses share the relay's IP, ours included.
+        let own = super::candidates::registered_relay(&ctx.control);
+        if own.is_some_and(|own| own.ip() == stray.peer.ip()) {
+            tracing::trace!(peer = %stray.peer, "Data indication from another relayed address");
             continue;
         }
         let candidates = ctx.watches.rebind_candidates(stray.server, stray.peer);

@@ -17,9 +17,12 @@
 //! 3. **The hit.** A check that lands on one of the hard side's mapped ports reaches its
 //!    socket. The hard prober answers from that socket (the answer passes the easy NAT,
 //!    whose filter the check just opened) and sends its own check back (a triggered check,
-//!    RFC 8445 section 7.3.1.4). The easy side validates the pair on the answer, the hard
-//!    side on the answer to its triggered check: [`BirthdayEvent::Validated`] names the
-//!    socket and the remote on both sides.
+//!    RFC 8445 section 7.3.1.4). The easy side decides (it is the controlling agent): it
+//!    validates the first pair that answers one of its checks and nominates it at once with
+//!    a check carrying USE-CANDIDATE (RFC 8445 section 8.1.1); the hard side validates
+//!    only the pair the easy side nominated, never its own first answer, so both sides
+//!    name the same pair even when hits cross in one round trip.
+//!    [`BirthdayEvent::Validated`] names the socket and the remote on both sides.
 //! 4. **Budget.** Nothing is sent before `start_at`, and after the first validated pair or
 //!    [`BirthdayConfig::budget`] nothing but answers; [`BirthdayEvent::Failed`] ends a
 //!    round with nothing found. The probe caps are hard limits ([`BirthdayCounters`]).
@@ -118,7 +121,9 @@ pub enum BirthdayEvent {
         socket: SocketIndex,
         /// The peer's address on the pair.
         remote: SocketAddr,
-        /// Round-trip time of the validating check.
+        /// Round-trip time of the validating check (the easy side's); on the hard side,
+        /// which follows the easy side's nomination, its latest answered check's (zero
+        /// when none was answered before the nomination).
         rtt: Duration,
     },
     /// The budget ran out without a pair.
@@ -171,6 +176,8 @@ pub struct BirthdayProber {
     done: bool,
     /// The validated pair.
     validated: Option<(SocketIndex, SocketAddr)>,
+    /// Round-trip time of the latest answered check.
+    last_rtt: Option<Duration>,
 }
 
 impl BirthdayProber {
@@ -199,6 +206,7 @@ impl BirthdayProber {
             counters: BirthdayCounters::default(),
             done: false,
             validated: None,
+            last_rtt: None,
             rng,
             start_at,
             side,
@@ -253,6 +261,19 @@ impl BirthdayProber {
                     encode_success(&parsed.transaction, from, self.creds.local_pwd.as_bytes());
                 self.queue(socket, from, answer);
                 self.counters.answered += 1;
+                // The hard side follows the easy side's nomination.
+                let nominated = req.use_candidate && matches!(self.side, BirthdaySide::Hard { .. });
+                if nominated && !self.done {
+                    self.done = true;
+                    self.validated = Some((socket, from));
+                    let rtt = self.last_rtt.unwrap_or_default();
+                    self.events.push_back(BirthdayEvent::Validated {
+                        socket,
+                        remote: from,
+                        rtt,
+                    });
+                    return true;
+                }
                 // The request proves the path open from the peer's side: check it back at
                 // once (the hard side learns its pair this way).
                 if !self.done && now >= self.start_at {
@@ -275,7 +296,9 @@ impl BirthdayProber {
                 let Some(flight) = self.in_flight.remove(pos) else {
                     return true;
                 };
-                if !self.done {
+                self.last_rtt = Some(now.saturating_duration_since(flight.sent));
+                // Only the easy side validates on an answer; it nominates the pair.
+                if !self.done && matches!(self.side, BirthdaySide::Easy { .. }) {
                     self.done = true;
                     self.validated = Some((socket, from));
                     self.events.push_back(BirthdayEvent::Validated {
@@ -283,6 +306,7 @@ impl BirthdayProber {
                         remote: from,
                         rtt: now.saturating_duration_since(flight.sent),
                     });
+                    self.consent(now);
                 }
                 true
             }
@@ -294,7 +318,8 @@ impl BirthdayProber {
         self.validated
     }
 
-    /// Sends one consent check on the validated pair (nothing before it validated). The
+    /// Sends one consent check on the validated pair (nothing before it validated); the
+    /// easy side's carry USE-CANDIDATE, so a lost nomination is repeated with each. The
     /// driver paces these; they are not counted against the probing caps.
     pub fn consent(&mut self, now: Instant) {
         let Some((socket, remote)) = self.validated else {
@@ -302,13 +327,14 @@ impl BirthdayProber {
         };
         let transaction: [u8; 12] = self.rng.gen();
         let priority = Candidate::priority_of(CandidateKind::PeerReflexive, u16::MAX);
+        let nominate = matches!(self.side, BirthdaySide::Easy { .. });
         let contents = encode_request(
             &transaction,
             &self.username_out,
             self.creds.remote_pwd.as_bytes(),
             priority,
             RoleAttr::Controlling(self.tie_breaker),
-            false,
+            nominate,
         );
         self.remember(InFlight {
             transaction,
