@@ -40,11 +40,13 @@ impl DirectNode {
                 detail: e.to_string(),
             })?;
         let path = Path::Router { route };
-        let peer = self
-            .endpoint
-            .connect_via(target, path, None)
-            .await
-            .map_err(DialError::Handshake)?;
+        let peer = match self.endpoint.connect_via(target, path, None).await {
+            Ok(peer) => peer,
+            Err(e) => {
+                self.race.routes.close_end(route);
+                return Err(DialError::Handshake(e));
+            }
+        };
         let watch = self.race.watches.set(target, ActivePath::routed(Some(via)));
         self.race.watches.set_relay(target, path, path.remote());
         if !self.race.relay_only {

@@ -268,6 +268,9 @@ pub(crate) async fn dial(
             let mut probing_now = probing;
             let Dialed { peer, path: watch } = loop {
                 tokio::select! {
+                    // The handshake's first poll sets the watch and the path, which a pair
+                    // nominated meanwhile then moves.
+                    biased;
                     dialed = &mut connecting => break dialed?,
                     outcome = &mut attempt, if probing_now => {
                         probing_now = false;

@@ -92,6 +92,23 @@ struct State {
     stats: HubStats,
 }
 
+impl State {
+    /// Ends the routes whose (router, other end) `gone` names.
+    fn drop_ends(&mut self, gone: impl Fn(&PeerId, &PeerId) -> bool) {
+        let ids: Vec<RouteId> = self
+            .ends
+            .iter()
+            .filter(|(_, (via, other))| gone(via, other))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(pair) = self.ends.remove(&id) {
+                self.by_pair.remove(&pair);
+            }
+        }
+    }
+}
+
 /// A node's route hub (see the module docs).
 #[derive(Debug, Clone)]
 pub struct RouteHub {
@@ -129,21 +146,19 @@ impl RouteHub {
         self.lock().links.insert(peer, conn);
     }
 
-    /// The link to `peer` is gone: its routes (as a router or through it) end.
+    /// The link to `peer` is gone: the routes through it end (a route *to* `peer` stays:
+    /// that link may be the route itself, replaced by a new connection).
     pub fn remove_link(&self, peer: &PeerId) {
         let mut s = self.lock();
         s.links.remove(peer);
-        let gone: Vec<RouteId> = s
-            .ends
-            .iter()
-            .filter(|(_, (via, other))| via == peer || other == peer)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in gone {
-            if let Some(pair) = s.ends.remove(&id) {
-                s.by_pair.remove(&pair);
-            }
-        }
+        s.drop_ends(|via, _| via == peer);
+    }
+
+    /// `peer` left the session: every route to or through it ends.
+    pub fn forget_peer(&self, peer: &PeerId) {
+        let mut s = self.lock();
+        s.links.remove(peer);
+        s.drop_ends(|via, other| via == peer || other == peer);
     }
 
     /// Step 2: reads `conn`'s datagrams into [`Self::on_datagram`] until it closes; game

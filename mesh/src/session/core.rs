@@ -255,7 +255,6 @@ impl Membership {
         let mut peers: Vec<PeerId> = self.view.members.clone();
         peers.extend(self.expected.iter().copied());
         peers.extend(self.guests.keys().copied());
-        peers.push(self.local);
         peers
     }
 

@@ -477,7 +477,10 @@ impl SessionTask {
                 self.held_joins.retain(|p| *p != peer);
                 None
             }
-            Event::MemberLeft { peer, reason } => Some(SessionEvent::MemberLeft { peer, reason }),
+            Event::MemberLeft { peer, reason } => {
+                self.node.routes().forget_peer(&peer);
+                Some(SessionEvent::MemberLeft { peer, reason })
+            }
             Event::HostChanged { old, new } => Some(SessionEvent::HostChanged { old, new }),
             Event::Violation { peer, why } => {
                 tracing::warn!(peer = %peer.short(), why, "protocol violation");
@@ -526,7 +529,11 @@ impl SessionTask {
         self.node
             .allowlist()
             .set_open(is_host && !self.core.view().locked);
-        self.node.routes().set_members(self.core.routable());
+        let routable = self.core.routable();
+        if routable != self.routing.members {
+            self.node.routes().set_members(routable.iter().copied());
+            self.routing.members = routable;
+        }
         self.sync_listing(is_host, self.core.view().members.len());
     }
 

@@ -40,14 +40,18 @@ pub(crate) const ROUTE_WAIT: Duration = Duration::from_secs(8);
 pub(crate) struct Routing {
     /// Peer -> (router asked, deadline, whether the link is up already: a reroute).
     pending: HashMap<PeerId, (PeerId, Instant, bool)>,
-    /// Peers a route was tried for (never twice).
+    /// Peers a route was tried for (not again until a link to them came up).
     tried: HashSet<PeerId>,
+    /// The peers the router was last told it may route between.
+    pub(crate) members: Vec<PeerId>,
 }
 
 impl Routing {
-    /// `peer`'s link is up: no route pending for it any more.
+    /// `peer`'s link is up: no route pending for it any more, and a later failure may
+    /// try a route again.
     pub(crate) fn forget(&mut self, peer: &PeerId) {
         self.pending.remove(peer);
+        self.tried.remove(peer);
     }
 
     /// The next deadline of a pending route.
@@ -105,6 +109,9 @@ impl SessionTask {
                             .links
                             .get(&to)
                             .is_some_and(|l| l.send(&SessionMsg::RouteWanted { from }));
+                        if !told {
+                            routes.close_route(from, to);
+                        }
                         (!told).then_some(SessionMsg::RouteRefused { with: to })
                     }
                     Ok(crate::route::Asked::Open) => {
@@ -123,11 +130,21 @@ impl SessionTask {
                 }
             }
             SessionMsg::RouteWanted { from: asker } => {
-                if !self.node.allowlist().allows(&asker) && !self.core.view().contains(&asker) {
+                // Only for a member or a joiner this session expects, and for a linked peer
+                // only when its link ran on a route (its router left): a member cannot pull
+                // a working link onto a route through itself.
+                if asker == from || !self.core.routable().contains(&asker) {
                     return;
                 }
-                // A peer already linked (a reroute) keeps its path unless it ran on a route.
-                let opened = if self.links.contains_key(&asker) {
+                let linked = self.links.contains_key(&asker);
+                let routed = self
+                    .node
+                    .path_of(&asker)
+                    .is_some_and(|p| p.kind == crate::direct::PathType::Router);
+                if linked && !routed {
+                    return;
+                }
+                let opened = if linked {
                     self.node.reroute(asker, from).map_err(|e| e.to_string())
                 } else {
                     routes
@@ -147,12 +164,13 @@ impl SessionTask {
                 }
             }
             SessionMsg::RouteReady { with } => {
-                let Some((router, _, _)) = self.routing.pending.remove(&with) else {
+                let Some((router, _, _)) = self.routing.pending.get(&with).copied() else {
                     return;
                 };
                 if router != from {
                     return;
                 }
+                self.routing.pending.remove(&with);
                 if self.links.contains_key(&with) {
                     if let Err(e) = self.node.reroute(with, router) {
                         tracing::info!(peer = %with.short(), error = %e, "reroute failed");

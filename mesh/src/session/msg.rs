@@ -16,8 +16,10 @@
 use crate::coord::{CodecError, Reader, WireMessage, Writer};
 use crate::identity::PeerId;
 
-/// The version byte of every session frame.
-pub const SESSION_VERSION: u8 = 1;
+/// The version byte of every session frame. Version 2 added routing through a member
+/// (types 0x10-0x13) and the one-byte tag of every datagram on a link
+/// ([`crate::route::wire`]); a member of another version is told so and not linked.
+pub const SESSION_VERSION: u8 = 2;
 /// Largest session frame (version + type + body), in bytes.
 pub const MAX_SESSION_FRAME: usize = u16::MAX as usize;
 /// Most members of one session (and most ids one message lists).

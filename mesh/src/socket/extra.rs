@@ -5,7 +5,7 @@
 //! Flow:
 //! 1. [`ExtraSockets::open`] binds up to [`MAX_EXTRA_SOCKETS`] UDP sockets on the primary
 //!    socket's IP (ephemeral ports), each with its own `quinn-udp` state and a fresh
-//!    [`LocalSocket`] id (never reused while the node runs).
+//!    [`LocalSocket`] id (never 0, the primary's, and never one still open).
 //! 2. The mesh socket's receive polls them after the primary one: a datagram on an extra
 //!    socket goes through the same demux as the primary's (STUN to the STUN router with the
 //!    socket's id, QUIC to quinn under its peer's synthetic address, learned per local
@@ -14,7 +14,7 @@
 //!    [`super::MeshSocket::send_stun_from`].
 //! 4. [`ExtraSockets::close`] drops the ones that lost (their ports are released at once).
 //!
-//! With no extra socket open, the receive path pays one atomic load.
+//! With no extra socket open, the receive path pays one atomic load for them.
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,7 +27,7 @@ use super::family::{bind_udp, canonical};
 use super::path::LocalSocket;
 
 /// Most extra sockets open at once (birthday probing's default takes 256).
-pub const MAX_EXTRA_SOCKETS: usize = 512;
+pub const MAX_EXTRA_SOCKETS: usize = 1024;
 
 /// One extra socket.
 pub(crate) struct ExtraSocket {
@@ -94,8 +94,7 @@ impl ExtraSockets {
             std_socket.set_nonblocking(true)?;
             let state = UdpSocketState::new((&std_socket).into())?;
             let io = tokio::net::UdpSocket::from_std(std_socket)?;
-            // Ids start at 1 (0 is the primary) and wrap only after 65,535 sockets.
-            let id = LocalSocket(self.next_id.fetch_add(1, Ordering::Relaxed).wrapping_add(1));
+            let id = self.fresh_id(&fresh);
             fresh.push(Arc::new(ExtraSocket { id, io, state }));
         }
         let ids = fresh.iter().map(|s| s.id).collect();
@@ -103,6 +102,20 @@ impl ExtraSockets {
         list.extend(fresh);
         self.count.store(list.len(), Ordering::Relaxed);
         Ok(ids)
+    }
+
+    /// An id that is neither the primary's (0) nor one open or in `pending`; ids count up
+    /// and wrap after 65,535 (at most [`MAX_EXTRA_SOCKETS`] are taken at once).
+    fn fresh_id(&self, pending: &[Arc<ExtraSocket>]) -> LocalSocket {
+        let open = self.read();
+        loop {
+            let id = LocalSocket(self.next_id.fetch_add(1, Ordering::Relaxed).wrapping_add(1));
+            let taken =
+                id == LocalSocket::PRIMARY || open.iter().chain(pending).any(|s| s.id == id);
+            if !taken {
+                return id;
+            }
+        }
     }
 
     /// Step 4: closes `ids` (unknown ones are ignored).

@@ -1,6 +1,8 @@
-//! The one-socket layer: every datagram of an endpoint (QUIC to peers and to the punch server,
-//! STUN, probes) goes through one UDP socket; quinn sees only QUIC, addressed to stable
-//! synthetic addresses that the path layer maps to live paths.
+//! The socket layer: every datagram of an endpoint (QUIC to peers and to the punch server,
+//! STUN, probes) goes through its primary UDP socket, or through one of the extra sockets
+//! birthday probing opens ([`extra`]), or as a routed datagram through another member
+//! ([`routed`]); quinn sees only QUIC, addressed to stable synthetic addresses that the
+//! path layer maps to live paths.
 //!
 //! Flow:
 //! 1. [`demux::classify`] sorts each received datagram by its first byte (RFC 7983,

@@ -41,7 +41,7 @@ use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::{Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -183,6 +183,8 @@ pub struct MeshSocket {
     stun: Mutex<StunQueues>,
     extras: ExtraSockets,
     routed: RoutedPlane,
+    /// Flips on each receive poll while extra sockets are open: which goes first.
+    extras_first: AtomicBool,
     /// The receive task's waker: opening extra sockets and injecting routed datagrams
     /// wake it (nothing else would: the task waits on the sockets' readiness).
     recv_waker: Mutex<Option<Waker>>,
@@ -228,6 +230,7 @@ impl MeshSocket {
             stun: Mutex::new(stun),
             extras: ExtraSockets::default(),
             routed: RoutedPlane::default(),
+            extras_first: AtomicBool::new(false),
             recv_waker: Mutex::new(None),
             counters: Counters::default(),
         };
@@ -511,6 +514,16 @@ impl AsyncUdpSocket for MeshSocket {
             let relayed = self.deliver_relayed(bufs, meta);
             if relayed > 0 {
                 return Poll::Ready(Ok(relayed));
+            }
+            // Every other poll looks at the extra sockets first: a busy primary socket
+            // must not starve a connection that runs on an extra one.
+            if !self.extras.is_empty() && self.extras_first.fetch_xor(true, Ordering::Relaxed) {
+                if let Poll::Ready(result) = self.poll_recv_extra(cx, bufs, meta) {
+                    match result {
+                        Ok(0) => {}
+                        other => return Poll::Ready(other),
+                    }
+                }
             }
             let primary = match self.io.poll_recv_ready(cx) {
                 Poll::Ready(ready) => ready,
