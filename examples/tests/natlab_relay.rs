@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use common::{
-    json_lines, next_json, pair_lab as lab, punchable, start_listener, start_listener_with,
+    next_json, pair_lab as lab, punchable, run_dial, start_listener, start_listener_with,
     start_relay_servers, Listener, Servers,
 };
 use natlab::{Host, Lab, LabProcess, NatType, Router};
@@ -68,22 +68,7 @@ fn dial(
     let mut args = vec!["dial", "--punch", &punch, "--no-upnp", "--bytes", &bytes];
     args.extend_from_slice(extra);
     args.push(&l.peer);
-    let out = lab.run(
-        Host::LanA1,
-        env!("CARGO_BIN_EXE_peer"),
-        &args,
-        Duration::from_secs(90),
-    )?;
-    let lines = json_lines(&out.stdout);
-    for l in &lines {
-        eprintln!("dial: {l}");
-    }
-    anyhow::ensure!(
-        out.success(),
-        "dial failed: {lines:?}; stderr {}",
-        out.stderr
-    );
-    Ok(lines)
+    run_dial(lab, &args, Duration::from_secs(90))
 }
 
 fn event<'a>(lines: &'a [Value], name: &str) -> Result<&'a Value> {

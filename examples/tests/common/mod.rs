@@ -343,6 +343,22 @@ pub fn require_miniupnpd() -> Result<()> {
     Ok(())
 }
 
+/// Runs `peer` with `args` (a `dial`) on LAN A1 within `timeout`, prints its JSON lines
+/// and returns them; fails unless it exited 0.
+pub fn run_dial(lab: &Lab, args: &[&str], timeout: Duration) -> Result<Vec<Value>> {
+    let out = lab.run(Host::LanA1, env!("CARGO_BIN_EXE_peer"), args, timeout)?;
+    let lines = json_lines(&out.stdout);
+    for line in &lines {
+        eprintln!("dial: {line}");
+    }
+    anyhow::ensure!(
+        out.success(),
+        "dial failed: {lines:?}; stderr {}",
+        out.stderr
+    );
+    Ok(lines)
+}
+
 /// One `peer dial` that waits (idle) for a direct path before its echo: its lines.
 pub struct UntilDirect {
     /// Every JSON line.
@@ -397,21 +413,7 @@ pub fn dial_until_direct(
         "1",
         peer,
     ];
-    let out = lab.run(
-        Host::LanA1,
-        env!("CARGO_BIN_EXE_peer"),
-        &args,
-        Duration::from_secs(60),
-    )?;
-    let lines = json_lines(&out.stdout);
-    for line in &lines {
-        eprintln!("dial: {line}");
-    }
-    anyhow::ensure!(
-        out.success(),
-        "dial failed: {lines:?}; stderr {}",
-        out.stderr
-    );
+    let lines = run_dial(lab, &args, Duration::from_secs(60))?;
     let find = |name: &str| lines.iter().find(|l| l["event"] == name).cloned();
     let connected = find("connected").with_context(|| format!("no connected: {lines:?}"))?;
     let echo = find("echo_ok").with_context(|| format!("no echo_ok: {lines:?}"))?;

@@ -449,6 +449,17 @@ impl MeshSocket {
     }
 }
 
+/// `transmit` as it is, sent to the real `destination` instead of its synthetic one.
+fn redirected<'a>(transmit: &Transmit<'a>, destination: SocketAddr) -> Transmit<'a> {
+    Transmit {
+        destination,
+        ecn: transmit.ecn,
+        contents: transmit.contents,
+        segment_size: transmit.segment_size,
+        src_ip: transmit.src_ip,
+    }
+}
+
 impl SharedUdpSocket for MeshSocket {
     fn udp_socket(&self) -> &tokio::net::UdpSocket {
         &self.io
@@ -489,13 +500,7 @@ impl AsyncUdpSocket for MeshSocket {
         if let Path::Relay { channel, .. } = path {
             return self.send_relayed(transmit, destination, channel);
         }
-        let real = Transmit {
-            destination,
-            ecn: transmit.ecn,
-            contents: transmit.contents,
-            segment_size: transmit.segment_size,
-            src_ip: transmit.src_ip,
-        };
+        let real = redirected(transmit, destination);
         self.io.try_io(Interest::WRITABLE, || {
             self.state.send((&self.io).into(), &real)
         })?;

@@ -137,13 +137,7 @@ impl MeshSocket {
             tracing::trace!(?local, %remote, "no such local socket, dropped");
             return Ok(());
         };
-        let real = Transmit {
-            destination,
-            ecn: transmit.ecn,
-            contents: transmit.contents,
-            segment_size: transmit.segment_size,
-            src_ip: transmit.src_ip,
-        };
+        let real = super::redirected(transmit, destination);
         match extra.state.send((&extra.io).into(), &real) {
             Ok(()) => {
                 self.counters.quic_tx.fetch_add(1, Ordering::Relaxed);
