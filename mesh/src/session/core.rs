@@ -344,7 +344,8 @@ impl Membership {
             | SessionMsg::RouteAsk { .. }
             | SessionMsg::RouteWanted { .. }
             | SessionMsg::RouteReady { .. }
-            | SessionMsg::RouteRefused { .. } => Ok(()),
+            | SessionMsg::RouteRefused { .. }
+            | SessionMsg::LinkRtts { .. } => Ok(()),
             SessionMsg::Leave => {
                 self.link_down(now, from, LeaveReason::Left);
                 Ok(())

@@ -314,6 +314,8 @@ impl SessionTask {
                     self.sink.clone(),
                 );
                 self.links.insert(peer, handle);
+                // Everyone's view of this end's links changed: tell every linked member.
+                self.report_rtts(now);
                 self.core.handle_link_up(now, peer);
             }
             Wake::DialFailed { peer, reason } => {
@@ -357,6 +359,7 @@ impl SessionTask {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(peer);
+        self.routing.reports.forget(peer);
         let routes = self.node.routes();
         let through = routes.ends_via(peer);
         routes.remove_link(peer);
@@ -446,6 +449,9 @@ impl SessionTask {
             }
             Event::Disallow(peer) => {
                 self.node.allowlist().disallow(&peer);
+                // A joiner whose join ended without it (or a member that left): routes to
+                // it end here too.
+                self.node.routes().forget_peer(&peer);
                 None
             }
             Event::Close(peer) => {

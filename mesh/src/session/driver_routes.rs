@@ -3,9 +3,12 @@
 //! member that reaches both.
 //!
 //! Steps:
+//! 0. **RTTs.** Members tell each other their links' RTTs ([`SessionMsg::LinkRtts`]) when
+//!    one of their links comes up and every [`crate::session::RTT_REPORT_EVERY`].
 //! 1. **Ask.** A dial to `peer` failed (the joiner's dial to a member, say): instead of
-//!    reporting the link down, the end asks the linked member with the lowest RTT (other
-//!    than `peer`) for a route ([`SessionMsg::RouteAsk`]) and waits up to [`ROUTE_WAIT`].
+//!    reporting the link down, the end asks the linked member with the lowest sum of RTTs
+//!    to `peer` (the `router_choice` module) for a route
+//!    ([`SessionMsg::RouteAsk`]) and waits up to [`ROUTE_WAIT`].
 //!    Only one route is tried per peer; a failed one reports the link down as before (the
 //!    join then fails naming the member).
 //! 2. **Router.** A member asked for a route records the ask in its hub's forwarder
@@ -22,15 +25,13 @@
 //! 5. **Reroute.** When a router's link goes, the end with the lower id asks another
 //!    member for a new route for each link that ran through it; the inner connection
 //!    moves to the new route without a new handshake.
-//!
-//! The router is the linked member with the lowest RTT from the asking end; the RTT
-//! between the router and the other end is not known here.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::{SessionMsg, SessionTask};
 use crate::identity::PeerId;
+use crate::session::router_choice::{pick_router, report, RttReports, RTT_REPORT_EVERY};
 
 /// How long an end waits for its route.
 pub(crate) const ROUTE_WAIT: Duration = Duration::from_secs(8);
@@ -44,6 +45,10 @@ pub(crate) struct Routing {
     tried: HashSet<PeerId>,
     /// The peers the router was last told it may route between.
     pub(crate) members: Vec<PeerId>,
+    /// The linked members' last RTT reports (step 0).
+    pub(crate) reports: RttReports,
+    /// When this end next reports its links' RTTs to every linked member.
+    next_report: Option<Instant>,
 }
 
 impl Routing {
@@ -54,9 +59,13 @@ impl Routing {
         self.tried.remove(peer);
     }
 
-    /// The next deadline of a pending route.
+    /// The next deadline of a pending route or of the next RTT report.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.pending.values().map(|(_, at, _)| *at).min()
+        let route = self.pending.values().map(|(_, at, _)| *at).min();
+        match (route, self.next_report) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -73,13 +82,22 @@ impl SessionTask {
         self.ask_route(now, peer, router)
     }
 
-    /// The linked member (not `peer`) with the lowest RTT.
+    /// The linked member (not `peer`) with the lowest sum of RTTs to `peer`.
     fn best_router(&self, peer: &PeerId) -> Option<PeerId> {
-        self.links
-            .iter()
-            .filter(|(p, _)| *p != peer)
-            .min_by_key(|(_, l)| l.conn.rtt())
-            .map(|(p, _)| *p)
+        let own = self.links.iter().map(|(p, l)| (*p, l.conn.rtt()));
+        pick_router(own, &self.routing.reports, peer)
+    }
+
+    /// Step 0: sends this end's link RTTs to every linked member (a link came up, or the
+    /// period is over).
+    pub(crate) fn report_rtts(&mut self, now: Instant) {
+        let msg = SessionMsg::LinkRtts {
+            rtts: report(self.links.iter().map(|(p, l)| (*p, l.conn.rtt()))),
+        };
+        for l in self.links.values() {
+            l.send(&msg);
+        }
+        self.routing.next_report = Some(now + RTT_REPORT_EVERY);
     }
 
     fn ask_route(&mut self, now: Instant, peer: PeerId, router: PeerId) -> bool {
@@ -102,6 +120,7 @@ impl SessionTask {
     pub(crate) fn on_route_msg(&mut self, now: Instant, from: PeerId, msg: &SessionMsg) {
         let routes = self.node.routes().clone();
         match *msg {
+            SessionMsg::LinkRtts { ref rtts } => self.routing.reports.record(from, rtts),
             SessionMsg::RouteAsk { to } => {
                 let answer = match routes.ask(from, to) {
                     Ok(crate::route::Asked::Waiting) => {
@@ -209,8 +228,12 @@ impl SessionTask {
         });
     }
 
-    /// Ends pending routes past their deadline: the link is down.
+    /// Ends pending routes past their deadline (the link is down) and sends the RTT
+    /// report when it is due.
     pub(crate) fn route_timeouts(&mut self, now: Instant) {
+        if self.routing.next_report.is_some_and(|at| at <= now) {
+            self.report_rtts(now);
+        }
         let expired: Vec<(PeerId, bool)> = self
             .routing
             .pending

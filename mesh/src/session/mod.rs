@@ -27,6 +27,7 @@ mod host;
 mod joiner;
 mod link;
 mod msg;
+mod router_choice;
 mod shared;
 #[cfg(any(test, feature = "sim"))]
 #[doc(hidden)]
@@ -44,6 +45,7 @@ pub use msg::{
     ListingGrant, RejectReason, SessionMsg, View, MAX_JOIN_DATA, MAX_MEMBERS, MAX_RELIABLE_MESSAGE,
     MAX_SESSION_FRAME, SESSION_VERSION,
 };
+pub use router_choice::RTT_REPORT_EVERY;
 pub use shared::SessionStats;
 
 use crate::identity::PeerId;

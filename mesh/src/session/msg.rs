@@ -17,7 +17,7 @@ use crate::coord::{CodecError, Reader, WireMessage, Writer};
 use crate::identity::PeerId;
 
 /// The version byte of every session frame. Version 2 added routing through a member
-/// (types 0x10-0x13) and the one-byte tag of every datagram on a link
+/// (types 0x10-0x14) and the one-byte tag of every datagram on a link
 /// ([`crate::route::wire`]); a member of another version is told so and not linked.
 pub const SESSION_VERSION: u8 = 2;
 /// Largest session frame (version + type + body), in bytes.
@@ -212,6 +212,13 @@ pub enum SessionMsg {
         /// The other end.
         with: PeerId,
     },
+    /// Member to member: the smoothed RTT of each of my links, so that an end that needs
+    /// a router picks the one with the lowest sum of RTTs. Sent when a link comes up and
+    /// every [`crate::session::RTT_REPORT_EVERY`]. Type 0x14.
+    LinkRtts {
+        /// Peer and RTT in microseconds (saturating), at most [`MAX_MEMBERS`] entries.
+        rtts: Vec<(PeerId, u32)>,
+    },
     /// A reliable game message (at most [`MAX_RELIABLE_MESSAGE`] bytes). Type 0x40.
     App {
         /// The game's bytes.
@@ -241,6 +248,34 @@ fn read_ids(r: &mut Reader<'_>) -> Result<Vec<PeerId>, CodecError> {
             return Err(CodecError::InvalidValue("duplicate member"));
         }
         out.push(id);
+    }
+    Ok(out)
+}
+
+fn write_rtts(w: &mut Writer<'_>, rtts: &[(PeerId, u32)]) -> Result<(), CodecError> {
+    let n = u8::try_from(rtts.len()).map_err(|_| CodecError::TooLong {
+        what: "link RTTs",
+        len: rtts.len(),
+        max: MAX_MEMBERS,
+    })?;
+    w.u8(n);
+    for (id, micros) in rtts {
+        w.peer_id(id);
+        w.u32(*micros);
+    }
+    Ok(())
+}
+
+fn read_rtts(r: &mut Reader<'_>) -> Result<Vec<(PeerId, u32)>, CodecError> {
+    let n = usize::from(r.u8()?);
+    let mut out: Vec<(PeerId, u32)> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = r.peer_id()?;
+        let micros = r.u32()?;
+        if out.iter().any(|(p, _)| *p == id) {
+            return Err(CodecError::InvalidValue("duplicate peer in link RTTs"));
+        }
+        out.push((id, micros));
     }
     Ok(out)
 }
@@ -371,6 +406,7 @@ impl WireMessage for SessionMsg {
             Self::RouteWanted { .. } => 0x11,
             Self::RouteReady { .. } => 0x12,
             Self::RouteRefused { .. } => 0x13,
+            Self::LinkRtts { .. } => 0x14,
             Self::App { .. } => 0x40,
         }
     }
@@ -424,6 +460,7 @@ impl WireMessage for SessionMsg {
             | Self::RouteWanted { from: p }
             | Self::RouteReady { with: p }
             | Self::RouteRefused { with: p } => w.peer_id(p),
+            Self::LinkRtts { rtts } => write_rtts(w, rtts)?,
             Self::App { data } => {
                 check_len("message", data.len(), MAX_RELIABLE_MESSAGE)?;
                 w.bytes16("message", data)?;
@@ -489,6 +526,9 @@ impl WireMessage for SessionMsg {
             0x11 => Self::RouteWanted { from: r.peer_id()? },
             0x12 => Self::RouteReady { with: r.peer_id()? },
             0x13 => Self::RouteRefused { with: r.peer_id()? },
+            0x14 => Self::LinkRtts {
+                rtts: read_rtts(r)?,
+            },
             0x40 => Self::App {
                 data: bounded_bytes(r, "message", MAX_RELIABLE_MESSAGE)?,
             },
@@ -565,6 +605,14 @@ mod tests {
             },
             SessionMsg::Heartbeat,
             SessionMsg::Leave,
+            SessionMsg::RouteAsk { to: id(2) },
+            SessionMsg::RouteWanted { from: id(3) },
+            SessionMsg::RouteReady { with: id(4) },
+            SessionMsg::RouteRefused { with: id(5) },
+            SessionMsg::LinkRtts {
+                rtts: vec![(id(2), 1_500), (id(3), u32::MAX)],
+            },
+            SessionMsg::LinkRtts { rtts: vec![] },
             SessionMsg::App {
                 data: vec![0; MAX_RELIABLE_MESSAGE],
             },
