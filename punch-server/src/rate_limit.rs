@@ -1,4 +1,5 @@
-//! Per-source token-bucket rate limiting in a fixed-size table.
+//! Per-source rate limiting in a fixed-size table of token buckets (the workspace's one
+//! bucket, [`mesh::limit::TokenBucket`]).
 //!
 //! Steps for each datagram that would get a response:
 //!
@@ -7,8 +8,8 @@
 //! 2. Hash the key with a per-server seed (SipHash via `std`'s `DefaultHasher`) into one of a
 //!    fixed number of slots. Sources that collide share a bucket; the table never grows, so
 //!    a flood of spoofed sources cannot exhaust memory.
-//! 3. Refill the slot's bucket by `elapsed * rate` (capped at `burst`), then take one token
-//!    if there is one; no token means the datagram is dropped.
+//! 3. Take one token from the slot's bucket (a slot's bucket starts full on its first
+//!    use); no token means the datagram is dropped.
 //!
 //! Time comes in as an [`Instant`] argument (sans-IO); nothing here reads a clock.
 
@@ -17,25 +18,16 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::time::Instant;
 
-/// Milli-tokens per token: buckets count in thousandths so that refill is exact in integers.
-const MILLI: u64 = 1000;
-
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    /// Tokens in thousandths.
-    milli_tokens: u64,
-    /// Milliseconds since the limiter's epoch at the last refill.
-    last_ms: u64,
-}
+use mesh::limit::TokenBucket;
 
 /// A bounded per-source token-bucket limiter; see the module docs.
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
-    slots: Vec<Slot>,
+    /// One bucket per slot, made on the slot's first use.
+    slots: Vec<Option<TokenBucket>>,
     per_second: u64,
-    burst_milli: u64,
+    burst: u64,
     seed: u64,
-    epoch: Option<Instant>,
 }
 
 impl RateLimiter {
@@ -44,20 +36,12 @@ impl RateLimiter {
     /// no table).
     pub fn new(per_second: u32, burst: u32, slots: usize, seed: u64) -> Self {
         let per_second = u64::from(per_second);
-        let burst_milli = u64::from(burst.max(1)) * MILLI;
         let slots = if per_second == 0 { 0 } else { slots.max(1) };
         Self {
-            slots: vec![
-                Slot {
-                    milli_tokens: burst_milli,
-                    last_ms: 0,
-                };
-                slots
-            ],
+            slots: vec![None; slots],
             per_second,
-            burst_milli,
+            burst: u64::from(burst.max(1)),
             seed,
-            epoch: None,
         }
     }
 
@@ -71,27 +55,13 @@ impl RateLimiter {
         if !self.enabled() || self.slots.is_empty() {
             return true;
         }
-        let epoch = *self.epoch.get_or_insert(now);
-        let now_ms =
-            u64::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX);
         let index = self.slot_index(source);
-        let (per_second, burst_milli) = (self.per_second, self.burst_milli);
+        let (per_second, burst) = (self.per_second, self.burst);
         let Some(slot) = self.slots.get_mut(index) else {
             return true;
         };
-        let elapsed = now_ms.saturating_sub(slot.last_ms);
-        // rate tokens/s == rate milli-tokens/ms.
-        slot.milli_tokens = slot
-            .milli_tokens
-            .saturating_add(elapsed.saturating_mul(per_second))
-            .min(burst_milli);
-        slot.last_ms = slot.last_ms.max(now_ms);
-        if slot.milli_tokens >= MILLI {
-            slot.milli_tokens -= MILLI;
-            true
-        } else {
-            false
-        }
+        slot.get_or_insert_with(|| TokenBucket::new(per_second, burst, now))
+            .take(now, 1)
     }
 
     fn slot_index(&self, source: IpAddr) -> usize {
