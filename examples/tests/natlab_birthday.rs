@@ -15,15 +15,18 @@
 //!    the pair: `path_changed` to `direct` with `how: birthday`.
 //! 3. Every echo completes (on the relay when the round found nothing), and most runs go
 //!    direct; the rate, the time to the direct path and the checks spent are printed.
+//! 4. The same pair without any relay (no proxy, `peer listen --no-relay`): each dial
+//!    waits for the birthday round when its regular probing fails, and most connect
+//!    direct on the round's pair; the others end `no_direct_path`.
 
 mod common;
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use common::{
-    dial_until_direct, next_json, pair_lab as lab, start_listener, start_relay_servers, Listener,
-    Servers, UntilDirect,
+    dial_until_direct, dial_with, next_json, pair_lab as lab, start_listener, start_listener_with,
+    start_punch_server, start_relay_servers, Listener, Servers, UntilDirect,
 };
 use natlab::{Host, Lab, NatType};
 
@@ -128,5 +131,66 @@ fn symmetric_and_port_restricted_go_direct_by_birthday_probing() -> Result<()> {
         "most runs go direct: {direct}/{}",
         all.len()
     );
+    Ok(())
+}
+
+/// Without any relay (the punch server offers no proxy, the listener runs `--no-relay`)
+/// birthday probing still opens the pair: a dial whose regular probing failed waits for
+/// the round and runs QUIC on its pair (from an extra socket on the symmetric side).
+/// Most of [`RUNS`] dials each way connect direct; the others end `no_direct_path`.
+#[test]
+fn without_a_relay_the_pair_still_goes_direct_by_birthday_probing() -> Result<()> {
+    let test = "without_a_relay_the_pair_still_goes_direct_by_birthday_probing";
+    if natlab::skip_requested(test) {
+        return Ok(());
+    }
+    let (mut direct, mut total, mut by_round) = (0, 0, 0);
+    let mut times = Vec::new();
+    for (label, a, b) in [
+        ("bdnr", NatType::PortRestricted, NatType::Symmetric),
+        ("bdnrd", NatType::Symmetric, NatType::PortRestricted),
+    ] {
+        let lab = lab(test, label, a, b)?;
+        let server = start_punch_server(&lab, true)?;
+        let mut l = start_listener_with(&lab, Host::LanB1, &server, false, &["--no-relay"])?;
+        // The listener learns how its NAT maps (a few round trips to both server
+        // addresses) and tells the punch server before the first dial.
+        let _ = next_json(&mut l.process, Duration::from_secs(2), "predicted");
+        for _ in 0..RUNS {
+            let d = dial_with(&lab, Host::LanA1, &server, &l.peer, ECHO_BYTES, &[])?;
+            total += 1;
+            let Some(c) = d.event("connected") else {
+                let error = d.event("error").cloned().unwrap_or_default();
+                anyhow::ensure!(
+                    error["kind"] == "no_direct_path",
+                    "a dial that finds no pair says so: {error}\n{}",
+                    d.stderr
+                );
+                continue;
+            };
+            anyhow::ensure!(c["path"] == "direct", "no relay, so direct: {c}");
+            anyhow::ensure!(
+                c["how"] == "birthday" || c["how"] == "punch",
+                "found by the birthday round: {c}"
+            );
+            let echo = d.event("echo_ok").context("an echo_ok line")?;
+            anyhow::ensure!(echo["bytes"] == ECHO_BYTES, "{echo}");
+            direct += 1;
+            if c["how"] == "birthday" {
+                by_round += 1;
+            }
+            if let Some(ms) = c["ms"].as_f64() {
+                times.push(ms);
+            }
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    eprintln!(
+        "birthday without a relay: {direct}/{total} dials direct ({by_round} on the round's \
+         own pair); time to connected p50 {:.1} ms, p99 {:.1} ms",
+        common::percentile(&times, 50.0),
+        common::percentile(&times, 99.0),
+    );
+    anyhow::ensure!(direct * 2 > total, "most dials go direct: {direct}/{total}");
     Ok(())
 }

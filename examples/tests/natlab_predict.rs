@@ -10,8 +10,8 @@
 //!    listener observes its mappings for two fresh flows and prints `predicted` with the
 //!    window it registered.
 //! 3. Dial from behind A: the sequential pair connects directly on a predicted candidate
-//!    and echoes; the random one registers no prediction and the dial ends with
-//!    `no_direct_path` (nothing was tried beyond the usual candidates).
+//!    and echoes; the random one registers no prediction and, with birthday probing off,
+//!    the dial ends with `no_direct_path` (nothing was tried beyond the usual candidates).
 //! 4. The sequential NAT on the dialer's side instead: the dial waits for its first
 //!    observation and connects directly too.
 
@@ -20,7 +20,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use common::{dial, next_json, pair_lab as lab, start_listener_with, start_punch_server};
+use common::{
+    dial, dial_with, next_json, pair_lab as lab, start_listener_with, start_punch_server,
+};
 use natlab::{Host, NatType};
 use serde_json::Value;
 
@@ -96,8 +98,9 @@ fn a_sequential_symmetric_nat_goes_direct_by_prediction() -> Result<()> {
     Ok(())
 }
 
-/// A symmetric NAT that allocates ports at random: no prediction is offered, and the pair
-/// stays without a direct path (it would use a relay if one were offered).
+/// A symmetric NAT that allocates ports at random: no prediction is offered, and without
+/// birthday probing (`--no-birthday` on both ends) the pair stays without a direct path
+/// (it would use a relay if one were offered; `natlab_birthday` covers birthday probing).
 #[test]
 fn a_random_symmetric_nat_gets_no_prediction() -> Result<()> {
     let test = "a_random_symmetric_nat_gets_no_prediction";
@@ -106,11 +109,24 @@ fn a_random_symmetric_nat_gets_no_prediction() -> Result<()> {
     }
     let lab = lab(test, "prnd", NatType::PortRestricted, NatType::Symmetric)?;
     let server = start_punch_server(&lab, true)?;
-    let mut l = start_listener_with(&lab, Host::LanB1, &server, false, &["--no-relay"])?;
+    let mut l = start_listener_with(
+        &lab,
+        Host::LanB1,
+        &server,
+        false,
+        &["--no-relay", "--no-birthday"],
+    )?;
     // The observation takes a few round trips on sub-millisecond links.
     let line = predicted(&mut l.process, Duration::from_secs(3));
     anyhow::ensure!(line.is_none(), "nothing predicted: {line:?}");
-    let d = dial(&lab, Host::LanA1, &server, &l.peer, ECHO_BYTES)?;
+    let d = dial_with(
+        &lab,
+        Host::LanA1,
+        &server,
+        &l.peer,
+        ECHO_BYTES,
+        &["--no-birthday"],
+    )?;
     let error = d.event("error").context("an error line")?;
     anyhow::ensure!(error["kind"] == "no_direct_path", "{error}");
     Ok(())

@@ -299,25 +299,39 @@ impl Dial {
 /// Runs `peer dial` (without UPnP, 30 s to reach the punch server) on `host` to `peer`,
 /// echoing `bytes` bytes.
 pub fn dial(lab: &Lab, host: Host, server: &PunchServer, peer: &str, bytes: usize) -> Result<Dial> {
+    dial_with(lab, host, server, peer, bytes, &[])
+}
+
+/// [`dial`] with `extra` flags (e.g. `--no-birthday`).
+pub fn dial_with(
+    lab: &Lab,
+    host: Host,
+    server: &PunchServer,
+    peer: &str,
+    bytes: usize,
+    extra: &[&str],
+) -> Result<Dial> {
     let punch = server.punch_addr();
     let bytes = bytes.to_string();
+    let mut args = vec![
+        "dial",
+        "--punch",
+        &punch,
+        "--no-upnp",
+        // With 20% loss both ways the QUIC handshake to the punch server can need
+        // more retransmissions than the 10 s default allows (PTO doubles each time);
+        // the tests are about punching, not about that bound.
+        "--connect-timeout-ms",
+        "30000",
+        "--bytes",
+        &bytes,
+    ];
+    args.extend_from_slice(extra);
+    args.push(peer);
     let out = lab.run(
         host,
         env!("CARGO_BIN_EXE_peer"),
-        &[
-            "dial",
-            "--punch",
-            &punch,
-            "--no-upnp",
-            // With 20% loss both ways the QUIC handshake to the punch server can need
-            // more retransmissions than the 10 s default allows (PTO doubles each time);
-            // the tests are about punching, not about that bound.
-            "--connect-timeout-ms",
-            "30000",
-            peer,
-            "--bytes",
-            &bytes,
-        ],
+        &args,
         Duration::from_secs(90),
     )?;
     let lines = json_lines(&out.stdout);

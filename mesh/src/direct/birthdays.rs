@@ -13,14 +13,17 @@
 //! 2. **Bounds.** At most one round per peer per [`PEER_INTERVAL`] and [`MAX_RUNS`] at
 //!    once; the prober caps the checks of a round (1024 on the easy side, 256 sockets x 3
 //!    on the hard side by default). A peer whose connection already runs direct gets none.
-//!    Meanwhile the connection rides its relayed path: nobody waits for a round.
+//!    Meanwhile the connection rides its relayed path: nobody waits for a round. A dial
+//!    without a relayed path waits for it instead ([`Birthdays::probing`]: the engine
+//!    holds its failed attempt until the round ends).
 //! 3. **Sockets.** The hard side's engine opens the extra sockets
 //!    ([`crate::socket::MeshSocket::open_extra`]) and hands their ids here; every
 //!    datagram on them comes back through [`Birthdays::offer`]. The easy side probes from
 //!    the primary socket.
 //! 4. **Hit.** [`BirthdayOutput::Validated`] names the pair (remote, local socket): the
 //!    engine closes the other sockets and moves the connection's core to the pair (or
-//!    keeps it in [`Birthdays::take_found`] until the core exists). A round with no hit
+//!    keeps it in [`Birthdays::take_found`] until the core exists); a dial still waiting
+//!    for a path runs its QUIC handshake on the pair. A round with no hit
 //!    ends with [`BirthdayOutput::Failed`] and all its sockets are closed.
 //! 5. **Keep.** While the pair lives, a consent check goes out every [`CONSENT_EVERY`]
 //!    (RFC 7675), and every datagram of the peer on it is reported as heard, so an idle
@@ -324,6 +327,13 @@ impl Birthdays {
         if !closed.is_empty() {
             self.outputs.push_back(BirthdayOutput::Close(closed));
         }
+    }
+
+    /// Whether a round with `peer` is still looking for its pair.
+    pub fn probing(&self, peer: &PeerId) -> bool {
+        self.runs
+            .iter()
+            .any(|r| r.peer == *peer && r.kept.is_none())
     }
 
     /// The pair a round found for `peer` before its connection's core existed.

@@ -30,7 +30,7 @@ use super::supervise::{DEAD_AFTER, EARLY_PHASE, RETRY_EARLY, RETRY_MAX};
 use crate::conn::{ConnConfig, ConnEvent, PathKind, PathManager};
 use crate::identity::PeerId;
 use crate::punch::{Prober, Role, Transmit};
-use crate::socket::{Path, PathTable};
+use crate::socket::{LocalSocket, Path, PathTable};
 
 /// Most connections with a core (beyond this, new ones run without one).
 pub(crate) const MAX_CONNS: usize = 4096;
@@ -44,8 +44,9 @@ pub(crate) struct Adoption {
     pub role: Role,
     /// The relayed path, if one is up.
     pub relay: Option<PathKind>,
-    /// The direct path QUIC runs on, if it runs on one.
-    pub direct: Option<SocketAddr>,
+    /// The direct path QUIC runs on, if it runs on one: the peer's address and this
+    /// node's socket.
+    pub direct: Option<(SocketAddr, LocalSocket)>,
     /// Where the core's events go.
     pub events: mpsc::Sender<ConnEvent>,
 }
@@ -136,7 +137,7 @@ impl ConnSlots {
                 Some(remote) => manager.adopt_direct(now, remote, Some(round)),
                 None => manager.adopt_round(now, round),
             },
-            (None, Some(remote)) => manager.adopt_direct(now, remote, None),
+            (None, Some((remote, local))) => manager.add_direct(now, remote, local),
             (None, None) => {}
         }
         tracing::debug!(peer = %peer.short(), ?relay, ?direct, "path core adopted the connection");

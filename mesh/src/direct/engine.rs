@@ -23,7 +23,11 @@
 //!    endpoint-independent one also starts a birthday round (the hard side opens its
 //!    extra sockets here). Datagrams on extra sockets go to the rounds only; on the
 //!    primary socket the rounds see them before the attempts and cores. A validated pair goes
-//!    to the peer's core (or waits for it), its `how` is noted as birthday.
+//!    to the peer's core (or waits for it), its `how` is noted as birthday. An attempt
+//!    with the peer that still waits for its outcome (a dial without a relayed path) is
+//!    answered with the pair, local socket included; one whose probing failed while the
+//!    round still ran tells its failure only when the round ends without a pair (at most
+//!    [`BIRTHDAY_HOLD`] later).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,6 +60,9 @@ pub(crate) enum AttemptOutcome {
         rtt: Duration,
         /// This node's address as the peer saw it (the latest answer's mapped address).
         seen_as: Option<SocketAddr>,
+        /// This node's socket on the pair: the primary one, or the extra socket of a
+        /// birthday pair (step 6).
+        local: LocalSocket,
     },
     /// Probing found nothing within the budget.
     NoDirectPath(NoDirectPath),
@@ -84,14 +91,31 @@ struct Attempt {
     reply: Option<Reply>,
     /// Set once the outcome is known: the prober is dropped after this.
     linger_until: Option<Instant>,
+    /// Probing failed while a birthday round with the peer still ran: the failure is
+    /// told when the round ends without a pair, or at this deadline (step 6).
+    held: Option<(NoDirectPath, Instant)>,
 }
 
 impl Attempt {
-    fn next_wake(&self) -> Option<Instant> {
-        match (self.prober.poll_timeout(), self.linger_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+    /// Tells the held failure (step 6), if any.
+    fn tell_held(&mut self) {
+        if let Some((no_path, _)) = self.held.take() {
+            tracing::info!(peer = %self.peer.short(), tried = no_path.tried.len(), "no direct path");
+            if let Some(reply) = self.reply.take() {
+                let _ = reply.send(AttemptOutcome::NoDirectPath(no_path));
+            }
         }
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        [
+            self.prober.poll_timeout(),
+            self.linger_until,
+            self.held.as_ref().map(|(_, until)| *until),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
@@ -399,6 +423,7 @@ impl EngineTask {
             prober,
             reply: start.reply,
             linger_until: None,
+            held: None,
         });
     }
 
@@ -470,7 +495,16 @@ impl EngineTask {
                             remote,
                             rtt,
                             seen_as,
+                            local: LocalSocket::PRIMARY,
                         }
+                    }
+                    ProbeEvent::Failed(no_path)
+                        if a.reply.is_some() && self.birthdays.probing(&a.peer) =>
+                    {
+                        tracing::info!(peer = %a.peer.short(), tried = no_path.tried.len(), "no direct path yet: waiting for the birthday round");
+                        a.held = Some((no_path, deadline_from(now, BIRTHDAY_HOLD)));
+                        a.linger_until = Some(deadline_from(now, self.settings.linger));
+                        continue;
                     }
                     ProbeEvent::Failed(no_path) => {
                         tracing::info!(peer = %a.peer.short(), tried = no_path.tried.len(), "no direct path");
@@ -483,8 +517,13 @@ impl EngineTask {
                 a.linger_until = Some(deadline_from(now, self.settings.linger));
             }
         }
+        for a in &mut self.attempts {
+            if a.held.as_ref().is_some_and(|(_, until)| *until <= now) {
+                a.tell_held();
+            }
+        }
         self.attempts
-            .retain(|a| a.linger_until.is_none_or(|until| until > now));
+            .retain(|a| a.held.is_some() || a.linger_until.is_none_or(|until| until > now));
         for t in self.conns.drain() {
             if let Err(e) = self.socket.send_stun(t.destination, &t.contents).await {
                 tracing::debug!(to = %t.destination, error = %e, "check send failed");
@@ -508,14 +547,35 @@ impl EngineTask {
         while let Some(output) = self.birthdays.poll_output() {
             self.settings.birthday_stats.count(&output);
             match output {
-                BirthdayOutput::Validated { peer, found, .. } => {
+                BirthdayOutput::Validated {
+                    peer, found, rtt, ..
+                } => {
                     self.settings.watches.set_birthday(peer, found.remote);
+                    // A dial without a relay waits for this pair (its probing failed or
+                    // still runs): QUIC runs on it.
+                    for a in self.attempts.iter_mut().filter(|a| a.peer == peer) {
+                        if let Some(reply) = a.reply.take() {
+                            let _ = reply.send(AttemptOutcome::Nominated {
+                                remote: found.remote,
+                                rtt,
+                                seen_as: None,
+                                local: found.local,
+                            });
+                            a.held = None;
+                            a.linger_until
+                                .get_or_insert(deadline_from(now, self.settings.linger));
+                        }
+                    }
                     if self.conns.add_direct(now, &peer, found) {
                         // The core has it; the found pair is not needed any more.
                         self.birthdays.take_found(&peer);
                     }
                 }
-                BirthdayOutput::Failed { .. } => {}
+                BirthdayOutput::Failed { peer, .. } => {
+                    for a in self.attempts.iter_mut().filter(|a| a.peer == peer) {
+                        a.tell_held();
+                    }
+                }
                 BirthdayOutput::Close(sockets) => self.socket.close_extra(&sockets),
             }
         }
@@ -558,6 +618,10 @@ fn probe_config(base: &ProbeConfig, server_rtt: Duration, start_in: Duration) ->
         .max(base.budget);
     config
 }
+
+/// Longest a failed attempt waits for its peer's birthday round (whose own budget is
+/// 5 s by default) before telling its failure.
+const BIRTHDAY_HOLD: Duration = Duration::from_secs(10);
 
 /// Shortest first retransmission of a check.
 const MIN_FIRST_RETRANSMIT: Duration = Duration::from_millis(10);

@@ -36,7 +36,7 @@ use super::route::{ActivePath, PathWatches, RelayPlan};
 use super::supervise;
 use crate::coord::{CandidateKind, Go};
 use crate::identity::PeerId;
-use crate::socket::{Endpoint, Path, PeerConnection};
+use crate::socket::{Endpoint, LocalSocket, Path, PeerConnection};
 
 /// What a node's connections need to run the race.
 #[derive(Debug, Clone)]
@@ -200,7 +200,8 @@ pub(crate) async fn dial(
     let mut relay = Box::pin(relay_path_timed(ctx.binder.clone(), plan));
     let mut relay_failed = plan == RelayPlan::None;
     enum First {
-        Direct(SocketAddr, Duration),
+        /// A nominated pair (its local socket: a birthday pair's may be an extra one).
+        Direct(SocketAddr, LocalSocket, Duration),
         /// The relayed path, its RTT estimate, and whether probing goes on.
         Relay(Path, Option<Duration>, bool),
     }
@@ -208,9 +209,9 @@ pub(crate) async fn dial(
         tokio::select! {
             outcome = &mut attempt => {
                 let outcome = outcome.unwrap_or(AttemptOutcome::Closed);
-                if let AttemptOutcome::Nominated { remote, rtt, seen_as } = outcome {
+                if let AttemptOutcome::Nominated { remote, rtt, seen_as, local } = outcome {
                     note_predicted(ctx, target, remote, seen_as);
-                    break First::Direct(remote, rtt);
+                    break First::Direct(remote, local, rtt);
                 }
                 let relayed = if relay_failed { None } else { (&mut relay).await.ok() };
                 match (relayed, outcome) {
@@ -232,10 +233,10 @@ pub(crate) async fn dial(
         }
     };
     match first {
-        First::Direct(remote, rtt) => {
+        First::Direct(remote, local, rtt) => {
             let peer = ctx
                 .endpoint
-                .connect_with_rtt(target, remote, Some(rtt))
+                .connect_via(target, Path::Direct { remote, local }, Some(rtt))
                 .await
                 .map_err(DialError::Handshake)?;
             let path = ctx.watches.set(target, direct(remote));
@@ -274,12 +275,13 @@ pub(crate) async fn dial(
                     dialed = &mut connecting => break dialed?,
                     outcome = &mut attempt, if probing_now => {
                         probing_now = false;
-                        if let Ok(AttemptOutcome::Nominated { remote, seen_as, .. }) = outcome {
+                        if let Ok(AttemptOutcome::Nominated { remote, seen_as, local, .. }) = outcome {
                             note_predicted(ctx, target, remote, seen_as);
                             let mut paths = ctx.endpoint.socket().paths();
                             if let Some(synthetic) = paths.synthetic_for_peer(&target) {
-                                paths.add_path(&synthetic, Path::direct(remote));
-                                paths.set_path(&synthetic, Path::direct(remote));
+                                let pair = Path::Direct { remote, local };
+                                paths.add_path(&synthetic, pair);
+                                paths.set_path(&synthetic, pair);
                                 drop(paths);
                                 ctx.watches.update(target, direct(remote));
                                 tracing::info!(%remote, "handshake moved from the relay to a direct path");
@@ -321,7 +323,10 @@ pub(crate) async fn accept(
         }
         let outcome = ctx.engine.round(go, received, server_rtt).await;
         let AttemptOutcome::Nominated {
-            remote, seen_as, ..
+            remote,
+            seen_as,
+            local,
+            ..
         } = outcome
         else {
             return;
@@ -330,7 +335,7 @@ pub(crate) async fn accept(
         let mut paths = ctx.endpoint.socket().paths();
         if let Some(synthetic) = paths.synthetic_for_peer(&dialer) {
             if ctx.watches.update(dialer, direct(remote)) {
-                paths.set_path(&synthetic, Path::direct(remote));
+                paths.set_path(&synthetic, Path::Direct { remote, local });
                 tracing::info!(%remote, "moved from the relay to a direct path");
             }
         }
@@ -357,21 +362,22 @@ pub(crate) async fn accept(
     let relay = relay_path(ctx.binder.clone(), plan);
     tokio::pin!(attempt, relay);
     let (mut attempt_done, mut relay_done) = (false, false);
-    let mut nominated: Option<SocketAddr> = None;
+    let mut nominated: Option<Path> = None;
     let socket = ctx.endpoint.socket().clone();
     while !(attempt_done && relay_done) {
         tokio::select! {
             outcome = &mut attempt, if !attempt_done => {
                 attempt_done = true;
-                let AttemptOutcome::Nominated { remote, seen_as, .. } = outcome else { continue };
+                let AttemptOutcome::Nominated { remote, seen_as, local, .. } = outcome else { continue };
                 note_predicted(&ctx, dialer, remote, seen_as);
-                nominated = Some(remote);
+                let pair = Path::Direct { remote, local };
+                nominated = Some(pair);
                 // Only an entry this task made on the relay moves; otherwise the
                 // dialer's handshake is learned from its source as usual.
                 let mut paths = socket.paths();
                 if let Some(synthetic) = paths.synthetic_for_peer(&dialer) {
                     if ctx.watches.update(dialer, direct(remote)) {
-                        paths.set_path(&synthetic, Path::direct(remote));
+                        paths.set_path(&synthetic, pair);
                         tracing::info!(%remote, "moved from the relay to a direct path");
                     }
                 }
@@ -380,14 +386,14 @@ pub(crate) async fn accept(
                 relay_done = true;
                 let Ok(path) = r else { continue };
                 let mut paths = socket.paths();
-                if let Some(remote) = nominated {
+                if let Some(pair) = nominated {
                     // The dialer's entry is pinned to its key on the nominated pair (the
                     // entry learned from its handshake is adopted, or made for it), so
                     // the relay is its standby whether or not the handshake is done.
-                    let pinned = paths.upsert_peer(Instant::now(), dialer, Path::direct(remote));
+                    let pinned = paths.upsert_peer(Instant::now(), dialer, pair);
                     if let Ok(synthetic) = pinned {
                         paths.add_path(&synthetic, path);
-                        ctx.watches.get_or_set(dialer, direct(remote));
+                        ctx.watches.get_or_set(dialer, direct(pair.remote()));
                         ctx.watches
                             .set_relay(dialer, path, relayed(plan, path).remote);
                     }

@@ -89,11 +89,19 @@ pub(crate) async fn supervise(
 ) {
     let (events_tx, mut events) = mpsc::channel(EVENTS);
     let relay = ctx.watches.relay_of(peer);
+    // The local socket of the direct path comes from the socket's table: a birthday pair
+    // may run on an extra socket.
     let direct = ctx
         .watches
         .current(peer)
         .filter(|a| a.kind == PathType::Direct)
-        .map(|a| a.remote);
+        .map(|a| {
+            let local = match ctx.endpoint.socket().paths().resolve(&synthetic) {
+                Some(Path::Direct { remote, local }) if remote == a.remote => local,
+                _ => crate::socket::LocalSocket::PRIMARY,
+            };
+            (a.remote, local)
+        });
     let role = if control.is_some() {
         Role::Controlling
     } else {
