@@ -15,7 +15,8 @@
 //!    on the hard side by default). A peer whose connection already runs direct gets none.
 //!    Meanwhile the connection rides its relayed path: nobody waits for a round. A dial
 //!    without a relayed path waits for it instead ([`Birthdays::probing`]: the engine
-//!    holds its failed attempt until the round ends).
+//!    holds a failed attempt until the round ends; a relay-first dial has taken its
+//!    relay by then).
 //! 3. **Sockets.** The hard side's engine opens the extra sockets
 //!    ([`crate::socket::MeshSocket::open_extra`]) and hands their ids here; every
 //!    datagram on them comes back through [`Birthdays::offer`]. The easy side probes from

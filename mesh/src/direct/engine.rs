@@ -15,8 +15,8 @@
 //!    bounded queue); others are dropped and counted.
 //! 4. After every input and timer the task sends what the probers queued (through the
 //!    shared socket, from the same port QUIC uses) and reports each outcome:
-//!    `Nominated` resolves the attempt with the remote address that QUIC must use;
-//!    `Failed` with [`NoDirectPath`].
+//!    `Nominated` resolves the attempt with the pair (remote address, local socket) that
+//!    QUIC must use; `Failed` with [`NoDirectPath`].
 //! 5. A prober keeps answering its peer's checks for [`super::DirectConfig::linger`] after
 //!    its outcome, then is dropped. The number of attempts is bounded.
 //! 6. Birthday probing ([`super::birthdays`]): a `Go` between a random-port NAT and an
@@ -24,10 +24,11 @@
 //!    extra sockets here). Datagrams on extra sockets go to the rounds only; on the
 //!    primary socket the rounds see them before the attempts and cores. A validated pair goes
 //!    to the peer's core (or waits for it), its `how` is noted as birthday. An attempt
-//!    with the peer that still waits for its outcome (a dial without a relayed path) is
-//!    answered with the pair, local socket included; one whose probing failed while the
-//!    round still ran tells its failure only when the round ends without a pair (at most
-//!    [`BIRTHDAY_HOLD`] later).
+//!    with the peer whose outcome is still awaited (a dial or an accept; a relay-first
+//!    dial takes its relay meanwhile, so this matters to dials without one) is answered
+//!    with the pair, local socket included; one whose probing failed while the round
+//!    still ran tells its failure only when the round ends without a pair (at most the
+//!    round's budget plus [`BIRTHDAY_HOLD_MARGIN`] later).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -502,7 +503,8 @@ impl EngineTask {
                         if a.reply.is_some() && self.birthdays.probing(&a.peer) =>
                     {
                         tracing::info!(peer = %a.peer.short(), tried = no_path.tried.len(), "no direct path yet: waiting for the birthday round");
-                        a.held = Some((no_path, deadline_from(now, BIRTHDAY_HOLD)));
+                        let hold = self.birthdays.config().budget + BIRTHDAY_HOLD_MARGIN;
+                        a.held = Some((no_path, deadline_from(now, hold)));
                         a.linger_until = Some(deadline_from(now, self.settings.linger));
                         continue;
                     }
@@ -619,9 +621,9 @@ fn probe_config(base: &ProbeConfig, server_rtt: Duration, start_in: Duration) ->
     config
 }
 
-/// Longest a failed attempt waits for its peer's birthday round (whose own budget is
-/// 5 s by default) before telling its failure.
-const BIRTHDAY_HOLD: Duration = Duration::from_secs(10);
+/// A failed attempt waits for its peer's birthday round at most the round's budget plus
+/// this before telling its failure.
+const BIRTHDAY_HOLD_MARGIN: Duration = Duration::from_secs(5);
 
 /// Shortest first retransmission of a check.
 const MIN_FIRST_RETRANSMIT: Duration = Duration::from_millis(10);

@@ -249,6 +249,12 @@ impl Membership {
             .collect()
     }
 
+    /// Whether `peer` may route for this end and report its links' RTTs: a member of the
+    /// view, or (while joining) the host or a member the host listed.
+    pub fn is_member_or_listed(&self, peer: &PeerId) -> bool {
+        self.view.members.contains(peer) || matches!(&self.role, Role::Joining(j) if j.knows(peer))
+    }
+
     /// The peers a member may route between ([`crate::route`]): the members, the joiners
     /// the host announced, and (on the host) the joiners in progress.
     pub fn routable(&self) -> Vec<PeerId> {

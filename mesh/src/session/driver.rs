@@ -363,9 +363,12 @@ impl SessionTask {
         let routes = self.node.routes();
         let through = routes.ends_via(peer);
         routes.remove_link(peer);
+        let now = Instant::now();
         if !through.is_empty() {
-            self.reroute_from(Instant::now(), *peer, through);
+            self.reroute_from(now, *peer, through);
         }
+        // The other members' view of this end's links changed.
+        self.report_rtts(now);
         Some(link)
     }
 

@@ -82,15 +82,24 @@ impl SessionTask {
         self.ask_route(now, peer, router)
     }
 
-    /// The linked member (not `peer`) with the lowest sum of RTTs to `peer`.
+    /// The linked member (not `peer`) with the lowest sum of RTTs to `peer`; only
+    /// members (or, while joining, the members the host listed) route.
     fn best_router(&self, peer: &PeerId) -> Option<PeerId> {
-        let own = self.links.iter().map(|(p, l)| (*p, l.conn.rtt()));
+        let own = self
+            .links
+            .iter()
+            .filter(|(p, _)| self.core.is_member_or_listed(p))
+            .map(|(p, l)| (*p, l.conn.rtt()));
         pick_router(own, &self.routing.reports, peer)
     }
 
-    /// Step 0: sends this end's link RTTs to every linked member (a link came up, or the
-    /// period is over).
+    /// Step 0: sends this end's link RTTs to every linked peer (a link came up or went,
+    /// or the period is over); a joiner needs them before it is a member.
     pub(crate) fn report_rtts(&mut self, now: Instant) {
+        if self.links.is_empty() {
+            self.routing.next_report = None;
+            return;
+        }
         let msg = SessionMsg::LinkRtts {
             rtts: report(self.links.iter().map(|(p, l)| (*p, l.conn.rtt()))),
         };
@@ -120,7 +129,11 @@ impl SessionTask {
     pub(crate) fn on_route_msg(&mut self, now: Instant, from: PeerId, msg: &SessionMsg) {
         let routes = self.node.routes().clone();
         match *msg {
-            SessionMsg::LinkRtts { ref rtts } => self.routing.reports.record(from, rtts),
+            // Only members (or the members a joiner was listed) may be routers: a guest's
+            // report could otherwise make it everyone's router.
+            SessionMsg::LinkRtts { ref rtts } if self.core.is_member_or_listed(&from) => {
+                self.routing.reports.record(from, rtts);
+            }
             SessionMsg::RouteAsk { to } => {
                 let answer = match routes.ask(from, to) {
                     Ok(crate::route::Asked::Waiting) => {

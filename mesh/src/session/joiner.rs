@@ -45,6 +45,13 @@ pub(crate) struct Joining {
     redirects: u8,
 }
 
+impl Joining {
+    /// Whether `peer` is the host or a member the host listed.
+    pub(super) fn knows(&self, peer: &PeerId) -> bool {
+        self.host == *peer || self.targets.contains(peer)
+    }
+}
+
 impl Membership {
     /// Starts joining the session hosted by `host`, with the game's `data`.
     pub fn join(

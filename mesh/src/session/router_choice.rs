@@ -10,9 +10,10 @@
 //!    dropped with its sender's link.
 //! 3. When a dial to `peer` fails, [`pick_router`] takes the linked members (not `peer`)
 //!    whose last report names a link to `peer`, and picks the lowest sum of this end's RTT
-//!    to the member and the member's RTT to `peer`. When no report names `peer` (none
-//!    came yet, or the last ones are older than the members' links to `peer`), the
-//!    lowest own RTT decides; a member that cannot reach `peer` refuses the route.
+//!    to the member and the member's RTT to `peer`. When no report names `peer`, the
+//!    nearest member that has not reported goes first, then the nearest whose report
+//!    names no link to `peer` (it may predate that link); a member that cannot reach
+//!    `peer` refuses the route.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -75,22 +76,26 @@ pub(crate) fn pick_router(
     reports: &RttReports,
     peer: &PeerId,
 ) -> Option<PeerId> {
-    let mut by_sum: Option<(Duration, PeerId)> = None;
-    let mut nearest: Option<(Duration, PeerId)> = None;
-    for (member, rtt) in own.filter(|(m, _)| m != peer) {
-        if let Some(Some(second)) = reports.rtt(&member, peer) {
-            let sum = rtt.saturating_add(second);
-            if by_sum.is_none_or(|(best, _)| sum < best) {
-                by_sum = Some((sum, member));
-            }
-        }
-        // A report may predate the member's link to `peer` (reports go out every few
-        // seconds): without a known sum, any member may be asked.
-        if nearest.is_none_or(|(best, _)| rtt < best) {
-            nearest = Some((rtt, member));
+    fn keep_lowest(best: &mut Option<(Duration, PeerId)>, value: Duration, member: PeerId) {
+        if best.is_none_or(|(lowest, _)| value < lowest) {
+            *best = Some((value, member));
         }
     }
-    by_sum.or(nearest).map(|(_, member)| member)
+    let mut by_sum = None;
+    let mut unreported = None;
+    // A report may predate the member's link to `peer`: such members are the last resort.
+    let mut without_link = None;
+    for (member, rtt) in own.filter(|(m, _)| m != peer) {
+        match reports.rtt(&member, peer) {
+            Some(Some(second)) => keep_lowest(&mut by_sum, rtt.saturating_add(second), member),
+            Some(None) => keep_lowest(&mut without_link, rtt, member),
+            None => keep_lowest(&mut unreported, rtt, member),
+        }
+    }
+    by_sum
+        .or(unreported)
+        .or(without_link)
+        .map(|(_, member)| member)
 }
 
 #[cfg(test)]
@@ -126,6 +131,9 @@ mod tests {
         // refuses if it cannot reach the peer).
         let own = [(id(2), ms(1))];
         assert_eq!(pick_router(own.into_iter(), &reports, &id(9)), Some(id(2)));
+        // A member that has not reported goes before one whose report lacks the peer.
+        let own = [(id(2), ms(1)), (id(5), ms(30))];
+        assert_eq!(pick_router(own.into_iter(), &reports, &id(9)), Some(id(5)));
     }
 
     #[test]
