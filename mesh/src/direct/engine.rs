@@ -46,7 +46,7 @@ use crate::coord::{Go, NatMapping};
 use crate::identity::PeerId;
 use crate::punch::birthday::{BirthdayConfig, BirthdaySide};
 use crate::punch::{Candidate, NoDirectPath, ProbeConfig, ProbeEvent, Prober};
-use crate::socket::{LocalSocket, MeshSocket, StunDatagram, StunReceiver};
+use crate::socket::{LocalSocket, MeshSocket, Path, StunDatagram, StunReceiver};
 use crate::stun::StunOwner;
 use crate::turn::msg::parse_data_indication;
 
@@ -289,8 +289,22 @@ impl EngineTask {
                     }
                     self.conns.handle_timeout(now, &self.socket.paths());
                     self.birthdays.handle_timeout(now);
+                    // A pair is in use when the peer's core has it, or when the socket
+                    // sends to the peer on it (a dial's handshake runs on it before the
+                    // core exists).
                     let conns = &self.conns;
-                    self.birthdays.keep(now, |peer, found| conns.uses(peer, found));
+                    let paths = self.socket.paths();
+                    self.birthdays.keep(now, |peer, found| {
+                        let pair = Path::Direct {
+                            remote: found.remote,
+                            local: found.local,
+                        };
+                        conns.uses(peer, found)
+                            || paths
+                                .synthetic_for_peer(peer)
+                                .and_then(|s| paths.resolve(&s))
+                                == Some(pair)
+                    });
                 }
             }
             self.flush().await;
