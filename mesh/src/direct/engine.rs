@@ -28,7 +28,7 @@
 //!    dial takes its relay meanwhile, so this matters to dials without one) is answered
 //!    with the pair, local socket included; one whose probing failed while the round
 //!    still ran tells its failure only when the round ends without a pair (at most the
-//!    round's budget plus [`BIRTHDAY_HOLD_MARGIN`] later).
+//!    round's budget plus [`birthday_steps::BIRTHDAY_HOLD_MARGIN`] later).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::birthdays::{side_for, BirthdayOutput, BirthdayStats, Birthdays};
+use super::birthdays::{BirthdayStats, Birthdays};
 use super::conn_slots::{ConnCmd, ConnSlots};
 use super::rebind::Stray;
 use super::route::PathWatches;
@@ -44,11 +44,13 @@ use super::{deadline_from, queue_bound, sleep_until_opt};
 use crate::conn::ConnConfig;
 use crate::coord::{Go, NatMapping};
 use crate::identity::PeerId;
-use crate::punch::birthday::{BirthdayConfig, BirthdaySide};
+use crate::punch::birthday::BirthdayConfig;
 use crate::punch::{Candidate, NoDirectPath, ProbeConfig, ProbeEvent, Prober};
 use crate::socket::{LocalSocket, MeshSocket, Path, StunDatagram, StunReceiver};
-use crate::stun::StunOwner;
 use crate::turn::msg::parse_data_indication;
+
+#[path = "engine_birthdays.rs"]
+mod birthday_steps;
 
 /// How one attempt ended.
 #[derive(Debug)]
@@ -346,45 +348,6 @@ impl EngineTask {
         }
     }
 
-    /// Step 6: starts a birthday round for `start` when the two NATs call for one.
-    fn maybe_birthday(&mut self, now: Instant, start: &Start) {
-        if self.settings.birthday.is_none() {
-            return;
-        }
-        let go = &start.go;
-        let own = *self.settings.mapping.borrow();
-        let Some(side) = side_for(own, go) else {
-            return;
-        };
-        let family = self.socket.family();
-        let target = match side {
-            BirthdaySide::Hard { easy } => easy,
-            BirthdaySide::Easy { hard_ip } => std::net::SocketAddr::new(hard_ip, 1),
-        };
-        if !family.reaches(target)
-            || self.conns.runs_direct(&go.peer)
-            || !self.birthdays.admits(now, &go.peer)
-        {
-            return;
-        }
-        let sockets = match side {
-            BirthdaySide::Easy { .. } => vec![LocalSocket::PRIMARY],
-            BirthdaySide::Hard { .. } => {
-                match self.socket.open_extra(self.birthdays.config().hard_sockets) {
-                    Ok(sockets) => sockets,
-                    Err(e) => {
-                        tracing::warn!(peer = %go.peer.short(), error = %e, "no birthday round");
-                        return;
-                    }
-                }
-            }
-        };
-        let start_at = go.start_at(start.received);
-        self.birthdays
-            .start(now, go.peer, side, go, start_at, sockets);
-        self.settings.birthday_stats.started();
-    }
-
     /// The newest attempt with `peer` that nominated or is still probing, taken out of
     /// the attempts (whoever waits for it hears [`AttemptOutcome::Adopted`]).
     fn take_attempt(&mut self, peer: &PeerId) -> Option<Prober> {
@@ -517,7 +480,8 @@ impl EngineTask {
                         if a.reply.is_some() && self.birthdays.probing(&a.peer) =>
                     {
                         tracing::info!(peer = %a.peer.short(), tried = no_path.tried.len(), "no direct path yet: waiting for the birthday round");
-                        let hold = self.birthdays.config().budget + BIRTHDAY_HOLD_MARGIN;
+                        let hold =
+                            self.birthdays.config().budget + birthday_steps::BIRTHDAY_HOLD_MARGIN;
                         a.held = Some((no_path, deadline_from(now, hold)));
                         a.linger_until = Some(deadline_from(now, self.settings.linger));
                         continue;
@@ -546,55 +510,6 @@ impl EngineTask {
             }
         }
         self.flush_birthdays(now).await;
-    }
-
-    /// Step 6: the rounds' checks and answers go out from their sockets; a validated
-    /// pair goes to its connection's core.
-    async fn flush_birthdays(&mut self, now: Instant) {
-        while let Some(t) = self.birthdays.poll_transmit() {
-            let sent = self
-                .socket
-                .send_stun_from(t.local, StunOwner::Default, t.destination, &t.contents)
-                .await;
-            if let Err(e) = sent {
-                tracing::trace!(to = %t.destination, error = %e, "birthday check not sent");
-            }
-        }
-        while let Some(output) = self.birthdays.poll_output() {
-            self.settings.birthday_stats.count(&output);
-            match output {
-                BirthdayOutput::Validated {
-                    peer, found, rtt, ..
-                } => {
-                    self.settings.watches.set_birthday(peer, found.remote);
-                    // A dial without a relay waits for this pair (its probing failed or
-                    // still runs): QUIC runs on it.
-                    for a in self.attempts.iter_mut().filter(|a| a.peer == peer) {
-                        if let Some(reply) = a.reply.take() {
-                            let _ = reply.send(AttemptOutcome::Nominated {
-                                remote: found.remote,
-                                rtt,
-                                seen_as: None,
-                                local: found.local,
-                            });
-                            a.held = None;
-                            a.linger_until
-                                .get_or_insert(deadline_from(now, self.settings.linger));
-                        }
-                    }
-                    if self.conns.add_direct(now, &peer, found) {
-                        // The core has it; the found pair is not needed any more.
-                        self.birthdays.take_found(&peer);
-                    }
-                }
-                BirthdayOutput::Failed { peer, .. } => {
-                    for a in self.attempts.iter_mut().filter(|a| a.peer == peer) {
-                        a.tell_held();
-                    }
-                }
-                BirthdayOutput::Close(sockets) => self.socket.close_extra(&sockets),
-            }
-        }
     }
 }
 
@@ -634,10 +549,6 @@ fn probe_config(base: &ProbeConfig, server_rtt: Duration, start_in: Duration) ->
         .max(base.budget);
     config
 }
-
-/// A failed attempt waits for its peer's birthday round at most the round's budget plus
-/// this before telling its failure.
-const BIRTHDAY_HOLD_MARGIN: Duration = Duration::from_secs(5);
 
 /// Shortest first retransmission of a check.
 const MIN_FIRST_RETRANSMIT: Duration = Duration::from_millis(10);
