@@ -37,7 +37,7 @@ use super::route::{ActivePath, PathType};
 use crate::conn::{ConnEvent, PathKind};
 use crate::identity::PeerId;
 use crate::punch::Role;
-use crate::socket::{Path, PeerConnection};
+use crate::socket::{LocalSocket, Path, PeerConnection};
 
 /// How often the task looks for a relayed path that came up late.
 pub const TICK: Duration = Duration::from_millis(200);
@@ -98,7 +98,7 @@ pub(crate) async fn supervise(
         .map(|a| {
             let local = match ctx.endpoint.socket().paths().resolve(&synthetic) {
                 Some(Path::Direct { remote, local }) if remote == a.remote => local,
-                _ => crate::socket::LocalSocket::PRIMARY,
+                _ => LocalSocket::PRIMARY,
             };
             (a.remote, local)
         });

@@ -4,11 +4,11 @@
 //!
 //! Steps:
 //! 0. **RTTs.** Members tell each other their links' RTTs ([`SessionMsg::LinkRtts`]) when
-//!    one of their links comes up and every [`crate::session::RTT_REPORT_EVERY`].
+//!    one of their links comes up or goes, and every [`crate::session::RTT_REPORT_EVERY`].
 //! 1. **Ask.** A dial to `peer` failed (the joiner's dial to a member, say): instead of
 //!    reporting the link down, the end asks the linked member with the lowest sum of RTTs
-//!    to `peer` (the `router_choice` module) for a route
-//!    ([`SessionMsg::RouteAsk`]) and waits up to [`ROUTE_WAIT`].
+//!    to `peer` (the `router_choice` module) for a route ([`SessionMsg::RouteAsk`]) and
+//!    waits up to [`ROUTE_WAIT`].
 //!    Only one route is tried per peer; a failed one reports the link down as before (the
 //!    join then fails naming the member).
 //! 2. **Router.** A member asked for a route records the ask in its hub's forwarder

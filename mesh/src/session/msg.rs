@@ -213,8 +213,8 @@ pub enum SessionMsg {
         with: PeerId,
     },
     /// Member to member: the smoothed RTT of each of my links, so that an end that needs
-    /// a router picks the one with the lowest sum of RTTs. Sent when a link comes up and
-    /// every [`crate::session::RTT_REPORT_EVERY`]. Type 0x14.
+    /// a router picks the one with the lowest sum of RTTs. Sent when a link comes up or
+    /// goes and every [`crate::session::RTT_REPORT_EVERY`]. Type 0x14.
     LinkRtts {
         /// Peer and RTT in microseconds (saturating), at most [`MAX_MEMBERS`] entries.
         rtts: Vec<(PeerId, u32)>,

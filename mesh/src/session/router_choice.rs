@@ -5,7 +5,8 @@
 //! Steps:
 //! 1. Every member tells each linked member the smoothed RTT of each of its links
 //!    ([`SessionMsg::LinkRtts`](super::SessionMsg::LinkRtts)) whenever one of its links
-//!    comes up, and every [`RTT_REPORT_EVERY`].
+//!    comes up or goes, and every [`RTT_REPORT_EVERY`]. Only reports of members (or, on
+//!    a joiner, of the members the host listed) count.
 //! 2. An end keeps the last report of each linked member ([`RttReports`]); a report is
 //!    dropped with its sender's link.
 //! 3. When a dial to `peer` fails, [`pick_router`] takes the linked members (not `peer`)
