@@ -7,8 +7,11 @@
 //! 2. [`spawn`] starts the membership reader and writer and the game traffic's tasks
 //!    (`app_link.rs`: one app stream each way, datagrams). The membership reader decodes
 //!    frames ([`SessionMsg`]) and hands them to the session task through its bounded input
-//!    queue (frames wait, which slows the sender through QUIC flow control). The writers
-//!    drain bounded queues of encoded frames into their streams.
+//!    queue (frames wait, which slows the sender through QUIC flow control). The link's
+//!    datagrams (game datagrams and routed traffic) have their own reader, so a session
+//!    task that falls behind holds back neither the game's datagrams nor the routes
+//!    through this member. The writers drain bounded queues of encoded frames into their
+//!    streams.
 //! 3. Closing ([`LinkHandle::close`]) finishes both streams after what is queued, waits
 //!    (at most [`FLUSH_WAIT`]) for the peer to read them and to finish its own stream, so
 //!    its last frames (a `Leave` sent at the same moment) are read too, then closes the
@@ -212,36 +215,40 @@ async fn read_loop(
     sink: AppSink,
 ) {
     let stats = sink.shared.stats.links.clone();
+    // Ends with the connection, or with this reader.
+    let _datagrams = super::driver::AbortOnDrop(tokio::spawn(async move {
+        while let Ok(bytes) = conn.read_datagram().await {
+            sink.datagram(peer, link, bytes);
+        }
+    }));
     let mut decoder = FrameDecoder::<SessionMsg>::new();
     let mut buf = vec![0u8; 64 * 1024];
     let error = loop {
-        tokio::select! {
-            read = recv.read(&mut buf) => match read {
-                Ok(Some(n)) => {
-                    decoder.push(buf.get(..n).unwrap_or_default());
-                    while let Some(frame) = decoder.pop() {
-                        let item = match frame {
-                            Ok(msg) => Input::Frame { peer, link, msg },
-                            Err(e) => {
-                                stats.malformed.fetch_add(1, Ordering::Relaxed);
-                                Input::Malformed { peer, link, error: e.to_string() }
+        match recv.read(&mut buf).await {
+            Ok(Some(n)) => {
+                decoder.push(buf.get(..n).unwrap_or_default());
+                while let Some(frame) = decoder.pop() {
+                    let item = match frame {
+                        Ok(msg) => Input::Frame { peer, link, msg },
+                        Err(e) => {
+                            stats.malformed.fetch_add(1, Ordering::Relaxed);
+                            Input::Malformed {
+                                peer,
+                                link,
+                                error: e.to_string(),
                             }
-                        };
-                        if input.send(item).await.is_err() {
-                            return;
                         }
-                    }
-                    if decoder.is_failed() {
-                        break Some("undecodable session stream".to_string());
+                    };
+                    if input.send(item).await.is_err() {
+                        return;
                     }
                 }
-                Ok(None) => break None,
-                Err(e) => break Some(e.to_string()),
-            },
-            datagram = conn.read_datagram() => match datagram {
-                Ok(bytes) => sink.datagram(peer, link, bytes),
-                Err(e) => break Some(e.to_string()),
-            },
+                if decoder.is_failed() {
+                    break Some("undecodable session stream".to_string());
+                }
+            }
+            Ok(None) => break None,
+            Err(e) => break Some(e.to_string()),
         }
     };
     let _ = input.send(Input::Closed { peer, link, error }).await;
